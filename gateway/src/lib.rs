@@ -1,1 +1,13 @@
+//! The store proximity gateway: BLE sightings in, consented and hard-capped
+//! nudges out over MQTT. See ARCHITECTURE.md for the map.
+//!
+//! The pure core (`decode`, `identity`, `presence`, `decide`) does no I/O and
+//! takes `now` as data; `store` owns every byte on disk; `io` holds one module
+//! per edge; `daemon` wires them with bounded channels and one cancellation
+//! token.
 
+pub mod decode;
+pub mod identity;
+pub mod presence;
+pub mod privacy;
+pub mod sighting;

@@ -1,0 +1,453 @@
+//! The person record (DESIGN §5) and its validation. The CRM topic, the
+//! import file and the store all go through [`PersonRecord::from_json`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A CRM person id. Cheap to clone; never logged in the clear (see
+/// [`crate::privacy`]).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PersonId(Arc<str>);
+
+impl PersonId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for PersonId {
+    fn from(s: &str) -> Self {
+        PersonId(Arc::from(s))
+    }
+}
+
+impl fmt::Display for PersonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PersonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PersonId({})", crate::privacy::hashed(self.as_str()))
+    }
+}
+
+/// A purpose a person can consent to (DESIGN §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Proximity,
+    ProductInfo,
+    Offers,
+    Thanks,
+    Feedback,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 5] = [
+        Purpose::Proximity,
+        Purpose::ProductInfo,
+        Purpose::Offers,
+        Purpose::Thanks,
+        Purpose::Feedback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Proximity => "proximity",
+            Purpose::ProductInfo => "product_info",
+            Purpose::Offers => "offers",
+            Purpose::Thanks => "thanks",
+            Purpose::Feedback => "feedback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        Purpose::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Consent per purpose. Anything absent is no.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub proximity: bool,
+    pub product_info: bool,
+    pub offers: bool,
+    pub thanks: bool,
+    pub feedback: bool,
+}
+
+impl Consent {
+    /// Whether a purpose is allowed. Without `proximity` nothing is.
+    pub fn allows(&self, purpose: Purpose) -> bool {
+        self.proximity && self.get(purpose)
+    }
+
+    pub fn get(&self, purpose: Purpose) -> bool {
+        match purpose {
+            Purpose::Proximity => self.proximity,
+            Purpose::ProductInfo => self.product_info,
+            Purpose::Offers => self.offers,
+            Purpose::Thanks => self.thanks,
+            Purpose::Feedback => self.feedback,
+        }
+    }
+
+    pub fn set(&mut self, purpose: Purpose, value: bool) {
+        match purpose {
+            Purpose::Proximity => self.proximity = value,
+            Purpose::ProductInfo => self.product_info = value,
+            Purpose::Offers => self.offers = value,
+            Purpose::Thanks => self.thanks = value,
+            Purpose::Feedback => self.feedback = value,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Identity {
+    App {
+        #[serde(with = "hex_key")]
+        key: [u8; 16],
+    },
+    Email {
+        value: String,
+    },
+    Card {
+        value: String,
+    },
+}
+
+mod hex_key {
+    pub fn serialize<S: serde::Serializer>(key: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        super::parse_key(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A validated person record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonRecord {
+    pub person: PersonId,
+    pub recipient: String,
+    pub timezone: Option<String>,
+    pub identities: Vec<Identity>,
+    pub consent: Consent,
+    pub interests: Vec<String>,
+    pub owns: Vec<String>,
+}
+
+/// Why a record was rejected: the field path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RecordError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> RecordError {
+    RecordError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+pub fn parse_key(text: &str) -> Result<[u8; 16], String> {
+    if text.len() != 32 {
+        return Err(format!(
+            "must be 16 bytes as 32 hex digits, got {} characters",
+            text.len()
+        ));
+    }
+    let bytes = hex::decode(text).map_err(|e| format!("not hex: {e}"))?;
+    bytes.try_into().map_err(|_| "must be 16 bytes".to_string())
+}
+
+/// Ids end up in MQTT topics and sled keys: keep them to a safe alphabet.
+pub fn validate_topic_id(field: &str, value: &str) -> Result<(), RecordError> {
+    if value.is_empty() || value.len() > 64 {
+        return Err(err(field, "must be 1 to 64 characters"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(err(
+            field,
+            "may hold only letters, digits, '-', '_' and '.'",
+        ));
+    }
+    Ok(())
+}
+
+const MAX_LIST: usize = 64;
+const MAX_TEXT: usize = 128;
+
+impl PersonRecord {
+    pub fn from_json(text: &str) -> Result<Self, RecordError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| err("record", format!("not valid JSON: {e}")))?;
+        Self::from_value(&value)
+    }
+
+    /// Field-by-field validation so that every error names its path.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, RecordError> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| err("record", "must be a JSON object"))?;
+        const FIELDS: [&str; 7] = [
+            "person",
+            "recipient",
+            "timezone",
+            "identities",
+            "consent",
+            "interests",
+            "owns",
+        ];
+        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(err(unknown.clone(), "unknown field"));
+        }
+        let person = required_str(obj, "person")?;
+        validate_topic_id("person", person)?;
+        let recipient = required_str(obj, "recipient")?;
+        validate_topic_id("recipient", recipient)?;
+        let timezone = match obj.get("timezone") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(tz)) => {
+                tz.parse::<chrono_tz::Tz>()
+                    .map_err(|_| err("timezone", format!("unknown IANA time zone {tz:?}")))?;
+                Some(tz.clone())
+            }
+            Some(_) => return Err(err("timezone", "must be a string or null")),
+        };
+        let identities = match obj.get("identities") {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(items)) => {
+                if items.len() > MAX_LIST {
+                    return Err(err("identities", format!("at most {MAX_LIST} entries")));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| parse_identity(&format!("identities[{i}]"), item))
+                    .collect::<Result<_, _>>()?
+            }
+            Some(_) => return Err(err("identities", "must be an array")),
+        };
+        let consent = match obj.get("consent") {
+            None => Consent::default(),
+            Some(v) => parse_consent_changes("consent", v)?.into_iter().fold(
+                Consent::default(),
+                |mut c, (p, on)| {
+                    c.set(p, on);
+                    c
+                },
+            ),
+        };
+        Ok(PersonRecord {
+            person: PersonId::from(person),
+            recipient: recipient.to_string(),
+            timezone,
+            identities,
+            consent,
+            interests: string_list(obj, "interests")?,
+            owns: string_list(obj, "owns")?,
+        })
+    }
+
+    pub fn app_keys(&self) -> impl Iterator<Item = &[u8; 16]> {
+        self.identities.iter().filter_map(|i| match i {
+            Identity::App { key } => Some(key),
+            _ => None,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a person record always serialises")
+    }
+}
+
+fn required_str<'a>(
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<&'a str, RecordError> {
+    match obj.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(err(field, "must be a string")),
+        None => Err(err(field, "missing")),
+    }
+}
+
+fn string_list(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Vec<String>, RecordError> {
+    match obj.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => {
+            if items.len() > MAX_LIST {
+                return Err(err(field, format!("at most {MAX_LIST} entries")));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= MAX_TEXT => Ok(s.to_string()),
+                    _ => Err(err(
+                        format!("{field}[{i}]"),
+                        format!("must be a string of 1 to {MAX_TEXT} characters"),
+                    )),
+                })
+                .collect()
+        }
+        Some(_) => Err(err(field, "must be an array of strings")),
+    }
+}
+
+fn parse_identity(path: &str, item: &serde_json::Value) -> Result<Identity, RecordError> {
+    let obj = item
+        .as_object()
+        .ok_or_else(|| err(path, "must be an object"))?;
+    let kind = match obj.get("kind") {
+        Some(serde_json::Value::String(k)) => k.as_str(),
+        _ => {
+            return Err(err(
+                format!("{path}.kind"),
+                "must be one of \"app\", \"email\", \"card\"",
+            ));
+        }
+    };
+    let field_of = |name: &str| -> Result<&str, RecordError> {
+        if let Some(unknown) = obj
+            .keys()
+            .find(|k| k.as_str() != "kind" && k.as_str() != name)
+        {
+            return Err(err(format!("{path}.{unknown}"), "unknown field"));
+        }
+        match obj.get(name) {
+            Some(serde_json::Value::String(s)) => Ok(s),
+            _ => Err(err(format!("{path}.{name}"), "must be a string")),
+        }
+    };
+    match kind {
+        "app" => {
+            let key = parse_key(field_of("key")?).map_err(|r| err(format!("{path}.key"), r))?;
+            Ok(Identity::App { key })
+        }
+        "email" => {
+            let value = field_of("value")?;
+            if !value.contains('@') || value.len() > 254 {
+                return Err(err(format!("{path}.value"), "not an e-mail address"));
+            }
+            Ok(Identity::Email {
+                value: value.to_ascii_lowercase(),
+            })
+        }
+        "card" => {
+            let value = field_of("value")?;
+            if value.is_empty() || value.len() > MAX_TEXT {
+                return Err(err(
+                    format!("{path}.value"),
+                    format!("must be 1 to {MAX_TEXT} characters"),
+                ));
+            }
+            Ok(Identity::Card {
+                value: value.to_string(),
+            })
+        }
+        other => Err(err(
+            format!("{path}.kind"),
+            format!("unknown identity kind {other:?}"),
+        )),
+    }
+}
+
+/// Parse a `{"purpose": bool, ...}` object; unknown purposes are errors.
+pub fn parse_consent_changes(
+    path: &str,
+    value: &serde_json::Value,
+) -> Result<Vec<(Purpose, bool)>, RecordError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| err(path, "must be an object of purpose: true/false"))?;
+    obj.iter()
+        .map(|(name, on)| {
+            let purpose = Purpose::parse(name)
+                .ok_or_else(|| err(format!("{path}.{name}"), "unknown purpose"))?;
+            let on = on
+                .as_bool()
+                .ok_or_else(|| err(format!("{path}.{name}"), "must be true or false"))?;
+            Ok((purpose, on))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"{"person": "p-1001", "recipient": "r-5f2c9a", "timezone": null,
+ "identities": [{"kind": "app", "key": "75c734c6dd1a782de7a965da5eb93125"},
+                {"kind": "email", "value": "ana@example.com"}],
+ "consent": {"proximity": true, "product_info": true, "offers": false,
+             "thanks": true, "feedback": true},
+ "interests": ["laptops", "headphones"],
+ "owns": ["phone:pixel-8"]}"#;
+
+    #[test]
+    fn the_design_example_parses_and_round_trips() {
+        let record = PersonRecord::from_json(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(record.person.as_str(), "p-1001");
+        assert!(record.consent.allows(Purpose::ProductInfo));
+        assert!(!record.consent.allows(Purpose::Offers));
+        assert_eq!(record.app_keys().count(), 1);
+        assert_eq!(PersonRecord::from_json(&record.to_json()).unwrap(), record);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (DESIGN_EXAMPLE.replace("\"owns\"", "\"pets\""), "pets"),
+            (
+                DESIGN_EXAMPLE.replace("75c734c6dd1a782de7a965da5eb93125", "75c7"),
+                "identities[0].key",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("\"offers\"", "\"spam\""),
+                "consent.spam",
+            ),
+            (DESIGN_EXAMPLE.replace("r-5f2c9a", "r/5f"), "recipient"),
+            (
+                DESIGN_EXAMPLE.replace("\"timezone\": null", "\"timezone\": \"Mars/Base\""),
+                "timezone",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("\"kind\": \"email\"", "\"kind\": \"fax\""),
+                "identities[1].kind",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(PersonRecord::from_json(&text).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn without_proximity_nothing_is_allowed() {
+        let consent = Consent {
+            proximity: false,
+            product_info: true,
+            offers: true,
+            thanks: true,
+            feedback: true,
+        };
+        assert!(Purpose::ALL.iter().all(|p| !consent.allows(*p)));
+    }
+}

@@ -1,0 +1,145 @@
+use super::*;
+use proptest::prelude::*;
+
+fn engine() -> PresenceEngine {
+    let mut config = PresenceConfig::default();
+    config.dwell_thresholds_s = [20].into_iter().collect();
+    PresenceEngine::new(config)
+}
+
+fn names(events: &[PresenceEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            PresenceEvent::ZoneEntered { zone, .. } => format!("zone_entered:{zone}"),
+            PresenceEvent::ZoneLeft { zone, .. } => format!("zone_left:{zone}"),
+            PresenceEvent::Dwell { zone, dwell_s, .. } => format!("dwell:{zone}:{dwell_s}"),
+            other => other.name().to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn enter_dwell_and_exit() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    for t in 0..=25 {
+        e.observe(&p, "laptops", -60, t * 1000, &mut out);
+    }
+    e.tick(25_000 + 46_000, &mut out);
+    assert_eq!(
+        names(&out),
+        [
+            "entered",
+            "zone_entered:laptops",
+            "dwell:laptops:20",
+            "zone_left:laptops",
+            "exited"
+        ]
+    );
+    assert_eq!(e.present_count(), 0);
+}
+
+#[test]
+fn one_strong_reading_never_flips_the_zone() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    for t in 0..10 {
+        e.observe(&p, "laptops", -60, t * 1000, &mut out);
+    }
+    e.observe(&p, "headphones", -40, 10_000, &mut out);
+    for t in 11..20 {
+        e.observe(&p, "laptops", -60, t * 1000, &mut out);
+    }
+    assert!(
+        !names(&out).iter().any(|n| n.contains("headphones")),
+        "{:?}",
+        names(&out)
+    );
+}
+
+#[test]
+fn a_clear_move_switches_after_the_hold_time() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    for t in 0..10 {
+        e.observe(&p, "laptops", -60, t * 1000, &mut out);
+    }
+    for t in 10..20 {
+        e.observe(&p, "laptops", -80, t * 1000, &mut out);
+        e.observe(&p, "headphones", -55, t * 1000 + 500, &mut out);
+    }
+    let n = names(&out);
+    assert!(
+        n.contains(&"zone_left:laptops".to_string())
+            && n.contains(&"zone_entered:headphones".to_string()),
+        "{n:?}"
+    );
+}
+
+#[test]
+fn a_short_dropout_keeps_the_visit_and_a_seed_survives_restart() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    e.observe(&p, "laptops", -60, 0, &mut out);
+    e.tick(30_000, &mut out);
+    e.observe(&p, "laptops", -60, 30_000, &mut out);
+    assert_eq!(
+        out.iter()
+            .filter(|e| matches!(e, PresenceEvent::Entered { .. }))
+            .count(),
+        1
+    );
+
+    let mut restarted = engine();
+    restarted.seed_visit(
+        p.clone(),
+        VisitSeed {
+            visit: 0,
+            last_seen_ms: 30_000,
+        },
+    );
+    let mut out = Vec::new();
+    restarted.observe(&p, "laptops", -60, 40_000, &mut out);
+    assert_eq!(restarted.visit_of(&p), Some(0));
+    assert!(
+        !out.iter()
+            .any(|e| matches!(e, PresenceEvent::Entered { .. }))
+    );
+}
+
+proptest! {
+    /// Whatever the readings, events for a person come in a sane order:
+    /// entered first, zone_entered/zone_left alternate, dwell only inside a zone.
+    #[test]
+    fn events_are_well_formed(readings in proptest::collection::vec((0usize..3, -100i16..-30, 0i64..2_000), 1..200)) {
+        let scanners = ["entrance", "laptops", "headphones"];
+        let mut e = engine();
+        let p = PersonId::from("p-1");
+        let mut out = Vec::new();
+        let mut t = 0;
+        for (s, rssi, dt) in readings {
+            t += dt;
+            e.observe(&p, scanners[s], rssi, t, &mut out);
+            e.tick(t, &mut out);
+        }
+        e.tick(t + 1_000_000, &mut out);
+        let mut in_zone = false;
+        let mut visits = 0;
+        for ev in &out {
+            match ev {
+                PresenceEvent::Entered { .. } => { visits += 1; prop_assert!(!in_zone); }
+                PresenceEvent::ZoneEntered { .. } => { prop_assert!(!in_zone); in_zone = true; }
+                PresenceEvent::ZoneLeft { .. } => { prop_assert!(in_zone); in_zone = false; }
+                PresenceEvent::Dwell { .. } => prop_assert!(in_zone),
+                PresenceEvent::Exited { .. } => prop_assert!(!in_zone),
+            }
+        }
+        prop_assert!(visits >= 1);
+        prop_assert_eq!(e.present_count(), 0);
+    }
+}
