@@ -6,8 +6,11 @@
 //! per edge; `daemon` wires them with bounded channels and one cancellation
 //! token.
 
+pub mod config;
+pub mod decide;
 pub mod decode;
 pub mod identity;
 pub mod presence;
 pub mod privacy;
 pub mod sighting;
+pub mod store;

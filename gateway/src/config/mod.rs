@@ -1,0 +1,494 @@
+//! Configuration: layered TOML (embedded defaults, then the site file, then
+//! `GATEWAY__SECTION__KEY` environment variables), parsed into raw structs
+//! that reject unknown fields, then validated into [`Config`]. Validation
+//! reports every problem with its path at once. The rest of the program only
+//! sees [`Config`]: nothing downstream re-parses strings.
+
+mod raw;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+use sha2::{Digest, Sha256};
+
+use crate::decide::{Caps, NudgeKind, QuietHours, Rule};
+use crate::decode::DecodeOptions;
+use crate::identity::person::validate_topic_id;
+use crate::presence::{PresenceConfig, ZoneId};
+use raw::RawConfig;
+
+/// The defaults shipped in `config/default.toml`, embedded so that the binary
+/// needs no file besides the site's.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Environment variable prefix: `GATEWAY__MQTT__URL` sets `mqtt.url`.
+pub const ENV_PREFIX: &str = "GATEWAY";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store_id: String,
+    pub timezone: Tz,
+    pub mqtt: MqttSettings,
+    pub storage_path: PathBuf,
+    pub sources: Vec<SourceSettings>,
+    pub zones: Vec<ZoneSettings>,
+    pub rules: Vec<Rule>,
+    pub caps: Caps,
+    pub quiet_hours: Option<QuietHours>,
+    pub presence: PresenceConfig,
+    pub max_future_skew_ms: i64,
+    pub decode: DecodeOptions,
+    pub nudge_expiry: Duration,
+    pub nudges_enabled: bool,
+    pub retention: Duration,
+    pub admin_listen: Option<SocketAddr>,
+    /// Short hash of the effective configuration, published with the status.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    pub keep_alive: Duration,
+    pub client_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSettings {
+    Udp { bind: SocketAddr },
+    Replay { path: PathBuf, speed: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneSettings {
+    pub id: ZoneId,
+    pub scanners: Vec<String>,
+}
+
+impl Config {
+    /// Topic prefix for this store: `<prefix>/<store>`.
+    pub fn store_topic(&self) -> String {
+        format!("{}/{}", self.mqtt.prefix, self.store_id)
+    }
+
+    pub fn nudge_topic(&self, recipient: &str) -> String {
+        format!("{}/nudges/{recipient}", self.store_topic())
+    }
+
+    pub fn status_topic(&self) -> String {
+        format!("{}/gateway/status", self.store_topic())
+    }
+}
+
+/// One problem in a configuration, with the path of the offending value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}: {reason}")]
+    Parse { file: String, reason: String },
+    #[error("{file}: {} problem(s):\n  {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Load from the site file (if any) plus the real process environment.
+pub fn load(site: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    let site_text = match site {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let name = site.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    from_layers(&name, site_text.as_deref(), env)
+}
+
+/// Merge defaults, an optional site file's text and environment variables.
+pub fn from_layers(
+    name: &str,
+    site_toml: Option<&str>,
+    env: HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(text) = site_toml {
+        // Parse on its own first so that a syntax error names the site file's line.
+        text.parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse {
+                file: name.to_string(),
+                reason: one_line(&e.to_string()),
+            })?;
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env.into_iter().collect())),
+    );
+    let merged = builder.build().map_err(|e| ConfigError::Parse {
+        file: name.to_string(),
+        reason: one_line(&e.to_string()),
+    })?;
+    let raw: RawConfig = merged.try_deserialize().map_err(|e| ConfigError::Parse {
+        file: name.to_string(),
+        reason: one_line(&e.to_string()),
+    })?;
+    validate(raw).map_err(|problems| ConfigError::Invalid {
+        file: name.to_string(),
+        problems,
+    })
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Convert an integer into `T`, recording a problem when out of range.
+    fn int<T: TryFrom<i64> + Default>(&mut self, path: &str, value: i64, min: i64) -> T {
+        if value < min {
+            self.add(path, format!("must be >= {min}"));
+            return T::default();
+        }
+        T::try_from(value).unwrap_or_else(|_| {
+            self.add(path, "out of range");
+            T::default()
+        })
+    }
+
+    fn id(&mut self, path: &str, value: &str) {
+        if let Err(e) = validate_topic_id(path, value) {
+            self.add(path, e.reason);
+        }
+    }
+}
+
+fn parse_time(problems: &mut Problems, path: &str, text: &str) -> NaiveTime {
+    NaiveTime::parse_from_str(text, "%H:%M").unwrap_or_else(|_| {
+        problems.add(path, "must be a local time like \"21:30\"");
+        NaiveTime::MIN
+    })
+}
+
+fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"));
+    let Some(rest) = rest else {
+        problems.add(
+            "mqtt.url",
+            "must start with mqtt:// (TLS comes with mqtts:// in a later release)",
+        );
+        return (String::new(), 0);
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => (host, p),
+                _ => {
+                    problems.add("mqtt.url", format!("bad port {port:?}"));
+                    (host, 0)
+                }
+            }
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        problems.add("mqtt.url", "missing host");
+    }
+    (host.to_string(), port)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let hash = {
+        let digest = Sha256::digest(format!("{raw:?}").as_bytes());
+        hex::encode(&digest[..6])
+    };
+
+    let store_id = raw.store.id.clone().unwrap_or_default();
+    if raw.store.id.is_none() {
+        p.add("store.id", "missing");
+    } else {
+        p.id("store.id", &store_id);
+    }
+    let timezone = raw.store.timezone.parse::<Tz>().unwrap_or_else(|_| {
+        p.add(
+            "store.timezone",
+            format!("unknown IANA time zone {:?}", raw.store.timezone),
+        );
+        Tz::UTC
+    });
+
+    let (host, port) = parse_mqtt_url(&mut p, &raw.mqtt.url);
+    let prefix = raw.mqtt.prefix.clone();
+    if prefix.is_empty()
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.contains(['+', '#'])
+    {
+        p.add(
+            "mqtt.prefix",
+            "must be non-empty, without leading or trailing '/', '+' or '#'",
+        );
+    }
+    // rumqttc refuses keep-alives under 5 s.
+    let keep_alive_s: u64 = p.int("mqtt.keep_alive_s", raw.mqtt.keep_alive_s as i64, 5);
+    let client_id = raw
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("gateway-{store_id}"));
+    p.id("mqtt.client_id", &client_id);
+
+    if raw.storage.path.trim().is_empty() {
+        p.add("storage.path", "must not be empty");
+    }
+
+    let mut sources = Vec::new();
+    for (i, source) in raw.sources.iter().enumerate() {
+        match source {
+            raw::RawSource::Udp { bind } => match bind.parse::<SocketAddr>() {
+                Ok(bind) => sources.push(SourceSettings::Udp { bind }),
+                Err(_) => p.add(
+                    format!("sources[{i}].bind"),
+                    format!("not an address:port: {bind:?}"),
+                ),
+            },
+            raw::RawSource::Replay { path, speed } => {
+                let speed = speed.unwrap_or(1.0);
+                if !(speed.is_finite() && speed >= 0.0) {
+                    p.add(
+                        format!("sources[{i}].speed"),
+                        "must be a finite number >= 0 (0 = as fast as possible)",
+                    );
+                }
+                if path.trim().is_empty() {
+                    p.add(format!("sources[{i}].path"), "must not be empty");
+                }
+                sources.push(SourceSettings::Replay {
+                    path: PathBuf::from(path),
+                    speed,
+                });
+            }
+        }
+    }
+
+    let mut zones = Vec::new();
+    let mut zone_ids = HashSet::new();
+    let mut scanner_zone: HashMap<String, ZoneId> = HashMap::new();
+    let mut scanner_offset_db = HashMap::new();
+    for (i, zone) in raw.zones.iter().enumerate() {
+        p.id(&format!("zones[{i}].id"), &zone.id);
+        if !zone_ids.insert(zone.id.clone()) {
+            p.add(
+                format!("zones[{i}].id"),
+                format!("duplicate zone {:?}", zone.id),
+            );
+        }
+        if zone.scanners.is_empty() {
+            p.add(
+                format!("zones[{i}].scanners"),
+                "must name at least one scanner",
+            );
+        }
+        let id: ZoneId = Arc::from(zone.id.as_str());
+        for (j, scanner) in zone.scanners.iter().enumerate() {
+            if scanner.is_empty() || scanner.len() > 64 {
+                p.add(
+                    format!("zones[{i}].scanners[{j}]"),
+                    "must be 1 to 64 characters",
+                );
+            }
+            if let Some(other) = scanner_zone.insert(scanner.clone(), id.clone()) {
+                p.add(
+                    format!("zones[{i}].scanners[{j}]"),
+                    format!("scanner {scanner:?} is already in zone {other:?}"),
+                );
+            }
+        }
+        for (scanner, offset) in &zone.calibration_db {
+            if !zone.scanners.contains(scanner) {
+                p.add(
+                    format!("zones[{i}].calibration_db.{scanner}"),
+                    "not a scanner of this zone",
+                );
+            }
+            scanner_offset_db.insert(scanner.clone(), *offset);
+        }
+        zones.push(ZoneSettings {
+            id,
+            scanners: zone.scanners.clone(),
+        });
+    }
+
+    let mut rules = Vec::new();
+    let mut rule_ids = HashSet::new();
+    for (i, rule) in raw.rules.iter().enumerate() {
+        let path = |f: &str| format!("rules[{i}].{f}");
+        p.id(&path("id"), &rule.id);
+        if !rule_ids.insert(rule.id.clone()) {
+            p.add(path("id"), format!("duplicate rule {:?}", rule.id));
+        }
+        if !zone_ids.contains(&rule.zone) {
+            p.add(path("zone"), format!("unknown zone {:?}", rule.zone));
+        }
+        let dwell_s: u32 = p.int(&path("dwell_s"), rule.dwell_s, 1);
+        let kind = NudgeKind::parse(&rule.kind).unwrap_or_else(|| {
+            p.add(
+                path("kind"),
+                "must be one of info, compare, thanks, feedback, offer",
+            );
+            NudgeKind::Info
+        });
+        for (field, text, max) in [("title", &rule.title, 120), ("body", &rule.body, 1000)] {
+            if text.trim().is_empty() || text.len() > max {
+                p.add(path(field), format!("must be 1 to {max} characters"));
+            }
+        }
+        if rule.interest.as_ref().is_some_and(|i| i.is_empty()) {
+            p.add(
+                path("interest"),
+                "must not be empty (leave it out to match everyone)",
+            );
+        }
+        rules.push(Rule {
+            id: rule.id.clone(),
+            zone: Arc::from(rule.zone.as_str()),
+            dwell_s,
+            interest: rule.interest.clone(),
+            kind,
+            title: rule.title.clone(),
+            body: rule.body.clone(),
+            priority: rule.priority,
+        });
+    }
+
+    let c = &raw.caps;
+    let caps = Caps {
+        per_visit: p.int("caps.per_visit", c.per_visit, 0),
+        per_day: p.int("caps.per_day", c.per_day, 0),
+        per_week: p.int("caps.per_week", c.per_week, 0),
+        min_gap_s: p.int("caps.min_gap_s", c.min_gap_s, 0),
+        rule_cooldown_s: p.int("caps.rule_cooldown_s", c.rule_cooldown_s, 0),
+        per_kind_per_day: c
+            .per_kind_per_day
+            .map(|v| p.int("caps.per_kind_per_day", v, 0)),
+        store_per_minute: c
+            .store_per_minute
+            .map(|v| p.int("caps.store_per_minute", v, 0)),
+    };
+    let quiet_hours = raw.quiet_hours.as_ref().map(|q| QuietHours {
+        start: parse_time(&mut p, "quiet_hours.start", &q.start),
+        end: parse_time(&mut p, "quiet_hours.end", &q.end),
+    });
+
+    let r = &raw.presence;
+    if !(r.switch_margin_db.is_finite() && r.switch_margin_db >= 0.0) {
+        p.add("presence.switch_margin_db", "must be a number >= 0");
+    }
+    let presence = PresenceConfig {
+        scanner_zone,
+        scanner_offset_db,
+        dwell_thresholds_s: rules.iter().map(|r| r.dwell_s).collect::<BTreeSet<_>>(),
+        min_rssi: p.int::<i16>("presence.min_rssi", r.min_rssi, -127),
+        switch_margin_db: r.switch_margin_db as f32,
+        switch_hold_ms: p.int("presence.switch_hold_ms", r.switch_hold_ms, 0),
+        window_ms: p.int("presence.window_ms", r.window_ms, 1),
+        zone_timeout_ms: p.int("presence.zone_timeout_ms", r.zone_timeout_ms, 1),
+        visit_gap_ms: p.int("presence.visit_gap_ms", r.visit_gap_ms, 1),
+    };
+    let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
+    let app_company_id: u16 = p.int("decode.app_company_id", raw.decode.app_company_id, 0);
+    let expiry_s: u64 = p.int("nudges.expiry_s", raw.nudges.expiry_s, 1);
+    let retention_days: u64 = p.int("retention.days", raw.retention.days, 1);
+    let admin_listen = match raw.admin.listen.as_deref() {
+        None | Some("") => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.add(
+                    "admin.listen",
+                    format!("not an address:port: {text:?} (empty string disables)"),
+                );
+                None
+            }
+        },
+    };
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Config {
+        store_id,
+        timezone,
+        mqtt: MqttSettings {
+            host,
+            port,
+            prefix,
+            keep_alive: Duration::from_secs(keep_alive_s),
+            client_id,
+        },
+        storage_path: PathBuf::from(&raw.storage.path),
+        sources,
+        zones,
+        rules,
+        caps,
+        quiet_hours,
+        presence,
+        max_future_skew_ms,
+        decode: DecodeOptions { app_company_id },
+        nudge_expiry: Duration::from_secs(expiry_s),
+        nudges_enabled: raw.nudges.enabled,
+        retention: Duration::from_secs(retention_days * 86_400),
+        admin_listen,
+        hash,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! The configuration as written: every struct rejects unknown fields.
+//! Nothing outside `config` sees these types; see [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub store: RawStore,
+    pub mqtt: RawMqtt,
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+    #[serde(default)]
+    pub zones: Vec<RawZone>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    pub caps: RawCaps,
+    #[serde(default)]
+    pub quiet_hours: Option<RawQuietHours>,
+    pub presence: RawPresence,
+    pub decode: RawDecode,
+    pub nudges: RawNudges,
+    pub retention: RawRetention,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub id: Option<String>,
+    pub timezone: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    pub url: String,
+    pub prefix: String,
+    pub keep_alive_s: u64,
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum RawSource {
+    Udp {
+        bind: String,
+    },
+    Replay {
+        path: String,
+        /// 1.0 = real time; 0 = as fast as possible.
+        #[serde(default)]
+        speed: Option<f64>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZone {
+    pub id: String,
+    pub scanners: Vec<String>,
+    #[serde(default)]
+    pub calibration_db: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    pub zone: String,
+    pub dwell_s: i64,
+    pub interest: Option<String>,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaps {
+    pub per_visit: i64,
+    pub per_day: i64,
+    pub per_week: i64,
+    pub min_gap_s: i64,
+    pub rule_cooldown_s: i64,
+    pub per_kind_per_day: Option<i64>,
+    pub store_per_minute: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuietHours {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPresence {
+    pub min_rssi: i64,
+    pub switch_margin_db: f64,
+    pub switch_hold_ms: i64,
+    pub window_ms: i64,
+    pub zone_timeout_ms: i64,
+    pub visit_gap_ms: i64,
+    pub max_future_skew_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecode {
+    pub app_company_id: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNudges {
+    pub expiry_s: i64,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub days: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}

@@ -1,0 +1,137 @@
+use std::collections::HashMap;
+
+use super::*;
+
+/// The minimal site file of DESIGN §7, verbatim.
+pub const MINIMAL_SITE: &str = r#"
+[store]
+id = "store-042"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+prefix = "retail"
+
+[storage]
+path = "/var/lib/gateway"
+
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:7531"
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 20
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = 1200
+
+[admin]
+listen = "127.0.0.1:9464"   # /metrics (Prometheus text), /livez, /readyz
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    from_layers("site.toml", Some(text), env)
+}
+
+#[test]
+fn the_minimal_site_file_is_accepted() {
+    let c = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(c.store_id, "store-042");
+    assert_eq!(c.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("127.0.0.1", 1883));
+    assert_eq!(c.nudge_topic("r-1"), "retail/store-042/nudges/r-1");
+    assert_eq!(
+        c.sources,
+        vec![SourceSettings::Udp {
+            bind: "127.0.0.1:7531".parse().unwrap()
+        }]
+    );
+    assert_eq!(c.caps.per_day, 3);
+    assert_eq!(c.rules[0].dwell_s, 20);
+    assert!(c.presence.dwell_thresholds_s.contains(&20));
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
+fn environment_overrides_the_site_file() {
+    let c = load(
+        MINIMAL_SITE,
+        &[
+            ("GATEWAY__MQTT__URL", "mqtt://127.0.0.1:2883"),
+            ("GATEWAY__CAPS__PER_DAY", "1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.port, 2883);
+    assert_eq!(c.caps.per_day, 1);
+}
+
+#[test]
+fn an_unknown_field_is_rejected_by_name() {
+    let err = load(
+        &MINIMAL_SITE.replace("per_week = 7", "per_week = 7\nper_month = 9"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("per_month"), "{err}");
+    assert!(err.starts_with("site.toml"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path_at_once() {
+    let text = MINIMAL_SITE
+        .replace("dwell_s = 20", "dwell_s = 0")
+        .replace("Europe/Berlin", "Europe/Atlantis")
+        .replace("kind = \"compare\"", "kind = \"spam\"")
+        .replace("zone = \"laptops\"", "zone = \"garden\"");
+    let ConfigError::Invalid { problems, .. } = load(&text, &[]).unwrap_err() else {
+        panic!("expected validation problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "store.timezone",
+        "rules[0].zone",
+        "rules[0].dwell_s",
+        "rules[0].kind",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_is_one_line_naming_the_file() {
+    let err = load("[store\nid = 1", &[]).unwrap_err().to_string();
+    assert!(err.starts_with("site.toml:"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn the_shipped_example_site_file_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example-site.toml"
+    ))
+    .unwrap();
+    load(&text, &[]).unwrap();
+}

@@ -1,0 +1,178 @@
+//! Hard per-person caps and quiet hours. Everything here is conservative
+//! under clock steps: a record that appears to lie in the future still
+//! counts against today, this week and the minimum gap.
+
+use chrono::{Datelike, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::{NudgeKind, SkipReason};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub per_visit: u32,
+    pub per_day: u32,
+    pub per_week: u32,
+    pub min_gap_s: u32,
+    pub per_kind_per_day: Option<u32>,
+    /// How long a rule stays silent for a person after it fired.
+    pub rule_cooldown_s: u32,
+    /// Store-wide: at most this many nudges in any 60 s.
+    pub store_per_minute: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl QuietHours {
+    /// Whether `at_ms` falls in quiet hours, in the store's local time.
+    pub fn contains(&self, tz: &Tz, at_ms: i64) -> bool {
+        let Some(local) = Utc
+            .timestamp_millis_opt(at_ms)
+            .single()
+            .map(|t| t.with_timezone(tz).time())
+        else {
+            return true;
+        };
+        if self.start <= self.end {
+            self.start <= local && local < self.end
+        } else {
+            local >= self.start || local < self.end
+        }
+    }
+}
+
+/// One nudge already reserved for a person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentNudge {
+    pub at_ms: i64,
+    pub kind: NudgeKind,
+    pub rule: String,
+    pub visit: i64,
+}
+
+/// What caps need to know about a person: the nudges of the last eight days.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub sent: Vec<SentNudge>,
+}
+
+/// Longest window any cap looks back over (a calendar week plus a day of
+/// slack for time-zone offsets).
+const KEEP_MS: i64 = 8 * 24 * 3600 * 1000;
+
+impl Ledger {
+    /// Record a reservation and forget what no cap can see any more.
+    pub fn record(&mut self, nudge: SentNudge) {
+        let now = nudge.at_ms;
+        self.sent.push(nudge);
+        self.prune(now);
+    }
+
+    /// Drop entries older than every cap window. Future-dated entries (the
+    /// clock stepped back) are kept: they still count.
+    pub fn prune(&mut self, now_ms: i64) {
+        self.sent.retain(|s| now_ms - s.at_ms <= KEEP_MS);
+    }
+}
+
+/// Store-wide send times of the last minute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRateLedger {
+    pub sent_ms: Vec<i64>,
+}
+
+impl StoreRateLedger {
+    pub fn record(&mut self, at_ms: i64) {
+        self.sent_ms
+            .retain(|t| (at_ms - t).abs() < 60_000 || *t > at_ms);
+        self.sent_ms.push(at_ms);
+    }
+}
+
+fn local_date(tz: &Tz, at_ms: i64) -> NaiveDate {
+    Utc.timestamp_millis_opt(at_ms)
+        .single()
+        .map(|t| t.with_timezone(tz).date_naive())
+        .unwrap_or(NaiveDate::MIN)
+}
+
+fn week_start(date: NaiveDate) -> NaiveDate {
+    date - chrono::Days::new(date.weekday().num_days_from_monday() as u64)
+}
+
+/// Would one more nudge of `kind` from `rule` during `visit` at `now_ms`
+/// break any cap? Returns the first cap it would break.
+#[allow(clippy::too_many_arguments)]
+pub fn check_caps(
+    ledger: &Ledger,
+    store_rate: &StoreRateLedger,
+    caps: &Caps,
+    quiet: Option<&QuietHours>,
+    tz: &Tz,
+    kind: NudgeKind,
+    rule: &str,
+    visit: i64,
+    now_ms: i64,
+) -> Result<(), SkipReason> {
+    if quiet.is_some_and(|q| q.contains(tz, now_ms)) {
+        return Err(SkipReason::QuietHours);
+    }
+    let today = local_date(tz, now_ms);
+    let this_week = week_start(today);
+    let mut in_visit = 0u32;
+    let mut in_day = 0u32;
+    let mut in_week = 0u32;
+    let mut kind_in_day = 0u32;
+    for sent in &ledger.sent {
+        let day = local_date(tz, sent.at_ms);
+        in_visit += u32::from(sent.visit == visit);
+        in_day += u32::from(day >= today);
+        in_week += u32::from(week_start(day) >= this_week);
+        kind_in_day += u32::from(day >= today && sent.kind == kind);
+        if (now_ms - sent.at_ms).abs() < caps.min_gap_s as i64 * 1000 {
+            return Err(SkipReason::MinGap {
+                gap_s: caps.min_gap_s,
+            });
+        }
+        if sent.rule == rule && (now_ms - sent.at_ms).abs() < caps.rule_cooldown_s as i64 * 1000 {
+            return Err(SkipReason::RuleCooldown {
+                cooldown_s: caps.rule_cooldown_s,
+            });
+        }
+    }
+    if in_visit >= caps.per_visit {
+        return Err(SkipReason::PerVisit {
+            limit: caps.per_visit,
+        });
+    }
+    if in_day >= caps.per_day {
+        return Err(SkipReason::PerDay {
+            limit: caps.per_day,
+        });
+    }
+    if in_week >= caps.per_week {
+        return Err(SkipReason::PerWeek {
+            limit: caps.per_week,
+        });
+    }
+    if let Some(limit) = caps.per_kind_per_day {
+        if kind_in_day >= limit {
+            return Err(SkipReason::PerKindPerDay { limit });
+        }
+    }
+    if let Some(per_minute) = caps.store_per_minute {
+        let recent = store_rate
+            .sent_ms
+            .iter()
+            .filter(|t| (now_ms - **t).abs() < 60_000 || **t > now_ms)
+            .count();
+        if recent >= per_minute as usize {
+            return Err(SkipReason::StoreRate { per_minute });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::decide::Caps;
+
+fn caps() -> Caps {
+    Caps {
+        per_visit: 2,
+        per_day: 3,
+        per_week: 7,
+        min_gap_s: 0,
+        per_kind_per_day: None,
+        rule_cooldown_s: 0,
+        store_per_minute: None,
+    }
+}
+
+fn record(person: &str, recipient: &str) -> PersonRecord {
+    PersonRecord::from_json(&format!(
+        r#"{{"person": "{person}", "recipient": "{recipient}", "identities": [{{"kind": "email", "value": "{person}@example.com"}}], "consent": {{"proximity": true, "product_info": true}}}}"#
+    ))
+    .unwrap()
+}
+
+fn request<'a>(
+    person: &'a PersonId,
+    caps: &'a Caps,
+    tz: &'a Tz,
+    visit: i64,
+    now_ms: i64,
+    id: &str,
+) -> ReserveRequest<'a> {
+    ReserveRequest {
+        person,
+        recipient: "r-1",
+        topic: "retail/s/nudges/r-1".into(),
+        nudge_id: id.into(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        kind: NudgeKind::Compare,
+        rule: "laptop-compare",
+        zone: "laptops",
+        visit,
+        now_ms,
+        expires_at_ms: now_ms + 900_000,
+        caps,
+        quiet: None,
+        tz,
+        enabled: true,
+    }
+}
+
+#[test]
+fn caps_survive_reopening_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = PersonId::from("p-1");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let t = 1_795_334_400_000;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .reserve(&request(&person, &caps, &tz, 1, t, "n1"))
+                .unwrap(),
+            Reservation::Reserved { seq: 1 }
+        );
+        assert_eq!(
+            store
+                .reserve(&request(&person, &caps, &tz, 1, t + 1, "n2"))
+                .unwrap(),
+            Reservation::Reserved { seq: 2 }
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store
+            .reserve(&request(&person, &caps, &tz, 1, t + 2, "n3"))
+            .unwrap(),
+        Reservation::Held(SkipReason::PerVisit { limit: 2 })
+    );
+    let ids: Vec<_> = store
+        .outbox_from(0)
+        .map(|e| e.unwrap().1.nudge_id)
+        .collect();
+    assert_eq!(ids, ["n1", "n2"]);
+    assert_eq!(
+        store.decision_by_nudge("n3").unwrap().unwrap().outcome,
+        DecisionOutcome::Held
+    );
+    assert_eq!(store.decisions_for("p-1").unwrap().len(), 3);
+}
+
+#[test]
+fn concurrent_deciders_never_exceed_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reserved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let (store, reserved) = (store.clone(), reserved.clone());
+            scope.spawn(move || {
+                let person = PersonId::from("p-1");
+                let (caps, tz) = (caps(), chrono_tz::UTC);
+                for i in 0..10 {
+                    let id = format!("n-{thread}-{i}");
+                    let visit = i % 3;
+                    if let Reservation::Reserved { .. } = store
+                        .reserve(&request(
+                            &person,
+                            &caps,
+                            &tz,
+                            visit,
+                            1_795_334_400_000 + i,
+                            &id,
+                        ))
+                        .unwrap()
+                    {
+                        reserved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        reserved.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "per_day is 3"
+    );
+    assert_eq!(store.outbox_len(), 3);
+}
+
+#[test]
+fn the_kill_switch_holds_everything_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let person = PersonId::from("p-1");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let mut req = request(&person, &caps, &tz, 1, 0, "n1");
+    req.enabled = false;
+    assert_eq!(
+        store.reserve(&req).unwrap(),
+        Reservation::Held(SkipReason::KillSwitch)
+    );
+    assert_eq!(store.outbox_len(), 0);
+}
+
+#[test]
+fn a_recipient_belongs_to_one_person_and_moves_with_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    assert!(matches!(
+        store.upsert_person(&record("p-2", "r-1")),
+        Err(StoreError::RecipientTaken { .. })
+    ));
+    assert!(
+        store.person("p-2").unwrap().is_none(),
+        "a refused record changes nothing"
+    );
+    store.upsert_person(&record("p-1", "r-9")).unwrap();
+    assert!(store.person_by_recipient("r-1").unwrap().is_none());
+    assert_eq!(
+        store
+            .person_by_recipient("r-9")
+            .unwrap()
+            .unwrap()
+            .person
+            .as_str(),
+        "p-1"
+    );
+}
+
+#[test]
+fn forgetting_a_person_leaves_no_key_in_any_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    store.upsert_person(&record("p-2", "r-2")).unwrap();
+    let (p1, caps, tz) = (PersonId::from("p-1"), caps(), chrono_tz::UTC);
+    store
+        .reserve(&request(&p1, &caps, &tz, 1, 0, "n1"))
+        .unwrap();
+    store
+        .save_visit(
+            &p1,
+            VisitSeed {
+                visit: 1,
+                last_seen_ms: 0,
+            },
+        )
+        .unwrap();
+    assert!(store.forget_person("p-1").unwrap() >= 5);
+    for name in store.db.tree_names() {
+        let tree = store.db.open_tree(&name).unwrap();
+        for item in tree.iter() {
+            let (k, v) = item.unwrap();
+            for needle in [&b"p-1"[..], b"r-1", b"p-1@example.com"] {
+                assert!(
+                    !k.windows(needle.len()).any(|w| w == needle),
+                    "key in {:?}",
+                    String::from_utf8_lossy(&name)
+                );
+                assert!(
+                    !v.windows(needle.len()).any(|w| w == needle),
+                    "value in {:?}",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+        }
+    }
+    assert!(store.person("p-2").unwrap().is_some());
+}
+
+#[test]
+fn a_database_from_a_newer_gateway_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(keys::META)
+            .unwrap()
+            .insert(keys::META_LAYOUT_VERSION, &99u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn retention_sweeps_old_decisions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (p1, caps, tz) = (PersonId::from("p-1"), caps(), chrono_tz::UTC);
+    store
+        .reserve(&request(&p1, &caps, &tz, 1, 1_000, "old"))
+        .unwrap();
+    store
+        .reserve(&request(&p1, &caps, &tz, 2, 90 * 86_400_000, "new"))
+        .unwrap();
+    assert_eq!(store.sweep_decisions(30 * 86_400_000).unwrap(), 1);
+    assert!(store.decision_by_nudge("old").unwrap().is_none());
+    assert!(store.decision_by_nudge("new").unwrap().is_some());
+}
