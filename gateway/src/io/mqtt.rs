@@ -1,0 +1,423 @@
+//! MQTT v5 delivery: the outbox pump, the retained status with its last
+//! will, and incoming subscriptions.
+//!
+//! rumqttc facts that shape this (shared/notes/mqtt-rumqttc-rumqttd.md):
+//! it reconnects only inside `poll()` and without backoff, so the event
+//! loop task sleeps (jittered, growing) after errors; when the broker comes
+//! back without our session rumqttc silently drops in-flight publishes, so
+//! an outbox entry leaves sled only on its PUBACK, and everything in flight
+//! is republished after a session loss. The nudge id makes redelivery
+//! harmless for the app.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::{Telemetry, events};
+
+/// At most this many of our publishes await a PUBACK at once; well under
+/// rumqttc's request channel and in-flight window so `try_publish` rarely
+/// finds them full.
+const MAX_IN_FLIGHT: usize = 32;
+const REQUEST_CHANNEL: usize = 64;
+const LINK_EVENTS: usize = 1024;
+/// How long the broker keeps our session (and our subscriptions) while we
+/// are away.
+const SESSION_EXPIRY_S: u32 = 3600;
+
+/// A message received on one of our subscriptions.
+#[derive(Clone, Debug)]
+pub struct IncomingMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+#[derive(Debug)]
+enum LinkEvent {
+    Connected { session_present: bool },
+    Disconnected(String),
+    Sent { pkid: u16 },
+    Acked { pkid: u16, ok: bool },
+}
+
+pub fn status_payload(config: &Config, online: bool) -> String {
+    serde_json::json!({
+        "status": if online { "online" } else { "offline" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_hash": config.hash,
+        "store": config.store_id,
+    })
+    .to_string()
+}
+
+fn options(config: &Config) -> MqttOptions {
+    let mut opts = MqttOptions::new(
+        config.mqtt.client_id.clone(),
+        config.mqtt.host.clone(),
+        config.mqtt.port,
+    );
+    opts.set_keep_alive(config.mqtt.keep_alive);
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
+    opts.set_last_will(LastWill::new(
+        config.status_topic(),
+        status_payload(config, false),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    opts
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): 100 ms doubling to
+/// 10 s, with ±25 % jitter so that a fleet of gateways does not reconnect in
+/// lockstep after a broker restart.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let jitter = (nanos % (base / 2 + 1)) as i64 - (base / 4) as i64;
+    Duration::from_millis((base as i64 + jitter).max(1) as u64)
+}
+
+/// Poll the event loop until told to stop, turning what matters into
+/// `LinkEvent`s and incoming messages.
+async fn drive_event_loop(
+    mut eventloop: EventLoop,
+    link: mpsc::Sender<LinkEvent>,
+    incoming: mpsc::Sender<IncomingMessage>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        let link_event = match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                Some(LinkEvent::Connected {
+                    session_present: ack.session_present,
+                })
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                let ok = matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                );
+                Some(LinkEvent::Acked { pkid: ack.pkid, ok })
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let message = IncomingMessage {
+                    topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                    payload: publish.payload.to_vec(),
+                    retain: publish.retain,
+                };
+                if incoming.send(message).await.is_err() {
+                    return;
+                }
+                None
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                Some(LinkEvent::Sent { pkid })
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => None,
+            Err(error) => {
+                let _ = link.send(LinkEvent::Disconnected(error.to_string())).await;
+                let delay = backoff(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                None
+            }
+        };
+        if let Some(link_event) = link_event {
+            if link.send(link_event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What one publish we made stands for, to act on its PUBACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Outbox(u64),
+    Status,
+}
+
+struct Pump {
+    config: Arc<Config>,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    client: AsyncClient,
+    connected: bool,
+    /// Publishes handed to rumqttc, in order, not yet given a packet id.
+    unsent: VecDeque<Pending>,
+    /// Packet id → what it carries, until its PUBACK.
+    in_flight: HashMap<u16, Pending>,
+    /// Next outbox sequence to look at.
+    cursor: u64,
+}
+
+impl Pump {
+    fn outstanding(&self) -> usize {
+        self.unsent.len() + self.in_flight.len()
+    }
+
+    fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected { session_present } => {
+                events::mqtt_connection(
+                    &self.telemetry,
+                    true,
+                    if session_present {
+                        "session resumed"
+                    } else {
+                        "new session"
+                    },
+                );
+                self.connected = true;
+                if !session_present {
+                    // rumqttc dropped what was in flight: send it again, from
+                    // the oldest, and renew our subscriptions.
+                    let mut lost: Vec<u64> = self
+                        .in_flight
+                        .drain()
+                        .filter_map(|(_, p)| {
+                            if let Pending::Outbox(seq) = p {
+                                Some(seq)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    lost.sort_unstable();
+                    if let Some(oldest) = lost.first() {
+                        self.cursor = self.cursor.min(*oldest);
+                    }
+                }
+                self.publish_status(true);
+            }
+            LinkEvent::Disconnected(reason) => {
+                if self.connected {
+                    events::mqtt_connection(&self.telemetry, false, &reason);
+                }
+                self.connected = false;
+            }
+            LinkEvent::Sent { pkid } => {
+                // A packet id we already track is rumqttc retransmitting.
+                if !self.in_flight.contains_key(&pkid) {
+                    if let Some(pending) = self.unsent.pop_front() {
+                        self.in_flight.insert(pkid, pending);
+                    }
+                }
+            }
+            LinkEvent::Acked { pkid, ok } => {
+                if let Some(Pending::Outbox(seq)) = self.in_flight.remove(&pkid) {
+                    match self.store.outbox_remove(seq) {
+                        Ok(()) if ok => events::nudge_acked(&self.telemetry, &seq.to_string()),
+                        Ok(()) => {
+                            self.telemetry
+                                .count("nudges_refused_by_broker_total", &[], 1);
+                            tracing::error!(
+                                seq,
+                                "broker refused a nudge (check the gateway's ACL); dropped"
+                            );
+                        }
+                        Err(e) => events::storage_error(&self.telemetry, "outbox_remove", &e),
+                    }
+                }
+            }
+        }
+        self.telemetry
+            .set_gauge("outbox_depth", self.store.outbox_len() as i64);
+    }
+
+    fn publish_status(&mut self, online: bool) {
+        let payload = status_payload(&self.config, online);
+        if self
+            .client
+            .try_publish(self.config.status_topic(), QoS::AtLeastOnce, true, payload)
+            .is_ok()
+        {
+            self.unsent.push_back(Pending::Status);
+        }
+    }
+
+    /// Hand outbox entries to rumqttc while connected and under the window.
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let now_ms = now_ms();
+        let mut to_send = Vec::new();
+        for item in self.store.outbox_from(self.cursor) {
+            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            match item {
+                Ok((seq, entry)) => to_send.push((seq, entry)),
+                Err(e) => {
+                    events::storage_error(&self.telemetry, "outbox_read", &e);
+                    break;
+                }
+            }
+        }
+        for (seq, entry) in to_send {
+            if entry.expires_at_ms <= now_ms {
+                if let Err(e) = self.store.outbox_remove(seq) {
+                    events::storage_error(&self.telemetry, "outbox_expire", &e);
+                }
+                events::nudge_expired(&self.telemetry, &entry.nudge_id);
+                self.cursor = seq + 1;
+                continue;
+            }
+            let remaining_s =
+                ((entry.expires_at_ms - now_ms + 999) / 1000).clamp(1, u32::MAX as i64) as u32;
+            let properties = PublishProperties {
+                message_expiry_interval: Some(remaining_s),
+                content_type: Some("application/json".into()),
+                payload_format_indicator: Some(1),
+                ..Default::default()
+            };
+            match self.client.try_publish_with_properties(
+                entry.topic,
+                QoS::AtLeastOnce,
+                false,
+                entry.payload,
+                properties,
+            ) {
+                Ok(()) => {
+                    self.unsent.push_back(Pending::Outbox(seq));
+                    self.cursor = seq + 1;
+                    events::nudge_published(&self.telemetry);
+                }
+                Err(ClientError::TryRequest(_)) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
+                    break;
+                }
+            }
+        }
+        self.telemetry
+            .set_gauge("outbox_depth", self.store.outbox_len() as i64);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Run delivery until `cancel`; then publish `offline` and disconnect.
+/// `connected` reports the link state to `/readyz` and the demo.
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    outbox_ready: Arc<Notify>,
+    incoming: mpsc::Sender<IncomingMessage>,
+    subscriptions: Vec<String>,
+    connected: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let (client, eventloop) = AsyncClient::new(options(&config), REQUEST_CHANNEL);
+    let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENTS);
+    let stop_loop = CancellationToken::new();
+    let loop_task = tokio::spawn(drive_event_loop(
+        eventloop,
+        link_tx,
+        incoming,
+        stop_loop.clone(),
+    ));
+    telemetry.set_gauge("mqtt_connected", 0);
+    let mut pump = Pump {
+        config: config.clone(),
+        store,
+        telemetry,
+        client: client.clone(),
+        connected: false,
+        unsent: VecDeque::new(),
+        in_flight: HashMap::new(),
+        cursor: 0,
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            event = link_rx.recv() => match event {
+                Some(event) => {
+                    let was_connected = pump.connected;
+                    let resubscribe = matches!(event, LinkEvent::Connected { session_present: false });
+                    pump.on_link(event);
+                    if resubscribe {
+                        for topic in &subscriptions {
+                            let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        }
+                    }
+                    if was_connected != pump.connected {
+                        let _ = connected.send(pump.connected);
+                    }
+                }
+                None => break,
+            },
+            _ = outbox_ready.notified() => {}
+            _ = sweep.tick() => {}
+        }
+        pump.pump();
+    }
+    // Graceful: say goodbye so the retained status is right at once, rather
+    // than after the broker notices the keep-alive lapse.
+    if pump.connected {
+        let _ = client.try_publish(
+            config.status_topic(),
+            QoS::AtLeastOnce,
+            true,
+            status_payload(&config, false),
+        );
+        let _ = client.try_disconnect();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        // Keep draining link events so the event loop task never blocks on us.
+        while link_rx.recv().await.is_some() {}
+    })
+    .await;
+    stop_loop.cancel();
+    let _ = loop_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_bounded() {
+        for attempt in 0..20 {
+            let d = backoff(attempt).as_millis() as u64;
+            let base = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+            assert!(
+                d >= base * 3 / 4 && d <= base * 5 / 4 + 1,
+                "attempt {attempt}: {d} ms vs base {base}"
+            );
+        }
+        assert!(backoff(30) <= Duration::from_millis(12_500));
+    }
+}

@@ -1,0 +1,235 @@
+//! Counters and gauges, rendered as Prometheus text on `/metrics`, and the
+//! notable events that both log and count (like vector's internal events):
+//! each event is one function here, so its log line and its counter can not
+//! drift apart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+pub struct Telemetry {
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    gauges: Mutex<BTreeMap<&'static str, i64>>,
+    /// Start of the current one-second window for rate-limited warnings.
+    warn_window_s: AtomicI64,
+    warn_count: AtomicU64,
+}
+
+/// Warnings about bad input are capped per second so that a flood of
+/// garbage cannot flood the log; every occurrence is still counted.
+const WARNINGS_PER_SECOND: u64 = 20;
+
+impl Telemetry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn count(&self, name: &'static str, labels: &[(&'static str, &str)], by: u64) {
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        );
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(0) += by;
+    }
+
+    pub fn set_gauge(&self, name: &'static str, value: i64) {
+        self.gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, value);
+    }
+
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((n, l), _)| {
+                *n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn gauge(&self, name: &str) -> i64 {
+        self.gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether a rate-limited warning may be logged now.
+    pub fn may_warn(&self) -> bool {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if self.warn_window_s.swap(now_s, Ordering::Relaxed) != now_s {
+            self.warn_count.store(0, Ordering::Relaxed);
+        }
+        self.warn_count.fetch_add(1, Ordering::Relaxed) < WARNINGS_PER_SECOND
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = "";
+        for ((name, labels), value) in counters.iter() {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE gateway_{name} counter");
+                last = name;
+            }
+            let _ = writeln!(out, "gateway_{name}{} {value}", render_labels(labels));
+        }
+        for (name, value) in self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "# TYPE gateway_{name} gauge\ngateway_{name} {value}");
+        }
+        out
+    }
+}
+
+fn render_labels(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// The events. Personal data never reaches these: callers pass hashed ids.
+pub mod events {
+    use super::Telemetry;
+
+    pub fn sighting_received(t: &Telemetry, source: &str) {
+        t.count("sightings_total", &[("source", source)], 1);
+    }
+
+    /// A record that could not be parsed: named by field, never by content.
+    pub fn sighting_rejected(t: &Telemetry, source: &str, origin: &str, field: &str, reason: &str) {
+        t.count(
+            "sightings_rejected_total",
+            &[("source", source), ("field", field)],
+            1,
+        );
+        if t.may_warn() {
+            tracing::warn!(source, origin, field, reason, "sighting rejected");
+        }
+    }
+
+    pub fn advert_undecodable(t: &Telemetry, source: &str) {
+        t.count("adverts_undecodable_total", &[("source", source)], 1);
+    }
+
+    /// An app token that resolves to nobody: a stranger, forgotten here.
+    pub fn stranger_dropped(t: &Telemetry) {
+        t.count("strangers_dropped_total", &[], 1);
+    }
+
+    pub fn person_recognised(t: &Telemetry, person_hash: &str) {
+        t.count("people_recognised_total", &[], 1);
+        tracing::debug!(person = person_hash, "person recognised");
+    }
+
+    pub fn nudge_reserved(
+        t: &Telemetry,
+        person_hash: &str,
+        rule: &str,
+        kind: &str,
+        nudge_id: &str,
+    ) {
+        t.count("nudges_reserved_total", &[("kind", kind)], 1);
+        tracing::info!(person = person_hash, rule, kind, nudge_id, "nudge reserved");
+    }
+
+    pub fn nudge_held(t: &Telemetry, person_hash: &str, rule: &str, reason: &str) {
+        t.count("nudges_held_total", &[("reason", reason)], 1);
+        tracing::info!(person = person_hash, rule, reason, "nudge held back");
+    }
+
+    pub fn nudge_published(t: &Telemetry) {
+        t.count("nudges_published_total", &[], 1);
+    }
+
+    pub fn nudge_acked(t: &Telemetry, nudge_id: &str) {
+        t.count("nudges_acked_total", &[], 1);
+        tracing::debug!(nudge_id, "nudge acknowledged by the broker");
+    }
+
+    pub fn nudge_expired(t: &Telemetry, nudge_id: &str) {
+        t.count("nudges_expired_total", &[], 1);
+        tracing::info!(nudge_id, "nudge expired in the outbox, not sent");
+    }
+
+    pub fn mqtt_connection(t: &Telemetry, connected: bool, detail: &str) {
+        t.set_gauge("mqtt_connected", i64::from(connected));
+        t.count(
+            "mqtt_connection_changes_total",
+            &[("state", if connected { "up" } else { "down" })],
+            1,
+        );
+        if connected {
+            tracing::info!(detail, "connected to the MQTT broker");
+        } else {
+            tracing::warn!(detail, "MQTT connection lost; retrying with backoff");
+        }
+    }
+
+    pub fn storage_error(t: &Telemetry, during: &str, error: &dyn std::fmt::Display) {
+        t.count("storage_errors_total", &[("during", during)], 1);
+        tracing::error!(during, %error, "storage error");
+    }
+
+    pub fn source_failed(t: &Telemetry, source: &str, error: &dyn std::fmt::Display) {
+        t.count("source_failures_total", &[("source", source)], 1);
+        tracing::error!(source, %error, "source failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_escaped_labels() {
+        let t = Telemetry::new();
+        events::sighting_received(&t, "udp");
+        events::sighting_received(&t, "udp");
+        t.count("nudges_held_total", &[("reason", "per_day")], 1);
+        t.count("odd_total", &[("x", "a\"b")], 1);
+        t.set_gauge("outbox_depth", 4);
+        let text = t.render();
+        assert!(
+            text.contains("gateway_sightings_total{source=\"udp\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_nudges_held_total{reason=\"per_day\"} 1"));
+        assert!(text.contains("gateway_odd_total{x=\"a\\\"b\"} 1"));
+        assert!(text.contains("# TYPE gateway_outbox_depth gauge\ngateway_outbox_depth 4"));
+        assert_eq!(t.counter("sightings_total", &[("source", "udp")]), 2);
+    }
+}
