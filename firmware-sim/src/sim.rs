@@ -86,7 +86,11 @@ enum Advertiser {
 
 #[derive(Debug, Clone)]
 enum RotatingContent {
-    AppToken { key: RotatingKey, company_id: u16 },
+    AppToken {
+        // Boxed: the AES key schedule is large and devices are mostly junk.
+        key: Box<RotatingKey>,
+        company_id: u16,
+    },
     Junk(StrangerDevice),
 }
 
@@ -282,7 +286,7 @@ impl Simulation {
                     period_ms: INTERVAL_MS,
                     phase_ms: 0,
                     content: RotatingContent::AppToken {
-                        key: RotatingKey::new(&shopper.key),
+                        key: Box::new(RotatingKey::new(&shopper.key)),
                         company_id: scenario.app_company_id,
                     },
                 },
