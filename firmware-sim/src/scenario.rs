@@ -1,0 +1,373 @@
+//! Who walks into the store: opted-in shoppers (whose keys the back office
+//! knows) and strangers (whose devices must never be recognised).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::adverts::DEFAULT_APP_COMPANY_ID;
+
+/// The phone a shopper carries. Only Android advertises the app token;
+/// iOS apps check in over MQTT instead, so their phone looks like any
+/// other iPhone on the radio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    Android,
+    Ios,
+}
+
+/// Consent purposes of DESIGN §5. Anything not given is no.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub proximity: bool,
+    pub product_info: bool,
+    pub offers: bool,
+    pub thanks: bool,
+    pub feedback: bool,
+}
+
+impl Consent {
+    /// Everything except offers: the typical "help me, don't sell to me".
+    pub fn helpful() -> Self {
+        Self {
+            proximity: true,
+            product_info: true,
+            offers: false,
+            thanks: true,
+            feedback: true,
+        }
+    }
+}
+
+/// One stop on a walk through the store. `zone` is a zone id of the store
+/// spec or [`crate::HALL_ZONE`] for somewhere on the open floor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub zone: String,
+    pub dwell_s: u32,
+}
+
+impl Stop {
+    pub fn new(zone: &str, dwell_s: u32) -> Self {
+        Self {
+            zone: zone.to_owned(),
+            dwell_s,
+        }
+    }
+}
+
+/// An opted-in customer with the app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shopper {
+    /// CRM person id, e.g. `p-1001`.
+    pub person: String,
+    /// Recipient pseudonym used in delivery topics, e.g. `r-1001`.
+    pub recipient: String,
+    /// The app install's secret key, shared with the back office.
+    pub key: [u8; 16],
+    pub interests: Vec<String>,
+    pub owns: Vec<String>,
+    pub consent: Consent,
+    /// Walked in order from the door; after the last stop the shopper walks
+    /// back out through the door.
+    pub path: Vec<Stop>,
+    /// Seconds after the simulation start when the shopper comes in.
+    pub arrive_at_s: u32,
+    pub platform: Platform,
+    pub walk_speed_mps: f64,
+}
+
+impl Shopper {
+    /// A shopper numbered `number` (person `p-<number>`, recipient
+    /// `r-<number>`), Android, helpful consent, key derived from `seed`,
+    /// no interests and an empty path. Adjust the public fields as needed.
+    pub fn new(number: u32, seed: u64) -> Self {
+        let person = format!("p-{number}");
+        Self {
+            key: derive_app_key(seed, &person),
+            recipient: format!("r-{number}"),
+            person,
+            interests: Vec::new(),
+            owns: Vec::new(),
+            consent: Consent::helpful(),
+            path: Vec::new(),
+            arrive_at_s: 0,
+            platform: Platform::Android,
+            walk_speed_mps: 1.0,
+        }
+    }
+
+    pub fn with_interests(mut self, interests: &[&str]) -> Self {
+        self.interests = interests.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    pub fn with_consent(mut self, consent: Consent) -> Self {
+        self.consent = consent;
+        self
+    }
+
+    pub fn with_path(mut self, path: Vec<Stop>) -> Self {
+        self.path = path;
+        self
+    }
+
+    pub fn arriving_at(mut self, arrive_at_s: u32) -> Self {
+        self.arrive_at_s = arrive_at_s;
+        self
+    }
+
+    pub fn on(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    /// The person record the CRM would publish for this shopper (DESIGN §5).
+    pub fn person_record(&self) -> PersonRecord {
+        PersonRecord {
+            person: self.person.clone(),
+            recipient: self.recipient.clone(),
+            timezone: None,
+            identities: vec![Identity {
+                kind: "app".to_owned(),
+                key: hex::encode(self.key),
+            }],
+            consent: self.consent,
+            interests: self.interests.clone(),
+            owns: self.owns.clone(),
+        }
+    }
+}
+
+/// Deterministic 16-byte app key for a person under a seed.
+pub fn derive_app_key(seed: u64, person: &str) -> [u8; 16] {
+    let digest = Sha256::new()
+        .chain_update(b"firmware-sim/app-key/")
+        .chain_update(seed.to_le_bytes())
+        .chain_update(person.as_bytes())
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// A person record, exactly the shape of DESIGN §5 (fields in that order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonRecord {
+    pub person: String,
+    pub recipient: String,
+    pub timezone: Option<String>,
+    pub identities: Vec<Identity>,
+    pub consent: Consent,
+    pub interests: Vec<String>,
+    pub owns: Vec<String>,
+}
+
+/// An app identity: `{"kind": "app", "key": "<32 hex>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub kind: String,
+    pub key: String,
+}
+
+/// What a stranger's device sends. None of it may ever be recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrangerDevice {
+    /// An iPhone's continuity "nearby info" chatter.
+    AppleNearby,
+    /// An AirTag-like Find My advert (random-looking key bytes).
+    AppleFindMy,
+    /// A fitness band.
+    Wearable,
+    /// Another company's iBeacon carried around (a parcel tag).
+    ForeignIbeacon,
+    /// Our own app, installed but never enrolled: a valid-looking app token
+    /// whose key the gateway does not know.
+    UnenrolledApp,
+}
+
+/// Someone who did not opt in, walking the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stranger {
+    pub device: StrangerDevice,
+    pub path: Vec<Stop>,
+    pub arrive_at_s: u32,
+    pub walk_speed_mps: f64,
+}
+
+impl Stranger {
+    pub fn new(device: StrangerDevice, arrive_at_s: u32, path: Vec<Stop>) -> Self {
+        Self {
+            device,
+            path,
+            arrive_at_s,
+            walk_speed_mps: 0.9,
+        }
+    }
+}
+
+/// Everyone who visits during a simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Seed the scenario's keys were derived from (kept for reference).
+    pub seed: u64,
+    /// Company id in the app token's manufacturer data.
+    pub app_company_id: u16,
+    pub shoppers: Vec<Shopper>,
+    pub strangers: Vec<Stranger>,
+}
+
+impl Scenario {
+    /// An empty scenario: add people with the `with_*` methods.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            app_company_id: DEFAULT_APP_COMPANY_ID,
+            shoppers: Vec::new(),
+            strangers: Vec::new(),
+        }
+    }
+
+    /// Only these shoppers, no strangers.
+    pub fn with_shoppers(seed: u64, shoppers: Vec<Shopper>) -> Self {
+        Self {
+            shoppers,
+            ..Self::new(seed)
+        }
+    }
+
+    pub fn with_shopper(mut self, shopper: Shopper) -> Self {
+        self.shoppers.push(shopper);
+        self
+    }
+
+    pub fn with_stranger(mut self, stranger: Stranger) -> Self {
+        self.strangers.push(stranger);
+        self
+    }
+
+    /// The demo for the small store, all within five minutes:
+    ///
+    /// - `p-1001`: interest laptops, consent to product info; entrance →
+    ///   laptops (60 s) → headphones (30 s) → leaves. Should get a nudge.
+    /// - `p-1002`: interest laptops but no product-info consent; entrance →
+    ///   laptops (90 s) → leaves. Must not get a product nudge.
+    /// - `p-1003`: interest headphones; entrance → headphones (45 s) →
+    ///   laptops (20 s) → leaves.
+    /// - `p-1004`: an iOS shopper (no app token on the radio).
+    /// - strangers with iPhones, an AirTag, a fitness band, a parcel
+    ///   iBeacon and an unenrolled app install.
+    pub fn small_demo(seed: u64) -> Self {
+        let walk = |stops: &[(&str, u32)]| -> Vec<Stop> {
+            stops.iter().map(|(z, d)| Stop::new(z, *d)).collect()
+        };
+        let helpful_but_no_info = Consent {
+            product_info: false,
+            ..Consent::helpful()
+        };
+        Self::new(seed)
+            .with_shopper(
+                Shopper::new(1001, seed)
+                    .with_interests(&["laptops"])
+                    .with_path(walk(&[
+                        ("entrance", 5),
+                        ("laptops", 60),
+                        ("headphones", 30),
+                    ]))
+                    .arriving_at(10),
+            )
+            .with_shopper(
+                Shopper::new(1002, seed)
+                    .with_interests(&["laptops"])
+                    .with_consent(helpful_but_no_info)
+                    .with_path(walk(&[("entrance", 5), ("laptops", 90)]))
+                    .arriving_at(40),
+            )
+            .with_shopper(
+                Shopper::new(1003, seed)
+                    .with_interests(&["headphones"])
+                    .with_consent(Consent {
+                        offers: true,
+                        ..Consent::helpful()
+                    })
+                    .with_path(walk(&[
+                        ("entrance", 5),
+                        ("headphones", 45),
+                        ("laptops", 20),
+                    ]))
+                    .arriving_at(120),
+            )
+            .with_shopper(
+                Shopper::new(1004, seed)
+                    .with_interests(&["laptops"])
+                    .with_path(walk(&[("entrance", 5), ("laptops", 40)]))
+                    .arriving_at(60)
+                    .on(Platform::Ios),
+            )
+            .with_stranger(Stranger::new(
+                StrangerDevice::AppleNearby,
+                0,
+                walk(&[("entrance", 10), ("laptops", 120), ("hall", 30)]),
+            ))
+            .with_stranger(Stranger::new(
+                StrangerDevice::AppleNearby,
+                30,
+                walk(&[("headphones", 200)]),
+            ))
+            .with_stranger(Stranger::new(
+                StrangerDevice::AppleFindMy,
+                15,
+                walk(&[("laptops", 70), ("headphones", 70)]),
+            ))
+            // A member of staff with a fitness band, on the floor all along.
+            .with_stranger(Stranger::new(
+                StrangerDevice::Wearable,
+                0,
+                walk(&[("hall", 900), ("laptops", 900)]),
+            ))
+            .with_stranger(Stranger::new(
+                StrangerDevice::ForeignIbeacon,
+                50,
+                walk(&[("entrance", 60), ("hall", 60)]),
+            ))
+            .with_stranger(Stranger::new(
+                StrangerDevice::UnenrolledApp,
+                20,
+                walk(&[("laptops", 100), ("headphones", 40)]),
+            ))
+    }
+
+    /// The opted-in shoppers as person records.
+    pub fn people(&self) -> Vec<PersonRecord> {
+        self.shoppers.iter().map(Shopper::person_record).collect()
+    }
+
+    /// The person records as JSON Lines (one object a line, trailing newline),
+    /// ready for `gateway people import`.
+    pub fn people_jsonl(&self) -> String {
+        let mut out = String::new();
+        for record in self.people() {
+            // Serialising plain strings, bools and vectors cannot fail.
+            if let Ok(line) = serde_json::to_string(&record) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_seed_and_person() {
+        assert_eq!(derive_app_key(7, "p-1"), derive_app_key(7, "p-1"));
+        assert_ne!(derive_app_key(7, "p-1"), derive_app_key(8, "p-1"));
+        assert_ne!(derive_app_key(7, "p-1"), derive_app_key(7, "p-2"));
+    }
+}
