@@ -6,7 +6,9 @@
 //! per edge; `daemon` wires them with bounded channels and one cancellation
 //! token.
 
+pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod decode;
 pub mod identity;

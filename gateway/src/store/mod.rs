@@ -218,29 +218,45 @@ impl Store {
     /// Insert or replace a person, keeping the recipient index exact.
     /// Durable when it returns.
     pub fn upsert_person(&self, record: &PersonRecord) -> Result<Option<PersonRecord>, StoreError> {
-        let id = record.person.as_str();
+        Ok(self
+            .upsert_people(std::slice::from_ref(record))?
+            .pop()
+            .flatten())
+    }
+
+    /// Insert or replace several people in one transaction: all or none.
+    /// Returns each one's previous record. Durable when it returns.
+    pub fn upsert_people(
+        &self,
+        records: &[PersonRecord],
+    ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
         let previous = unwrap_tx((&self.people, &self.recipients).transaction(
             |(people, recipients)| {
-                if let Some(owner) = recipients.get(record.recipient.as_bytes())? {
-                    if owner.as_ref() != id.as_bytes() {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::RecipientTaken {
-                                recipient: record.recipient.clone(),
-                            },
-                        ));
+                let mut previous = Vec::with_capacity(records.len());
+                for record in records {
+                    let id = record.person.as_str();
+                    if let Some(owner) = recipients.get(record.recipient.as_bytes())? {
+                        if owner.as_ref() != id.as_bytes() {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::RecipientTaken {
+                                    recipient: record.recipient.clone(),
+                                },
+                            ));
+                        }
                     }
-                }
-                let previous: Option<PersonRecord> =
-                    match people.insert(keys::person(id), json(record))? {
-                        Some(old) => Some(tx_parse(keys::PEOPLE, &old)?),
-                        None => None,
-                    };
-                if let Some(old) = &previous {
-                    if old.recipient != record.recipient {
-                        recipients.remove(old.recipient.as_bytes())?;
+                    let old: Option<PersonRecord> =
+                        match people.insert(keys::person(id), json(record))? {
+                            Some(old) => Some(tx_parse(keys::PEOPLE, &old)?),
+                            None => None,
+                        };
+                    if let Some(old) = &old {
+                        if old.recipient != record.recipient {
+                            recipients.remove(old.recipient.as_bytes())?;
+                        }
                     }
+                    recipients.insert(record.recipient.as_bytes(), id.as_bytes())?;
+                    previous.push(old);
                 }
-                recipients.insert(record.recipient.as_bytes(), id.as_bytes())?;
                 Ok(previous)
             },
         ))?;
