@@ -1,1 +1,24 @@
+//! End-to-end test harness for the store proximity gateway.
+//!
+//! Everything here starts real processes (Mosquitto, the `gateway` and
+//! `firmware-sim` binaries) on loopback, with their own temp dirs, and stops
+//! them again when the owning guard is dropped, also on panic. All waits are
+//! bounded.
+//!
+//! Prefer `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` for
+//! async tests: a few helpers (broker start/stop, child waits) block briefly,
+//! and a multi-thread runtime keeps the [`Phone`] tasks running meanwhile.
 
+pub mod bins;
+pub mod mosquitto;
+pub mod phone;
+pub mod process;
+pub mod util;
+
+pub use bins::{firmware_sim_bin, gateway_bin};
+pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use phone::{Phone, PhoneOptions, Received};
+pub use process::{ChildGuard, spawn_guarded, spawn_guarded_in};
+pub use rumqttc::v5::mqttbytes::QoS;
+pub use rumqttc::v5::mqttbytes::v5::PublishProperties;
+pub use util::{Workdir, free_tcp_port, free_udp_port, wait_until, wait_until_blocking};
