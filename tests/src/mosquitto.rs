@@ -27,6 +27,9 @@ pub struct MosquittoOptions {
     pub port: Option<u16>,
     /// How long to wait for the listener to accept connections.
     pub ready_timeout: Duration,
+    /// Users (name, password) written with `mosquitto_passwd` into
+    /// `{dir}/passwd`, which is then configured as `password_file`.
+    pub users: Vec<(String, String)>,
 }
 
 impl Default for MosquittoOptions {
@@ -37,6 +40,7 @@ impl Default for MosquittoOptions {
             files: Vec::new(),
             port: None,
             ready_timeout: Duration::from_secs(10),
+            users: Vec::new(),
         }
     }
 }
@@ -62,6 +66,18 @@ impl MosquittoOptions {
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
+    }
+
+    /// Adds a user to the generated password file (see [`MosquittoOptions::users`]).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push((name.into(), password.into()));
+        self
+    }
+
+    /// Writes `acl_text` to `{dir}/acl` and configures it as `acl_file`.
+    pub fn acl(self, acl_text: impl Into<String>) -> Self {
+        self.file("acl", acl_text.into())
+            .extra("acl_file {dir}/acl")
     }
 }
 
@@ -107,6 +123,31 @@ impl Mosquitto {
         let dir = Workdir::new("mosquitto")?;
         for (name, contents) in &opts.files {
             dir.write(name, contents)?;
+        }
+        let mut opts = opts;
+        if !opts.users.is_empty() {
+            let passwd = dir.join("passwd");
+            for (i, (user, password)) in opts.users.iter().enumerate() {
+                let mut cmd = Command::new("mosquitto_passwd");
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                let out = cmd
+                    .arg("-b")
+                    .arg(&passwd)
+                    .arg(user)
+                    .arg(password)
+                    .output()
+                    .context("run mosquitto_passwd (run scripts/setup)")?;
+                if !out.status.success() {
+                    bail!(
+                        "mosquitto_passwd for {user} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            opts.extra_config
+                .insert(0, "password_file {dir}/passwd".to_string());
         }
         let config_path = dir.join("mosquitto.conf");
         let log_path = dir.join("mosquitto.log");

@@ -282,6 +282,24 @@ impl Phone {
         }
     }
 
+    /// Waits the whole `settle` time and checks that exactly `n` publishes
+    /// have arrived by then (e.g. "the cap allows one nudge, not two").
+    pub async fn expect_exactly(&self, n: usize, settle: Duration) -> Result<Vec<Received>> {
+        tokio::time::sleep(settle).await;
+        let got = self.received();
+        if got.len() != n {
+            bail!(
+                "phone {}: expected exactly {n} messages after {settle:?}, got {}: {:?}",
+                self.opts.client_id,
+                got.len(),
+                got.iter()
+                    .map(|r| format!("{} {}", r.topic, r.payload_str()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        Ok(got)
+    }
+
     /// `session_present` of every CONNACK so far (one per (re)connection).
     pub fn session_present_history(&self) -> Vec<bool> {
         lock(&self.shared.connacks).clone()

@@ -208,12 +208,7 @@ async fn phone_connect_fails_fast_when_refused() {
 async fn acl_file_limits_delivery_to_own_topic() {
     // Mosquitto 2.0 grants the SUBSCRIBE but filters delivery by the ACL.
     let broker = Mosquitto::start(
-        MosquittoOptions::default()
-            .file(
-                "acl",
-                "topic write p/s1/nudges/#\npattern read p/s1/nudges/%c\n",
-            )
-            .extra("acl_file {dir}/acl"),
+        MosquittoOptions::default().acl("topic write p/s1/nudges/#\npattern read p/s1/nudges/%c\n"),
     )
     .unwrap();
     let port = broker.port();
@@ -236,6 +231,37 @@ async fn acl_file_limits_delivery_to_own_topic() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(mallory.received().is_empty(), "{:?}", mallory.received());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_file_users_and_credentials() {
+    let broker = Mosquitto::start(
+        MosquittoOptions::default()
+            .allow_anonymous(false)
+            .user("gw", "gw-secret")
+            .user("app-alice", "alice-secret"),
+    )
+    .unwrap();
+    let port = broker.port();
+    let alice = Phone::connect(
+        PhoneOptions::new(port, "alice", "p/s1/nudges/alice")
+            .credentials("app-alice", "alice-secret"),
+    )
+    .await
+    .unwrap();
+    let gw = Phone::connect(PhoneOptions::new(port, "gw", "").credentials("gw", "gw-secret"))
+        .await
+        .unwrap();
+    let wrong = Phone::connect(PhoneOptions::new(port, "bad", "").credentials("gw", "nope")).await;
+    assert!(wrong.is_err());
+    gw.publish_acked("p/s1/nudges/alice", "hi", false, expiry(60))
+        .await
+        .unwrap();
+    let got = alice
+        .expect_exactly(1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(got[0].payload_str(), "hi");
 }
 
 #[test]
