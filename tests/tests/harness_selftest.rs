@@ -371,3 +371,46 @@ fn missing_binary_error_names_the_script() {
         }
     }
 }
+
+/// Helper for `children_die_with_a_crashed_test_binary`: only acts when
+/// started by that test (env var set); then starts a broker and a `sleep`,
+/// writes their pids, and aborts without running any destructor.
+#[test]
+#[ignore = "helper, run by children_die_with_a_crashed_test_binary"]
+fn crash_helper() {
+    let Some(pidfile) = std::env::var_os("E2E_CRASH_HELPER_PIDFILE") else {
+        return;
+    };
+    let broker = Mosquitto::start_default().unwrap();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    let sleeper = spawn_guarded(cmd).unwrap();
+    std::fs::write(
+        &pidfile,
+        format!("{} {}", broker.pid().unwrap(), sleeper.pid()),
+    )
+    .unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn children_die_with_a_crashed_test_binary() {
+    let wd = Workdir::new("crash").unwrap();
+    let pidfile = wd.join("pids");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", "crash_helper", "--test-threads=1"])
+        .env("E2E_CRASH_HELPER_PIDFILE", &pidfile);
+    let mut helper = spawn_guarded(cmd).unwrap();
+    let status = helper.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "helper should abort: {}", helper.logs());
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    let pids: Vec<u32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    for pid in pids {
+        wait_until_blocking(T, || !pid_alive(pid))
+            .unwrap_or_else(|e| panic!("pid {pid} survived the crash: {e}"));
+    }
+}
