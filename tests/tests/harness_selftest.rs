@@ -18,10 +18,28 @@ fn expiry(secs: u32) -> PublishProperties {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // kill(pid, 0): 0 = exists, ESRCH = gone.
+/// Strict: kill(pid, 0) fails with ESRCH, i.e. the process is gone *and*
+/// reaped. Right for our own children, which the guards reap.
+fn esrch(pid: u32) -> bool {
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// For orphans (grandchildren, children of a crashed process), which someone
+/// else reaps: gone or a zombie.
+fn pid_alive(pid: u32) -> bool {
+    // kill(pid, 0): 0 = exists, ESRCH = gone. A zombie (exited, not yet
+    // reaped by whoever inherited it) counts as gone.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 #[test]
@@ -154,7 +172,7 @@ async fn persistent_session_survives_broker_crash() {
     let old_pid = broker.pid().unwrap();
     broker.kill().unwrap();
     assert!(!broker.is_running());
-    assert!(!pid_alive(old_pid));
+    assert!(esrch(old_pid));
     broker.restart().unwrap();
     assert_eq!(broker.port(), port);
 
@@ -273,8 +291,8 @@ fn child_guard_kills_and_reaps_on_drop() {
     assert!(guard.is_running());
     assert!(pid_alive(pid));
     drop(guard);
-    // Drop waited for the child: no zombie left behind, the pid is gone.
-    wait_until_blocking(Duration::from_secs(5), || !pid_alive(pid)).unwrap();
+    // Drop killed and reaped the child: no zombie left behind, the pid is gone.
+    wait_until_blocking(Duration::from_secs(5), || esrch(pid)).unwrap();
 }
 
 #[test]
@@ -339,7 +357,7 @@ fn broker_process_is_gone_after_drop() {
     let pid = broker.pid().unwrap();
     let port = broker.port();
     drop(broker);
-    assert!(!pid_alive(pid));
+    assert!(esrch(pid), "mosquitto {pid} still exists after drop");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
