@@ -8,6 +8,23 @@
 //! Prefer `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` for
 //! async tests: a few helpers (broker start/stop, child waits) block briefly,
 //! and a multi-thread runtime keeps the [`Phone`] tasks running meanwhile.
+//!
+//! ```no_run
+//! use std::{process::Command, time::Duration};
+//! use e2e::*;
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let broker = Mosquitto::start(MosquittoOptions::default())?;
+//! let phone = Phone::connect(PhoneOptions::new(broker.port(), "app-alice", "p/s1/nudges/alice")).await?;
+//! let mut cmd = Command::new(gateway_bin()?);
+//! cmd.args(["run", "--broker", &broker.url()]); // illustrative flags
+//! let gateway = spawn_guarded(cmd)?;
+//! let nudges = phone.wait_for(1, Duration::from_secs(10)).await;
+//! let nudges = nudges.map_err(|e| e.context(gateway.logs()))?;
+//! assert!(nudges[0].message_expiry_interval.is_some());
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bins;
 pub mod mosquitto;
