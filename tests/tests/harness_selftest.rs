@@ -313,6 +313,13 @@ fn child_guard_captures_output_and_exit_status() {
 }
 
 #[test]
+fn child_guard_feeds_stdin() {
+    let mut guard = e2e::spawn_guarded_with_input(Command::new("cat"), "line 1\nline 2\n").unwrap();
+    assert!(guard.wait_exit(T).unwrap().success());
+    assert_eq!(guard.stdout(), "line 1\nline 2\n");
+}
+
+#[test]
 fn child_guard_sigterm_then_wait() {
     let mut cmd = Command::new("sleep");
     cmd.arg("60");
