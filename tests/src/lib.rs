@@ -35,7 +35,7 @@ pub mod util;
 pub use bins::{firmware_sim_bin, gateway_bin};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use phone::{Phone, PhoneOptions, Received};
-pub use process::{ChildGuard, spawn_guarded, spawn_guarded_in};
+pub use process::{ChildGuard, spawn_guarded, spawn_guarded_in, spawn_guarded_with_input};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::mqttbytes::v5::PublishProperties;
 pub use util::{Workdir, free_tcp_port, free_udp_port, wait_until, wait_until_blocking};

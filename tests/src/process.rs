@@ -22,7 +22,7 @@ pub const DROP_GRACE: Duration = Duration::from_millis(500);
 /// signal when the *thread* that spawned the child exits: spawn from the test's
 /// own thread or a long-lived runtime worker, not from a short-lived thread.
 ///
-/// Stdin is `/dev/null`; stdout and stderr go to `<name>.stdout` and
+/// Stdin is `/dev/null` (or a file, see [`spawn_guarded_with_input`]); stdout and stderr go to `<name>.stdout` and
 /// `<name>.stderr` in a log directory (appended, so restarts keep history).
 /// When the guard is dropped during a panic it prints the tail of both.
 #[derive(Debug)]
@@ -36,22 +36,43 @@ pub struct ChildGuard {
     _logdir: Option<Workdir>,
 }
 
+fn program_name(cmd: &Command) -> String {
+    Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "child".to_string())
+}
+
 /// Spawns `cmd` guarded, with its output captured in a fresh temp dir.
 /// The name used for the log files is the program's file name.
 pub fn spawn_guarded(cmd: Command) -> Result<ChildGuard> {
-    let name = Path::new(cmd.get_program())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "child".to_string());
+    let name = program_name(&cmd);
     let logdir = Workdir::new(&format!("logs-{name}"))?;
     let mut guard = spawn_guarded_in(cmd, logdir.path(), &name)?;
     guard._logdir = Some(logdir);
     Ok(guard)
 }
 
+/// Like [`spawn_guarded`], but the child reads `input` on stdin (then EOF),
+/// e.g. for `gateway decode -`.
+pub fn spawn_guarded_with_input(cmd: Command, input: impl AsRef<[u8]>) -> Result<ChildGuard> {
+    let name = program_name(&cmd);
+    let logdir = Workdir::new(&format!("logs-{name}"))?;
+    let stdin_path = logdir.write(format!("{name}.stdin"), input)?;
+    let stdin = std::fs::File::open(&stdin_path)
+        .with_context(|| format!("open {}", stdin_path.display()))?;
+    let mut guard = spawn_inner(cmd, logdir.path(), &name, Stdio::from(stdin))?;
+    guard._logdir = Some(logdir);
+    Ok(guard)
+}
+
 /// Spawns `cmd` guarded, appending its output to `<log_dir>/<name>.stdout`
 /// and `<log_dir>/<name>.stderr`.
-pub fn spawn_guarded_in(mut cmd: Command, log_dir: &Path, name: &str) -> Result<ChildGuard> {
+pub fn spawn_guarded_in(cmd: Command, log_dir: &Path, name: &str) -> Result<ChildGuard> {
+    spawn_inner(cmd, log_dir, name, Stdio::null())
+}
+
+fn spawn_inner(mut cmd: Command, log_dir: &Path, name: &str, stdin: Stdio) -> Result<ChildGuard> {
     let stdout_path = log_dir.join(format!("{name}.stdout"));
     let stderr_path = log_dir.join(format!("{name}.stderr"));
     let open = |p: &Path| {
@@ -61,7 +82,7 @@ pub fn spawn_guarded_in(mut cmd: Command, log_dir: &Path, name: &str) -> Result<
             .open(p)
             .with_context(|| format!("open log file {}", p.display()))
     };
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(open(&stdout_path)?)
         .stderr(open(&stderr_path)?);
     // SAFETY: getpid is async-signal-safe; the pre_exec closure only calls

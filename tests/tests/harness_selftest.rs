@@ -424,7 +424,9 @@ fn children_die_with_a_crashed_test_binary() {
     let pidfile = wd.join("pids");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--ignored", "--exact", "crash_helper", "--test-threads=1"])
-        .env("E2E_CRASH_HELPER_PIDFILE", &pidfile);
+        .env("E2E_CRASH_HELPER_PIDFILE", &pidfile)
+        // The aborted helper cannot clean up its temp dirs: keep them in ours.
+        .env("TMPDIR", wd.path());
     let mut helper = spawn_guarded(cmd).unwrap();
     let status = helper.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(!status.success(), "helper should abort: {}", helper.logs());
