@@ -6,11 +6,13 @@
 //! per edge; `daemon` wires them with bounded channels and one cancellation
 //! token.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod decode;
+pub mod demo;
 pub mod identity;
 pub mod io;
 pub mod presence;

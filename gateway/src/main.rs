@@ -1,1 +1,142 @@
-fn main() {}
+//! The `gateway` binary. `anyhow` lives here only; every module below
+//! returns typed errors.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use gateway::cli::{self, Cli, CliError, Command, LogFormat, PeopleCommand};
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancel on SIGINT or SIGTERM: one token stops every task.
+fn cancel_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
+    let config_path = cli.config.as_deref();
+    Ok(match cli.command {
+        Command::Run => {
+            init_logging(cli.log_format, "info,rumqttc=warn");
+            let config = match cli::require_config(config_path) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let rt = runtime()?;
+            rt.block_on(async {
+                let cancel = cancel_on_signals()?;
+                anyhow::Ok(match gateway::daemon::run(config, cancel, None).await {
+                    Ok(summary) => Ok(format!("gateway stopped: {summary:?}")),
+                    Err(e) => Err(CliError::new(e.to_string())),
+                })
+            })?
+        }
+        Command::Demo {
+            run_for,
+            speed,
+            seed,
+        } => {
+            init_logging(cli.log_format, "warn,rumqttd=off,rumqttc=off");
+            if !(speed.is_finite() && speed > 0.0) {
+                return Ok(Err(CliError {
+                    message: format!("--speed: must be a number > 0, got {speed}"),
+                    code: 2,
+                }));
+            }
+            let rt = runtime()?;
+            rt.block_on(async {
+                let cancel = cancel_on_signals()?;
+                let out: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+                let options = gateway::demo::DemoOptions {
+                    run_for,
+                    speed,
+                    seed,
+                };
+                anyhow::Ok(
+                    gateway::demo::run(options, cancel, out)
+                        .await
+                        .map(|_| String::new())
+                        .map_err(|e| CliError::new(e.to_string())),
+                )
+            })?
+        }
+        Command::Decode { hex, company_id } => cli::decode(
+            &hex,
+            company_id,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        )
+        .map(|()| String::new()),
+        Command::CheckConfig { file } => cli::check_config(&file),
+        Command::People(command) => {
+            init_logging(cli.log_format, "warn");
+            let config = match cli::require_config(config_path) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            match command {
+                PeopleCommand::Import { file, partial } => {
+                    cli::people::import(&config, &file, partial)
+                }
+                PeopleCommand::Show { person } => cli::people::show(&config, &person),
+                PeopleCommand::Export { person } => cli::people::export(&config, &person),
+                PeopleCommand::Forget { person } => cli::people::forget(&config, &person),
+            }
+        }
+        Command::Explain { id } => match cli::require_config(config_path) {
+            Ok(config) => cli::people::explain(&config, &id),
+            Err(e) => Err(e),
+        },
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(Ok(output)) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("gateway: {}", e.message);
+            ExitCode::from(e.code.clamp(1, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

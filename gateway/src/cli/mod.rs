@@ -1,0 +1,192 @@
+//! The command line: raw arguments (clap) → validated settings → one
+//! function per subcommand. Only `main` turns errors into exit codes.
+
+pub mod people;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::decode::{DecodeOptions, decode_hex_to_json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Store proximity gateway: BLE presence in, consented and capped nudges out over MQTT"
+)]
+pub struct Cli {
+    /// Site config file (TOML), layered over the built-in defaults.
+    #[arg(long, short, global = true, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway daemon.
+    Run,
+    /// Everything embedded: a simulated store, an embedded broker, nudges printed.
+    Demo {
+        /// Stop by itself after this long (e.g. 90s, 5m); otherwise Ctrl-C.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        run_for: Option<Duration>,
+        /// How many times faster than real time the simulated store runs.
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Decode advertising data (hex AD structures) to JSON; `-` reads one per line from stdin.
+    Decode {
+        hex: String,
+        /// Company id of the app token (default 0xFFFF).
+        #[arg(long, value_parser = parse_company_id)]
+        company_id: Option<u16>,
+    },
+    /// Validate a config file (and environment overrides) without starting.
+    CheckConfig { file: PathBuf },
+    /// Manage the people the gateway knows.
+    #[command(subcommand)]
+    People(PeopleCommand),
+    /// Why a nudge was sent or held back: by person id or nudge id.
+    Explain { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeopleCommand {
+    /// Import person records (JSON Lines, DESIGN §5). All or nothing unless --partial.
+    Import {
+        file: PathBuf,
+        /// Apply the valid lines even if some are bad.
+        #[arg(long)]
+        partial: bool,
+    },
+    /// What the gateway holds about a person.
+    Show { person: String },
+    /// Everything about a person as JSON, for an access request.
+    Export { person: String },
+    /// Erase a person: keys, preferences, counters, decision log, outbox.
+    Forget { person: String },
+}
+
+fn parse_company_id(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse::<u16>(),
+    };
+    parsed.map_err(|_| format!("not a 16-bit company id: {text:?}"))
+}
+
+/// A command's failure: the message to print and the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<config::ConfigError> for CliError {
+    fn from(e: config::ConfigError) -> Self {
+        CliError::new(e.to_string())
+    }
+}
+
+/// The site config, required by commands that touch the store.
+pub fn require_config(path: Option<&Path>) -> Result<Config, CliError> {
+    let path = path.ok_or_else(|| CliError {
+        message: "this command needs --config <site.toml> (or GATEWAY_CONFIG)".into(),
+        code: 2,
+    })?;
+    Ok(config::load(Some(path))?)
+}
+
+/// `gateway decode`: one hex string, or `-` for one per line of stdin.
+pub fn decode(
+    hex: &str,
+    company_id: Option<u16>,
+    input: impl BufRead,
+    mut out: impl std::io::Write,
+) -> Result<(), CliError> {
+    let opts = DecodeOptions {
+        app_company_id: company_id.unwrap_or(crate::decode::DEFAULT_APP_COMPANY_ID),
+    };
+    if hex != "-" {
+        let value =
+            decode_hex_to_json(hex, &opts).map_err(|e| CliError::new(format!("decode: {e}")))?;
+        let _ = writeln!(out, "{value}");
+        return Ok(());
+    }
+    for line in input.lines() {
+        let line = line.map_err(|e| CliError::new(format!("decode: reading stdin: {e}")))?;
+        let value = match decode_hex_to_json(&line, &opts) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        let _ = writeln!(out, "{value}");
+    }
+    Ok(())
+}
+
+/// `gateway check-config`: prints a short summary, or every problem.
+pub fn check_config(file: &Path) -> Result<String, CliError> {
+    let config = config::load(Some(file))?;
+    Ok(format!(
+        "{}: ok (store {}, {} zone(s), {} rule(s), {} source(s), config hash {})",
+        file.display(),
+        config.store_id,
+        config.zones.len(),
+        config.rules.len(),
+        config.sources.len(),
+        config.hash
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_line_mode_keeps_going_after_a_bad_line() {
+        let input = "0201061aff4c000215426c7565436861726d426561636f6e730efe1355c5\nzz\n";
+        let mut out = Vec::new();
+        decode("-", None, input.as_bytes(), &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["frames"][0]["kind"], "ibeacon");
+        assert!(lines[1]["error"].as_str().unwrap().contains("hex"));
+    }
+
+    #[test]
+    fn company_ids_parse_in_hex_or_decimal() {
+        assert_eq!(parse_company_id("0xFFFF"), Ok(0xFFFF));
+        assert_eq!(parse_company_id("76"), Ok(76));
+        assert!(parse_company_id("0x10000").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! `gateway people import | show | export | forget` and `gateway explain`.
+
+use std::path::Path;
+
+use chrono::TimeZone;
+
+use super::CliError;
+use crate::config::Config;
+use crate::identity::PersonRecord;
+use crate::store::{DecisionEntry, DecisionOutcome, Store};
+
+fn open(config: &Config) -> Result<Store, CliError> {
+    Store::open(&config.storage_path).map_err(|e| CliError::new(e.to_string()))
+}
+
+fn store_err(e: crate::store::StoreError) -> CliError {
+    CliError::new(e.to_string())
+}
+
+/// Parse every line; return the good records and the errors with file:line.
+pub fn parse_import(path: &Path, text: &str) -> (Vec<PersonRecord>, Vec<String>) {
+    let mut records: Vec<PersonRecord> = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen_people = std::collections::HashMap::new();
+    let mut seen_recipients = std::collections::HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match PersonRecord::from_json(line) {
+            Ok(record) => {
+                if let Some(first) = seen_people.insert(record.person.clone(), line_no) {
+                    errors.push(format!(
+                        "{}:{line_no}: person: same person as line {first}",
+                        path.display()
+                    ));
+                } else if let Some(first) =
+                    seen_recipients.insert(record.recipient.clone(), line_no)
+                {
+                    errors.push(format!(
+                        "{}:{line_no}: recipient: same recipient as line {first}",
+                        path.display()
+                    ));
+                } else {
+                    records.push(record);
+                }
+            }
+            Err(e) => errors.push(format!("{}:{line_no}: {e}", path.display())),
+        }
+    }
+    (records, errors)
+}
+
+pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+    let (records, errors) = parse_import(path, &text);
+    if !errors.is_empty() && !partial {
+        return Err(CliError::new(format!(
+            "{}\n{} bad line(s); nothing imported (use --partial to import the {} good one(s))",
+            errors.join("\n"),
+            errors.len(),
+            records.len()
+        )));
+    }
+    let store = open(config)?;
+    store.upsert_people(&records).map_err(store_err)?;
+    let mut report = format!(
+        "imported {} person record(s) into {}",
+        records.len(),
+        config.storage_path.display()
+    );
+    if !errors.is_empty() {
+        report = format!(
+            "{}\n{report}; skipped {} bad line(s)",
+            errors.join("\n"),
+            errors.len()
+        );
+    }
+    Ok(report)
+}
+
+fn local_time(config: &Config, at_ms: i64) -> String {
+    chrono::Utc
+        .timestamp_millis_opt(at_ms)
+        .single()
+        .map(|t| {
+            t.with_timezone(&config.timezone)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|| at_ms.to_string())
+}
+
+fn describe(config: &Config, d: &DecisionEntry) -> String {
+    let what = match (&d.outcome, &d.reason) {
+        (DecisionOutcome::Sent, _) => format!("sent {} nudge {}", d.kind.as_str(), d.nudge_id),
+        (DecisionOutcome::Held, Some(reason)) => format!(
+            "{} ({} nudge {})",
+            reason.explain(),
+            d.kind.as_str(),
+            d.nudge_id
+        ),
+        (DecisionOutcome::Held, None) => {
+            format!("held back ({} nudge {})", d.kind.as_str(), d.nudge_id)
+        }
+    };
+    format!(
+        "{}  rule {} in zone {} (visit {}): {what}",
+        local_time(config, d.at_ms),
+        d.rule,
+        d.zone,
+        d.visit
+    )
+}
+
+pub fn show(config: &Config, person: &str) -> Result<String, CliError> {
+    let store = open(config)?;
+    let record = store
+        .person(person)
+        .map_err(store_err)?
+        .ok_or_else(|| CliError::new(format!("no person {person:?}")))?;
+    let ledger = store.ledger(person).map_err(store_err)?;
+    let decisions = store.decisions_for(person).map_err(store_err)?;
+    let pending = store
+        .outbox_from(0)
+        .filter_map(Result::ok)
+        .filter(|(_, e)| e.person == person)
+        .count();
+    let record_json = serde_json::to_string_pretty(&record).unwrap_or_default();
+    Ok(format!(
+        "{record_json}\nnudges in the last 8 days: {}\ndecision log entries: {}\npending in outbox: {pending}",
+        ledger.sent.len(),
+        decisions.len()
+    ))
+}
+
+pub fn export(config: &Config, person: &str) -> Result<String, CliError> {
+    let store = open(config)?;
+    let record = store
+        .person(person)
+        .map_err(store_err)?
+        .ok_or_else(|| CliError::new(format!("no person {person:?}")))?;
+    let export = serde_json::json!({
+        "person": record,
+        "nudges_for_caps": store.ledger(person).map_err(store_err)?,
+        "decisions": store.decisions_for(person).map_err(store_err)?,
+        "outbox": store.outbox_from(0).filter_map(Result::ok).filter(|(_, e)| e.person == person).map(|(_, e)| e).collect::<Vec<_>>(),
+    });
+    Ok(serde_json::to_string_pretty(&export).unwrap_or_default())
+}
+
+pub fn forget(config: &Config, person: &str) -> Result<String, CliError> {
+    let store = open(config)?;
+    if store.person(person).map_err(store_err)?.is_none() {
+        return Err(CliError::new(format!("no person {person:?}")));
+    }
+    let removed = store.forget_person(person).map_err(store_err)?;
+    Ok(format!(
+        "forgot {person}: {removed} entries removed and flushed"
+    ))
+}
+
+pub fn explain(config: &Config, id: &str) -> Result<String, CliError> {
+    let store = open(config)?;
+    if let Some(decision) = store.decision_by_nudge(id).map_err(store_err)? {
+        return Ok(describe(config, &decision));
+    }
+    let decisions = store.decisions_for(id).map_err(store_err)?;
+    if decisions.is_empty() {
+        return Err(CliError::new(format!(
+            "no decision recorded for person or nudge {id:?}"
+        )));
+    }
+    Ok(decisions
+        .iter()
+        .map(|d| describe(config, d))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_names_file_line_and_field_and_catches_duplicates() {
+        let good = r#"{"person": "p-1", "recipient": "r-1"}"#;
+        let text = format!(
+            "{good}\n{{\"person\": \"p-2\", \"recipient\": \"r-2\", \"pets\": 1}}\n\n{good}\n"
+        );
+        let (records, errors) = parse_import(Path::new("people.jsonl"), &text);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            errors,
+            [
+                "people.jsonl:2: pets: unknown field",
+                "people.jsonl:4: person: same person as line 1"
+            ]
+        );
+    }
+}

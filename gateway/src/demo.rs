@@ -1,0 +1,350 @@
+//! `gateway demo`: everything embedded, nothing to set up. An MQTT broker
+//! (rumqttd, demo only) on a free loopback port, the store's digital twin
+//! sending sightings over UDP, the real gateway daemon, and a phone that
+//! prints each nudge as it arrives.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::daemon::{self, RunSummary};
+use crate::identity::PersonRecord;
+use crate::store::Store;
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Stop by itself after this long (wall clock).
+    pub run_for: Option<Duration>,
+    /// How many times faster than real time the store runs.
+    pub speed: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo broker: {0}")]
+    Broker(String),
+    #[error("demo storage: {0}")]
+    Storage(String),
+    #[error("demo config: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("demo gateway: {0}")]
+    Daemon(#[from] daemon::DaemonError),
+    #[error("demo simulator: {0}")]
+    Simulator(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DemoSummary {
+    pub gateway: RunSummary,
+    pub delivered: usize,
+    pub people_enrolled: usize,
+}
+
+const STORE_ID: &str = "demo-store";
+
+/// The demo store's site file: the twin's zones, two dwell rules, the caps
+/// of DESIGN §7's minimal site file.
+fn site_toml(broker_port: u16, storage: &std::path::Path) -> String {
+    format!(
+        r#"
+[store]
+id = "{STORE_ID}"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+prefix = "retail"
+
+[storage]
+path = "{storage}"
+
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:0"
+
+[[zones]]
+id = "entrance"
+scanners = ["entrance"]
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[zones]]
+id = "headphones"
+scanners = ["headphones"]
+
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 20
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[[rules]]
+id = "headphones-info"
+zone = "headphones"
+dwell_s = 15
+interest = "headphones"
+kind = "info"
+title = "Headphones: what reviewers measured"
+body = "Battery life, noise cancelling and comfort scores for every model on this wall."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = 1200
+
+[admin]
+listen = ""
+"#,
+        storage = storage
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    )
+}
+
+fn free_port() -> Result<u16, DemoError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Broker(e.to_string()))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| DemoError::Broker(e.to_string()))
+}
+
+/// Start rumqttd on `port` in its own thread. It has no shutdown API: it
+/// lives until the process exits, which is what a demo wants.
+fn start_broker(port: u16) -> Result<(), DemoError> {
+    use std::collections::HashMap;
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 256 * 1024,
+        max_inflight_count: 200,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "demo-v5".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 64,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v5: Some(HashMap::from([("demo".to_string(), server)])),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("demo-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                eprintln!("demo broker stopped: {e}");
+            }
+        })
+        .map_err(|e| DemoError::Broker(e.to_string()))?;
+    // rumqttd reports neither readiness nor bind failure: connect until it answers.
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(DemoError::Broker(format!(
+        "did not start listening on 127.0.0.1:{port}"
+    )))
+}
+
+/// Render a nudge the way the phone would show it.
+pub fn render_nudge(topic: &str, payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(n) => format!(
+            "📱 {topic}\n   {} [{}]\n   {}\n   why: {}\n",
+            n["title"].as_str().unwrap_or("?"),
+            n["kind"].as_str().unwrap_or("?"),
+            n["body"].as_str().unwrap_or(""),
+            n["why"]["text"].as_str().unwrap_or(""),
+        ),
+        Err(_) => format!("📱 {topic}\n   (unreadable payload)\n"),
+    }
+}
+
+/// Run the demo until `run_for` elapses or `cancel` fires; print to `out`.
+pub async fn run(
+    options: DemoOptions,
+    cancel: CancellationToken,
+    out: Arc<Mutex<dyn Write + Send>>,
+) -> Result<DemoSummary, DemoError> {
+    let say = |line: String| {
+        let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    };
+    let port = free_port()?;
+    start_broker(port)?;
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-demo-")
+        .tempdir()
+        .map_err(|e| DemoError::Storage(e.to_string()))?;
+    let storage = dir.path().join("db");
+    let config: Config = config::from_layers(
+        "<demo>",
+        Some(&site_toml(port, &storage)),
+        Default::default(),
+    )?;
+
+    let scenario = firmware_sim::Scenario::small_demo(options.seed);
+    let people: Vec<PersonRecord> = scenario
+        .people_jsonl()
+        .lines()
+        .map(PersonRecord::from_json)
+        .collect::<Result<_, _>>()
+        .map_err(|e| DemoError::Simulator(format!("simulator people file: {e}")))?;
+    {
+        let store = Store::open(&storage).map_err(|e| DemoError::Storage(e.to_string()))?;
+        store
+            .upsert_people(&people)
+            .map_err(|e| DemoError::Storage(e.to_string()))?;
+    }
+    say(format!(
+        "demo: broker on 127.0.0.1:{port}, {} opted-in shoppers and some strangers, store running {}× real time\n",
+        people.len(),
+        options.speed
+    ));
+
+    // The phone: subscribes to every nudge of this store.
+    let mut phone_opts = MqttOptions::new("demo-phone", "127.0.0.1", port);
+    phone_opts.set_keep_alive(Duration::from_secs(10));
+    let (phone, mut phone_loop) = AsyncClient::new(phone_opts, 16);
+    let filter = format!("{}/nudges/+", config.store_topic());
+    phone
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .map_err(|e| DemoError::Broker(e.to_string()))?;
+    let delivered = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    let phone_stop = CancellationToken::new();
+    let phone_task = {
+        let (delivered, out, stop) = (delivered.clone(), out.clone(), phone_stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = phone_loop.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        // QoS 1 may deliver twice: the app drops duplicates by id.
+                        if delivered
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(id)
+                        {
+                            let text = render_nudge(&String::from_utf8_lossy(&p.topic), &p.payload);
+                            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                            let _ = out.write_all(text.as_bytes());
+                            let _ = out.flush();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    };
+
+    let gateway_cancel = CancellationToken::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let gateway = tokio::spawn(daemon::run(
+        config,
+        gateway_cancel.clone(),
+        Some(started_tx),
+    ));
+    let handles = match started_rx.await {
+        Ok(h) => h,
+        Err(_) => {
+            return match gateway.await {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(DemoError::Broker(
+                    "gateway stopped before it started".into(),
+                )),
+            };
+        }
+    };
+    let target = handles.udp_addrs[0];
+
+    // The store: 12 simulated minutes, from now, so rotating identifiers match.
+    let start_ms = crate::clock::wall_ms();
+    let mut sim = firmware_sim::Simulation::new(
+        firmware_sim::StoreSpec::small_store(),
+        scenario,
+        start_ms,
+        options.seed,
+    )
+    .map_err(|e| DemoError::Simulator(e.to_string()))?;
+    let records = sim.run_for(Duration::from_secs(12 * 60));
+    let sim_cancel = CancellationToken::new();
+    let sim_task = tokio::spawn(firmware_sim::output::send_udp(
+        records,
+        target,
+        options.speed,
+        sim_cancel.clone(),
+    ));
+
+    let stop_reason = tokio::select! {
+        _ = cancel.cancelled() => "stopped",
+        _ = async { match options.run_for { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => "time is up",
+    };
+    sim_cancel.cancel();
+    let _ = sim_task.await;
+    // Give delivery a moment for what was just reserved.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway_cancel.cancel();
+    let summary = gateway
+        .await
+        .map_err(|e| DemoError::Broker(e.to_string()))??;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    phone_stop.cancel();
+    let _ = phone_task.await;
+    let delivered = delivered.lock().unwrap_or_else(|e| e.into_inner()).len();
+    say(format!(
+        "\ndemo {stop_reason}: {} sightings, {} people recognised, {} nudges sent ({} delivered to phones), {} held back by caps, {} held back for other reasons (consent, quiet hours)\n",
+        summary.sightings,
+        summary.people_recognised,
+        summary.nudges_reserved,
+        delivered,
+        summary.nudges_held_by_caps,
+        summary.nudges_held_other
+    ));
+    Ok(DemoSummary {
+        gateway: summary,
+        delivered,
+        people_enrolled: people.len(),
+    })
+}
