@@ -271,7 +271,7 @@ impl Scenario {
         Self::new(seed)
             .with_shopper(
                 Shopper::new(1001, seed)
-                    .with_interests(&["laptops"])
+                    .with_interests(&["laptops", "headphones"])
                     .with_path(walk(&[
                         ("entrance", 5),
                         ("laptops", 60),

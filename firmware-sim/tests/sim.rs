@@ -284,7 +284,10 @@ fn person_records_have_exactly_the_design_fields() {
     assert_eq!(first["person"], "p-1001");
     assert_eq!(first["recipient"], "r-1001");
     assert_eq!(first["consent"]["product_info"], true);
-    assert_eq!(first["interests"], serde_json::json!(["laptops"]));
+    assert_eq!(
+        first["interests"],
+        serde_json::json!(["laptops", "headphones"])
+    );
     let second: Value = serde_json::from_str(jsonl.lines().nth(1).expect("a line")).expect("json");
     assert_eq!(second["interests"], serde_json::json!(["laptops"]));
     assert_eq!(second["consent"]["product_info"], false);

@@ -229,7 +229,15 @@ pub struct Pipeline {
     events: Vec<PresenceEvent>,
     /// Who was recognised this run, for the summary only; never persisted.
     recognised: HashSet<PersonId>,
+    /// When each present person's visit was last written (event time), so
+    /// a restart continues the visit (and its per-visit cap) without a
+    /// write per advert.
+    visit_saved_ms: HashMap<PersonId, i64>,
 }
+
+/// How stale the persisted "last seen" of a visit may get. Well under the
+/// visit gap, so that a quick restart continues the visit.
+const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 
 impl Pipeline {
     pub fn new(
@@ -265,6 +273,7 @@ impl Pipeline {
             frames: Vec::new(),
             events: Vec::new(),
             recognised: HashSet::new(),
+            visit_saved_ms: HashMap::new(),
         })
     }
 
@@ -387,17 +396,42 @@ impl Pipeline {
                 sighting.at_ms,
                 &mut events,
             );
+            self.touch_visit(&person, sighting.at_ms);
         }
         self.frames = frames;
         self.handle_events(&events).await;
         self.events = events;
     }
 
+    /// Persist the visit's last-seen time at most every few seconds.
+    fn touch_visit(&mut self, person: &PersonId, at_ms: i64) {
+        let Some(visit) = self.presence.visit_of(person) else {
+            return;
+        };
+        let last = self.visit_saved_ms.get(person).copied().unwrap_or(i64::MIN);
+        if at_ms.saturating_sub(last) < VISIT_SAVE_EVERY_MS {
+            return;
+        }
+        self.visit_saved_ms.insert(person.clone(), at_ms);
+        if let Err(e) = self.store.save_visit(
+            person,
+            VisitSeed {
+                visit,
+                last_seen_ms: at_ms,
+            },
+        ) {
+            events::storage_error(&self.telemetry, "visit", &e);
+        }
+    }
+
     async fn handle_events(&mut self, events: &[PresenceEvent]) {
         for event in events {
             let person = event.person().clone();
             let persisted = match event {
-                PresenceEvent::Exited { .. } => self.store.end_visit(&person),
+                PresenceEvent::Exited { .. } => {
+                    self.visit_saved_ms.remove(&person);
+                    self.store.end_visit(&person)
+                }
                 PresenceEvent::Entered { visit, at_ms, .. }
                 | PresenceEvent::ZoneEntered { visit, at_ms, .. }
                 | PresenceEvent::Dwell { visit, at_ms, .. }

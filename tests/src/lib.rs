@@ -30,6 +30,7 @@ pub mod bins;
 pub mod mosquitto;
 pub mod phone;
 pub mod process;
+pub mod site;
 pub mod util;
 
 pub use bins::{firmware_sim_bin, gateway_bin};
@@ -38,4 +39,5 @@ pub use phone::{Phone, PhoneOptions, Received};
 pub use process::{ChildGuard, spawn_guarded, spawn_guarded_in, spawn_guarded_with_input};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::mqttbytes::v5::PublishProperties;
+pub use site::Site;
 pub use util::{Workdir, free_tcp_port, free_udp_port, wait_until, wait_until_blocking};

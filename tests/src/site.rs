@@ -1,0 +1,154 @@
+//! A gateway site for a test: its own config file, sled directory and UDP
+//! port, the `gateway` binary run as a real process against a test broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    ChildGuard, Workdir, free_tcp_port, free_udp_port, gateway_bin, spawn_guarded_in,
+    wait_until_blocking,
+};
+
+pub const STORE_ID: &str = "store-e2e";
+pub const PREFIX: &str = "retail";
+
+pub struct Site {
+    pub dir: Workdir,
+    pub config_path: PathBuf,
+    pub udp: SocketAddr,
+    pub admin: SocketAddr,
+    starts: usize,
+}
+
+impl Site {
+    /// Write a site file for `broker_port`; `extra` is appended verbatim
+    /// (zones, rules, caps, presence tuning).
+    pub fn new(broker_port: u16, extra: &str) -> Result<Site> {
+        let dir = Workdir::new("gateway-site")?;
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+        let storage = dir.join("db");
+        let text = format!(
+            r#"
+[store]
+id = "{STORE_ID}"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+prefix = "{PREFIX}"
+keep_alive_s = 5
+
+[storage]
+path = "{}"
+
+[[sources]]
+kind = "udp"
+bind = "{udp}"
+
+[admin]
+listen = "{admin}"
+
+{extra}
+"#,
+            storage.display()
+        );
+        let config_path = dir.write("site.toml", text)?;
+        Ok(Site {
+            dir,
+            config_path,
+            udp,
+            admin,
+            starts: 0,
+        })
+    }
+
+    pub fn topic(&self, rest: &str) -> String {
+        format!("{PREFIX}/{STORE_ID}/{rest}")
+    }
+
+    /// Run a `gateway` subcommand with this site's config to completion.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        let output = Command::new(gateway_bin()?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("GATEWAY_LOG", "warn")
+            .output()
+            .context("running gateway")?;
+        Ok(output)
+    }
+
+    pub fn import_people(&self, jsonl: &str) -> Result<()> {
+        let path = self.dir.write("people.jsonl", jsonl)?;
+        let out = self.cli(&["people", "import", path.to_str().context("utf-8 path")?])?;
+        if !out.status.success() {
+            bail!(
+                "people import failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Start `gateway run` and wait until it says it is running.
+    pub fn start(&mut self) -> Result<ChildGuard> {
+        self.starts += 1;
+        let mut cmd = Command::new(gateway_bin()?);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("GATEWAY_LOG", "info,rumqttc=warn");
+        let guard = spawn_guarded_in(cmd, self.dir.path(), &format!("gateway-{}", self.starts))?;
+        let ready = wait_until_blocking(Duration::from_secs(20), || {
+            guard.stderr().contains("gateway running")
+        });
+        if ready.is_err() {
+            bail!("gateway did not start:\n{}", guard.logs());
+        }
+        Ok(guard)
+    }
+
+    /// GET a path of the admin endpoint.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// The value of one metric line (exact name and labels), 0 if absent.
+    pub fn metric(&self, series: &str) -> Result<u64> {
+        let text = self.admin_get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse::<u64>().ok())
+            })
+            .sum())
+    }
+}
+
+/// Send simulator records to the gateway over UDP at `speed`× real time.
+pub async fn send(
+    records: Vec<firmware_sim::SightingRecord>,
+    target: SocketAddr,
+    speed: f64,
+) -> Result<u64> {
+    let report = firmware_sim::output::send_udp(
+        records,
+        target,
+        speed,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    Ok(report.records_sent as u64)
+}
