@@ -2,15 +2,35 @@
 //!
 //! Never panics on any byte string. A structure too short for the format it
 //! claims is not a frame of that format; a truncated trailing structure is
-//! ignored while the ones before it still decode (DESIGN §8).
+//! ignored while the ones before it still decode; a zero length byte is
+//! padding and ends the significant part (DESIGN §8).
+//!
+//! Formats, one file each: [`ibeacon`] (Apple), [`altbeacon`] (any
+//! manufacturer, beacon code 0xBEAC), [`app_token`] (our own, DESIGN §5) in
+//! manufacturer-specific data, and [`eddystone`] (UID, URL, TLM, EID) in
+//! 16-bit-UUID service data. Decoding the frames the gateway sees all the time
+//! (iBeacon, app token, AltBeacon, Eddystone UID/TLM/EID) does not allocate:
+//! [`decode_into`] reuses the caller's `Vec`. Only an Eddystone-URL frame owns
+//! a `String`.
+
+pub mod altbeacon;
+pub mod app_token;
+pub mod eddystone;
+pub mod ibeacon;
+
+#[cfg(test)]
+mod tests;
 
 use serde::Serialize;
 
 /// The company id the app token uses when config does not say otherwise:
 /// 0xFFFF is the Bluetooth SIG's id reserved for tests.
 pub const DEFAULT_APP_COMPANY_ID: u16 = 0xFFFF;
-const APPLE: u16 = 0x004C;
-const AD_MANUFACTURER_DATA: u8 = 0xFF;
+
+/// AD type: manufacturer-specific data (company id little-endian, then data).
+pub const AD_MANUFACTURER_DATA: u8 = 0xFF;
+/// AD type: service data with a 16-bit service UUID (little-endian first).
+pub const AD_SERVICE_DATA_16: u8 = 0x16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeOptions {
@@ -25,6 +45,8 @@ impl Default for DecodeOptions {
     }
 }
 
+/// One recognised frame. Serialised as DESIGN §8's table: a `kind` tag and
+/// exactly the fields named there.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Frame {
@@ -36,6 +58,46 @@ pub enum Frame {
         minor: u16,
         measured_power: i8,
     },
+    #[serde(rename = "altbeacon")]
+    AltBeacon {
+        /// Company id of the manufacturer-specific data it came in.
+        manufacturer: u16,
+        #[serde(serialize_with = "ser_uuid")]
+        id1: [u8; 16],
+        id2: u16,
+        id3: u16,
+        /// Average RSSI at 1 m.
+        reference_rssi: i8,
+        mfg_reserved: u8,
+    },
+    EddystoneUid {
+        #[serde(serialize_with = "ser_hex")]
+        namespace: [u8; 10],
+        #[serde(serialize_with = "ser_hex")]
+        instance: [u8; 6],
+        /// Calibrated power at 0 m.
+        tx_power: i8,
+    },
+    EddystoneUrl {
+        url: String,
+        /// Calibrated power at 0 m.
+        tx_power: i8,
+    },
+    EddystoneTlm {
+        version: u8,
+        battery_mv: u16,
+        /// `None` (JSON null) when the beacon sends 0x8000, "not supported".
+        temperature_c: Option<f64>,
+        adv_count: u32,
+        /// Time since power-on or reboot; the frame counts tenths of seconds.
+        uptime_s: f64,
+    },
+    EddystoneEid {
+        #[serde(serialize_with = "ser_hex")]
+        eid: [u8; 8],
+        /// Calibrated power at 0 m.
+        tx_power: i8,
+    },
     AppToken {
         company_id: u16,
         version: u8,
@@ -45,12 +107,24 @@ pub enum Frame {
     },
 }
 
+/// Eddystone calibrates at 0 m; the path loss from 0 m to 1 m is 41 dB
+/// (Eddystone protocol specification, "Tx Power Level").
+const EDDYSTONE_0M_TO_1M_DB: i8 = 41;
+
 impl Frame {
-    /// Calibrated power at 1 m, when the frame carries one.
+    /// Calibrated power at 1 m, when the frame carries one. Eddystone's
+    /// 0 m figure is converted to 1 m.
     pub fn tx_power_at_1m(&self) -> Option<i8> {
         match self {
             Frame::IBeacon { measured_power, .. } => Some(*measured_power),
+            Frame::AltBeacon { reference_rssi, .. } => Some(*reference_rssi),
             Frame::AppToken { tx_power, .. } => Some(*tx_power),
+            Frame::EddystoneUid { tx_power, .. }
+            | Frame::EddystoneUrl { tx_power, .. }
+            | Frame::EddystoneEid { tx_power, .. } => {
+                Some(tx_power.saturating_sub(EDDYSTONE_0M_TO_1M_DB))
+            }
+            Frame::EddystoneTlm { .. } => None,
         }
     }
 }
@@ -80,8 +154,14 @@ fn ser_uuid<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error>
     s.serialize_str(&uuid_string(b))
 }
 
-fn ser_hex<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+fn ser_hex<S: serde::Serializer, const N: usize>(b: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(b))
+}
+
+/// The first `N` bytes of `data` as an array, if there are that many.
+#[inline]
+pub(crate) fn array_at<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
+    data.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// Iterate the complete AD structures as (type, data). Stops at the first
@@ -104,16 +184,20 @@ pub fn ad_structures(adv: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
 
 /// Decode every recognised frame into `out` (cleared first). Returns the
 /// number of complete AD structures seen, so callers can tell "no frame I
-/// know" from "not advertising data at all".
+/// know" from "not advertising data at all". Does not allocate unless `out`
+/// must grow or an Eddystone-URL frame is found.
 pub fn decode_into(adv: &[u8], opts: &DecodeOptions, out: &mut Vec<Frame>) -> usize {
     out.clear();
     let mut structures = 0;
     for (ad_type, data) in ad_structures(adv) {
         structures += 1;
-        if ad_type == AD_MANUFACTURER_DATA {
-            if let Some(frame) = manufacturer_frame(data, opts) {
-                out.push(frame);
-            }
+        let frame = match ad_type {
+            AD_MANUFACTURER_DATA => manufacturer_frame(data, opts),
+            AD_SERVICE_DATA_16 => eddystone::parse_service_data(data),
+            _ => None,
+        };
+        if let Some(frame) = frame {
+            out.push(frame);
         }
     }
     structures
@@ -128,7 +212,8 @@ pub fn decode(adv: &[u8], opts: &DecodeOptions) -> Result<Vec<Frame>, DecodeErro
     Ok(frames)
 }
 
-/// `gateway decode`: hex in, `{"frames": [...]}` out.
+/// `gateway decode`: hex in, `{"frames": [...]}` out. Surrounding whitespace
+/// is ignored; upper- and lowercase hex are both accepted.
 pub fn decode_hex_to_json(
     hex_text: &str,
     opts: &DecodeOptions,
@@ -138,76 +223,28 @@ pub fn decode_hex_to_json(
     Ok(serde_json::json!({ "frames": frames }))
 }
 
-fn manufacturer_frame(data: &[u8], opts: &DecodeOptions) -> Option<Frame> {
-    let company = u16::from_le_bytes([*data.first()?, *data.get(1)?]);
-    let body = &data[2..];
-    if company == opts.app_company_id && body.len() == 18 && body[0] == 0x01 {
-        let mut rotating_id = [0u8; 16];
-        rotating_id.copy_from_slice(&body[1..17]);
-        return Some(Frame::AppToken {
-            company_id: company,
-            version: body[0],
-            rotating_id,
-            tx_power: body[17] as i8,
-        });
-    }
-    if company == APPLE && body.len() == 23 && body[0] == 0x02 && body[1] == 0x15 {
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&body[2..18]);
-        return Some(Frame::IBeacon {
-            uuid,
-            major: u16::from_be_bytes([body[18], body[19]]),
-            minor: u16::from_be_bytes([body[20], body[21]]),
-            measured_power: body[22] as i8,
-        });
-    }
-    None
+/// `gateway decode -`: one input line in, one JSON line out (no newline):
+/// `{"frames": [...]}`, or `{"error": "..."}` for a bad line.
+pub fn decode_line_to_json(line: &str, opts: &DecodeOptions) -> String {
+    let value = match decode_hex_to_json(line, opts) {
+        Ok(v) => v,
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    value.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ibeacon_from_the_published_vector() {
-        let v = decode_hex_to_json(
-            "0201061aff4c000215426c7565436861726d426561636f6e730efe1355c5",
-            &DecodeOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"frames": [{"kind": "ibeacon", "uuid": "426c7565-4368-6172-6d42-6561636f6e73", "major": 3838, "minor": 4949, "measured_power": -59}]})
-        );
+fn manufacturer_frame(data: &[u8], opts: &DecodeOptions) -> Option<Frame> {
+    let company = u16::from_le_bytes(array_at::<2>(data, 0)?);
+    let body = &data[2..];
+    if company == opts.app_company_id {
+        if let Some(frame) = app_token::parse(company, body) {
+            return Some(frame);
+        }
     }
-
-    #[test]
-    fn app_token_round_trip() {
-        let adv = hex::decode("02010615ffffff018be6cd371c5c891604bfbe49df845096c5").unwrap();
-        let frames = decode(&adv, &DecodeOptions::default()).unwrap();
-        assert_eq!(
-            frames,
-            vec![Frame::AppToken {
-                company_id: 0xFFFF,
-                version: 1,
-                rotating_id: hex::decode("8be6cd371c5c891604bfbe49df845096")
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-                tx_power: -59
-            }]
-        );
+    if company == ibeacon::APPLE {
+        if let Some(frame) = ibeacon::parse(body) {
+            return Some(frame);
+        }
     }
-
-    #[test]
-    fn not_hex_and_no_structure_are_errors() {
-        assert!(matches!(
-            decode_hex_to_json("zz01", &DecodeOptions::default()),
-            Err(DecodeError::NotHex(_))
-        ));
-        assert_eq!(
-            decode_hex_to_json("05ff", &DecodeOptions::default()),
-            Err(DecodeError::NoValidStructure)
-        );
-    }
+    altbeacon::parse(company, body)
 }
