@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::decode::{DecodeOptions, decode_hex_to_json};
+use crate::decode::{DecodeOptions, decode_hex_to_json, decode_line_to_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,11 +141,7 @@ pub fn decode(
     }
     for line in input.lines() {
         let line = line.map_err(|e| CliError::new(format!("decode: reading stdin: {e}")))?;
-        let value = match decode_hex_to_json(&line, &opts) {
-            Ok(v) => v,
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        };
-        let _ = writeln!(out, "{value}");
+        let _ = writeln!(out, "{}", decode_line_to_json(&line, &opts));
     }
     Ok(())
 }

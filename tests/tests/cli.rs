@@ -1,0 +1,182 @@
+//! The `gateway` command line as a user runs it: exit codes, one-line
+//! errors that name the file, line and field, and nothing half-applied.
+
+use std::process::Command;
+
+use e2e::{Site, Workdir, gateway_bin};
+
+fn gateway(args: &[&str]) -> std::process::Output {
+    Command::new(gateway_bin().unwrap())
+        .args(args)
+        .env("GATEWAY_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const PEOPLE: &str = r#"{"person": "p-1001", "recipient": "r-5f2c9a", "timezone": null, "identities": [{"kind": "app", "key": "75c734c6dd1a782de7a965da5eb93125"}, {"kind": "email", "value": "ana@example.com"}], "consent": {"proximity": true, "product_info": true, "offers": false, "thanks": true, "feedback": true}, "interests": ["laptops", "headphones"], "owns": ["phone:pixel-8"]}
+{"person": "p-1002", "recipient": "r-2", "identities": [{"kind": "app", "key": "75c7"}]}
+{"person": "p-1003", "recipient": "r-3", "consent": {"proximity": true}}
+"#;
+
+#[test]
+fn check_config_accepts_the_example_and_names_every_bad_field() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/example-site.toml");
+    let ok = gateway(&["check-config", example]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("ok (store store-042"),
+        "{}",
+        stdout(&ok)
+    );
+
+    let dir = Workdir::new("cli").unwrap();
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("dwell_s = 20", "dwell_s = 0")
+        .replace("Europe/Berlin", "Europe/Nowhere");
+    let bad = dir.write("bad.toml", text).unwrap();
+    let out = gateway(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("rules[0].dwell_s: must be >= 1")
+            && err.contains("store.timezone"),
+        "{err}"
+    );
+
+    let unknown = dir
+        .write("unknown.toml", "[store]\nid = \"s\"\ncolour = \"red\"\n")
+        .unwrap();
+    let out = gateway(&["check-config", unknown.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown field `colour`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one line: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn import_is_all_or_nothing_unless_partial_and_people_commands_work() {
+    let site = Site::new(1, "").unwrap(); // no broker needed for these commands
+    let file = site.dir.write("people.jsonl", PEOPLE).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = site.cli(&["people", "import", file]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("people.jsonl:2: identities[0].key: must be 16 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("nothing imported"));
+    let show = site.cli(&["people", "show", "p-1001"]).unwrap();
+    assert!(!show.status.success(), "a refused import changes nothing");
+
+    let out = site.cli(&["people", "import", "--partial", file]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 2 person record(s)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let show = site.cli(&["people", "show", "p-1001"]).unwrap();
+    assert!(show.status.success());
+    assert!(stdout(&show).contains("ana@example.com"));
+    let export = site.cli(&["people", "export", "p-1001"]).unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(export["person"]["recipient"], "r-5f2c9a");
+
+    let forget = site.cli(&["people", "forget", "p-1001"]).unwrap();
+    assert!(forget.status.success(), "{}", stderr(&forget));
+    assert!(
+        !site
+            .cli(&["people", "show", "p-1001"])
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(
+        site.cli(&["people", "show", "p-1003"])
+            .unwrap()
+            .status
+            .success(),
+        "others are kept"
+    );
+}
+
+#[test]
+fn decode_follows_design_section_8() {
+    let out = gateway(&[
+        "decode",
+        "0201061aff4c000215426c7565436861726d426561636f6e730efe1355c5",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["frames"][0]["major"], 3838);
+
+    for bad in ["zz01", "05ff"] {
+        let out = gateway(&["decode", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+
+    let mut child = Command::new(gateway_bin().unwrap())
+        .args(["decode", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"zz\n02011a1bff1801beac2f234454cf6d4a0fadf2f4911ba9ffa600010002c50900\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[0]["error"].is_string());
+    assert_eq!(lines[1]["frames"][0]["kind"], "altbeacon");
+}
+
+#[test]
+fn run_refuses_to_start_with_a_bad_config_or_a_taken_port() {
+    let out = gateway(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--config"));
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let site = Site::new(1, "").unwrap();
+    let text = std::fs::read_to_string(&site.config_path)
+        .unwrap()
+        .replace(&site.udp.to_string(), &format!("127.0.0.1:{port}"));
+    std::fs::write(&site.config_path, text).unwrap();
+    let out = site.cli(&["run"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("sources[0]: cannot bind"),
+        "{}",
+        stderr(&out)
+    );
+}
