@@ -1,10 +1,14 @@
 //! People, their identities and the rotating identifiers their app installs
 //! advertise. Pure: no I/O, time passed in.
 
+pub mod messages;
 pub mod person;
 pub mod rotating;
 pub mod table;
 
+pub use messages::{
+    Applied, Buyer, ChangeRequest, CheckIn, ConsentChange, Feedback, HeardBeacon, Purchase,
+};
 pub use person::{Consent, Identity, PersonId, PersonRecord, Purpose, RecordError};
 pub use rotating::{interval_of, rotating_id, rpik};
 pub use table::RotatingIdTable;
