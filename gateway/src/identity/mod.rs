@@ -1,11 +1,13 @@
 //! People, their identities and the rotating identifiers their app installs
 //! advertise. Pure: no I/O, time passed in.
 
+pub mod index;
 pub mod messages;
 pub mod person;
 pub mod rotating;
 pub mod table;
 
+pub use index::{IdentityChanges, IdentityIndex, MovedIdentity};
 pub use messages::{
     Applied, Buyer, ChangeRequest, CheckIn, ConsentChange, Feedback, HeardBeacon, Purchase,
 };
