@@ -190,8 +190,8 @@ pub fn validate_topic_id(field: &str, value: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
-pub(super) const MAX_LIST: usize = 64;
-pub(super) const MAX_TEXT: usize = 128;
+const MAX_LIST: usize = 64;
+const MAX_TEXT: usize = 128;
 
 impl PersonRecord {
     pub fn from_json(text: &str) -> Result<Self, RecordError> {
