@@ -105,6 +105,20 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    // The loops above let the CPU overlap independent lookups, so they show
+    // throughput. Here each lookup's index depends on the previous result,
+    // which serialises them: the latency of one cold lookup.
+    let mask = cold_hits.len() - 1;
+    let mut i = 0usize;
+    c.bench_function("lookup hit, cold, dependent", |b| {
+        b.iter(|| {
+            let found = table.lookup(&cold_hits[i]);
+            let addr = found.map_or(0, |p| p as *const PersonId as usize);
+            i = (i + 1 + ((addr >> 4) & 1)) & mask;
+            found
+        })
+    });
+
     // Each iteration rolls one interval further: the real once-per-10-minutes
     // step (drop the oldest interval's ids, add the newest's).
     let mut group = c.benchmark_group("roll");
