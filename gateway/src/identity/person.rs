@@ -108,7 +108,9 @@ impl Consent {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One way of recognising a person: an app install's key, an e-mail address
+/// (stored lower-case) or a loyalty card number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Identity {
     App {
@@ -153,7 +155,7 @@ pub struct RecordError {
     pub reason: String,
 }
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> RecordError {
+pub(super) fn err(field: impl Into<String>, reason: impl Into<String>) -> RecordError {
     RecordError {
         field: field.into(),
         reason: reason.into(),
@@ -234,11 +236,16 @@ impl PersonRecord {
                 if items.len() > MAX_LIST {
                     return Err(err("identities", format!("at most {MAX_LIST} entries")));
                 }
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| parse_identity(&format!("identities[{i}]"), item))
-                    .collect::<Result<_, _>>()?
+                let mut identities: Vec<Identity> = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("identities[{i}]");
+                    let identity = parse_identity(&path, item)?;
+                    if let Some(j) = identities.iter().position(|seen| seen == &identity) {
+                        return Err(err(path, format!("same identity as identities[{j}]")));
+                    }
+                    identities.push(identity);
+                }
+                identities
             }
             Some(_) => return Err(err("identities", "must be an array")),
         };
@@ -275,7 +282,7 @@ impl PersonRecord {
     }
 }
 
-fn required_str<'a>(
+pub(super) fn required_str<'a>(
     obj: &'a serde_json::Map<String, serde_json::Value>,
     field: &str,
 ) -> Result<&'a str, RecordError> {
@@ -286,7 +293,7 @@ fn required_str<'a>(
     }
 }
 
-fn string_list(
+pub(super) fn string_list(
     obj: &serde_json::Map<String, serde_json::Value>,
     field: &str,
 ) -> Result<Vec<String>, RecordError> {
@@ -312,7 +319,10 @@ fn string_list(
     }
 }
 
-fn parse_identity(path: &str, item: &serde_json::Value) -> Result<Identity, RecordError> {
+pub(super) fn parse_identity(
+    path: &str,
+    item: &serde_json::Value,
+) -> Result<Identity, RecordError> {
     let obj = item
         .as_object()
         .ok_or_else(|| err(path, "must be an object"))?;
@@ -432,6 +442,15 @@ mod tests {
             (
                 DESIGN_EXAMPLE.replace("\"kind\": \"email\"", "\"kind\": \"fax\""),
                 "identities[1].kind",
+            ),
+            (
+                DESIGN_EXAMPLE
+                    .replace("ana@example.com", "75c734c6dd1a782de7a965da5eb93125")
+                    .replace(
+                        "\"kind\": \"email\", \"value\"",
+                        "\"kind\": \"app\", \"key\"",
+                    ),
+                "identities[1]",
             ),
         ];
         for (text, field) in cases {

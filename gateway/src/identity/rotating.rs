@@ -29,7 +29,12 @@ pub fn rpi_cipher(rpik: &[u8; 16]) -> Aes128 {
 }
 
 /// `RPI = AES-128(RPIK, "EN-RPI" ‖ 6 zero bytes ‖ interval u32 LE)`.
-pub fn rpi_with(cipher: &Aes128, interval: u32) -> [u8; 16] {
+/// Generic over the cipher so that callers may keep an encrypt-only
+/// [`aes::Aes128Enc`] (no decryption round keys) instead of an [`Aes128`].
+pub fn rpi_with<C: BlockEncrypt<BlockSize = aes::cipher::consts::U16>>(
+    cipher: &C,
+    interval: u32,
+) -> [u8; 16] {
     let mut block = [0u8; 16];
     block[..6].copy_from_slice(b"EN-RPI");
     block[12..].copy_from_slice(&interval.to_le_bytes());
