@@ -178,16 +178,18 @@ pub async fn run(
     }
 
     let delivery_cancel = CancellationToken::new();
-    let delivery = tokio::spawn(mqtt::run(
-        config.clone(),
-        store.clone(),
-        telemetry.clone(),
-        outbox_ready.clone(),
-        incoming_tx,
-        Vec::new(),
-        connected_tx,
-        delivery_cancel.clone(),
-    ));
+    let delivery = tokio::spawn(
+        mqtt::Delivery {
+            config: config.clone(),
+            store: store.clone(),
+            telemetry: telemetry.clone(),
+            outbox_ready: outbox_ready.clone(),
+            incoming: incoming_tx,
+            subscriptions: Vec::new(),
+            connected: connected_tx,
+        }
+        .run(delivery_cancel.clone()),
+    );
 
     if let Some(started) = started {
         let _ = started.send(handles);

@@ -240,7 +240,7 @@ async fn caps_hold_over_an_hour_and_survive_sigkill() -> anyhow::Result<()> {
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, SEED)?;
     // First 40 minutes of the visit, at 150× real time.
     site::send(sim.next_batch(start + 40 * 60_000), site.udp, 150.0).await?;
-    let first = phones
+    phones
         .wait_for(2, Duration::from_secs(30))
         .await
         .map_err(|e| e.context(gateway.logs()))?;

@@ -327,81 +327,96 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Run delivery until `cancel`; then publish `offline` and disconnect.
-/// `connected` reports the link state to `/readyz` and the demo.
-pub async fn run(
-    config: Arc<Config>,
-    store: Store,
-    telemetry: Arc<Telemetry>,
-    outbox_ready: Arc<Notify>,
-    incoming: mpsc::Sender<IncomingMessage>,
-    subscriptions: Vec<String>,
-    connected: watch::Sender<bool>,
-    cancel: CancellationToken,
-) {
-    let (client, eventloop) = AsyncClient::new(options(&config), REQUEST_CHANNEL);
-    let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENTS);
-    let stop_loop = CancellationToken::new();
-    let loop_task = tokio::spawn(drive_event_loop(
-        eventloop,
-        link_tx,
-        incoming,
-        stop_loop.clone(),
-    ));
-    telemetry.set_gauge("mqtt_connected", 0);
-    let mut pump = Pump {
-        config: config.clone(),
-        store,
-        telemetry,
-        client: client.clone(),
-        connected: false,
-        unsent: VecDeque::new(),
-        in_flight: HashMap::new(),
-        cursor: 0,
-    };
-    let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            event = link_rx.recv() => match event {
-                Some(event) => {
-                    let was_connected = pump.connected;
-                    let resubscribe = matches!(event, LinkEvent::Connected { session_present: false });
-                    pump.on_link(event);
-                    if resubscribe {
-                        for topic in &subscriptions {
-                            let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+/// Everything delivery needs from the daemon.
+pub struct Delivery {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    /// Poked when a reservation put something in the outbox.
+    pub outbox_ready: Arc<Notify>,
+    /// Messages arriving on `subscriptions`.
+    pub incoming: mpsc::Sender<IncomingMessage>,
+    pub subscriptions: Vec<String>,
+    /// The link state, for `/readyz` and the demo.
+    pub connected: watch::Sender<bool>,
+}
+
+impl Delivery {
+    /// Run delivery until `cancel`; then publish `offline` and disconnect.
+    pub async fn run(self, cancel: CancellationToken) {
+        let Delivery {
+            config,
+            store,
+            telemetry,
+            outbox_ready,
+            incoming,
+            subscriptions,
+            connected,
+        } = self;
+        let (client, eventloop) = AsyncClient::new(options(&config), REQUEST_CHANNEL);
+        let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENTS);
+        let stop_loop = CancellationToken::new();
+        let loop_task = tokio::spawn(drive_event_loop(
+            eventloop,
+            link_tx,
+            incoming,
+            stop_loop.clone(),
+        ));
+        telemetry.set_gauge("mqtt_connected", 0);
+        let mut pump = Pump {
+            config: config.clone(),
+            store,
+            telemetry,
+            client: client.clone(),
+            connected: false,
+            unsent: VecDeque::new(),
+            in_flight: HashMap::new(),
+            cursor: 0,
+        };
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = link_rx.recv() => match event {
+                    Some(event) => {
+                        let was_connected = pump.connected;
+                        let resubscribe = matches!(event, LinkEvent::Connected { session_present: false });
+                        pump.on_link(event);
+                        if resubscribe {
+                            for topic in &subscriptions {
+                                let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                            }
+                        }
+                        if was_connected != pump.connected {
+                            let _ = connected.send(pump.connected);
                         }
                     }
-                    if was_connected != pump.connected {
-                        let _ = connected.send(pump.connected);
-                    }
-                }
-                None => break,
-            },
-            _ = outbox_ready.notified() => {}
-            _ = sweep.tick() => {}
+                    None => break,
+                },
+                _ = outbox_ready.notified() => {}
+                _ = sweep.tick() => {}
+            }
+            pump.pump();
         }
-        pump.pump();
+        // Graceful: say goodbye so the retained status is right at once, rather
+        // than after the broker notices the keep-alive lapse.
+        if pump.connected {
+            let _ = client.try_publish(
+                config.status_topic(),
+                QoS::AtLeastOnce,
+                true,
+                status_payload(&config, false),
+            );
+            let _ = client.try_disconnect();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            // Keep draining link events so the event loop task never blocks on us.
+            while link_rx.recv().await.is_some() {}
+        })
+        .await;
+        stop_loop.cancel();
+        let _ = loop_task.await;
     }
-    // Graceful: say goodbye so the retained status is right at once, rather
-    // than after the broker notices the keep-alive lapse.
-    if pump.connected {
-        let _ = client.try_publish(
-            config.status_topic(),
-            QoS::AtLeastOnce,
-            true,
-            status_payload(&config, false),
-        );
-        let _ = client.try_disconnect();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        // Keep draining link events so the event loop task never blocks on us.
-        while link_rx.recv().await.is_some() {}
-    })
-    .await;
-    stop_loop.cancel();
-    let _ = loop_task.await;
 }
 
 #[cfg(test)]
