@@ -14,19 +14,22 @@ use crate::clock::{EventClock, wall_ms};
 use crate::config::{Config, SourceSettings};
 use crate::decide::{self, SkipReason, build_payload, check_consent, matching_rules};
 use crate::decode::{Frame, decode_into};
-use crate::identity::{PersonId, PersonRecord, RotatingIdTable};
+use crate::identity::{Applied, CheckIn, ConsentChange, PersonId, PersonRecord};
 use crate::io::admin::{self, Readiness};
-use crate::io::mqtt::{self, IncomingMessage};
+use crate::io::mqtt::{self, IncomingMessage, OutgoingMessage};
 use crate::io::sources::{self, Ingested};
+use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
 use crate::store::{
     DecisionEntry, DecisionOutcome, Reservation, ReserveRequest, Store, StoreError,
 };
 use crate::telemetry::{Telemetry, events};
+use crate::topics::{self, Incoming, classify};
 
 const SIGHTING_QUEUE: usize = 4096;
 const INCOMING_QUEUE: usize = 256;
+const OUTGOING_QUEUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -107,8 +110,24 @@ pub async fn run(
 
     let (sighting_tx, sighting_rx) = mpsc::channel::<Ingested>(SIGHTING_QUEUE);
     let (incoming_tx, incoming_rx) = mpsc::channel::<IncomingMessage>(INCOMING_QUEUE);
+    let (outgoing_tx, outgoing_rx) = mpsc::channel::<OutgoingMessage>(OUTGOING_QUEUE);
     let (connected_tx, connected_rx) = watch::channel(false);
     let outbox_ready = Arc::new(Notify::new());
+    // People and visits are loaded before anything listens, so that the
+    // first sighting already resolves.
+    let mut pipeline = {
+        let (config, store, telemetry, ready) = (
+            config.clone(),
+            store.clone(),
+            telemetry.clone(),
+            outbox_ready.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Pipeline::new(config, store, telemetry, ready, outgoing_tx)
+        })
+        .await
+        .expect("loading people does not panic")?
+    };
     let sources_running = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -185,7 +204,8 @@ pub async fn run(
             telemetry: telemetry.clone(),
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
-            subscriptions: Vec::new(),
+            outgoing: outgoing_rx,
+            subscriptions: topics::subscriptions(&config),
             connected: connected_tx,
         }
         .run(delivery_cancel.clone()),
@@ -196,12 +216,6 @@ pub async fn run(
     }
     tracing::info!(store = %config.store_id, people = store.people_count(), outbox = store.outbox_len(), "gateway running");
 
-    let mut pipeline = Pipeline::new(
-        config.clone(),
-        store.clone(),
-        telemetry.clone(),
-        outbox_ready.clone(),
-    )?;
     pipeline.run(sighting_rx, incoming_rx, cancel.clone()).await;
 
     // The pipeline has finished its decisions; let delivery publish what
@@ -217,14 +231,15 @@ pub async fn run(
     Ok(pipeline.summary())
 }
 
-/// The pure core driven by I/O: decode → resolve → presence → decide.
+/// The pure core driven by I/O: decode → resolve → presence → decide, plus
+/// the people-changing messages (CRM, consent, check-ins).
 pub struct Pipeline {
     config: Arc<Config>,
     store: Store,
     telemetry: Arc<Telemetry>,
     outbox_ready: Arc<Notify>,
-    table: RotatingIdTable,
-    people: HashMap<PersonId, PersonRecord>,
+    outgoing: mpsc::Sender<OutgoingMessage>,
+    people: People,
     presence: PresenceEngine,
     clock: EventClock,
     frames: Vec<Frame>,
@@ -235,11 +250,38 @@ pub struct Pipeline {
     /// a restart continues the visit (and its per-visit cap) without a
     /// write per advert.
     visit_saved_ms: HashMap<PersonId, i64>,
+    last_sweep_ms: i64,
 }
 
 /// How stale the persisted "last seen" of a visit may get. Well under the
 /// visit gap, so that a quick restart continues the visit.
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
+/// How often retention runs (event time).
+const SWEEP_EVERY_MS: i64 = 3_600_000;
+/// Largest incoming payload accepted on any topic.
+pub const MAX_INCOMING_BYTES: usize = 16 * 1024;
+
+/// A rejected incoming message: reported by kind and reason, never by content.
+struct Rejection {
+    field: String,
+    reason: String,
+}
+
+impl From<crate::identity::RecordError> for Rejection {
+    fn from(e: crate::identity::RecordError) -> Self {
+        Rejection {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+fn rejection(field: &str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
 
 impl Pipeline {
     pub fn new(
@@ -247,28 +289,21 @@ impl Pipeline {
         store: Store,
         telemetry: Arc<Telemetry>,
         outbox_ready: Arc<Notify>,
+        outgoing: mpsc::Sender<OutgoingMessage>,
     ) -> Result<Self, StoreError> {
-        let mut table = RotatingIdTable::new();
-        let mut people = HashMap::new();
-        for record in store.people() {
-            let record = record?;
-            for key in record.app_keys() {
-                table.insert_key(record.person.clone(), *key);
-            }
-            people.insert(record.person.clone(), record);
-        }
+        let records = store.people().collect::<Result<Vec<_>, _>>()?;
+        let now = wall_ms();
+        let people = People::load(records, now / 1000);
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);
         }
-        let now = wall_ms();
-        table.roll_to(now / 1000);
         Ok(Pipeline {
             config,
             store,
             telemetry,
             outbox_ready,
-            table,
+            outgoing,
             people,
             presence,
             clock: EventClock::starting_at(now),
@@ -276,6 +311,7 @@ impl Pipeline {
             events: Vec::new(),
             recognised: HashSet::new(),
             visit_saved_ms: HashMap::new(),
+            last_sweep_ms: now,
         })
     }
 
@@ -312,33 +348,25 @@ impl Pipeline {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sources_open = true;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                item = sightings.recv() => match item {
+                item = sightings.recv(), if sources_open => match item {
                     Some(item) => self.on_sighting(item).await,
                     // Every source has ended (a finished replay): keep
                     // ticking so visits close, until cancelled.
-                    None => {
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tick.tick() => self.on_tick().await,
-                        }
-                    }
+                    None => sources_open = false,
                 },
-                Some(message) = incoming.recv() => self.on_incoming(message),
+                Some(message) = incoming.recv() => self.on_incoming(message).await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
     }
 
-    fn on_incoming(&mut self, message: IncomingMessage) {
-        tracing::debug!(topic = %message.topic, bytes = message.payload.len(), "incoming message ignored: no handler yet");
-    }
-
     async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
-        self.table.roll_to(now / 1000);
+        self.people.roll_to(now / 1000);
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
@@ -346,6 +374,25 @@ impl Pipeline {
         self.events = events;
         self.telemetry
             .set_gauge("people_present", self.presence.present_count() as i64);
+        if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
+            self.last_sweep_ms = now;
+            self.sweep(now).await;
+        }
+    }
+
+    /// Retention: decision-log entries older than the window go.
+    async fn sweep(&mut self, now_ms: i64) {
+        let cutoff = now_ms - self.config.retention.as_millis() as i64;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_decisions(cutoff)).await {
+            Ok(Ok(removed)) => {
+                self.telemetry
+                    .count("retention_swept_total", &[], removed as u64);
+                tracing::info!(removed, "retention sweep");
+            }
+            Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
+            Err(e) => events::storage_error(&self.telemetry, "retention", &e),
+        }
     }
 
     async fn on_sighting(&mut self, item: Ingested) {
@@ -363,7 +410,7 @@ impl Pipeline {
             );
             return;
         }
-        self.table.roll_to(self.clock.now_ms() / 1000);
+        self.people.roll_to(self.clock.now_ms() / 1000);
         let mut frames = std::mem::take(&mut self.frames);
         if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
             events::advert_undecodable(&self.telemetry, item.source);
@@ -376,21 +423,9 @@ impl Pipeline {
             };
             // Resolve: an identifier nobody enrolled is a stranger, and is
             // forgotten right here: not stored, not logged.
-            let Some(person) = self.table.lookup(rotating_id).cloned() else {
-                events::stranger_dropped(&self.telemetry);
+            let Some(person) = self.recognise(rotating_id) else {
                 continue;
             };
-            let Some(record) = self.people.get(&person) else {
-                continue;
-            };
-            if !record.consent.proximity {
-                // Without proximity consent a person is a stranger too.
-                events::stranger_dropped(&self.telemetry);
-                continue;
-            }
-            if self.recognised.insert(person.clone()) {
-                events::person_recognised(&self.telemetry, &hashed(person.as_str()));
-            }
             self.presence.observe(
                 &person,
                 &sighting.scanner,
@@ -403,6 +438,22 @@ impl Pipeline {
         self.frames = frames;
         self.handle_events(&events).await;
         self.events = events;
+    }
+
+    /// The opted-in person behind a rotating identifier, or `None` for a
+    /// stranger (someone unknown, or known without proximity consent).
+    fn recognise(&mut self, rotating_id: &[u8; 16]) -> Option<PersonId> {
+        let person = self.people.resolve(rotating_id).cloned();
+        let Some(person) =
+            person.filter(|p| self.people.get(p).is_some_and(|r| r.consent.proximity))
+        else {
+            events::stranger_dropped(&self.telemetry);
+            return None;
+        };
+        if self.recognised.insert(person.clone()) {
+            events::person_recognised(&self.telemetry, &hashed(person.as_str()));
+        }
+        Some(person)
     }
 
     /// Persist the visit's last-seen time at most every few seconds.
@@ -565,4 +616,286 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "decision_log", &e);
         }
     }
+
+    // ---- people-changing messages -------------------------------------
+
+    async fn on_incoming(&mut self, message: IncomingMessage) {
+        let topic = message.topic.clone();
+        let kind = classify(&self.config, &topic);
+        let label = kind.kind();
+        self.telemetry
+            .count("incoming_total", &[("kind", label)], 1);
+        let result = if message.payload.len() > MAX_INCOMING_BYTES {
+            Err(rejection(
+                "payload",
+                format!("larger than {MAX_INCOMING_BYTES} bytes"),
+            ))
+        } else {
+            match kind {
+                Incoming::Person(person) => self.on_person(person, &message.payload).await,
+                Incoming::Consent(recipient) => self.on_consent(recipient, &message).await,
+                Incoming::CheckIn(recipient) => self.on_checkin(recipient, &message.payload).await,
+                Incoming::Feedback(_) | Incoming::Purchase => {
+                    tracing::debug!(kind = label, "message kind not handled yet");
+                    Ok(())
+                }
+                Incoming::Unknown => Err(rejection("topic", "not a topic the gateway reads")),
+            }
+        };
+        if let Err(rejected) = result {
+            self.reject(&topic, label, &rejected);
+        }
+        // Acknowledge to the broker only now: whatever it asked for is
+        // flushed (or it was refused and nothing changed).
+        if let Some(ack) = message.ack {
+            ack.ack();
+        }
+    }
+
+    fn reject(&self, topic: &str, kind: &str, rejected: &Rejection) {
+        self.telemetry.count(
+            "incoming_rejected_total",
+            &[("kind", kind), ("field", &rejected.field)],
+            1,
+        );
+        if self.telemetry.may_warn() {
+            tracing::warn!(kind, field = %rejected.field, reason = %rejected.reason, "incoming message rejected");
+        }
+        let report = serde_json::json!({ "topic": topic, "field": rejected.field, "reason": rejected.reason });
+        self.send(OutgoingMessage {
+            topic: topics::errors(&self.config),
+            payload: report.to_string().into_bytes(),
+            correlation_data: None,
+        });
+    }
+
+    fn send(&self, message: OutgoingMessage) {
+        if self.outgoing.try_send(message).is_err() {
+            self.telemetry.count("replies_dropped_total", &[], 1);
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .expect("storage task does not panic")
+    }
+
+    /// A person record from the CRM (retained); an empty payload erases.
+    async fn on_person(&mut self, person: &str, payload: &[u8]) -> Result<(), Rejection> {
+        if payload.is_empty() {
+            return self.erase(&PersonId::from(person)).await;
+        }
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let record = PersonRecord::from_json(text)?;
+        if record.person.as_str() != person {
+            return Err(rejection("person", "does not match the topic"));
+        }
+        self.upsert(record).await
+    }
+
+    async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
+        self.people
+            .check(&record)
+            .map_err(|e| rejection("recipient", e.to_string()))?;
+        let unchanged = self.people.get(&record.person) == Some(&record);
+        if unchanged {
+            // A retained record seen again after a reconnect: nothing to do.
+            return Ok(());
+        }
+        let upserted = self
+            .people
+            .upsert(record)
+            .map_err(|e| rejection("recipient", e.to_string()))?;
+        let to_store = upserted.to_store.clone();
+        let withdrawn: Vec<String> = upserted
+            .withdrawn
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let stored = self
+            .blocking(move |store| {
+                store.upsert_people(&to_store)?;
+                for person in &withdrawn {
+                    store.purge_outbox(person)?;
+                }
+                store.flush()
+            })
+            .await;
+        if let Err(e) = stored {
+            events::storage_error(&self.telemetry, "upsert_person", &e);
+            self.reload_people();
+            return Err(rejection("storage", "could not be saved; nothing changed"));
+        }
+        for person in upserted.withdrawn {
+            self.forget_presence(&person);
+            self.telemetry
+                .count("consent_withdrawn_total", &[("purpose", "proximity")], 1);
+        }
+        Ok(())
+    }
+
+    /// After a storage failure, memory goes back to what is on disk.
+    fn reload_people(&mut self) {
+        match self.store.people().collect::<Result<Vec<_>, _>>() {
+            Ok(records) => self.people = People::load(records, self.clock.now_ms() / 1000),
+            Err(e) => events::storage_error(&self.telemetry, "reload_people", &e),
+        }
+    }
+
+    fn forget_presence(&mut self, person: &PersonId) {
+        self.presence.forget(person);
+        self.visit_saved_ms.remove(person);
+        self.recognised.remove(person);
+    }
+
+    async fn erase(&mut self, person: &PersonId) -> Result<(), Rejection> {
+        let id = person.as_str().to_string();
+        match self.blocking(move |store| store.forget_person(&id)).await {
+            Ok(_) => {
+                self.people.remove(person);
+                self.forget_presence(person);
+                self.telemetry.count("people_erased_total", &[], 1);
+                tracing::info!(person = %hashed(person.as_str()), "person erased");
+                Ok(())
+            }
+            Err(e) => {
+                events::storage_error(&self.telemetry, "erase", &e);
+                Err(rejection("storage", "erasure failed; retry"))
+            }
+        }
+    }
+
+    /// A consent or preference change from the app. The receipt goes out
+    /// only once the change is on disk (and pending nudges are purged).
+    async fn on_consent(
+        &mut self,
+        recipient: &str,
+        message: &IncomingMessage,
+    ) -> Result<(), Rejection> {
+        let text =
+            std::str::from_utf8(&message.payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let change = ConsentChange::from_json(text, recipient)?;
+        let record = self
+            .people
+            .by_recipient(recipient)
+            .cloned()
+            .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
+        let mut updated = record.clone();
+        let status = match change.apply(&mut updated) {
+            Applied::Forget => {
+                self.erase(&record.person).await?;
+                "forgotten"
+            }
+            Applied::Updated { withdrawn } => {
+                let person = record.person.as_str().to_string();
+                self.upsert(updated).await?;
+                if !withdrawn.is_empty() {
+                    // Nothing pending may go out under a purpose just withdrawn.
+                    let purged = self
+                        .blocking(move |store| {
+                            store
+                                .purge_outbox(&person)
+                                .and_then(|n| store.flush().map(|()| n))
+                        })
+                        .await;
+                    if let Err(e) = purged {
+                        events::storage_error(&self.telemetry, "purge_outbox", &e);
+                        return Err(rejection("storage", "could not purge pending nudges"));
+                    }
+                    for purpose in &withdrawn {
+                        self.telemetry.count(
+                            "consent_withdrawn_total",
+                            &[("purpose", purpose.as_str())],
+                            1,
+                        );
+                    }
+                }
+                "saved"
+            }
+        };
+        let receipt = serde_json::json!({ "id": change.id, "status": status })
+            .to_string()
+            .into_bytes();
+        self.send(OutgoingMessage {
+            topic: topics::receipts(&self.config, recipient),
+            payload: receipt.clone(),
+            correlation_data: None,
+        });
+        if let Some(response_topic) = &message.response_topic {
+            if topics::response_topic_allowed(&self.config, recipient, response_topic) {
+                self.send(OutgoingMessage {
+                    topic: response_topic.clone(),
+                    payload: receipt,
+                    correlation_data: message.correlation_data.clone(),
+                });
+            } else {
+                self.telemetry
+                    .count("response_topics_refused_total", &[], 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// An iOS check-in: the app heard the store's beacons and says which
+    /// identifier it holds now. It must be that recipient's own.
+    async fn on_checkin(&mut self, recipient: &str, payload: &[u8]) -> Result<(), Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let checkin = CheckIn::from_json(text)?;
+        let expected = self
+            .people
+            .by_recipient(recipient)
+            .map(|r| r.person.clone());
+        self.people.roll_to(self.clock.now_ms() / 1000);
+        let resolved = self.people.resolve(&checkin.rotating_id).cloned();
+        let person = match (expected, resolved) {
+            (Some(expected), Some(resolved)) if expected == resolved => expected,
+            _ => {
+                self.telemetry.count("checkins_rejected_total", &[], 1);
+                return Err(rejection(
+                    "rotating_id",
+                    "does not belong to this recipient",
+                ));
+            }
+        };
+        if !self
+            .clock
+            .observe(checkin.at_ms, self.config.max_future_skew_ms)
+        {
+            return Err(rejection("at_ms", "too far ahead of the gateway's clock"));
+        }
+        if self.recognise(&checkin.rotating_id).is_none() {
+            return Ok(());
+        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        for beacon in &checkin.beacons {
+            let scanner = beacon_scanner_id(&beacon.uuid, beacon.major, beacon.minor);
+            self.presence.observe(
+                &person,
+                &scanner,
+                beacon.rssi as i16,
+                checkin.at_ms,
+                &mut events,
+            );
+        }
+        self.touch_visit(&person, checkin.at_ms);
+        self.handle_events(&events).await;
+        self.events = events;
+        self.telemetry.count("checkins_total", &[], 1);
+        Ok(())
+    }
+}
+
+/// The scanner id an iOS check-in's beacon counts as: list it in a zone's
+/// `scanners` to place check-ins in that zone.
+pub fn beacon_scanner_id(uuid: &[u8; 16], major: u16, minor: u16) -> String {
+    format!(
+        "beacon:{}:{major}:{minor}",
+        crate::decode::uuid_string(uuid)
+    )
 }

@@ -99,7 +99,6 @@ impl KeySlot {
     }
 }
 
-#[derive(Default)]
 pub struct RotatingIdTable {
     slots: Vec<KeySlot>,
     /// Head of the free-slot list.
@@ -112,12 +111,23 @@ pub struct RotatingIdTable {
     by_id: IdMap,
 }
 
+/// Not derived: an empty free list is `NONE`, not slot 0.
+impl Default for RotatingIdTable {
+    fn default() -> Self {
+        RotatingIdTable {
+            slots: Vec::new(),
+            free: NONE,
+            by_key: HashMap::new(),
+            people: HashMap::new(),
+            centre: None,
+            by_id: IdMap::default(),
+        }
+    }
+}
+
 impl RotatingIdTable {
     pub fn new() -> Self {
-        RotatingIdTable {
-            free: NONE,
-            ..Self::default()
-        }
+        Self::default()
     }
 
     /// Makes room for `keys` more keys without rehashing on the way.
@@ -353,6 +363,16 @@ fn window(centre: u32) -> [Option<u32>; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_table_accepts_keys_like_a_new_one() {
+        let mut table = RotatingIdTable::default();
+        table.roll_to(0);
+        table.insert_key(PersonId::from("p-1"), [7; 16]);
+        table.remove_person(&PersonId::from("p-1"));
+        table.insert_key(PersonId::from("p-2"), [8; 16]);
+        assert_eq!(table.key_count(), 1);
+    }
     use crate::identity::rotating::{rotating_id, rpi_cipher};
     use proptest::prelude::*;
     use std::collections::BTreeMap;

@@ -40,6 +40,42 @@ pub struct IncomingMessage {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// MQTT v5 request/response: where to answer, and what to echo.
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Vec<u8>>,
+    /// Acknowledges the message to the broker. Acks are manual: the
+    /// gateway acks only once what the message asked for is on disk, so a
+    /// crash before that makes the broker deliver it again.
+    pub ack: Option<Acker>,
+}
+
+/// The PUBACK for one received QoS 1 message, sent when [`Acker::ack`] is called.
+#[derive(Clone, Debug)]
+pub struct Acker {
+    client: AsyncClient,
+    publish: rumqttc::v5::mqttbytes::v5::Publish,
+}
+
+impl Acker {
+    pub fn ack(self) {
+        // Never wait here: the request channel may be full, and the event
+        // loop that drains it must not wait on us.
+        if let Err(ClientError::TryRequest(_)) = self.client.try_ack(&self.publish) {
+            tokio::spawn(async move {
+                let _ = self.client.ack(&self.publish).await;
+            });
+        }
+    }
+}
+
+/// A message the gateway sends besides nudges (receipts, rejected-input
+/// errors). Not kept in the outbox: what it reports is already durable, and
+/// the app may resend its request (same id) to get another one.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub correlation_data: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -69,6 +105,7 @@ fn options(config: &Config) -> MqttOptions {
     opts.set_keep_alive(config.mqtt.keep_alive);
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
+    opts.set_manual_acks(true);
     opts.set_last_will(LastWill::new(
         config.status_topic(),
         status_payload(config, false),
@@ -94,6 +131,7 @@ pub fn backoff(attempt: u32) -> Duration {
 /// Poll the event loop until told to stop, turning what matters into
 /// `LinkEvent`s and incoming messages.
 async fn drive_event_loop(
+    client: AsyncClient,
     mut eventloop: EventLoop,
     link: mpsc::Sender<LinkEvent>,
     incoming: mpsc::Sender<IncomingMessage>,
@@ -121,10 +159,23 @@ async fn drive_event_loop(
                 Some(LinkEvent::Acked { pkid: ack.pkid, ok })
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let (response_topic, correlation_data) = match &publish.properties {
+                    Some(p) => (
+                        p.response_topic.clone(),
+                        p.correlation_data.as_ref().map(|c| c.to_vec()),
+                    ),
+                    None => (None, None),
+                };
                 let message = IncomingMessage {
                     topic: String::from_utf8_lossy(&publish.topic).into_owned(),
                     payload: publish.payload.to_vec(),
                     retain: publish.retain,
+                    response_topic,
+                    correlation_data,
+                    ack: (publish.qos != QoS::AtMostOnce).then(|| Acker {
+                        client: client.clone(),
+                        publish: publish.clone(),
+                    }),
                 };
                 if incoming.send(message).await.is_err() {
                     return;
@@ -160,6 +211,7 @@ async fn drive_event_loop(
 enum Pending {
     Outbox(u64),
     Status,
+    Other,
 }
 
 struct Pump {
@@ -261,6 +313,27 @@ impl Pump {
         }
     }
 
+    fn publish_other(&mut self, message: OutgoingMessage) {
+        let properties = PublishProperties {
+            correlation_data: message.correlation_data.map(Into::into),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        match self.client.try_publish_with_properties(
+            message.topic,
+            QoS::AtLeastOnce,
+            false,
+            message.payload,
+            properties,
+        ) {
+            Ok(()) => self.unsent.push_back(Pending::Other),
+            Err(e) => {
+                self.telemetry.count("replies_dropped_total", &[], 1);
+                tracing::warn!(error = %e, "a receipt or error report could not be queued");
+            }
+        }
+    }
+
     /// Hand outbox entries to rumqttc while connected and under the window.
     fn pump(&mut self) {
         if !self.connected {
@@ -336,6 +409,8 @@ pub struct Delivery {
     pub outbox_ready: Arc<Notify>,
     /// Messages arriving on `subscriptions`.
     pub incoming: mpsc::Sender<IncomingMessage>,
+    /// Receipts and error reports to publish (QoS 1, not retained).
+    pub outgoing: mpsc::Receiver<OutgoingMessage>,
     pub subscriptions: Vec<String>,
     /// The link state, for `/readyz` and the demo.
     pub connected: watch::Sender<bool>,
@@ -350,6 +425,7 @@ impl Delivery {
             telemetry,
             outbox_ready,
             incoming,
+            mut outgoing,
             subscriptions,
             connected,
         } = self;
@@ -357,6 +433,7 @@ impl Delivery {
         let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENTS);
         let stop_loop = CancellationToken::new();
         let loop_task = tokio::spawn(drive_event_loop(
+            client.clone(),
             eventloop,
             link_tx,
             incoming,
@@ -394,6 +471,7 @@ impl Delivery {
                     None => break,
                 },
                 _ = outbox_ready.notified() => {}
+                Some(message) = outgoing.recv(), if pump.connected => pump.publish_other(message),
                 _ = sweep.tick() => {}
             }
             pump.pump();

@@ -1,0 +1,150 @@
+//! The MQTT topics of DESIGN §6: what the gateway subscribes to and how an
+//! incoming topic is classified. Pure.
+
+use crate::config::Config;
+
+/// Incoming topics, with the id the topic names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// `<p>/crm/people/<person>` (retained; empty payload erases).
+    Person(&'a str),
+    /// `<p>/<s>/consent/<recipient>`
+    Consent(&'a str),
+    /// `<p>/<s>/checkin/<recipient>`
+    CheckIn(&'a str),
+    /// `<p>/<s>/feedback/<recipient>`
+    Feedback(&'a str),
+    /// `<p>/<s>/purchases`
+    Purchase,
+    Unknown,
+}
+
+impl Incoming<'_> {
+    /// Short label for metrics and logs (never the id: it is personal).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Incoming::Person(_) => "crm_person",
+            Incoming::Consent(_) => "consent",
+            Incoming::CheckIn(_) => "checkin",
+            Incoming::Feedback(_) => "feedback",
+            Incoming::Purchase => "purchase",
+            Incoming::Unknown => "unknown",
+        }
+    }
+}
+
+pub fn subscriptions(config: &Config) -> Vec<String> {
+    let (p, store) = (&config.mqtt.prefix, config.store_topic());
+    vec![
+        format!("{p}/crm/people/+"),
+        format!("{store}/consent/+"),
+        format!("{store}/checkin/+"),
+        format!("{store}/feedback/+"),
+        format!("{store}/purchases"),
+    ]
+}
+
+pub fn classify<'a>(config: &Config, topic: &'a str) -> Incoming<'a> {
+    let single = |rest: &'a str| (!rest.is_empty() && !rest.contains('/')).then_some(rest);
+    if let Some(rest) = topic.strip_prefix(&format!("{}/crm/people/", config.mqtt.prefix)) {
+        return single(rest).map_or(Incoming::Unknown, Incoming::Person);
+    }
+    let Some(rest) = topic.strip_prefix(&format!("{}/", config.store_topic())) else {
+        return Incoming::Unknown;
+    };
+    if rest == "purchases" {
+        return Incoming::Purchase;
+    }
+    let Some((kind, id)) = rest.split_once('/') else {
+        return Incoming::Unknown;
+    };
+    match (kind, single(id)) {
+        ("consent", Some(id)) => Incoming::Consent(id),
+        ("checkin", Some(id)) => Incoming::CheckIn(id),
+        ("feedback", Some(id)) => Incoming::Feedback(id),
+        _ => Incoming::Unknown,
+    }
+}
+
+pub fn receipts(config: &Config, recipient: &str) -> String {
+    format!("{}/receipts/{recipient}", config.store_topic())
+}
+
+pub fn errors(config: &Config) -> String {
+    format!("{}/gateway/errors", config.store_topic())
+}
+
+/// A v5 response topic is honoured only inside the sender's own receipts
+/// topic: otherwise any app could make the gateway publish anywhere.
+pub fn response_topic_allowed(config: &Config, recipient: &str, response_topic: &str) -> bool {
+    let own = receipts(config, recipient);
+    response_topic == own
+        || response_topic
+            .strip_prefix(&own)
+            .is_some_and(|rest| rest.starts_with('/') && !rest.contains(['+', '#']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::from_layers(
+            "t",
+            Some(
+                "[store]\nid = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n",
+            ),
+            Default::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn classifies_every_incoming_topic_and_nothing_else() {
+        let c = config();
+        assert_eq!(
+            classify(&c, "retail/crm/people/p-1"),
+            Incoming::Person("p-1")
+        );
+        assert_eq!(
+            classify(&c, "retail/s1/consent/r-1"),
+            Incoming::Consent("r-1")
+        );
+        assert_eq!(
+            classify(&c, "retail/s1/checkin/r-1"),
+            Incoming::CheckIn("r-1")
+        );
+        assert_eq!(
+            classify(&c, "retail/s1/feedback/r-1"),
+            Incoming::Feedback("r-1")
+        );
+        assert_eq!(classify(&c, "retail/s1/purchases"), Incoming::Purchase);
+        for other in [
+            "retail/s2/consent/r-1",
+            "retail/s1/consent/r-1/x",
+            "retail/s1/consent/",
+            "retail/crm/people/",
+            "elsewhere",
+        ] {
+            assert_eq!(classify(&c, other), Incoming::Unknown, "{other}");
+        }
+        assert_eq!(subscriptions(&c).len(), 5);
+    }
+
+    #[test]
+    fn response_topics_stay_inside_the_senders_receipts() {
+        let c = config();
+        assert!(response_topic_allowed(&c, "r-1", "retail/s1/receipts/r-1"));
+        assert!(response_topic_allowed(
+            &c,
+            "r-1",
+            "retail/s1/receipts/r-1/req-7"
+        ));
+        assert!(!response_topic_allowed(
+            &c,
+            "r-1",
+            "retail/s1/receipts/r-10"
+        ));
+        assert!(!response_topic_allowed(&c, "r-1", "retail/s1/nudges/r-2"));
+    }
+}

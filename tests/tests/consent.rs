@@ -1,0 +1,259 @@
+//! People and consent over MQTT, end to end: the CRM's retained record,
+//! the app's consent changes with durable receipts, check-ins that must be
+//! the sender's own, and erasure.
+
+use std::time::Duration;
+
+use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, PublishProperties, QoS, Site, site};
+use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
+
+const SEED: u64 = 5;
+
+const SITE: &str = r#"
+[[zones]]
+id = "entrance"
+scanners = ["entrance"]
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[zones]]
+id = "headphones"
+scanners = ["headphones"]
+
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 20
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[caps]
+per_visit = 5
+per_day = 5
+per_week = 10
+min_gap_s = 0
+rule_cooldown_s = 0
+
+[presence]
+max_future_skew_ms = 86400000
+"#;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let mut site = Site::new(broker.port(), SITE)?;
+    let path = vec![
+        Stop::new("entrance", 5),
+        Stop::new("laptops", 60),
+        Stop::new("headphones", 60),
+        Stop::new("laptops", 60),
+    ];
+    let scenario = Scenario::new(SEED).with_shopper(
+        Shopper::new(1, SEED)
+            .with_interests(&["laptops"])
+            .with_path(path),
+    );
+    let record = scenario.people_jsonl().lines().next().unwrap().to_string();
+    let gateway = site.start()?;
+
+    let app = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "app-r-1",
+        site.topic("receipts/r-1/#"),
+    ))
+    .await?;
+    let phone = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "phone-r-1",
+        site.topic("nudges/r-1"),
+    ))
+    .await?;
+    let ops = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("gateway/errors"),
+    ))
+    .await?;
+    let crm = Phone::connect(PhoneOptions::new(broker.port(), "crm", "")).await?;
+
+    // The back office publishes the person, retained, after the gateway started.
+    crm.publish_acked(
+        "retail/crm/people/p-1",
+        record.as_bytes(),
+        true,
+        PublishProperties::default(),
+    )
+    .await?;
+    let metric = |series: &str| site.metric(series).unwrap_or(0);
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_incoming_total{kind=\"crm_person\"}") >= 1
+    })
+    .await?;
+
+    let start = now_ms();
+    let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, SEED)?;
+    site::send(sim.next_batch(start + 100_000), site.udp, 20.0).await?;
+    let first = phone
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(first[0].json()?["kind"], "compare");
+
+    // A malformed change is refused by field, on the errors topic, and changes nothing.
+    app.publish(
+        "retail/store-e2e/consent/r-1",
+        br#"{"id": "c-0", "consent": {"spam": true}}"#.to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    let errors = ops.wait_for(1, Duration::from_secs(10)).await?;
+    let error = errors[0].json()?;
+    assert_eq!(error["field"], "consent.spam");
+    assert_eq!(error["topic"], "retail/store-e2e/consent/r-1");
+    assert!(
+        !errors[0].payload_str().contains("true"),
+        "the report never echoes the content"
+    );
+
+    // Withdraw product_info, asking for the receipt on our own response topic.
+    let props = PublishProperties {
+        response_topic: Some("retail/store-e2e/receipts/r-1/req-1".into()),
+        correlation_data: Some(b"corr-1".to_vec().into()),
+        ..Default::default()
+    };
+    app.publish_with_properties(
+        "retail/store-e2e/consent/r-1",
+        br#"{"id": "c-1", "consent": {"product_info": false}}"#.to_vec(),
+        QoS::AtLeastOnce,
+        false,
+        props,
+    )
+    .await?;
+    let receipts = app
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    for receipt in &receipts {
+        assert_eq!(
+            receipt.json()?,
+            serde_json::json!({"id": "c-1", "status": "saved"})
+        );
+    }
+    let on_response = receipts
+        .iter()
+        .find(|r| r.topic.ends_with("/req-1"))
+        .expect("receipt on the response topic");
+    assert_eq!(
+        on_response.correlation_data.as_deref(),
+        Some(&b"corr-1"[..])
+    );
+
+    // The shopper goes back to the laptops: no product nudge any more.
+    site::send(sim.next_batch(start + 260_000), site.udp, 20.0).await?;
+    e2e::wait_until(Duration::from_secs(15), || {
+        metric("gateway_nudges_held_total{reason=\"no_consent\"}") >= 1
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(phone.received().len(), 1, "nothing after the withdrawal");
+
+    // A check-in carrying somebody else's identifier is refused and counted.
+    let forged = r#"{"rotating_id": "00000000000000000000000000000000", "at_ms": 1795334400123, "beacons": []}"#;
+    app.publish(
+        "retail/store-e2e/checkin/r-1",
+        forged.as_bytes().to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_checkins_rejected_total") >= 1
+    })
+    .await?;
+
+    // Erasure from the app: receipt, then the person is gone.
+    app.publish(
+        "retail/store-e2e/consent/r-1",
+        br#"{"id": "c-9", "forget": true}"#.to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    let receipts = app.wait_for(3, Duration::from_secs(10)).await?;
+    assert_eq!(
+        receipts.last().unwrap().json()?,
+        serde_json::json!({"id": "c-9", "status": "forgotten"})
+    );
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_people_erased_total") >= 1
+    })
+    .await?;
+    drop(gateway);
+    let show = site.cli(&["people", "show", "p-1"])?;
+    assert!(
+        !show.status.success(),
+        "erased: {}",
+        String::from_utf8_lossy(&show.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused()
+-> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let mut site = Site::new(broker.port(), SITE)?;
+    site.import_people(r#"{"person": "p-1", "recipient": "r-1", "consent": {"proximity": true}}"#)?;
+    let gateway = site.start()?;
+    let ops = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("gateway/errors"),
+    ))
+    .await?;
+    let crm = Phone::connect(PhoneOptions::new(broker.port(), "crm", "")).await?;
+
+    crm.publish_acked(
+        "retail/crm/people/p-2",
+        br#"{"person": "p-3", "recipient": "r-3"}"#,
+        true,
+        PublishProperties::default(),
+    )
+    .await?;
+    let errors = ops
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(errors[0].json()?["field"], "person");
+
+    crm.publish_acked(
+        "retail/crm/people/p-1",
+        b"",
+        true,
+        PublishProperties::default(),
+    )
+    .await?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_people_erased_total").unwrap_or(0) >= 1
+    })
+    .await?;
+    drop(gateway);
+    assert!(!site.cli(&["people", "show", "p-1"])?.status.success());
+    assert!(
+        !site.cli(&["people", "show", "p-3"])?.status.success(),
+        "the refused record changed nothing"
+    );
+    Ok(())
+}
