@@ -236,6 +236,23 @@ pub struct EvalReport {
     pub baseline: Scores,
     /// Capture records skipped because their adverts held no AD structure.
     pub undecodable: usize,
+    /// Per scored subject, for digging into a bad score.
+    pub per_subject: Vec<SubjectScore>,
+}
+
+/// One subject's share of the scores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubjectScore {
+    pub addr: String,
+    /// Truth seconds, and how many the engine / baseline got right.
+    pub seconds: u64,
+    pub engine_correct: u64,
+    pub baseline_correct: u64,
+    pub engine_flips: u64,
+    pub baseline_flips: u64,
+    pub true_flips: u64,
+    /// The zones the truth lists, in order, without repeats.
+    pub truth_path: Vec<String>,
 }
 
 impl EvalReport {
@@ -286,6 +303,34 @@ impl EvalReport {
             e.unheard_addrs,
             self.undecodable
         );
+        out
+    }
+
+    /// One line per scored subject: seconds, accuracy and flips of both
+    /// contenders, and the true path.
+    pub fn per_subject_table(&self) -> String {
+        let mut out = String::new();
+        let pct = |c: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                c as f64 * 100.0 / n as f64
+            }
+        };
+        for s in &self.per_subject {
+            let _ = writeln!(
+                out,
+                "{} {:>5} s  engine {:5.1} % {:>3} flips  baseline {:5.1} % {:>4} flips  true {:>2}  {}",
+                s.addr,
+                s.seconds,
+                pct(s.engine_correct, s.seconds),
+                s.engine_flips,
+                pct(s.baseline_correct, s.seconds),
+                s.baseline_flips,
+                s.true_flips,
+                s.truth_path.join(">")
+            );
+        }
         out
     }
 
@@ -523,8 +568,30 @@ pub fn evaluate(
         .count();
     let unheard = by_addr.keys().filter(|a| !heard.contains(**a)).count();
 
-    let mut engine_scores = score(&scored, &engine_tl, truth_end);
-    let mut baseline_scores = score(&scored, &baseline_tl, truth_end);
+    let (mut engine_scores, engine_each) = score(&scored, &engine_tl, truth_end);
+    let (mut baseline_scores, baseline_each) = score(&scored, &baseline_tl, truth_end);
+    let per_subject = scored
+        .iter()
+        .zip(engine_each.iter().zip(&baseline_each))
+        .map(|((addr, spans), (e, b))| {
+            let mut truth_path: Vec<String> = Vec::new();
+            for span in spans.iter() {
+                if truth_path.last() != Some(&span.zone) {
+                    truth_path.push(span.zone.clone());
+                }
+            }
+            SubjectScore {
+                addr: (*addr).to_owned(),
+                seconds: e.0,
+                engine_correct: e.1,
+                baseline_correct: b.1,
+                engine_flips: e.2,
+                baseline_flips: b.2,
+                true_flips: e.3,
+                truth_path,
+            }
+        })
+        .collect();
     for s in [&mut engine_scores, &mut baseline_scores] {
         s.unscored_addrs = unscored;
         s.unheard_addrs = unheard;
@@ -533,10 +600,19 @@ pub fn evaluate(
         engine: engine_scores,
         baseline: baseline_scores,
         undecodable,
+        per_subject,
     }
 }
 
-fn score(subjects: &[(&str, &Vec<&TruthSpan>)], timelines: &Timelines, truth_end: i64) -> Scores {
+/// (seconds, correct, flips, true flips) of one subject.
+type SubjectStats = (u64, u64, u64, u64);
+
+fn score(
+    subjects: &[(&str, &Vec<&TruthSpan>)],
+    timelines: &Timelines,
+    truth_end: i64,
+) -> (Scores, Vec<SubjectStats>) {
+    let mut per_subject = Vec::new();
     let empty = Vec::new();
     let mut s = Scores::default();
     let (mut correct, mut total) = (0u64, 0u64);
@@ -548,6 +624,7 @@ fn score(subjects: &[(&str, &Vec<&TruthSpan>)], timelines: &Timelines, truth_end
         let last_to = spans.iter().map(|s| s.to_ms).max().unwrap_or(first.to_ms);
         let tl = timelines.get(*addr).unwrap_or(&empty);
         s.subjects += 1;
+        let (total_before, correct_before) = (total, correct);
 
         // Accuracy, at every whole second inside the truth.
         for span in spans.iter() {
@@ -593,6 +670,12 @@ fn score(subjects: &[(&str, &Vec<&TruthSpan>)], timelines: &Timelines, truth_end
         s.flips += flips;
         s.true_flips += true_flips;
         extra_flips += flips.saturating_sub(true_flips);
+        per_subject.push((
+            total - total_before,
+            correct - correct_before,
+            flips,
+            true_flips,
+        ));
 
         // Entry.
         match tl.iter().find(|(_, p)| *p != Place::Absent) {
@@ -638,7 +721,7 @@ fn score(subjects: &[(&str, &Vec<&TruthSpan>)], timelines: &Timelines, truth_end
     } else {
         exit_sum / exits as f64
     };
-    s
+    (s, per_subject)
 }
 
 fn place_at(timeline: &[(i64, Place)], t: i64) -> &Place {
@@ -658,8 +741,9 @@ struct Baseline {
 
 struct BaselinePerson {
     last_seen_ms: i64,
-    /// Latest reading per scanner: (at_ms, level, zone).
-    latest: HashMap<String, (i64, f32, ZoneId)>,
+    /// Latest reading per scanner: (at_ms, level, zone). Ordered, so that
+    /// ties are broken the same way on every run.
+    latest: BTreeMap<String, (i64, f32, ZoneId)>,
     zone: Option<ZoneId>,
 }
 
@@ -696,7 +780,7 @@ impl Baseline {
             });
             BaselinePerson {
                 last_seen_ms: at_ms,
-                latest: HashMap::new(),
+                latest: BTreeMap::new(),
                 zone: None,
             }
         });
@@ -710,7 +794,7 @@ impl Baseline {
             .latest
             .values()
             .filter(|(t, _, _)| now - t <= BASELINE_WINDOW_MS)
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
             .map(|(_, _, z)| z.clone());
         if let Some(best) = best {
             if state.zone.as_ref() != Some(&best) {

@@ -176,13 +176,13 @@ pub struct PresenceTuning {
 impl Default for PresenceTuning {
     fn default() -> Self {
         PresenceTuning {
-            process_noise_db2_per_s: 1.0,
+            process_noise_db2_per_s: 4.0,
             measurement_noise_db2: 12.0,
             outlier_gate_sigma: 2.0,
             reference_tx_power_dbm: -59.0,
-            hall_level_dbm: Some(-74.5),
+            hall_level_dbm: Some(-75.0),
             hall_margin_db: 1.0,
-            hall_hold_ms: 5_000,
+            hall_hold_ms: 7_000,
         }
     }
 }

@@ -2,9 +2,10 @@ use super::*;
 use proptest::prelude::*;
 
 fn engine() -> PresenceEngine {
-    let mut config = PresenceConfig::default();
-    config.dwell_thresholds_s = [20].into_iter().collect();
-    PresenceEngine::new(config)
+    PresenceEngine::new(PresenceConfig {
+        dwell_thresholds_s: [20].into_iter().collect(),
+        ..PresenceConfig::default()
+    })
 }
 
 fn names(events: &[PresenceEvent]) -> Vec<String> {
