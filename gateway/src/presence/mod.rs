@@ -1,13 +1,26 @@
 //! Presence: noisy RSSI readings in, trustworthy events out. Pure: the caller
 //! passes `at_ms`; no clock, no I/O. Lives in memory only (DESIGN §4 inv. 3).
 //!
-//! Per (person, scanner) the last few readings inside a short window are
-//! smoothed with a trimmed mean, which shrugs off single outliers and missed
-//! adverts. A person moves to another zone only when that zone's best
-//! scanner has been clearly stronger (by `switch_margin_db`) for
-//! `switch_hold_ms`: one reading never flips a zone.
+//! Per (person, scanner) the readings go through a small 1-D Kalman filter
+//! (a random-walk level, so the smoothing adapts to how often a phone
+//! advertises) with an outlier gate, which shrugs off single outliers,
+//! missed adverts and most of a body shadow. Levels are corrected by the
+//! scanner's calibration offset and, when the advert announces its power at
+//! 1 m, normalised to a reference phone, so that "how far" can be told from
+//! "how loud".
+//!
+//! The place of a person is a zone or the hall (the open floor, heard but
+//! near no zone's scanner). A person moves to another zone only when that
+//! zone's best scanner has been clearly stronger (by `switch_margin_db`),
+//! backed by several readings, continuously for `switch_hold_ms`; to or from
+//! the hall only when the best level has been clearly on the other side of
+//! the hall level for [`PresenceTuning::hall_hold_ms`]: one reading never
+//! flips a place. A zone's dwell time counts from when the evidence for it
+//! began, not from when the hold ran out.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+pub mod eval;
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::identity::PersonId;
@@ -128,57 +141,85 @@ impl PresenceEvent {
     }
 }
 
-const READINGS_PER_SCANNER: usize = 8;
-const MIN_READINGS_TO_SWITCH: usize = 3;
+/// A zone needs this many readings of its best scanner before it can win.
+const MIN_READINGS_TO_SWITCH: u32 = 3;
 
-#[derive(Default)]
-struct ScannerTrack {
-    readings: VecDeque<(i64, f32)>,
+/// Knobs of the filter and of the hall decision. Kept apart from
+/// [`PresenceConfig`] (whose fields the site file maps one to one); the
+/// defaults are what `tests/presence_eval.rs` measures against the
+/// simulated store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenceTuning {
+    /// Kalman process noise: how fast a true level may drift, dB² per second.
+    pub process_noise_db2_per_s: f32,
+    /// Kalman measurement noise: variance of one reading, dB².
+    pub measurement_noise_db2: f32,
+    /// A reading further than this many standard deviations from the
+    /// prediction is clamped to that distance (a reflection, a body).
+    pub outlier_gate_sigma: f32,
+    /// Power at 1 m that levels are normalised to when an advert says its
+    /// own (`Frame::tx_power_at_1m`): a loud phone does not look closer.
+    pub reference_tx_power_dbm: f32,
+    /// Normalised level of the best scanner below which a person is in the
+    /// hall, near no zone. `None` disables the hall: a present person is
+    /// always in the zone of the strongest scanner.
+    pub hall_level_dbm: Option<f32>,
+    /// Hysteresis around `hall_level_dbm`: to enter a zone from the hall the
+    /// level must be this much above it; to leave to the hall, this much
+    /// below.
+    pub hall_margin_db: f32,
+    /// How long the hall (or a zone, from the hall) must look right before
+    /// the place changes.
+    pub hall_hold_ms: i64,
 }
 
-impl ScannerTrack {
-    fn push(&mut self, at_ms: i64, rssi: f32) {
-        if self.readings.len() == READINGS_PER_SCANNER {
-            self.readings.pop_front();
+impl Default for PresenceTuning {
+    fn default() -> Self {
+        PresenceTuning {
+            process_noise_db2_per_s: 4.0,
+            measurement_noise_db2: 12.0,
+            outlier_gate_sigma: 2.0,
+            reference_tx_power_dbm: -59.0,
+            hall_level_dbm: Some(-75.0),
+            hall_margin_db: 1.0,
+            hall_hold_ms: 7_000,
         }
-        self.readings.push_back((at_ms, rssi));
     }
+}
 
-    fn last_ms(&self) -> i64 {
-        self.readings.back().map_or(i64::MIN, |r| r.0)
-    }
+/// A scanner as the engine knows it: its zone and calibration, looked up
+/// once per scanner, not once per advert.
+struct ScannerInfo {
+    name: Box<str>,
+    zone: ZoneId,
+    offset_db: f32,
+}
 
-    /// Trimmed mean of the readings inside the window: drop the highest and
-    /// lowest when there are enough to spare.
-    fn smoothed(&self, now_ms: i64, window_ms: i64) -> Option<(f32, usize)> {
-        let mut values: Vec<f32> = self
-            .readings
-            .iter()
-            .filter(|(t, _)| now_ms - t <= window_ms)
-            .map(|(_, r)| *r)
-            .collect();
-        if values.is_empty() {
-            return None;
-        }
-        let count = values.len();
-        values.sort_by(|a, b| a.total_cmp(b));
-        let trimmed = if values.len() >= 4 {
-            &values[1..values.len() - 1]
-        } else {
-            &values[..]
-        };
-        Some((trimmed.iter().sum::<f32>() / trimmed.len() as f32, count))
-    }
+/// Filtered level of one person at one scanner.
+#[derive(Clone, Copy)]
+struct Track {
+    scanner: u32,
+    count: u32,
+    level: f32,
+    variance: f32,
+    last_ms: i64,
 }
 
 struct PersonState {
     visit: VisitId,
     last_seen_ms: i64,
-    scanners: HashMap<String, ScannerTrack>,
+    /// Correction that normalises this person's levels to the reference
+    /// power (0 when the adverts do not say their power).
+    tx_correction_db: f32,
+    tracks: Vec<Track>,
+    /// Current zone and since when (None: in the hall, or not placed yet).
     zone: Option<(ZoneId, i64)>,
-    /// A zone that looks better than the current one, and since when.
-    candidate: Option<(ZoneId, i64)>,
+    /// A place that looks better than the current one, and since when.
+    /// `Some(None)` is the hall.
+    candidate: Option<(Option<ZoneId>, i64)>,
     dwell_fired: BTreeSet<u32>,
+    /// Whether the person has ever been placed in a zone this visit.
+    placed: bool,
 }
 
 /// What the engine remembers of a visit across a restart: enough to keep
@@ -191,14 +232,36 @@ pub struct VisitSeed {
 
 pub struct PresenceEngine {
     config: PresenceConfig,
+    tuning: PresenceTuning,
+    scanners: Vec<ScannerInfo>,
+    scanner_index: HashMap<Box<str>, u32>,
     people: HashMap<PersonId, PersonState>,
     seeds: HashMap<PersonId, VisitSeed>,
 }
 
+fn same_zone(a: &ZoneId, b: &ZoneId) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+fn same_place(a: &Option<ZoneId>, b: &Option<ZoneId>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same_zone(a, b),
+        _ => false,
+    }
+}
+
 impl PresenceEngine {
     pub fn new(config: PresenceConfig) -> Self {
+        Self::with_tuning(config, PresenceTuning::default())
+    }
+
+    pub fn with_tuning(config: PresenceConfig, tuning: PresenceTuning) -> Self {
         PresenceEngine {
             config,
+            tuning,
+            scanners: Vec::new(),
+            scanner_index: HashMap::new(),
             people: HashMap::new(),
             seeds: HashMap::new(),
         }
@@ -207,10 +270,23 @@ impl PresenceEngine {
     /// Replace the configuration (reload) without dropping who is present.
     pub fn set_config(&mut self, config: PresenceConfig) {
         self.config = config;
+        // Zones and offsets may have changed: look them up again.
+        for info in &mut self.scanners {
+            info.zone = self.config.zone_of(&info.name);
+            info.offset_db = offset_of(&self.config, &info.name);
+        }
     }
 
     pub fn config(&self) -> &PresenceConfig {
         &self.config
+    }
+
+    pub fn set_tuning(&mut self, tuning: PresenceTuning) {
+        self.tuning = tuning;
+    }
+
+    pub fn tuning(&self) -> &PresenceTuning {
+        &self.tuning
     }
 
     /// After a restart: a person seen again within the visit gap continues
@@ -233,6 +309,13 @@ impl PresenceEngine {
         self.people.get(person).map(|s| s.visit)
     }
 
+    /// The zone a present person is in now (`None`: in the hall, or absent).
+    pub fn zone_of(&self, person: &PersonId) -> Option<&ZoneId> {
+        self.people
+            .get(person)
+            .and_then(|s| s.zone.as_ref().map(|(z, _)| z))
+    }
+
     /// One reading of one person by one scanner.
     pub fn observe(
         &mut self,
@@ -242,15 +325,25 @@ impl PresenceEngine {
         at_ms: i64,
         out: &mut Vec<PresenceEvent>,
     ) {
+        self.observe_with_power(person, scanner, rssi, None, at_ms, out);
+    }
+
+    /// One reading, with the power at 1 m the advert announced (if any), so
+    /// that a loud phone is not taken for a near one.
+    pub fn observe_with_power(
+        &mut self,
+        person: &PersonId,
+        scanner: &str,
+        rssi: i16,
+        tx_power_at_1m: Option<i8>,
+        at_ms: i64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
         if rssi < self.config.min_rssi {
             return;
         }
-        let offset = self
-            .config
-            .scanner_offset_db
-            .get(scanner)
-            .copied()
-            .unwrap_or(0.0);
+        let scanner = self.scanner_id(scanner);
+        let offset = self.scanners[scanner as usize].offset_db;
         let state = match self.people.get_mut(person) {
             Some(state) => state,
             None => {
@@ -270,27 +363,62 @@ impl PresenceEngine {
                 self.people.entry(person.clone()).or_insert(PersonState {
                     visit,
                     last_seen_ms: at_ms,
-                    scanners: HashMap::new(),
+                    tx_correction_db: 0.0,
+                    tracks: Vec::with_capacity(4),
                     zone: None,
                     candidate: None,
                     dwell_fired: BTreeSet::new(),
+                    placed: false,
                 })
             }
         };
+        if let Some(tx) = tx_power_at_1m {
+            // Absurd announced powers (a broken tag) are ignored.
+            if (-100..=20).contains(&tx) {
+                state.tx_correction_db = self.tuning.reference_tx_power_dbm - f32::from(tx);
+            }
+        }
         // Out-of-order readings (a late UDP datagram) must not move time back.
         state.last_seen_ms = state.last_seen_ms.max(at_ms);
-        state
-            .scanners
-            .entry(scanner.to_string())
-            .or_default()
-            .push(at_ms, rssi as f32 + offset);
+        let reading = f32::from(rssi) + offset;
+        let t = &self.tuning;
+        match state.tracks.iter_mut().find(|tr| tr.scanner == scanner) {
+            Some(track) => {
+                let dt_s = (at_ms - track.last_ms).max(0) as f32 / 1000.0;
+                let predicted = track.variance + t.process_noise_db2_per_s * dt_s;
+                let s = predicted + t.measurement_noise_db2;
+                let gate = t.outlier_gate_sigma * s.sqrt();
+                let innovation = (reading - track.level).clamp(-gate, gate);
+                let gain = predicted / s;
+                track.level += gain * innovation;
+                track.variance = (1.0 - gain) * predicted;
+                track.count = track.count.saturating_add(1);
+                track.last_ms = track.last_ms.max(at_ms);
+            }
+            None => state.tracks.push(Track {
+                scanner,
+                count: 1,
+                level: reading,
+                variance: t.measurement_noise_db2,
+                last_ms: at_ms,
+            }),
+        }
         let now = state.last_seen_ms;
-        Self::update_zone(&self.config, person, state, now, out);
+        Self::update_zone(
+            &self.config,
+            &self.tuning,
+            &self.scanners,
+            person,
+            state,
+            now,
+            out,
+        );
     }
 
     /// Advance time: dwell thresholds, zone timeouts, visit ends.
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<PresenceEvent>) {
         let config = &self.config;
+        let keep_ms = config.zone_timeout_ms.max(config.window_ms);
         let mut gone = Vec::new();
         for (person, state) in self.people.iter_mut() {
             if now_ms - state.last_seen_ms > config.visit_gap_ms {
@@ -312,40 +440,63 @@ impl PresenceEngine {
                 gone.push(person.clone());
                 continue;
             }
-            Self::update_zone(config, person, state, now_ms, out);
+            state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
+            Self::update_zone(
+                config,
+                &self.tuning,
+                &self.scanners,
+                person,
+                state,
+                now_ms,
+                out,
+            );
         }
         for person in gone {
             self.people.remove(&person);
         }
     }
 
+    fn scanner_id(&mut self, scanner: &str) -> u32 {
+        if let Some(&id) = self.scanner_index.get(scanner) {
+            return id;
+        }
+        let id = self.scanners.len() as u32;
+        self.scanners.push(ScannerInfo {
+            name: scanner.into(),
+            zone: self.config.zone_of(scanner),
+            offset_db: offset_of(&self.config, scanner),
+        });
+        self.scanner_index.insert(scanner.into(), id);
+        id
+    }
+
     fn update_zone(
         config: &PresenceConfig,
+        tuning: &PresenceTuning,
+        scanners: &[ScannerInfo],
         person: &PersonId,
         state: &mut PersonState,
         now_ms: i64,
         out: &mut Vec<PresenceEvent>,
     ) {
-        // Best smoothed reading per zone.
-        let mut best: Option<(ZoneId, f32, usize)> = None;
-        let mut current_strength: Option<f32> = None;
-        for (scanner, track) in &state.scanners {
-            let Some((level, count)) = track.smoothed(now_ms, config.window_ms) else {
+        // Best filtered level overall, and the current zone's best level.
+        let mut best: Option<(&ZoneId, f32, u32)> = None;
+        let mut current_level: Option<f32> = None;
+        for track in &state.tracks {
+            if now_ms - track.last_ms > config.window_ms {
                 continue;
-            };
-            let zone = config.zone_of(scanner);
+            }
+            let zone = &scanners[track.scanner as usize].zone;
+            let level = track.level;
             if let Some((current, _)) = &state.zone {
-                if *current == zone {
-                    current_strength = Some(current_strength.map_or(level, |c: f32| c.max(level)));
+                if same_zone(current, zone) {
+                    current_level = Some(current_level.map_or(level, |c: f32| c.max(level)));
                 }
             }
-            if best.as_ref().is_none_or(|(_, b, _)| level > *b) {
-                best = Some((zone, level, count));
+            if best.is_none_or(|(_, b, _)| level > b) {
+                best = Some((zone, level, track.count));
             }
         }
-        state
-            .scanners
-            .retain(|_, t| now_ms - t.last_ms() <= config.zone_timeout_ms.max(config.window_ms));
 
         let Some((best_zone, best_level, best_count)) = best else {
             // Nobody hears the person right now: leave the zone after the timeout.
@@ -366,53 +517,56 @@ impl PresenceEngine {
             state.candidate = None;
             return;
         };
+        let best_zone = best_zone.clone();
+        let normalised = best_level + state.tx_correction_db;
+        let hall = tuning.hall_level_dbm;
+        let margin = tuning.hall_margin_db;
 
-        match &state.zone {
-            None => {
-                out.push(PresenceEvent::ZoneEntered {
-                    person: person.clone(),
-                    visit: state.visit,
-                    zone: best_zone.clone(),
-                    at_ms: now_ms,
-                });
-                state.zone = Some((best_zone, now_ms));
-                state.candidate = None;
-                state.dwell_fired.clear();
+        // Where the evidence points, and how long it must keep pointing there.
+        let wanted: Option<(Option<ZoneId>, i64)> = match &state.zone {
+            None if !state.placed => {
+                // First placement of a visit: no hold, so an entry is
+                // reported at once; the hall only if clearly far.
+                let place = match hall {
+                    Some(h) if normalised < h => None,
+                    _ => Some(best_zone),
+                };
+                Some((place, 0))
             }
-            Some((current, _)) if *current == best_zone => state.candidate = None,
-            Some((current, since)) => {
-                // A zone backed by a single reading is an outlier, not a move.
-                let clearly_better = best_count >= MIN_READINGS_TO_SWITCH
-                    && current_strength.is_none_or(|c| best_level >= c + config.switch_margin_db);
-                if !clearly_better {
-                    state.candidate = None;
-                } else {
-                    let candidate_since = match &state.candidate {
-                        Some((zone, since)) if *zone == best_zone => *since,
-                        _ => {
-                            state.candidate = Some((best_zone.clone(), now_ms));
-                            now_ms
-                        }
-                    };
-                    if now_ms - candidate_since >= config.switch_hold_ms {
-                        let dwell_s = secs(now_ms - since);
-                        out.push(PresenceEvent::ZoneLeft {
-                            person: person.clone(),
-                            visit: state.visit,
-                            zone: current.clone(),
-                            dwell_s,
-                            at_ms: now_ms,
-                        });
-                        out.push(PresenceEvent::ZoneEntered {
-                            person: person.clone(),
-                            visit: state.visit,
-                            zone: best_zone.clone(),
-                            at_ms: now_ms,
-                        });
-                        state.zone = Some((best_zone, now_ms));
-                        state.candidate = None;
-                        state.dwell_fired.clear();
+            None => match hall {
+                Some(h) if normalised < h + margin || best_count < MIN_READINGS_TO_SWITCH => None,
+                // Back in range after a zone timeout: at once without a hall.
+                None => Some((Some(best_zone), 0)),
+                Some(_) => Some((Some(best_zone), tuning.hall_hold_ms)),
+            },
+            Some((current, _)) => {
+                let current_level = current_level.unwrap_or(f32::NEG_INFINITY);
+                match hall {
+                    Some(h) if normalised < h - margin => Some((None, tuning.hall_hold_ms)),
+                    _ if same_zone(current, &best_zone) => None,
+                    _ if best_count >= MIN_READINGS_TO_SWITCH
+                        && best_level >= current_level + config.switch_margin_db =>
+                    {
+                        Some((Some(best_zone), config.switch_hold_ms))
                     }
+                    _ => None,
+                }
+            }
+        };
+
+        match wanted {
+            None => state.candidate = None,
+            Some((place, hold_ms)) => {
+                let since = match &state.candidate {
+                    Some((c, since)) if same_place(c, &place) => *since,
+                    _ => {
+                        state.candidate = Some((place.clone(), now_ms));
+                        now_ms
+                    }
+                };
+                if now_ms - since >= hold_ms {
+                    // Dwell counts from when the evidence began.
+                    Self::move_to(person, state, place, since, now_ms, out);
                 }
             }
         }
@@ -432,6 +586,45 @@ impl PresenceEngine {
             }
         }
     }
+
+    fn move_to(
+        person: &PersonId,
+        state: &mut PersonState,
+        place: Option<ZoneId>,
+        since_ms: i64,
+        now_ms: i64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        state.candidate = None;
+        state.placed = true;
+        if let Some((zone, since)) = state.zone.take() {
+            out.push(PresenceEvent::ZoneLeft {
+                person: person.clone(),
+                visit: state.visit,
+                zone,
+                dwell_s: secs(since_ms - since),
+                at_ms: now_ms,
+            });
+        }
+        state.dwell_fired.clear();
+        if let Some(zone) = place {
+            out.push(PresenceEvent::ZoneEntered {
+                person: person.clone(),
+                visit: state.visit,
+                zone: zone.clone(),
+                at_ms: now_ms,
+            });
+            state.zone = Some((zone, since_ms));
+        }
+    }
+}
+
+fn offset_of(config: &PresenceConfig, scanner: &str) -> f32 {
+    config
+        .scanner_offset_db
+        .get(scanner)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn secs(ms: i64) -> u32 {

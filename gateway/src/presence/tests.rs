@@ -113,6 +113,43 @@ fn a_short_dropout_keeps_the_visit_and_a_seed_survives_restart() {
     );
 }
 
+#[test]
+fn far_from_every_scanner_is_the_hall_and_coming_back_is_a_zone() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    let mut t = 0;
+    for (rssi, seconds) in [(-60, 10), (-88, 15), (-60, 15)] {
+        for _ in 0..seconds {
+            e.observe(&p, "laptops", rssi, t, &mut out);
+            e.tick(t, &mut out);
+            t += 1000;
+        }
+    }
+    assert_eq!(
+        names(&out),
+        [
+            "entered",
+            "zone_entered:laptops",
+            "zone_left:laptops",
+            "zone_entered:laptops"
+        ]
+    );
+    assert_eq!(e.zone_of(&p).map(|z| &**z), Some("laptops"));
+}
+
+#[test]
+fn announced_power_keeps_a_loud_phone_from_looking_near() {
+    let mut out = Vec::new();
+    let mut e = engine();
+    let loud = PersonId::from("loud");
+    let normal = PersonId::from("normal");
+    e.observe_with_power(&loud, "laptops", -72, Some(-47), 0, &mut out);
+    e.observe_with_power(&normal, "laptops", -72, Some(-59), 0, &mut out);
+    assert_eq!(e.zone_of(&loud), None, "12 dB louder than the reference");
+    assert_eq!(e.zone_of(&normal).map(|z| &**z), Some("laptops"));
+}
+
 proptest! {
     /// Whatever the readings, events for a person come in a sane order:
     /// entered first, zone_entered/zone_left alternate, dwell only inside a zone.
