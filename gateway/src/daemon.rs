@@ -418,7 +418,12 @@ impl Pipeline {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         for frame in &frames {
-            let Frame::AppToken { rotating_id, .. } = frame else {
+            let Frame::AppToken {
+                rotating_id,
+                tx_power,
+                ..
+            } = frame
+            else {
                 continue;
             };
             // Resolve: an identifier nobody enrolled is a stranger, and is
@@ -426,10 +431,11 @@ impl Pipeline {
             let Some(person) = self.recognise(rotating_id) else {
                 continue;
             };
-            self.presence.observe(
+            self.presence.observe_with_power(
                 &person,
                 &sighting.scanner,
                 sighting.rssi,
+                Some(*tx_power),
                 sighting.at_ms,
                 &mut events,
             );

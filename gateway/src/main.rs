@@ -118,6 +118,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             Ok(config) => cli::people::explain(&config, &id),
             Err(e) => Err(e),
         },
+        Command::EvalPresence {
+            capture,
+            truth,
+            json,
+        } => match cli::require_config(config_path) {
+            Ok(config) => cli::eval_presence(&config, &capture, &truth, json),
+            Err(e) => Err(e),
+        },
     })
 }
 

@@ -180,3 +180,75 @@ fn run_refuses_to_start_with_a_bad_config_or_a_taken_port() {
         stderr(&out)
     );
 }
+
+#[test]
+fn eval_presence_scores_a_simulator_capture_against_its_truth() {
+    let dir = Workdir::new("eval").unwrap();
+    let (capture, truth) = (dir.join("capture.jsonl"), dir.join("truth.jsonl"));
+    let sim = Command::new(e2e::firmware_sim_bin().unwrap())
+        .args([
+            "capture",
+            "--seed",
+            "3",
+            "--duration",
+            "5m",
+            "--out",
+            capture.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(sim.status.success(), "{}", stderr(&sim));
+    let zones: String = ["entrance", "laptops", "headphones"]
+        .iter()
+        .map(|z| format!("[[zones]]\nid = \"{z}\"\nscanners = [\"{z}\"]\n"))
+        .collect();
+    let site = dir.write("site.toml", format!("[store]\nid = \"s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n{zones}")).unwrap();
+    let out = gateway(&[
+        "--config",
+        site.to_str().unwrap(),
+        "eval-presence",
+        "--capture",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for side in ["engine", "baseline"] {
+        for key in [
+            "accuracy",
+            "flips_per_hour",
+            "entry_delay_s",
+            "exit_delay_s",
+        ] {
+            assert!(report[side][key].is_number(), "{side}.{key} in {report}");
+        }
+    }
+    assert!(
+        report["engine"]["flips_per_hour"].as_f64() < report["baseline"]["flips_per_hour"].as_f64()
+    );
+
+    std::fs::write(
+        &truth,
+        "{\"addr\": \"02:00:00:00:00:01\", \"from_ms\": 0}\n",
+    )
+    .unwrap();
+    let out = gateway(&[
+        "--config",
+        site.to_str().unwrap(),
+        "eval-presence",
+        "--capture",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("truth.jsonl") && stderr(&out).contains("line 1"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -64,6 +64,19 @@ pub enum Command {
     People(PeopleCommand),
     /// Why a nudge was sent or held back: by person id or nudge id.
     Explain { id: String },
+    /// Replay a capture through decode and presence and score zones against
+    /// ground truth, beside the naive "strongest scanner wins" baseline.
+    EvalPresence {
+        /// Sighting records, JSON Lines (DESIGN §7).
+        #[arg(long)]
+        capture: PathBuf,
+        /// Ground truth, JSON Lines: {"addr", "from_ms", "to_ms", "zone"}.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Print one JSON object with keys `engine` and `baseline`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +171,37 @@ pub fn check_config(file: &Path) -> Result<String, CliError> {
         config.sources.len(),
         config.hash
     ))
+}
+
+/// `gateway eval-presence`.
+pub fn eval_presence(
+    config: &Config,
+    capture: &Path,
+    truth: &Path,
+    json: bool,
+) -> Result<String, CliError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
+    };
+    let (capture_text, truth_text) = (read(capture)?, read(truth)?);
+    let report = crate::presence::eval::evaluate_capture(
+        &config.presence,
+        &capture_text,
+        &truth_text,
+        &config.decode,
+    )
+    .map_err(|e| {
+        let file = match e {
+            crate::presence::eval::EvalError::Capture { .. } => capture,
+            crate::presence::eval::EvalError::Truth { .. } => truth,
+        };
+        CliError::new(format!("{}: {e}", file.display()))
+    })?;
+    Ok(if json {
+        report.to_json().to_string()
+    } else {
+        report.to_table()
+    })
 }
 
 #[cfg(test)]
