@@ -2,40 +2,72 @@
 //! layout version. Change a layout here, bump [`LAYOUT_VERSION`] and add a
 //! step to `super::migrate`.
 //!
+//! Layout 2 (current). `tag(kind, id)` is an HMAC of the id under the site
+//! secret kept in the key vault (`keys.vault`, beside the sled files), so no
+//! person id or recipient appears in sled in the clear; `sealed` is
+//! AES-256-GCM under the person's key from the vault, bound to the tag
+//! (`store::vault`). Erasing a person destroys their key: every sealed copy
+//! sled still holds in its segments becomes unreadable.
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `layout_version` | u32 BE |
 //! | `meta` | `next_seq` | u64 BE: next outbox / decision sequence |
 //! | `meta` | `store_rate` | JSON [`crate::decide::StoreRateLedger`] |
-//! | `people` | person id | JSON [`crate::identity::PersonRecord`] |
-//! | `recipients` | recipient pseudonym | person id |
-//! | `ledgers` | person id | JSON [`crate::decide::Ledger`]: what caps need |
-//! | `outbox` | seq u64 BE | JSON [`super::OutboxEntry`] |
-//! | `decisions` | person id, 0x00, seq u64 BE | JSON [`super::DecisionEntry`] |
-//! | `decision_by_nudge` | nudge id | key in `decisions` |
-//! | `visits` | person id | JSON [`crate::presence::VisitSeed`] fields |
+//! | `people.v2` | tag(person) | sealed JSON [`crate::identity::PersonRecord`] |
+//! | `recipients.v2` | tag(recipient) | tag(person) |
+//! | `ledgers.v2` | tag(person) | JSON [`crate::decide::Ledger`]: times, kinds, rule ids — what caps need |
+//! | `outbox.v2` | seq u64 BE | tag(person) ‖ sealed JSON [`super::OutboxEntry`] |
+//! | `decisions.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::DecisionEntry`] |
+//! | `decision_by_nudge.v2` | nudge id (random UUID) | key in `decisions.v2` |
+//! | `visits.v2` | tag(person) | sealed JSON (person id, visit id, last seen) |
 //!
-//! Person ids never contain 0x00 (they are validated to a safe alphabet),
-//! so the `decisions` prefix scan per person is exact.
+//! Layout 1 (migrated on open): the same trees without the `.v2` suffix,
+//! keyed by the ids in the clear, values in plain JSON, and `decisions`
+//! keyed by person id ‖ 0x00 ‖ seq.
 
-pub const LAYOUT_VERSION: u32 = 1;
+use super::vault::Tag;
+
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const META: &str = "meta";
-pub const PEOPLE: &str = "people";
-pub const RECIPIENTS: &str = "recipients";
-pub const LEDGERS: &str = "ledgers";
-pub const OUTBOX: &str = "outbox";
-pub const DECISIONS: &str = "decisions";
-pub const DECISION_BY_NUDGE: &str = "decision_by_nudge";
-pub const VISITS: &str = "visits";
+pub const PEOPLE: &str = "people.v2";
+pub const RECIPIENTS: &str = "recipients.v2";
+pub const LEDGERS: &str = "ledgers.v2";
+pub const OUTBOX: &str = "outbox.v2";
+pub const DECISIONS: &str = "decisions.v2";
+pub const DECISION_BY_NUDGE: &str = "decision_by_nudge.v2";
+pub const VISITS: &str = "visits.v2";
+
+/// Layout 1's trees, read only by the migration.
+pub mod v1 {
+    pub const PEOPLE: &str = "people";
+    pub const RECIPIENTS: &str = "recipients";
+    pub const LEDGERS: &str = "ledgers";
+    pub const OUTBOX: &str = "outbox";
+    pub const DECISIONS: &str = "decisions";
+    pub const DECISION_BY_NUDGE: &str = "decision_by_nudge";
+    pub const VISITS: &str = "visits";
+    pub const ALL: [&str; 7] = [
+        PEOPLE,
+        RECIPIENTS,
+        LEDGERS,
+        OUTBOX,
+        DECISIONS,
+        DECISION_BY_NUDGE,
+        VISITS,
+    ];
+}
 
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_STORE_RATE: &[u8] = b"store_rate";
 
-pub fn person(id: &str) -> Vec<u8> {
-    id.as_bytes().to_vec()
-}
+/// The key vault's file name inside the storage directory.
+pub const VAULT_FILE: &str = "keys.vault";
+
+pub const TAG_PERSON: &str = "person";
+pub const TAG_RECIPIENT: &str = "recipient";
 
 pub fn outbox(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -45,14 +77,14 @@ pub fn outbox_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
-pub fn decision(person: &str, seq: u64) -> Vec<u8> {
-    let mut key = decision_prefix(person);
-    key.extend_from_slice(&seq.to_be_bytes());
+pub fn decision(person: &Tag, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(person);
+    key[16..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
-pub fn decision_prefix(person: &str) -> Vec<u8> {
-    let mut key = person.as_bytes().to_vec();
-    key.push(0);
-    key
+/// The person tag a `decisions` key or an outbox value starts with.
+pub fn leading_tag(bytes: &[u8]) -> Option<Tag> {
+    bytes.get(..16)?.try_into().ok()
 }

@@ -3,8 +3,10 @@
 //! (DESIGN §4 invariant 1), and flushed before anything is published.
 
 pub mod keys;
+pub mod vault;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use crate::decide::{
 };
 use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
+use vault::{Tag, Vault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +34,8 @@ pub enum StoreError {
     Corrupt { tree: &'static str, reason: String },
     #[error("recipient {recipient:?} already belongs to another person")]
     RecipientTaken { recipient: String },
+    #[error(transparent)]
+    Vault(#[from] vault::VaultError),
 }
 
 /// A nudge waiting for the broker's acknowledgement.
@@ -95,6 +100,7 @@ pub enum Reservation {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    vault: Arc<Mutex<Vault>>,
     meta: sled::Tree,
     people: sled::Tree,
     recipients: sled::Tree,
@@ -129,8 +135,40 @@ fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, St
     })
 }
 
+fn tag_of(bytes: &[u8], tree: &'static str) -> Result<Tag, StoreError> {
+    keys::leading_tag(bytes).ok_or(StoreError::Corrupt {
+        tree,
+        reason: "value or key shorter than a tag".into(),
+    })
+}
+
+/// What sealing a value for one person needs, fetched before a transaction.
+struct Sealer {
+    tag: Tag,
+    key: [u8; 32],
+}
+
+impl Sealer {
+    fn seal(&self, plaintext: &[u8], nonce: &[u8; 12]) -> Vec<u8> {
+        vault::seal(&self.key, &self.tag, nonce, plaintext)
+    }
+
+    fn open<T: for<'de> Deserialize<'de>>(
+        &self,
+        tree: &'static str,
+        sealed: &[u8],
+    ) -> Result<T, StoreError> {
+        let plain = vault::open(&self.key, &self.tag, sealed).ok_or(StoreError::Corrupt {
+            tree,
+            reason: "does not open with the person's key".into(),
+        })?;
+        parse(tree, &plain)
+    }
+}
+
 impl Store {
-    /// Open (or create) the database directory, readable by its owner only.
+    /// Open (or create) the database directory, readable by its owner only,
+    /// with its key vault.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
@@ -149,7 +187,11 @@ impl Store {
             }
             other => open_err(other.to_string()),
         })?;
+        // The vault is opened only once sled holds its lock, so two
+        // processes never write it at once.
+        let vault = Vault::open(&path.join(keys::VAULT_FILE))?;
         let store = Store {
+            vault: Arc::new(Mutex::new(vault)),
             meta: db.open_tree(keys::META)?,
             people: db.open_tree(keys::PEOPLE)?,
             recipients: db.open_tree(keys::RECIPIENTS)?,
@@ -162,6 +204,31 @@ impl Store {
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    fn vault(&self) -> MutexGuard<'_, Vault> {
+        self.vault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn person_tag(&self, id: &str) -> Tag {
+        self.vault().tag(keys::TAG_PERSON, id)
+    }
+
+    fn recipient_tag(&self, recipient: &str) -> Tag {
+        self.vault().tag(keys::TAG_RECIPIENT, recipient)
+    }
+
+    /// The sealer for a person, creating their key on first use.
+    fn sealer(&self, person: &str) -> Result<Sealer, StoreError> {
+        let mut vault = self.vault();
+        let tag = vault.tag(keys::TAG_PERSON, person);
+        let key = vault.key_or_create(&tag)?;
+        Ok(Sealer { tag, key })
+    }
+
+    /// The sealer for a tag, if the person's key still exists.
+    fn sealer_for_tag(&self, tag: Tag) -> Option<Sealer> {
+        self.vault().key(&tag).map(|key| Sealer { tag, key })
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -180,7 +247,10 @@ impl Store {
                 known: keys::LAYOUT_VERSION,
             });
         }
-        // Version 0 is a new, empty database; later versions add steps here.
+        if found == 1 {
+            self.migrate_from_v1()?;
+        }
+        // Version 0 is a new, empty database.
         if found < keys::LAYOUT_VERSION {
             self.meta.insert(
                 keys::META_LAYOUT_VERSION,
@@ -188,6 +258,81 @@ impl Store {
             )?;
             self.db.flush()?;
         }
+        if found == 1 {
+            // Only once version 2 is on disk: the clear-text trees go.
+            for name in keys::v1::ALL {
+                self.db.drop_tree(name)?;
+            }
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Layout 1 → 2: fill the sealed trees from the clear ones. Safe to
+    /// re-run after a crash: the new trees are emptied first, and the old
+    /// ones are dropped only after the version says 2.
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        for tree in [
+            &self.people,
+            &self.recipients,
+            &self.ledgers,
+            &self.outbox,
+            &self.decisions,
+            &self.decision_by_nudge,
+            &self.visits,
+        ] {
+            tree.clear()?;
+        }
+        let old = |name: &str| self.db.open_tree(name);
+        for item in old(keys::v1::PEOPLE)?.iter() {
+            let record: PersonRecord = parse(keys::v1::PEOPLE, &item?.1)?;
+            self.upsert_people(std::slice::from_ref(&record))?;
+        }
+        for item in old(keys::v1::LEDGERS)?.iter() {
+            let (person, ledger) = item?;
+            self.ledgers
+                .insert(self.person_tag(&String::from_utf8_lossy(&person)), ledger)?;
+        }
+        for item in old(keys::v1::VISITS)?.iter() {
+            let (person, value) = item?;
+            let (visit, last_seen_ms): (i64, i64) = parse(keys::v1::VISITS, &value)?;
+            self.save_visit(
+                &PersonId::from(String::from_utf8_lossy(&person).as_ref()),
+                VisitSeed {
+                    visit,
+                    last_seen_ms,
+                },
+            )?;
+        }
+        for item in old(keys::v1::OUTBOX)?.iter() {
+            let (seq, value) = item?;
+            let entry: OutboxEntry = parse(keys::v1::OUTBOX, &value)?;
+            let sealer = self.sealer(&entry.person)?;
+            self.outbox.insert(
+                seq,
+                [
+                    &sealer.tag[..],
+                    &sealer.seal(&json(&entry), &vault::nonce()?),
+                ]
+                .concat(),
+            )?;
+        }
+        for item in old(keys::v1::DECISIONS)?.iter() {
+            let (key, value) = item?;
+            let entry: DecisionEntry = parse(keys::v1::DECISIONS, &value)?;
+            let seq = key
+                .len()
+                .checked_sub(8)
+                .and_then(|i| keys::outbox_seq(&key[i..]))
+                .unwrap_or(0);
+            let sealer = self.sealer(&entry.person)?;
+            let new_key = keys::decision(&sealer.tag, seq);
+            self.decisions
+                .insert(new_key, sealer.seal(&json(&entry), &vault::nonce()?))?;
+            self.decision_by_nudge
+                .insert(entry.nudge_id.as_bytes(), &new_key[..])?;
+        }
+        self.db.flush()?;
         Ok(())
     }
 
@@ -230,13 +375,24 @@ impl Store {
         &self,
         records: &[PersonRecord],
     ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
+        // Keys and nonces first: the transaction closure may run twice.
+        let mut prepared = Vec::with_capacity(records.len());
+        for record in records {
+            let sealer = self.sealer(record.person.as_str())?;
+            let sealed = sealer.seal(&json(record), &vault::nonce()?);
+            prepared.push((
+                record,
+                self.recipient_tag(&record.recipient),
+                sealer,
+                sealed,
+            ));
+        }
         let previous = unwrap_tx((&self.people, &self.recipients).transaction(
             |(people, recipients)| {
-                let mut previous = Vec::with_capacity(records.len());
-                for record in records {
-                    let id = record.person.as_str();
-                    if let Some(owner) = recipients.get(record.recipient.as_bytes())? {
-                        if owner.as_ref() != id.as_bytes() {
+                let mut previous = Vec::with_capacity(prepared.len());
+                for (record, recipient_tag, sealer, sealed) in &prepared {
+                    if let Some(owner) = recipients.get(recipient_tag)? {
+                        if owner.as_ref() != sealer.tag {
                             return Err(ConflictableTransactionError::Abort(
                                 StoreError::RecipientTaken {
                                     recipient: record.recipient.clone(),
@@ -245,16 +401,20 @@ impl Store {
                         }
                     }
                     let old: Option<PersonRecord> =
-                        match people.insert(keys::person(id), json(record))? {
-                            Some(old) => Some(tx_parse(keys::PEOPLE, &old)?),
+                        match people.insert(&sealer.tag, sealed.as_slice())? {
+                            Some(old) => Some(
+                                sealer
+                                    .open(keys::PEOPLE, &old)
+                                    .map_err(ConflictableTransactionError::Abort)?,
+                            ),
                             None => None,
                         };
                     if let Some(old) = &old {
                         if old.recipient != record.recipient {
-                            recipients.remove(old.recipient.as_bytes())?;
+                            recipients.remove(&self.recipient_tag(&old.recipient))?;
                         }
                     }
-                    recipients.insert(record.recipient.as_bytes(), id.as_bytes())?;
+                    recipients.insert(recipient_tag, &sealer.tag)?;
                     previous.push(old);
                 }
                 Ok(previous)
@@ -264,24 +424,37 @@ impl Store {
         Ok(previous)
     }
 
+    fn person_by_tag(&self, tag: Tag) -> Result<Option<PersonRecord>, StoreError> {
+        let Some(sealed) = self.people.get(tag)? else {
+            return Ok(None);
+        };
+        // A record whose key was destroyed is an erased person's leftover.
+        match self.sealer_for_tag(tag) {
+            Some(sealer) => sealer.open(keys::PEOPLE, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
     pub fn person(&self, id: &str) -> Result<Option<PersonRecord>, StoreError> {
-        self.people
-            .get(keys::person(id))?
-            .map(|v| parse(keys::PEOPLE, &v))
-            .transpose()
+        self.person_by_tag(self.person_tag(id))
     }
 
     pub fn person_by_recipient(&self, recipient: &str) -> Result<Option<PersonRecord>, StoreError> {
-        match self.recipients.get(recipient.as_bytes())? {
-            Some(id) => self.person(&String::from_utf8_lossy(&id)),
+        match self.recipients.get(self.recipient_tag(recipient))? {
+            Some(tag) => self.person_by_tag(tag_of(&tag, keys::RECIPIENTS)?),
             None => Ok(None),
         }
     }
 
     pub fn people(&self) -> impl Iterator<Item = Result<PersonRecord, StoreError>> + '_ {
-        self.people.iter().map(|item| {
-            let (_, v) = item?;
-            parse(keys::PEOPLE, &v)
+        self.people.iter().filter_map(|item| {
+            let (tag, _) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            tag_of(&tag, keys::PEOPLE)
+                .and_then(|tag| self.person_by_tag(tag))
+                .transpose()
         })
     }
 
@@ -292,7 +465,7 @@ impl Store {
     pub fn ledger(&self, person: &str) -> Result<Ledger, StoreError> {
         Ok(self
             .ledgers
-            .get(keys::person(person))?
+            .get(self.person_tag(person))?
             .map(|v| parse(keys::LEDGERS, &v))
             .transpose()?
             .unwrap_or_default())
@@ -302,7 +475,22 @@ impl Store {
     /// the outbox: one transaction, flushed before returning. A held-back
     /// nudge is written to the decision log only; it is never queued.
     pub fn reserve(&self, req: &ReserveRequest<'_>) -> Result<Reservation, StoreError> {
-        let person_key = keys::person(req.person.as_str());
+        let sealer = self.sealer(req.person.as_str())?;
+        let (outbox_nonce, decision_nonce) = (vault::nonce()?, vault::nonce()?);
+        let outbox_entry = OutboxEntry {
+            nudge_id: req.nudge_id.clone(),
+            person: req.person.as_str().to_string(),
+            recipient: req.recipient.to_string(),
+            topic: req.topic.clone(),
+            payload: req.payload.clone(),
+            created_ms: req.now_ms,
+            expires_at_ms: req.expires_at_ms,
+        };
+        let sealed_outbox = [
+            &sealer.tag[..],
+            &sealer.seal(&json(&outbox_entry), &outbox_nonce),
+        ]
+        .concat();
         let outcome = unwrap_tx(
             (
                 &self.ledgers,
@@ -312,7 +500,7 @@ impl Store {
                 &self.meta,
             )
                 .transaction(|(ledgers, outbox, decisions, by_nudge, meta)| {
-                    let mut ledger: Ledger = match ledgers.get(&person_key)? {
+                    let mut ledger: Ledger = match ledgers.get(sealer.tag)? {
                         Some(v) => tx_parse(keys::LEDGERS, &v)?,
                         None => Ledger::default(),
                     };
@@ -340,21 +528,12 @@ impl Store {
                             rule: req.rule.to_string(),
                             visit: req.visit,
                         });
-                        ledgers.insert(person_key.as_slice(), json(&ledger))?;
+                        ledgers.insert(&sealer.tag, json(&ledger))?;
                         if req.caps.store_per_minute.is_some() {
                             rate.record(req.now_ms);
                             meta.insert(keys::META_STORE_RATE, json(&rate))?;
                         }
-                        let entry = OutboxEntry {
-                            nudge_id: req.nudge_id.clone(),
-                            person: req.person.as_str().to_string(),
-                            recipient: req.recipient.to_string(),
-                            topic: req.topic.clone(),
-                            payload: req.payload.clone(),
-                            created_ms: req.now_ms,
-                            expires_at_ms: req.expires_at_ms,
-                        };
-                        outbox.insert(&keys::outbox(seq), json(&entry))?;
+                        outbox.insert(&keys::outbox(seq), sealed_outbox.as_slice())?;
                     }
                     let entry = DecisionEntry {
                         at_ms: req.now_ms,
@@ -371,9 +550,9 @@ impl Store {
                         },
                         reason: verdict.clone().err(),
                     };
-                    let decision_key = keys::decision(req.person.as_str(), seq);
-                    decisions.insert(decision_key.as_slice(), json(&entry))?;
-                    by_nudge.insert(req.nudge_id.as_bytes(), decision_key)?;
+                    let decision_key = keys::decision(&sealer.tag, seq);
+                    decisions.insert(&decision_key, sealer.seal(&json(&entry), &decision_nonce))?;
+                    by_nudge.insert(req.nudge_id.as_bytes(), &decision_key)?;
                     Ok(match verdict {
                         Ok(()) => Reservation::Reserved { seq },
                         Err(reason) => Reservation::Held(reason),
@@ -387,11 +566,13 @@ impl Store {
 
     /// Record a decision that never reached the caps (no consent).
     pub fn log_decision(&self, entry: &DecisionEntry) -> Result<(), StoreError> {
+        let sealer = self.sealer(&entry.person)?;
         let seq = self.next_seq()?;
-        let key = keys::decision(&entry.person, seq);
-        self.decisions.insert(key.as_slice(), json(entry))?;
+        let key = keys::decision(&sealer.tag, seq);
+        self.decisions
+            .insert(key, sealer.seal(&json(entry), &vault::nonce()?))?;
         self.decision_by_nudge
-            .insert(entry.nudge_id.as_bytes(), key)?;
+            .insert(entry.nudge_id.as_bytes(), &key[..])?;
         Ok(())
     }
 
@@ -410,36 +591,62 @@ impl Store {
     }
 
     pub fn decisions_for(&self, person: &str) -> Result<Vec<DecisionEntry>, StoreError> {
+        let tag = self.person_tag(person);
+        let Some(sealer) = self.sealer_for_tag(tag) else {
+            return Ok(Vec::new());
+        };
         self.decisions
-            .scan_prefix(keys::decision_prefix(person))
-            .map(|item| parse(keys::DECISIONS, &item?.1))
+            .scan_prefix(tag)
+            .map(|item| sealer.open(keys::DECISIONS, &item?.1))
             .collect()
     }
 
     pub fn decision_by_nudge(&self, nudge_id: &str) -> Result<Option<DecisionEntry>, StoreError> {
-        match self.decision_by_nudge.get(nudge_id.as_bytes())? {
-            Some(key) => self
-                .decisions
-                .get(key)?
-                .map(|v| parse(keys::DECISIONS, &v))
-                .transpose(),
+        let Some(key) = self.decision_by_nudge.get(nudge_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(sealed) = self.decisions.get(&key)? else {
+            return Ok(None);
+        };
+        match self.sealer_for_tag(tag_of(&key, keys::DECISIONS)?) {
+            Some(sealer) => sealer.open(keys::DECISIONS, &sealed).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Outbox entries with sequence >= `from`, in order.
+    fn open_outbox(&self, value: &[u8]) -> Result<Option<OutboxEntry>, StoreError> {
+        let tag = tag_of(value, keys::OUTBOX)?;
+        match self.sealer_for_tag(tag) {
+            Some(sealer) => sealer.open(keys::OUTBOX, &value[16..]).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Outbox entries with sequence >= `from`, in order. Entries of erased
+    /// people (their key is gone) are skipped and removed.
     pub fn outbox_from(
         &self,
         from: u64,
     ) -> impl Iterator<Item = Result<(u64, OutboxEntry), StoreError>> + '_ {
-        self.outbox.range(keys::outbox(from)..).map(|item| {
-            let (k, v) = item?;
-            let seq = keys::outbox_seq(&k).ok_or(StoreError::Corrupt {
-                tree: keys::OUTBOX,
-                reason: "key is not a u64".into(),
-            })?;
-            Ok((seq, parse(keys::OUTBOX, &v)?))
-        })
+        self.outbox
+            .range(keys::outbox(from)..)
+            .filter_map(move |item| {
+                let result = (|| {
+                    let (k, v) = item?;
+                    let seq = keys::outbox_seq(&k).ok_or(StoreError::Corrupt {
+                        tree: keys::OUTBOX,
+                        reason: "key is not a u64".into(),
+                    })?;
+                    match self.open_outbox(&v)? {
+                        Some(entry) => Ok(Some((seq, entry))),
+                        None => {
+                            self.outbox.remove(k)?;
+                            Ok(None)
+                        }
+                    }
+                })();
+                result.transpose()
+            })
     }
 
     /// The broker acknowledged it, or it expired. Not flushed: at worst a
@@ -454,66 +661,85 @@ impl Store {
     }
 
     pub fn save_visit(&self, person: &PersonId, seed: VisitSeed) -> Result<(), StoreError> {
-        self.visits.insert(
-            keys::person(person.as_str()),
-            json(&(seed.visit, seed.last_seen_ms)),
-        )?;
+        let sealer = self.sealer(person.as_str())?;
+        let value = sealer.seal(
+            &json(&(person.as_str(), seed.visit, seed.last_seen_ms)),
+            &vault::nonce()?,
+        );
+        self.visits.insert(sealer.tag, value)?;
         Ok(())
     }
 
     pub fn end_visit(&self, person: &PersonId) -> Result<(), StoreError> {
-        self.visits.remove(keys::person(person.as_str()))?;
+        self.visits.remove(self.person_tag(person.as_str()))?;
         Ok(())
     }
 
     pub fn visits(&self) -> Result<Vec<(PersonId, VisitSeed)>, StoreError> {
-        self.visits
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                let (visit, last_seen_ms): (i64, i64) = parse(keys::VISITS, &v)?;
-                Ok((
-                    PersonId::from(String::from_utf8_lossy(&k).as_ref()),
-                    VisitSeed {
-                        visit,
-                        last_seen_ms,
-                    },
-                ))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for item in self.visits.iter() {
+            let (tag, value) = item?;
+            let Some(sealer) = self.sealer_for_tag(tag_of(&tag, keys::VISITS)?) else {
+                continue;
+            };
+            let (person, visit, last_seen_ms): (String, i64, i64) =
+                sealer.open(keys::VISITS, &value)?;
+            out.push((
+                PersonId::from(person.as_str()),
+                VisitSeed {
+                    visit,
+                    last_seen_ms,
+                },
+            ));
+        }
+        Ok(out)
     }
 
-    /// Remove everything held about a person from every tree, then flush.
-    /// Returns how many entries went. (sled keeps old bytes in its segment
-    /// files; crypto-shredding closes that gap, see DESIGN §4 invariant 2.)
+    /// Erase a person: remove them from every tree, flush, then destroy
+    /// their key in the vault, so that the copies sled keeps in its segment
+    /// files can never be read again (crypto-shredding). Returns how many
+    /// entries went.
     pub fn forget_person(&self, id: &str) -> Result<usize, StoreError> {
+        let tag = self.person_tag(id);
         let mut removed = 0;
-        if let Some(record) = self.person(id)? {
-            self.recipients.remove(record.recipient.as_bytes())?;
-            removed += 1;
+        if let Some(record) = self.person_by_tag(tag)? {
+            removed += usize::from(
+                self.recipients
+                    .remove(self.recipient_tag(&record.recipient))?
+                    .is_some(),
+            );
         }
-        removed += usize::from(self.people.remove(keys::person(id))?.is_some());
-        removed += usize::from(self.ledgers.remove(keys::person(id))?.is_some());
-        removed += usize::from(self.visits.remove(keys::person(id))?.is_some());
-        for item in self.decisions.scan_prefix(keys::decision_prefix(id)) {
+        removed += usize::from(self.people.remove(tag)?.is_some());
+        removed += usize::from(self.ledgers.remove(tag)?.is_some());
+        removed += usize::from(self.visits.remove(tag)?.is_some());
+        let sealer = self.sealer_for_tag(tag);
+        for item in self.decisions.scan_prefix(tag) {
             let (key, value) = item?;
-            if let Ok(entry) = parse::<DecisionEntry>(keys::DECISIONS, &value) {
+            if let Some(entry) = sealer
+                .as_ref()
+                .and_then(|s| s.open::<DecisionEntry>(keys::DECISIONS, &value).ok())
+            {
                 self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
             }
             self.decisions.remove(key)?;
             removed += 1;
         }
-        removed += self.purge_outbox(id)?;
+        removed += self.purge_outbox_tag(tag)?;
         self.flush()?;
+        removed += usize::from(self.vault().destroy(&tag)?);
         Ok(removed)
     }
 
     /// Drop a person's pending nudges (consent withdrawn or erased).
     pub fn purge_outbox(&self, person: &str) -> Result<usize, StoreError> {
+        self.purge_outbox_tag(self.person_tag(person))
+    }
+
+    fn purge_outbox_tag(&self, tag: Tag) -> Result<usize, StoreError> {
         let mut removed = 0;
         for item in self.outbox.iter() {
             let (key, value) = item?;
-            if parse::<OutboxEntry>(keys::OUTBOX, &value)?.person == person {
+            if tag_of(&value, keys::OUTBOX)? == tag {
                 self.outbox.remove(key)?;
                 removed += 1;
             }
@@ -521,15 +747,21 @@ impl Store {
         Ok(removed)
     }
 
-    /// Delete decision-log entries older than `cutoff_ms`. Returns how many.
+    /// Delete decision-log entries older than `cutoff_ms` (and any whose
+    /// person was erased). Returns how many.
     pub fn sweep_decisions(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let mut removed = 0;
         for item in self.decisions.iter() {
             let (key, value) = item?;
-            let entry: DecisionEntry = parse(keys::DECISIONS, &value)?;
-            if entry.at_ms < cutoff_ms {
-                self.decisions.remove(key)?;
-                self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
+            let entry = match self.sealer_for_tag(tag_of(&key, keys::DECISIONS)?) {
+                Some(sealer) => Some(sealer.open::<DecisionEntry>(keys::DECISIONS, &value)?),
+                None => None,
+            };
+            if entry.as_ref().is_none_or(|e| e.at_ms < cutoff_ms) {
+                self.decisions.remove(&key)?;
+                if let Some(entry) = entry {
+                    self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
+                }
                 removed += 1;
             }
         }

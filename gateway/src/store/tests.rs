@@ -242,3 +242,165 @@ fn retention_sweeps_old_decisions_only() {
     assert!(store.decision_by_nudge("old").unwrap().is_none());
     assert!(store.decision_by_nudge("new").unwrap().is_some());
 }
+
+/// Every byte of every file under the storage directory (sled's segments,
+/// snapshots, config, and the key vault).
+fn raw_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((
+                    entry.path().display().to_string(),
+                    std::fs::read(entry.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn erasure_leaves_nothing_readable_in_the_raw_files() {
+    const KEY: &str = "75c734c6dd1a782de7a965da5eb93125";
+    let dir = tempfile::tempdir().unwrap();
+    let record = PersonRecord::from_json(&format!(
+        r#"{{"person": "p-1001", "recipient": "r-5f2c9a", "identities": [{{"kind": "app", "key": "{KEY}"}}, {{"kind": "email", "value": "ana@example.com"}}], "consent": {{"proximity": true, "product_info": true}}, "interests": ["laptops"]}}"#
+    ))
+    .unwrap();
+    let person = PersonId::from("p-1001");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let data_key = {
+        let store = Store::open(dir.path()).unwrap();
+        store.upsert_person(&record).unwrap();
+        let mut req = request(&person, &caps, &tz, 1, 0, "n-1");
+        req.recipient = "r-5f2c9a";
+        store.reserve(&req).unwrap();
+        store
+            .save_visit(
+                &person,
+                VisitSeed {
+                    visit: 1,
+                    last_seen_ms: 0,
+                },
+            )
+            .unwrap();
+        store.flush().unwrap();
+        let tag = store.person_tag("p-1001");
+        let key = store.vault().key(&tag).unwrap();
+        // Even before erasure nothing personal is in sled in the clear.
+        let raw_key = hex::decode(KEY).unwrap();
+        for (file, bytes) in raw_files(dir.path()) {
+            for needle in [
+                &b"ana@example.com"[..],
+                KEY.as_bytes(),
+                &raw_key,
+                b"p-1001",
+                b"r-5f2c9a",
+            ] {
+                assert!(
+                    !contains(&bytes, needle),
+                    "{} in the clear in {file}",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+        assert!(store.forget_person("p-1001").unwrap() >= 6);
+        assert!(store.person("p-1001").unwrap().is_none());
+        key
+    };
+    // After erasure the person's key exists nowhere on disk, so every sealed
+    // copy sled keeps in its segments is unreadable.
+    for (file, bytes) in raw_files(dir.path()) {
+        assert!(
+            !contains(&bytes, &data_key),
+            "the data key survives in {file}"
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.people().count(), 0);
+    assert_eq!(store.outbox_len(), 0);
+    assert!(store.decisions_for("p-1001").unwrap().is_empty());
+}
+
+#[test]
+fn a_layout_1_database_is_migrated_and_its_clear_trees_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = record("p-1", "r-1");
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(keys::META)
+            .unwrap()
+            .insert(keys::META_LAYOUT_VERSION, &1u32.to_be_bytes())
+            .unwrap();
+        db.open_tree(keys::v1::PEOPLE)
+            .unwrap()
+            .insert("p-1", serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        db.open_tree(keys::v1::RECIPIENTS)
+            .unwrap()
+            .insert("r-1", "p-1")
+            .unwrap();
+        let ledger = Ledger {
+            sent: vec![SentNudge {
+                at_ms: 5,
+                kind: NudgeKind::Compare,
+                rule: "r".into(),
+                visit: 1,
+            }],
+        };
+        db.open_tree(keys::v1::LEDGERS)
+            .unwrap()
+            .insert("p-1", serde_json::to_vec(&ledger).unwrap())
+            .unwrap();
+        let entry = OutboxEntry {
+            nudge_id: "n-1".into(),
+            person: "p-1".into(),
+            recipient: "r-1".into(),
+            topic: "t".into(),
+            payload: "{}".into(),
+            created_ms: 5,
+            expires_at_ms: i64::MAX,
+        };
+        db.open_tree(keys::v1::OUTBOX)
+            .unwrap()
+            .insert(7u64.to_be_bytes(), serde_json::to_vec(&entry).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.layout_version().unwrap(), keys::LAYOUT_VERSION);
+    assert_eq!(store.person_by_recipient("r-1").unwrap(), Some(record));
+    assert_eq!(
+        store.ledger("p-1").unwrap().sent.len(),
+        1,
+        "caps carry over"
+    );
+    let pending: Vec<_> = store.outbox_from(0).map(|e| e.unwrap()).collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].0, pending[0].1.nudge_id.as_str()),
+        (7, "n-1"),
+        "nothing pending is lost"
+    );
+    let names: Vec<String> = store
+        .db
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    for old in keys::v1::ALL {
+        assert!(
+            !names.contains(&old.to_string()),
+            "{old} still there: {names:?}"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The key vault: one AES-256 key per person, kept outside sled in a file
+//! of fixed-size slots that is overwritten in place (and synced) when a
+//! person is erased. sled never deletes old bytes from its segment files
+//! (shared/notes/sled-durability-and-erasure.md), so everything personal
+//! in sled is sealed under the person's key: destroying the key makes every
+//! copy sled still holds unreadable. This is crypto-shredding.
+//!
+//! The vault also holds the site secret used to turn ids into the opaque
+//! tags sled uses as keys, so that no id appears in sled in the clear.
+//!
+//! File layout: a 64-byte header (`GWVAULT1`, the 32-byte site secret,
+//! padding), then 64-byte slots: `used` (1), tag (16), key (32), padding.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const MAGIC: &[u8; 8] = b"GWVAULT1";
+const SLOT: usize = 64;
+const HEADER: usize = 64;
+const NONCE: usize = 12;
+
+/// An opaque, stable stand-in for a personal id in sled keys.
+pub type Tag = [u8; 16];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("key vault {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("key vault {path}: not a vault file or damaged ({reason})")]
+    Corrupt { path: String, reason: String },
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+pub struct Vault {
+    path: PathBuf,
+    file: File,
+    site_secret: [u8; 32],
+    slots: HashMap<Tag, (u32, [u8; 32])>,
+    free: Vec<u32>,
+    slot_count: u32,
+}
+
+fn random<const N: usize>() -> Result<[u8; N], VaultError> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).map_err(|e| VaultError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+impl Vault {
+    /// Open the vault file, creating it (mode 0600) with a new site secret.
+    pub fn open(path: &Path) -> Result<Vault, VaultError> {
+        let io = |e: std::io::Error| VaultError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        if bytes.is_empty() {
+            let secret: [u8; 32] = random()?;
+            let mut header = [0u8; HEADER];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..40].copy_from_slice(&secret);
+            file.write_all(&header).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            bytes = header.to_vec();
+        }
+        let corrupt = |reason: &str| VaultError::Corrupt {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        };
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err(corrupt("bad header"));
+        }
+        if (bytes.len() - HEADER) % SLOT != 0 {
+            return Err(corrupt("truncated slot"));
+        }
+        let mut site_secret = [0u8; 32];
+        site_secret.copy_from_slice(&bytes[8..40]);
+        let mut vault = Vault {
+            path: path.to_path_buf(),
+            file,
+            site_secret,
+            slots: HashMap::new(),
+            free: Vec::new(),
+            slot_count: 0,
+        };
+        for (index, slot) in bytes[HEADER..].chunks_exact(SLOT).enumerate() {
+            vault.slot_count += 1;
+            if slot[0] == 1 {
+                let tag: Tag = slot[1..17].try_into().expect("16 bytes");
+                let key: [u8; 32] = slot[17..49].try_into().expect("32 bytes");
+                vault.slots.insert(tag, (index as u32, key));
+            } else {
+                vault.free.push(index as u32);
+            }
+        }
+        Ok(vault)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sled key standing for an id of `kind` ("person", "recipient").
+    pub fn tag(&self, kind: &str, id: &str) -> Tag {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.site_secret)
+            .expect("HMAC takes any key length");
+        mac.update(kind.as_bytes());
+        mac.update(&[0]);
+        mac.update(id.as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .try_into()
+            .expect("16 bytes")
+    }
+
+    pub fn key(&self, tag: &Tag) -> Option<[u8; 32]> {
+        self.slots.get(tag).map(|(_, key)| *key)
+    }
+
+    /// The person's key, made (and synced to disk) on first use.
+    pub fn key_or_create(&mut self, tag: &Tag) -> Result<[u8; 32], VaultError> {
+        if let Some(key) = self.key(tag) {
+            return Ok(key);
+        }
+        let key: [u8; 32] = random()?;
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slot_count += 1;
+            self.slot_count - 1
+        });
+        let mut slot = [0u8; SLOT];
+        slot[0] = 1;
+        slot[1..17].copy_from_slice(tag);
+        slot[17..49].copy_from_slice(&key);
+        self.write_slot(index, &slot)?;
+        self.slots.insert(*tag, (index, key));
+        Ok(key)
+    }
+
+    /// Overwrite the person's slot with zeros and sync: every value sealed
+    /// under that key is unreadable from now on, wherever it lies.
+    pub fn destroy(&mut self, tag: &Tag) -> Result<bool, VaultError> {
+        let Some((index, _)) = self.slots.remove(tag) else {
+            return Ok(false);
+        };
+        self.write_slot(index, &[0u8; SLOT])?;
+        self.free.push(index);
+        Ok(true)
+    }
+
+    fn write_slot(&mut self, index: u32, slot: &[u8; SLOT]) -> Result<(), VaultError> {
+        let io = |e: std::io::Error| VaultError::Io {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        self.file
+            .seek(SeekFrom::Start((HEADER + index as usize * SLOT) as u64))
+            .map_err(io)?;
+        self.file.write_all(slot).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+}
+
+/// A fresh random nonce, made outside sled transactions so that a retried
+/// transaction closure seals to the same bytes.
+pub fn nonce() -> Result<[u8; NONCE], VaultError> {
+    random()
+}
+
+/// `nonce ‖ AES-256-GCM(key, plaintext, aad = tag)`.
+pub fn seal(key: &[u8; 32], tag: &Tag, nonce: &[u8; NONCE], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: plaintext,
+                aad: tag,
+            },
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let mut out = Vec::with_capacity(NONCE + sealed.len());
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Open what [`seal`] made; `None` if the key is wrong or the bytes damaged.
+pub fn open(key: &[u8; 32], tag: &Tag, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(NONCE);
+    Aes256Gcm::new(key.into())
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: body,
+                aad: tag,
+            },
+        )
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_reopening_and_destroyed_slots_are_zero_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.vault");
+        let (tag, key) = {
+            let mut vault = Vault::open(&path).unwrap();
+            let tag = vault.tag("person", "p-1");
+            (tag, vault.key_or_create(&tag).unwrap())
+        };
+        let mut vault = Vault::open(&path).unwrap();
+        assert_eq!(vault.tag("person", "p-1"), tag, "the site secret persists");
+        assert_eq!(vault.key(&tag), Some(key));
+        let sealed = seal(&key, &tag, &nonce().unwrap(), b"ana@example.com");
+        assert_eq!(
+            open(&key, &tag, &sealed).as_deref(),
+            Some(&b"ana@example.com"[..])
+        );
+        assert!(
+            open(&key, &vault.tag("person", "p-2"), &sealed).is_none(),
+            "bound to its tag"
+        );
+        assert!(vault.destroy(&tag).unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(32).any(|w| w == key),
+            "the key's bytes are gone from the file"
+        );
+        assert!(Vault::open(&path).unwrap().key(&tag).is_none());
+        let other = vault.tag("person", "p-2");
+        vault.key_or_create(&other).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap().len(),
+            HEADER + SLOT,
+            "the freed slot is reused"
+        );
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.vault");
+        std::fs::write(
+            &path,
+            b"not a vault at all, not at all, not at all, not at all, not at all",
+        )
+        .unwrap();
+        assert!(matches!(
+            Vault::open(&path),
+            Err(VaultError::Corrupt { .. })
+        ));
+    }
+}
