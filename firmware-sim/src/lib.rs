@@ -21,6 +21,7 @@
 //! Everything is deterministic in the seed; the model never reads the clock.
 
 pub mod adverts;
+pub mod hours;
 pub mod output;
 pub mod radio;
 pub mod rotating;
@@ -44,5 +45,6 @@ pub use spec::{SpecError, StoreSpec};
 /// as a path stop.
 pub const HALL_ZONE: &str = "hall";
 
-/// Default simulation start: 2026-11-22T16:00:00Z, a rotation boundary.
+/// Default simulation start: 2026-11-22T08:00:00Z (09:00 in Berlin, when
+/// the default opening hours begin), a rotation boundary.
 pub const DEFAULT_START_UNIX_MS: i64 = 1_795_334_400_000;
