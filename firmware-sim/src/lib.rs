@@ -21,6 +21,7 @@
 //! Everything is deterministic in the seed; the model never reads the clock.
 
 pub mod adverts;
+pub mod checkin;
 pub mod hours;
 pub mod output;
 pub mod radio;
@@ -34,9 +35,11 @@ pub use output::{
     OutputError, UdpReport, send_udp, write_capture_file, write_jsonl, write_jsonl_file,
     write_people_file, write_truth_file,
 };
+pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use rotating::{RotatingKey, interval_of_unix_ms, rotating_id};
 pub use scenario::{
     Consent, Identity, PersonRecord, Platform, Scenario, Shopper, Stop, Stranger, StrangerDevice,
+    Visit,
 };
 pub use sim::{GroundTruth, PersonTruth, SightingRecord, SimError, Simulation};
 pub use spec::{SpecError, StoreSpec};

@@ -75,6 +75,17 @@ pub struct Shopper {
     pub arrive_at_s: u32,
     pub platform: Platform,
     pub walk_speed_mps: f64,
+    /// Later visits (the first is `arrive_at_s` + `path`), each walked from
+    /// the door and back out like the first.
+    pub return_visits: Vec<Visit>,
+}
+
+/// One more visit of a returning shopper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Visit {
+    /// Seconds after the simulation start.
+    pub arrive_at_s: u32,
+    pub path: Vec<Stop>,
 }
 
 impl Shopper {
@@ -94,7 +105,23 @@ impl Shopper {
             arrive_at_s: 0,
             platform: Platform::Android,
             walk_speed_mps: 1.0,
+            return_visits: Vec::new(),
         }
+    }
+
+    /// Add a later visit.
+    pub fn returning_at(mut self, arrive_at_s: u32, path: Vec<Stop>) -> Self {
+        self.return_visits.push(Visit { arrive_at_s, path });
+        self
+    }
+
+    /// Every visit, first one first: `(arrive_at_s, path)`.
+    pub fn visits(&self) -> impl Iterator<Item = (u32, &[Stop])> {
+        std::iter::once((self.arrive_at_s, self.path.as_slice())).chain(
+            self.return_visits
+                .iter()
+                .map(|v| (v.arrive_at_s, v.path.as_slice())),
+        )
     }
 
     pub fn with_interests(mut self, interests: &[&str]) -> Self {
