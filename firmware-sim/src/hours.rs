@@ -149,8 +149,12 @@ mod tests {
     #[test]
     fn summer_time_shifts_opening_by_an_hour_in_utc() {
         let h = berlin();
-        let winter = h.open_span(NaiveDate::from_ymd_opt(2026, 3, 28).expect("date")).0;
-        let summer = h.open_span(NaiveDate::from_ymd_opt(2026, 3, 30).expect("date")).0;
+        let winter = h
+            .open_span(NaiveDate::from_ymd_opt(2026, 3, 28).expect("date"))
+            .0;
+        let summer = h
+            .open_span(NaiveDate::from_ymd_opt(2026, 3, 30).expect("date"))
+            .0;
         assert_eq!(summer - winter, 2 * DAY_MS - 3_600_000);
     }
 

@@ -31,11 +31,11 @@ pub mod scenario;
 pub mod sim;
 pub mod spec;
 
+pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use output::{
     OutputError, UdpReport, send_udp, write_capture_file, write_jsonl, write_jsonl_file,
     write_people_file, write_truth_file,
 };
-pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use rotating::{RotatingKey, interval_of_unix_ms, rotating_id};
 pub use scenario::{
     Consent, Identity, PersonRecord, Platform, Scenario, Shopper, Stop, Stranger, StrangerDevice,
