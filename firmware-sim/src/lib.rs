@@ -22,6 +22,7 @@
 
 pub mod adverts;
 pub mod checkin;
+pub mod espresense;
 pub mod hours;
 pub mod output;
 pub mod radio;
@@ -32,9 +33,11 @@ pub mod sim;
 pub mod spec;
 
 pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
+pub use espresense::{Espresense, EspresenseMessage, EspresenseReport, to_espresense};
 pub use output::{
-    OutputError, UdpReport, send_udp, write_capture_file, write_jsonl, write_jsonl_file,
-    write_people_file, write_truth_file,
+    MqttMessage, MqttReport, OutputError, UdpReport, publish_checkins, publish_espresense,
+    publish_mqtt, send_udp, write_capture_file, write_jsonl, write_jsonl_file, write_people_file,
+    write_truth_file,
 };
 pub use rotating::{RotatingKey, interval_of_unix_ms, rotating_id};
 pub use scenario::{
