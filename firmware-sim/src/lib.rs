@@ -24,6 +24,7 @@ pub mod adverts;
 pub mod checkin;
 pub mod espresense;
 pub mod hours;
+pub mod load;
 pub mod output;
 pub mod radio;
 pub mod rotating;
@@ -34,6 +35,7 @@ pub mod spec;
 
 pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use espresense::{Espresense, EspresenseMessage, EspresenseReport, to_espresense};
+pub use load::{LoadConfig, LoadError, LoadReport, run_load};
 pub use output::{
     MqttMessage, MqttReport, OutputError, UdpReport, publish_checkins, publish_espresense,
     publish_mqtt, send_udp, write_capture_file, write_jsonl, write_jsonl_file, write_people_file,
