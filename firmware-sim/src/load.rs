@@ -276,9 +276,9 @@ pub fn run_load(config: &LoadConfig, stop: Arc<AtomicBool>) -> Result<LoadReport
             };
             buf.clear();
             // Serialising strings and integers into a Vec cannot fail.
-            if serde_json::to_writer(&mut buf, &record).is_err() {
-                send_errors += 1;
-            } else if socket.send_to(&buf, target).is_err() {
+            let ok = serde_json::to_writer(&mut buf, &record).is_ok()
+                && socket.send_to(&buf, target).is_ok();
+            if !ok {
                 send_errors += 1;
             }
             let now = Instant::now();

@@ -232,7 +232,7 @@ fn ios_shoppers_check_in_with_their_rotating_id_at_most_every_30_s() {
     for c in &checkins {
         assert_eq!(c.recipient, shopper.recipient);
         assert_eq!(
-            c.topic(&"retail", "store-042"),
+            c.topic("retail", "store-042"),
             format!("retail/store-042/checkin/{}", shopper.recipient)
         );
         let interval = firmware_sim::interval_of_unix_ms(c.payload.at_ms);
