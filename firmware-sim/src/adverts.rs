@@ -84,6 +84,29 @@ pub fn beacon_advert(frame: &crate::spec::BeaconFrame, tx_power_1m: i8) -> Resul
     Ok(out)
 }
 
+/// Eddystone-TLM (unencrypted, version 0): flags, the 0xFEAA service list,
+/// then service data `AA FE | 0x20 | 0x00 | battery mV (u16 BE) |
+/// temperature (8.8 signed fixed point, BE) | advert count (u32 BE) |
+/// uptime in 0.1 s (u32 BE)`.
+pub fn eddystone_tlm_advert(
+    battery_mv: u16,
+    temperature_c: f64,
+    adv_count: u32,
+    uptime_ds: u32,
+) -> Vec<u8> {
+    // -40..85 °C fits i16 8.8 easily; clamp keeps the cast exact anyway.
+    let temp = (temperature_c * 256.0).round().clamp(-32768.0, 32767.0) as i16;
+    let mut data = vec![0xAA, 0xFE, 0x20, 0x00];
+    data.extend_from_slice(&battery_mv.to_be_bytes());
+    data.extend_from_slice(&temp.to_be_bytes());
+    data.extend_from_slice(&adv_count.to_be_bytes());
+    data.extend_from_slice(&uptime_ds.to_be_bytes());
+    let mut out = FLAGS_GENERAL.to_vec();
+    push_structure(&mut out, 0x03, &[0xAA, 0xFE]);
+    push_structure(&mut out, 0x16, &data);
+    out
+}
+
 /// iBeacon manufacturer structure (without flags).
 pub fn ibeacon_structure(uuid: &[u8; 16], major: u16, minor: u16, measured_power: i8) -> Vec<u8> {
     let mut data = APPLE_COMPANY_ID.to_le_bytes().to_vec();

@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use firmware_sim::hours::Hours;
+use firmware_sim::spec::OpeningHours;
 use firmware_sim::{
-    DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec, output, write_capture_file,
-    write_people_file, write_truth_file,
+    DEFAULT_START_UNIX_MS, LoadConfig, Scenario, Simulation, StoreSpec, output, to_espresense,
+    write_capture_file, write_jsonl_file, write_people_file, write_truth_file,
 };
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -34,12 +38,65 @@ enum Command {
     Capture {
         #[command(flatten)]
         run: RunArgs,
+        /// Simulated time to capture (with --days: N days instead).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         duration: Duration,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// `sightings`: sighting records (DESIGN §7); `espresense`: what
+        /// ESPresense room nodes would publish, `{"topic", "at_ms", "payload"}`.
+        #[arg(long, value_enum, default_value_t = Format::Sightings)]
+        format: Format,
+        /// Also write the iOS check-ins, one `{"recipient", "topic_suffix",
+        /// "payload"}` a line.
+        #[arg(long)]
+        checkins: Option<PathBuf>,
+        /// Also write the scenario's person records.
+        #[arg(long)]
+        people: Option<PathBuf>,
+    },
+    /// Publish iOS check-ins and/or ESPresense reports to an MQTT v5 broker.
+    Mqtt {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Broker `host:port` (plain TCP).
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "retail")]
+        prefix: String,
+        #[arg(long, value_enum, default_value_t = MqttFormat::Checkins)]
+        format: MqttFormat,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Simulated time to publish.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Load test: adverts from many devices at a fixed rate over UDP
+    /// (loopback targets only).
+    Load {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Adverts per second.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        devices: u32,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Share of devices that are strangers.
+        #[arg(long, default_value_t = 0.9)]
+        strangers: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Write the enrolled shoppers' person records here.
+        #[arg(long)]
+        people: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Send sighting records over UDP, one per datagram.
     Udp {
@@ -56,6 +113,19 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Sightings,
+    Espresense,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MqttFormat {
+    Checkins,
+    Espresense,
+    Both,
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[arg(long, default_value_t = 7)]
@@ -66,22 +136,54 @@ struct RunArgs {
     /// Simulated start time in Unix milliseconds, or "now".
     #[arg(long, default_value_t = DEFAULT_START_UNIX_MS.to_string())]
     start: String,
+    /// Several store days with returning shoppers, nights skipped: starts
+    /// at the opening of the start's local day (09:00–20:00 Europe/Berlin
+    /// unless the store file has `[hours]`) and runs N days.
+    #[arg(long)]
+    days: Option<u32>,
 }
 
 impl RunArgs {
-    fn simulation(&self) -> anyhow::Result<Simulation> {
-        let spec = match &self.store {
+    /// The simulation and, with `--days`, the simulated span to run.
+    fn simulation(&self) -> anyhow::Result<(Simulation, Scenario, Option<i64>)> {
+        let mut spec = match &self.store {
             Some(path) => StoreSpec::from_file(path)?,
             None => StoreSpec::small_store(),
         };
-        let start = parse_start(&self.start)?;
-        Ok(Simulation::new(
-            spec,
-            Scenario::small_demo(self.seed),
-            start,
-            self.seed,
-        )?)
+        let mut start = parse_start(&self.start)?;
+        let mut span = None;
+        let scenario = if let Some(days) = self.days {
+            anyhow::ensure!(
+                (1..=366).contains(&days),
+                "--days: must be between 1 and 366"
+            );
+            let hours_spec = spec.hours.get_or_insert_with(OpeningHours::default).clone();
+            let hours = Hours::new(&hours_spec).map_err(|e| anyhow::anyhow!("hours.{e}"))?;
+            start = hours.opening_of_day(start);
+            span = Some(i64::from(days) * 86_400_000);
+            Scenario::returning_for(&spec, self.seed, days)
+        } else if ["entrance", "laptops", "headphones"]
+            .iter()
+            .all(|z| spec.zone(z).is_some())
+        {
+            Scenario::small_demo(self.seed)
+        } else {
+            Scenario::tour(&spec, self.seed, 6)
+        };
+        let sim = Simulation::new(spec, scenario.clone(), start, self.seed)?;
+        Ok((sim, scenario, span))
     }
+}
+
+/// `host:port` into its parts.
+fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .with_context(|| format!("--broker: {text:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("--broker: {port:?} is not a port"))?;
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
 /// The binary may read the clock to start "now"; the model itself never does.
@@ -111,12 +213,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             out,
             truth,
+            format,
+            checkins,
+            people,
         } => {
-            let mut sim = run.simulation()?;
-            let end = sim.start_unix_ms().saturating_add(duration_ms(duration));
-            let records = sim.next_batch(end);
-            let n = write_capture_file(&out, records)?;
-            eprintln!("wrote {n} sighting records to {}", out.display());
+            let (mut sim, scenario, span) = run.simulation()?;
+            let end = sim
+                .start_unix_ms()
+                .saturating_add(span.unwrap_or(duration_ms(duration)));
+            let (records, checkin_records) = sim.next_batch_with_checkins(end);
+            match format {
+                Format::Sightings => {
+                    let n = write_capture_file(&out, records)?;
+                    eprintln!("wrote {n} sighting records to {}", out.display());
+                }
+                Format::Espresense => {
+                    let n = write_jsonl_file(&out, to_espresense(&records))?;
+                    eprintln!("wrote {n} ESPresense reports to {}", out.display());
+                }
+            }
+            if let Some(path) = checkins {
+                let n = write_jsonl_file(&path, checkin_records)?;
+                eprintln!("wrote {n} check-ins to {}", path.display());
+            }
+            if let Some(path) = people {
+                let n = write_people_file(&path, &scenario)?;
+                eprintln!("wrote {n} person records to {}", path.display());
+            }
             if let Some(path) = truth {
                 let n = write_truth_file(&path, &sim.ground_truth(end))?;
                 eprintln!("wrote {n} ground truth records to {}", path.display());
@@ -128,7 +251,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             speed,
             duration,
         } => {
-            let sim = run.simulation()?;
+            let (sim, _, span) = run.simulation()?;
+            let duration = duration.or(span.map(|ms| Duration::from_millis(ms.unsigned_abs())));
             let end = duration
                 .map(|d| sim.start_unix_ms().saturating_add(duration_ms(d)))
                 .unwrap_or(i64::MAX);
@@ -151,6 +275,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
+        }
+        Command::Mqtt {
+            run,
+            broker,
+            prefix,
+            format,
+            speed,
+            duration,
+        } => {
+            let (host, port) = parse_broker(&broker)?;
+            let (mut sim, _, span) = run.simulation()?;
+            let end = sim
+                .start_unix_ms()
+                .saturating_add(span.unwrap_or(duration_ms(duration)));
+            let store = sim.spec().store.id.clone();
+            let (records, checkins) = sim.next_batch_with_checkins(end);
+            let mut messages = Vec::new();
+            if format != MqttFormat::Espresense {
+                messages.extend(output::checkin_messages(checkins, &prefix, &store)?);
+            }
+            if format != MqttFormat::Checkins {
+                messages.extend(output::espresense_messages(to_espresense(&records))?);
+            }
+            messages.sort_by_key(|m| m.at_ms);
+            let cancel = CancellationToken::new();
+            let on_ctrl_c = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_ctrl_c.cancel();
+                }
+            });
+            let report = output::publish_mqtt(messages, &host, port, speed, cancel).await?;
+            eprintln!(
+                "published {} messages to {broker} ({} acknowledged) in {:.1} s{}",
+                report.published,
+                report.acked,
+                report.duration.as_secs_f64(),
+                if report.cancelled {
+                    " (interrupted)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Load {
+            target,
+            rate,
+            devices,
+            duration,
+            strangers,
+            seed,
+            people,
+            json,
+        } => {
+            let config = LoadConfig {
+                target,
+                rate,
+                devices,
+                duration,
+                strangers,
+                seed,
+            };
+            config.validate()?;
+            if let Some(path) = people {
+                let n = write_people_file(&path, &config.scenario())?;
+                eprintln!("wrote {n} person records to {}", path.display());
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let on_ctrl_c = Arc::clone(&stop);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_ctrl_c.store(true, Ordering::Relaxed);
+                }
+            });
+            let report = tokio::task::spawn_blocking(move || firmware_sim::run_load(&config, stop))
+                .await
+                .context("load generator thread")??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Where records go: JSON Lines files and UDP datagrams.
+//! Where records go: JSON Lines files, UDP datagrams, MQTT v5.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,6 +11,8 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkin::CheckInRecord;
+use crate::espresense::EspresenseMessage;
 use crate::scenario::Scenario;
 use crate::sim::{GroundTruth, SightingRecord};
 
@@ -32,6 +34,8 @@ pub enum OutputError {
     },
     #[error("speed must be positive, 0 or infinite, not {0}")]
     BadSpeed(f64),
+    #[error("mqtt {broker}: {message}")]
+    Mqtt { broker: String, message: String },
 }
 
 /// Write items as JSON Lines. Returns how many were written.
@@ -145,4 +149,191 @@ pub async fn send_udp(
         duration: started.elapsed(),
         cancelled,
     })
+}
+
+/// One MQTT message to publish, with the sim time that paces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub at_ms: i64,
+}
+
+/// What [`publish_mqtt`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttReport {
+    /// Handed to the client.
+    pub published: u64,
+    /// Acknowledged by the broker (QoS 1 PUBACK).
+    pub acked: u64,
+    pub duration: Duration,
+    pub cancelled: bool,
+}
+
+/// How long to wait for outstanding PUBACKs at the end.
+const ACK_GRACE: Duration = Duration::from_secs(10);
+
+/// Publish messages over MQTT v5, QoS 1, not retained, to the broker at
+/// `host:port` (plain TCP), paced by `at_ms` like [`send_udp`]. Waits for
+/// every PUBACK (up to 10 s) before disconnecting. A broker that cannot be
+/// reached is an error, not a silent drop.
+pub async fn publish_mqtt(
+    messages: impl IntoIterator<Item = MqttMessage>,
+    host: &str,
+    port: u16,
+    speed: f64,
+    cancel: CancellationToken,
+) -> Result<MqttReport, OutputError> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    if speed.is_nan() || speed < 0.0 {
+        return Err(OutputError::BadSpeed(speed));
+    }
+    let broker = format!("{host}:{port}");
+    let mqtt_error = |message: String| OutputError::Mqtt {
+        broker: broker.clone(),
+        message,
+    };
+    let unpaced = speed == 0.0 || speed.is_infinite();
+    let client_id = format!("firmware-sim-{}", std::process::id());
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+
+    // The first poll connects: fail early and clearly when nobody listens.
+    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return Err(mqtt_error(format!("cannot connect: {err}"))),
+        Err(_) => return Err(mqtt_error("no CONNACK within 10 s".into())),
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let driver_acked = Arc::clone(&acked);
+    let driver = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    driver_acked.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::Disconnect(_))) => {
+                    return Err("broker disconnected".to_owned());
+                }
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::RequestsDone) => return Ok(()),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let mut first_at_ms = None;
+    let mut published = 0u64;
+    let mut cancelled = false;
+    for message in messages {
+        if cancel.is_cancelled() || driver.is_finished() {
+            cancelled = cancel.is_cancelled();
+            break;
+        }
+        let first = *first_at_ms.get_or_insert(message.at_ms);
+        if !unpaced {
+            let sim_elapsed_ms = (message.at_ms - first).max(0) as f64;
+            let due = started + Duration::from_secs_f64(sim_elapsed_ms / 1000.0 / speed);
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    cancelled = true;
+                    break;
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+        }
+        client
+            .publish(message.topic, QoS::AtLeastOnce, false, message.payload)
+            .await
+            .map_err(|err| mqtt_error(format!("publish: {err}")))?;
+        published += 1;
+    }
+    let deadline = Instant::now() + ACK_GRACE;
+    while acked.load(Ordering::SeqCst) < published
+        && Instant::now() < deadline
+        && !driver.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = client.disconnect().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    if let Ok(Ok(Err(message))) = outcome {
+        if acked.load(Ordering::SeqCst) < published {
+            return Err(mqtt_error(message));
+        }
+    }
+    Ok(MqttReport {
+        published,
+        acked: acked.load(Ordering::SeqCst),
+        duration: started.elapsed(),
+        cancelled,
+    })
+}
+
+/// iOS check-ins as MQTT messages on `<prefix>/<store>/checkin/<recipient>`.
+pub fn checkin_messages(
+    records: impl IntoIterator<Item = CheckInRecord>,
+    prefix: &str,
+    store: &str,
+) -> Result<Vec<MqttMessage>, OutputError> {
+    records
+        .into_iter()
+        .map(|r| {
+            Ok(MqttMessage {
+                topic: r.topic(prefix, store),
+                payload: serde_json::to_vec(&r.payload)?,
+                at_ms: r.at_ms(),
+            })
+        })
+        .collect()
+}
+
+/// ESPresense reports as MQTT messages on their own topics.
+pub fn espresense_messages(
+    messages: impl IntoIterator<Item = EspresenseMessage>,
+) -> Result<Vec<MqttMessage>, OutputError> {
+    messages
+        .into_iter()
+        .map(|m| {
+            Ok(MqttMessage {
+                payload: serde_json::to_vec(&m.payload)?,
+                topic: m.topic,
+                at_ms: m.at_ms,
+            })
+        })
+        .collect()
+}
+
+/// Publish iOS check-ins (DESIGN §5) to `<prefix>/<store>/checkin/<recipient>`
+/// over MQTT v5, QoS 1, paced by their `at_ms` at `speed`.
+pub async fn publish_checkins(
+    records: impl IntoIterator<Item = CheckInRecord>,
+    host: &str,
+    port: u16,
+    prefix: &str,
+    store: &str,
+    speed: f64,
+    cancel: CancellationToken,
+) -> Result<MqttReport, OutputError> {
+    let messages = checkin_messages(records, prefix, store)?;
+    publish_mqtt(messages, host, port, speed, cancel).await
+}
+
+/// Publish ESPresense reports on `espresense/devices/<id>/<room>`.
+pub async fn publish_espresense(
+    messages: impl IntoIterator<Item = EspresenseMessage>,
+    host: &str,
+    port: u16,
+    speed: f64,
+    cancel: CancellationToken,
+) -> Result<MqttReport, OutputError> {
+    let messages = espresense_messages(messages)?;
+    publish_mqtt(messages, host, port, speed, cancel).await
 }

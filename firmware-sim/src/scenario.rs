@@ -4,7 +4,12 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use crate::adverts::DEFAULT_APP_COMPANY_ID;
+use crate::spec::StoreSpec;
 
 /// The phone a shopper carries. Only Android advertises the app token;
 /// iOS apps check in over MQTT instead, so their phone looks like any
@@ -75,6 +80,17 @@ pub struct Shopper {
     pub arrive_at_s: u32,
     pub platform: Platform,
     pub walk_speed_mps: f64,
+    /// Later visits (the first is `arrive_at_s` + `path`), each walked from
+    /// the door and back out like the first.
+    pub return_visits: Vec<Visit>,
+}
+
+/// One more visit of a returning shopper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Visit {
+    /// Seconds after the simulation start.
+    pub arrive_at_s: u32,
+    pub path: Vec<Stop>,
 }
 
 impl Shopper {
@@ -94,7 +110,23 @@ impl Shopper {
             arrive_at_s: 0,
             platform: Platform::Android,
             walk_speed_mps: 1.0,
+            return_visits: Vec::new(),
         }
+    }
+
+    /// Add a later visit.
+    pub fn returning_at(mut self, arrive_at_s: u32, path: Vec<Stop>) -> Self {
+        self.return_visits.push(Visit { arrive_at_s, path });
+        self
+    }
+
+    /// Every visit, first one first: `(arrive_at_s, path)`.
+    pub fn visits(&self) -> impl Iterator<Item = (u32, &[Stop])> {
+        std::iter::once((self.arrive_at_s, self.path.as_slice())).chain(
+            self.return_visits
+                .iter()
+                .map(|v| (v.arrive_at_s, v.path.as_slice())),
+        )
     }
 
     pub fn with_interests(mut self, interests: &[&str]) -> Self {
@@ -340,6 +372,110 @@ impl Scenario {
             ))
     }
 
+    /// A generic scenario for any store: `shoppers` opted-in shoppers
+    /// (every third on iOS) and twice as many strangers, each walking
+    /// through three of the store's zones, arriving over the first ten
+    /// minutes. Deterministic in the seed.
+    pub fn tour(spec: &StoreSpec, seed: u64, shoppers: u32) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(scenario_seed(seed, "tour"));
+        let zones: Vec<&str> = spec.zones.iter().map(|z| z.id.as_str()).collect();
+        let mut scenario = Self::new(seed);
+        for n in 0..shoppers {
+            let shopper = Shopper::new(2001 + n, seed)
+                .with_interests(
+                    &zones
+                        .get((n as usize + 1) % zones.len().max(1))
+                        .map_or(Vec::new(), |z| vec![*z]),
+                )
+                .with_path(random_path(&zones, &mut rng))
+                .arriving_at(rng.gen_range(0..600))
+                .on(if n % 3 == 2 {
+                    Platform::Ios
+                } else {
+                    Platform::Android
+                });
+            scenario.shoppers.push(shopper);
+        }
+        for n in 0..shoppers * 2 {
+            let device = STRANGER_KINDS[n as usize % STRANGER_KINDS.len()];
+            let path = random_path(&zones, &mut rng);
+            scenario
+                .strangers
+                .push(Stranger::new(device, rng.gen_range(0..600), path));
+        }
+        scenario
+    }
+
+    /// Returning shoppers over `days` days in the small store (see
+    /// [`Scenario::returning_for`]).
+    pub fn returning(seed: u64, days: u32) -> Self {
+        Self::returning_for(&StoreSpec::small_store(), seed, days)
+    }
+
+    /// Eight opted-in shoppers who come back: each visits on two or more of
+    /// the `days` days (all of them if `days` < 2), at most once a day, plus
+    /// a few strangers every day. Visit times assume the simulation starts
+    /// when the store opens on the first day (the CLI's `--days` does that):
+    /// day `d` starts `d * 24 h` later, and every visit lies between half an
+    /// hour after opening and an hour and a half before closing, so DST
+    /// shifts of an hour still fall inside opening hours. Deterministic in
+    /// the seed.
+    pub fn returning_for(spec: &StoreSpec, seed: u64, days: u32) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(scenario_seed(seed, "returning"));
+        let zones: Vec<&str> = spec.zones.iter().map(|z| z.id.as_str()).collect();
+        let open_s: u32 = spec
+            .hours
+            .as_ref()
+            .and_then(|h| crate::hours::Hours::new(h).ok())
+            .and_then(|h| {
+                let date = chrono::NaiveDate::from_ymd_opt(2026, 1, 15)?;
+                let (a, b) = h.open_span(date);
+                u32::try_from((b - a) / 1000).ok()
+            })
+            .unwrap_or(11 * 3600);
+        // Earliest and latest arrival after opening.
+        let (lo, hi) = (1800, open_s.saturating_sub(5400).max(1801));
+        let days = days.max(1);
+        let mut scenario = Self::new(seed);
+        for n in 0..8u32 {
+            let mut visit_days: Vec<u32> = (0..days).collect();
+            visit_days.shuffle(&mut rng);
+            let count = if days < 2 {
+                days
+            } else {
+                rng.gen_range(2..=days)
+            };
+            let mut visit_days: Vec<u32> = visit_days.into_iter().take(count as usize).collect();
+            visit_days.sort_unstable();
+            let mut shopper = Shopper::new(3001 + n, seed)
+                .with_interests(&[zones[n as usize % zones.len().max(1)]])
+                .on(if n % 4 == 3 {
+                    Platform::Ios
+                } else {
+                    Platform::Android
+                });
+            for (i, day) in visit_days.into_iter().enumerate() {
+                let at = day * 86_400 + rng.gen_range(lo..hi);
+                let path = random_path(&zones, &mut rng);
+                shopper = if i == 0 {
+                    shopper.with_path(path).arriving_at(at)
+                } else {
+                    shopper.returning_at(at, path)
+                };
+            }
+            scenario.shoppers.push(shopper);
+        }
+        for day in 0..days {
+            for n in 0..4usize {
+                let device = STRANGER_KINDS[(n + day as usize) % STRANGER_KINDS.len()];
+                let at = day * 86_400 + rng.gen_range(lo..hi);
+                let path = random_path(&zones, &mut rng);
+                scenario.strangers.push(Stranger::new(device, at, path));
+            }
+        }
+        scenario
+    }
+
     /// The opted-in shoppers as person records.
     pub fn people(&self) -> Vec<PersonRecord> {
         self.shoppers.iter().map(Shopper::person_record).collect()
@@ -358,6 +494,36 @@ impl Scenario {
         }
         out
     }
+}
+
+const STRANGER_KINDS: [StrangerDevice; 5] = [
+    StrangerDevice::AppleNearby,
+    StrangerDevice::AppleFindMy,
+    StrangerDevice::Wearable,
+    StrangerDevice::ForeignIbeacon,
+    StrangerDevice::UnenrolledApp,
+];
+
+fn scenario_seed(seed: u64, purpose: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"firmware-sim/scenario/")
+        .chain_update(purpose.as_bytes())
+        .chain_update(seed.to_le_bytes())
+        .finalize()
+        .into()
+}
+
+/// Entrance-like first zone, then two random zones, dwelling 20–120 s.
+fn random_path(zones: &[&str], rng: &mut ChaCha8Rng) -> Vec<Stop> {
+    if zones.is_empty() {
+        return vec![Stop::new(crate::HALL_ZONE, 30)];
+    }
+    let mut path = vec![Stop::new(zones[0], rng.gen_range(3..10))];
+    for _ in 0..2 {
+        let zone = zones[rng.gen_range(0..zones.len())];
+        path.push(Stop::new(zone, rng.gen_range(20..=120)));
+    }
+    path
 }
 
 #[cfg(test)]

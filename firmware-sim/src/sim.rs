@@ -11,11 +11,21 @@ use sha2::{Digest, Sha256};
 
 use crate::HALL_ZONE;
 use crate::adverts;
-use crate::radio::{Link, Radio};
-use crate::rotating::{INTERVAL_MS, RotatingKey};
+use crate::checkin::{
+    CHECKIN_MAX_BEACONS, CHECKIN_MIN_GAP_MS, CheckIn, CheckInRecord, HeardBeacon,
+};
+use crate::hours::Hours;
+use crate::radio::{Link, Radio, mean_rssi, standard_normal};
+use crate::rotating::{INTERVAL_MS, RotatingKey, interval_of_unix_ms};
 use crate::route::Route;
-use crate::scenario::{Platform, Scenario, StrangerDevice};
-use crate::spec::StoreSpec;
+use crate::scenario::{Platform, Scenario, Shopper, Stop, StrangerDevice};
+use crate::spec::{BeaconFrame, Point, StoreSpec, TlmSpec};
+
+/// Keep at most this many check-ins nobody collected (callers that only
+/// use [`Simulation::next_batch`] never collect them).
+const MAX_PENDING_CHECKINS: usize = 100_000;
+
+const DAY_MS: f64 = 86_400_000.0;
 
 /// Calibrated TX power at 1 m that the app writes into its token.
 pub const APP_TX_POWER_1M: i8 = -59;
@@ -106,6 +116,54 @@ struct Device {
     advertiser: Advertiser,
     /// Address and advert hex of the epoch last used.
     current: Option<(i64, String, String)>,
+    /// Store beacons with telemetry interleave TLM frames.
+    tlm: Option<TlmState>,
+    /// iOS shoppers check in over MQTT.
+    checkin: Option<CheckinState>,
+}
+
+#[derive(Debug, Clone)]
+struct TlmState {
+    spec: TlmSpec,
+    /// When the beacon was powered on (Unix ms).
+    boot_ms: i64,
+}
+
+impl TlmState {
+    /// Adverts sent since power-on: elapsed time over the mean advertising
+    /// period (the interval plus BLE's mean 5 ms random delay).
+    fn adv_count(&self, at_ms: i64, interval_ms: u32) -> u32 {
+        let period = i64::from(interval_ms) + 5;
+        u32::try_from((at_ms - self.boot_ms).max(0) / period).unwrap_or(u32::MAX)
+    }
+
+    fn advert(&self, at_ms: i64, interval_ms: u32) -> Vec<u8> {
+        let elapsed = (at_ms - self.boot_ms).max(0);
+        let days = elapsed as f64 / DAY_MS;
+        adverts::eddystone_tlm_advert(
+            self.spec.battery_mv(days),
+            self.spec.temperature_c,
+            self.adv_count(at_ms, interval_ms),
+            u32::try_from(elapsed / 100).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CheckinState {
+    key: Box<RotatingKey>,
+    recipient: String,
+    last_ms: Option<i64>,
+}
+
+/// A store iBeacon as an iOS phone hears it.
+#[derive(Debug, Clone)]
+struct StoreIbeacon {
+    position: Point,
+    tx_power_1m: f64,
+    uuid: String,
+    major: u16,
+    minor: u16,
 }
 
 impl Device {
@@ -232,6 +290,12 @@ pub struct Simulation {
     queue: BinaryHeap<Reverse<(i64, usize)>>,
     pending: VecDeque<SightingRecord>,
     rng: ChaCha8Rng,
+    hours: Option<Hours>,
+    /// Separate stream for what phones hear, so check-ins never disturb
+    /// the sighting records.
+    checkin_rng: ChaCha8Rng,
+    store_ibeacons: Vec<StoreIbeacon>,
+    pending_checkins: VecDeque<CheckInRecord>,
 }
 
 impl Simulation {
@@ -269,42 +333,24 @@ impl Simulation {
                     adv: hex::encode(adv),
                 },
                 current: None,
+                tlm: beacon.tlm.as_ref().map(|t| TlmState {
+                    spec: t.clone(),
+                    boot_ms: start_unix_ms - (t.age_days * DAY_MS).round() as i64,
+                }),
+                checkin: None,
             });
         }
 
         for shopper in &scenario.shoppers {
-            let arrive = start_unix_ms + i64::from(shopper.arrive_at_s) * 1000;
-            let route = Route::walk(
+            devices.push(shopper_device(
                 &spec,
+                shopper,
+                start_unix_ms + i64::from(shopper.arrive_at_s) * 1000,
                 &shopper.path,
-                arrive,
-                shopper.walk_speed_mps,
+                scenario.app_company_id,
                 &mut layout_rng,
-            );
-            let advertiser = match shopper.platform {
-                Platform::Android => Advertiser::Rotating {
-                    period_ms: INTERVAL_MS,
-                    phase_ms: 0,
-                    content: RotatingContent::AppToken {
-                        key: Box::new(RotatingKey::new(&shopper.key)),
-                        company_id: scenario.app_company_id,
-                    },
-                },
-                Platform::Ios => Advertiser::Rotating {
-                    period_ms: JUNK_ROTATION_MS,
-                    phase_ms: layout_rng.gen_range(0..JUNK_ROTATION_MS),
-                    content: RotatingContent::Junk(StrangerDevice::AppleNearby),
-                },
-            };
-            devices.push(Device {
-                salt: next_salt(),
-                person: Some(shopper.person.clone()),
-                route,
-                interval_ms: layout_rng.gen_range(200..=1000),
-                tx_power_1m: f64::from(APP_TX_POWER_1M) + layout_rng.gen_range(-3.0..3.0),
-                advertiser,
-                current: None,
-            });
+                next_salt(),
+            ));
         }
 
         for stranger in &scenario.strangers {
@@ -359,7 +405,26 @@ impl Simulation {
                 tx_power_1m: -59.0 + layout_rng.gen_range(-4.0..4.0),
                 advertiser,
                 current: None,
+                tlm: None,
+                checkin: None,
             });
+        }
+
+        // Returning shoppers' later visits: one more device each (a new
+        // random address, the same key), after everyone else so scenarios
+        // without them are unchanged.
+        for shopper in &scenario.shoppers {
+            for visit in &shopper.return_visits {
+                devices.push(shopper_device(
+                    &spec,
+                    shopper,
+                    start_unix_ms + i64::from(visit.arrive_at_s) * 1000,
+                    &visit.path,
+                    scenario.app_company_id,
+                    &mut layout_rng,
+                    next_salt(),
+                ));
+            }
         }
 
         let mut rng = ChaCha8Rng::from_seed(seeded(seed, "radio", 0));
@@ -371,6 +436,22 @@ impl Simulation {
         }
         let radio = Radio::new(&spec);
         let links = vec![vec![Link::default(); radio.scanner_count()]; devices.len()];
+        // Validation guarantees hours parse when present.
+        let hours = spec.hours.as_ref().and_then(|h| Hours::new(h).ok());
+        let store_ibeacons = spec
+            .beacons
+            .iter()
+            .filter_map(|b| match &b.frame {
+                BeaconFrame::Ibeacon { uuid, major, minor } => Some(StoreIbeacon {
+                    position: b.position,
+                    tx_power_1m: f64::from(b.tx_power_1m),
+                    uuid: uuid.to_lowercase(),
+                    major: *major,
+                    minor: *minor,
+                }),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             spec,
             start_ms: start_unix_ms,
@@ -380,7 +461,35 @@ impl Simulation {
             queue,
             pending: VecDeque::new(),
             rng,
+            hours,
+            checkin_rng: ChaCha8Rng::from_seed(seeded(seed, "checkin", 0)),
+            store_ibeacons,
+            pending_checkins: VecDeque::new(),
         })
+    }
+
+    /// The store's opening hours, if it has any.
+    pub fn hours(&self) -> Option<&Hours> {
+        self.hours.as_ref()
+    }
+
+    /// Like [`Simulation::next_batch`], plus the iOS check-ins made before
+    /// `until_ms` and not returned yet (in time order). Check-ins come from
+    /// a random stream of their own: asking for them never changes the
+    /// sighting records.
+    pub fn next_batch_with_checkins(
+        &mut self,
+        until_ms: i64,
+    ) -> (Vec<SightingRecord>, Vec<CheckInRecord>) {
+        let records = self.next_batch(until_ms);
+        let mut checkins = Vec::new();
+        while let Some(front) = self.pending_checkins.front() {
+            if front.at_ms() >= until_ms {
+                break;
+            }
+            checkins.extend(self.pending_checkins.pop_front());
+        }
+        (records, checkins)
     }
 
     pub fn spec(&self) -> &StoreSpec {
@@ -423,6 +532,18 @@ impl Simulation {
             return;
         };
         let device = &mut self.devices[index];
+        if let Some(hours) = &self.hours {
+            if !hours.is_open(at_ms) {
+                // Closed: nothing is heard. Resume at the next opening if
+                // the device is still around then (beacons always are).
+                let next = hours.next_open(at_ms);
+                let phase = at_ms.rem_euclid(i64::from(device.interval_ms));
+                if next > at_ms && next + phase < device.route.end_ms() {
+                    self.queue.push(Reverse((next + phase, index)));
+                }
+                return;
+            }
+        }
         let Some(position) = device.route.position_at(at_ms) else {
             return; // left the store: no more adverts
         };
@@ -433,6 +554,10 @@ impl Simulation {
         }
         let tx_power = device.tx_power_1m;
         let interval = i64::from(device.interval_ms);
+        let tlm_adv = device.tlm.as_ref().and_then(|tlm| {
+            (tlm.adv_count(at_ms, device.interval_ms) % tlm.spec.every.max(1) == 0)
+                .then(|| hex::encode(tlm.advert(at_ms, device.interval_ms)))
+        });
         for scanner in 0..self.radio.scanner_count() {
             let link = &mut self.links[index][scanner];
             let heard = self
@@ -443,14 +568,70 @@ impl Simulation {
                     scanner: self.spec.scanners[scanner].id.clone(),
                     addr: addr.clone(),
                     rssi,
-                    adv: adv.clone(),
+                    adv: tlm_adv.as_ref().unwrap_or(adv).clone(),
                     at_ms,
                 });
             }
         }
+        self.maybe_check_in(index, position, at_ms);
         // BLE adds a random 0-10 ms delay to every advertising event.
         let next = at_ms + interval + self.rng.gen_range(0..=10);
         self.queue.push(Reverse((next, index)));
+    }
+
+    /// An iOS shopper's phone ranges the store's iBeacons at each of its
+    /// advertising events; at most every 30 s it checks in with the ones
+    /// it hears.
+    fn maybe_check_in(&mut self, index: usize, position: Point, at_ms: i64) {
+        let Some(state) = &self.devices[index].checkin else {
+            return;
+        };
+        if state
+            .last_ms
+            .is_some_and(|last| at_ms - last < CHECKIN_MIN_GAP_MS)
+        {
+            return;
+        }
+        let p = &self.spec.radio;
+        let mut heard = Vec::new();
+        for beacon in &self.store_ibeacons {
+            // Draw for every beacon, heard or not, to keep the stream stable.
+            let noise = standard_normal(&mut self.checkin_rng) * p.noise_sigma_db;
+            // The beacon sits on a shelf about half a metre above the phone.
+            let distance = beacon.position.distance_to(position).hypot(0.5);
+            let rssi = mean_rssi(beacon.tx_power_1m, distance, p.path_loss_exponent) + noise;
+            if rssi.is_finite() && rssi >= f64::from(p.floor_dbm) {
+                heard.push(HeardBeacon {
+                    uuid: beacon.uuid.clone(),
+                    major: beacon.major,
+                    minor: beacon.minor,
+                    // Between the floor (>= -100) and 0 after the clamp.
+                    rssi: rssi.round().clamp(-100.0, 0.0) as i16,
+                });
+            }
+        }
+        if heard.is_empty() {
+            return;
+        }
+        heard.sort_by_key(|b| std::cmp::Reverse(b.rssi));
+        heard.truncate(CHECKIN_MAX_BEACONS);
+        let Some(state) = &mut self.devices[index].checkin else {
+            return;
+        };
+        state.last_ms = Some(at_ms);
+        let rotating_id = hex::encode(state.key.identifier(interval_of_unix_ms(at_ms)));
+        let record = CheckInRecord::new(
+            &state.recipient,
+            CheckIn {
+                rotating_id,
+                at_ms,
+                beacons: heard,
+            },
+        );
+        if self.pending_checkins.len() >= MAX_PENDING_CHECKINS {
+            self.pending_checkins.pop_front();
+        }
+        self.pending_checkins.push_back(record);
     }
 
     /// Ground truth of every advertiser over `[start, end_ms)`: which zone
@@ -477,7 +658,9 @@ impl Simulation {
         let mut out = BTreeMap::new();
         for device in &self.devices {
             if let Some(person) = &device.person {
-                out.insert(person.clone(), self.device_truth(device, end_ms));
+                let spans: &mut Vec<PersonTruth> = out.entry(person.clone()).or_default();
+                spans.extend(self.device_truth(device, end_ms));
+                spans.sort_by_key(|t| t.from_ms);
             }
         }
         out
@@ -494,8 +677,17 @@ impl Simulation {
 
     fn device_truth(&self, device: &Device, end_ms: i64) -> Vec<PersonTruth> {
         let mut out = Vec::new();
+        // While the store is closed nothing is heard, and truth says nothing.
+        let open = match &self.hours {
+            Some(hours) => hours.open_intervals(self.start_ms, end_ms),
+            None => vec![(self.start_ms, end_ms)],
+        };
         for span in device.route.zone_spans(&self.spec, self.start_ms, end_ms) {
-            for (from_ms, to_ms, addr) in device.addr_spans(span.from_ms, span.to_ms) {
+            let clipped = open.iter().filter_map(|&(a, b)| {
+                let (from, to) = (a.max(span.from_ms), b.min(span.to_ms));
+                (from < to).then_some((from, to))
+            });
+            for (from_ms, to_ms, addr) in clipped.flat_map(|(a, b)| device.addr_spans(a, b)) {
                 out.push(PersonTruth {
                     addr,
                     from_ms,
@@ -524,6 +716,56 @@ impl Iterator for Simulation {
     }
 }
 
+/// The phone of one shopper visit. Draws from `layout_rng` in a fixed order
+/// (route, address phase for iOS, interval, power).
+fn shopper_device(
+    spec: &StoreSpec,
+    shopper: &Shopper,
+    arrive_ms: i64,
+    path: &[Stop],
+    app_company_id: u16,
+    layout_rng: &mut ChaCha8Rng,
+    salt: [u8; 32],
+) -> Device {
+    let route = Route::walk(spec, path, arrive_ms, shopper.walk_speed_mps, layout_rng);
+    let (advertiser, checkin) = match shopper.platform {
+        Platform::Android => (
+            Advertiser::Rotating {
+                period_ms: INTERVAL_MS,
+                phase_ms: 0,
+                content: RotatingContent::AppToken {
+                    key: Box::new(RotatingKey::new(&shopper.key)),
+                    company_id: app_company_id,
+                },
+            },
+            None,
+        ),
+        Platform::Ios => (
+            Advertiser::Rotating {
+                period_ms: JUNK_ROTATION_MS,
+                phase_ms: layout_rng.gen_range(0..JUNK_ROTATION_MS),
+                content: RotatingContent::Junk(StrangerDevice::AppleNearby),
+            },
+            Some(CheckinState {
+                key: Box::new(RotatingKey::new(&shopper.key)),
+                recipient: shopper.recipient.clone(),
+                last_ms: None,
+            }),
+        ),
+    };
+    Device {
+        salt,
+        person: Some(shopper.person.clone()),
+        route,
+        interval_ms: layout_rng.gen_range(200..=1000),
+        tx_power_1m: f64::from(APP_TX_POWER_1M) + layout_rng.gen_range(-3.0..3.0),
+        advertiser,
+        current: None,
+        tlm: None,
+        checkin,
+    }
+}
+
 fn check_scenario(spec: &StoreSpec, scenario: &Scenario) -> Result<(), SimError> {
     let known = |zone: &str| zone == HALL_ZONE || spec.zone(zone).is_some();
     let mut people = BTreeSet::new();
@@ -531,7 +773,8 @@ fn check_scenario(spec: &StoreSpec, scenario: &Scenario) -> Result<(), SimError>
         if !people.insert(shopper.person.as_str()) {
             return Err(SimError::DuplicatePerson(shopper.person.clone()));
         }
-        for (index, stop) in shopper.path.iter().enumerate() {
+        let stops = shopper.visits().flat_map(|(_, path)| path.iter());
+        for (index, stop) in stops.enumerate() {
             if !known(&stop.zone) {
                 return Err(SimError::UnknownZone {
                     who: shopper.person.clone(),

@@ -45,6 +45,10 @@ pub struct StoreSpec {
     pub zones: Vec<ZoneSpec>,
     #[serde(default)]
     pub beacons: Vec<BeaconSpec>,
+    /// Opening hours. Without them the store never closes; with them the
+    /// simulation is silent while it is closed (see [`OpeningHours`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours: Option<OpeningHours>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +177,99 @@ pub struct BeaconSpec {
     /// Calibrated received power at 1 m (also what the frame announces).
     pub tx_power_1m: i8,
     pub frame: BeaconFrame,
+    /// Interleave Eddystone-TLM telemetry frames with the main frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlm: Option<TlmSpec>,
+}
+
+/// How a beacon's battery drains over days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainModel {
+    /// `start - drain_mv_per_day * days`, never below `battery_min_mv`.
+    #[default]
+    Linear,
+    /// Falls towards `battery_min_mv` exponentially; the first day's drop
+    /// is `drain_mv_per_day`, later days drop less.
+    Exponential,
+}
+
+/// Eddystone-TLM telemetry of one beacon: every `every`-th advert carries
+/// a TLM frame (battery, temperature, advert count, uptime) instead of the
+/// beacon's main frame, as real multi-frame beacons interleave them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlmSpec {
+    /// One TLM frame every this many adverts (at least 2).
+    pub every: u32,
+    /// Battery voltage when the beacon was installed (powered on).
+    pub battery_start_mv: u16,
+    pub drain_mv_per_day: f64,
+    /// The battery never reads below this.
+    pub battery_min_mv: u16,
+    pub model: DrainModel,
+    /// How long before the simulation start the beacon was powered on.
+    pub age_days: f64,
+    /// Beacon temperature, reported in 8.8 fixed point.
+    pub temperature_c: f64,
+}
+
+impl Default for TlmSpec {
+    fn default() -> Self {
+        Self {
+            every: 10,
+            battery_start_mv: 3000,
+            drain_mv_per_day: 2.0,
+            battery_min_mv: 2000,
+            model: DrainModel::Linear,
+            age_days: 0.0,
+            temperature_c: 21.0,
+        }
+    }
+}
+
+impl TlmSpec {
+    /// Battery voltage after `days` since power-on.
+    pub fn battery_mv(&self, days: f64) -> u16 {
+        let start = f64::from(self.battery_start_mv);
+        let min = f64::from(self.battery_min_mv.min(self.battery_start_mv));
+        let days = days.max(0.0);
+        let mv = match self.model {
+            DrainModel::Linear => start - self.drain_mv_per_day * days,
+            DrainModel::Exponential => {
+                let span = start - min;
+                if span <= 0.0 {
+                    start
+                } else {
+                    min + span * (-self.drain_mv_per_day * days / span).exp()
+                }
+            }
+        };
+        // Clamped into the u16 range of [min, start], so the cast is exact.
+        mv.max(min).min(start).round() as u16
+    }
+}
+
+/// Daily opening hours in the store's IANA time zone (DST-correct through
+/// `chrono-tz`). `open` < `close`, both `HH:MM` local time; no overnight
+/// opening.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpeningHours {
+    pub timezone: String,
+    pub open: String,
+    pub close: String,
+}
+
+impl Default for OpeningHours {
+    /// 09:00–20:00 in Europe/Berlin.
+    fn default() -> Self {
+        Self {
+            timezone: "Europe/Berlin".to_owned(),
+            open: "09:00".to_owned(),
+            close: "20:00".to_owned(),
+        }
+    }
 }
 
 /// What a beacon advertises.
@@ -268,6 +365,7 @@ impl StoreSpec {
                         major: 1,
                         minor: 1,
                     },
+                    tlm: None,
                 },
                 BeaconSpec {
                     id: "ibeacon-laptops".to_owned(),
@@ -280,6 +378,7 @@ impl StoreSpec {
                         major: 1,
                         minor: 2,
                     },
+                    tlm: None,
                 },
                 BeaconSpec {
                     id: "ibeacon-headphones".to_owned(),
@@ -292,6 +391,7 @@ impl StoreSpec {
                         major: 1,
                         minor: 3,
                     },
+                    tlm: None,
                 },
                 BeaconSpec {
                     id: "eddystone-hall".to_owned(),
@@ -303,6 +403,7 @@ impl StoreSpec {
                         namespace: "73746f72652d30343200".to_owned(),
                         instance: "000000000001".to_owned(),
                     },
+                    tlm: None,
                 },
                 BeaconSpec {
                     id: "altbeacon-hall".to_owned(),
@@ -316,9 +417,17 @@ impl StoreSpec {
                         id2: 1,
                         id3: 100,
                     },
+                    tlm: None,
                 },
             ],
+            hours: None,
         }
+    }
+
+    /// The same store with opening hours.
+    pub fn with_hours(mut self, hours: OpeningHours) -> Self {
+        self.hours = Some(hours);
+        self
     }
 
     /// The zone whose area contains `p`, if any (first match wins).
@@ -469,6 +578,38 @@ impl StoreSpec {
                 frame.is_ok(),
                 format!("beacons[{i}].frame.{}", frame.err().unwrap_or_default()),
             );
+            if let Some(t) = &b.tlm {
+                check(
+                    t.every >= 2,
+                    format!("beacons[{i}].tlm.every: must be at least 2"),
+                );
+                check(
+                    (1000..=4000).contains(&t.battery_start_mv),
+                    format!("beacons[{i}].tlm.battery_start_mv: must be between 1000 and 4000"),
+                );
+                check(
+                    t.battery_min_mv <= t.battery_start_mv,
+                    format!("beacons[{i}].tlm.battery_min_mv: must not exceed battery_start_mv"),
+                );
+                check(
+                    t.drain_mv_per_day.is_finite() && (0.0..=1000.0).contains(&t.drain_mv_per_day),
+                    format!("beacons[{i}].tlm.drain_mv_per_day: must be between 0 and 1000"),
+                );
+                check(
+                    t.age_days.is_finite() && (0.0..=36_500.0).contains(&t.age_days),
+                    format!("beacons[{i}].tlm.age_days: must be between 0 and 36500"),
+                );
+                check(
+                    t.temperature_c.is_finite() && (-40.0..=85.0).contains(&t.temperature_c),
+                    format!("beacons[{i}].tlm.temperature_c: must be between -40 and 85"),
+                );
+            }
+        }
+
+        if let Some(h) = &self.hours {
+            if let Err(problem) = crate::hours::Hours::new(h) {
+                problems.push(format!("hours.{problem}"));
+            }
         }
 
         if problems.is_empty() {
