@@ -71,6 +71,7 @@ pub struct Handles {
 /// then run until `cancel`. `started` receives the handles once bound.
 pub async fn run(
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     cancel: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<RunSummary, DaemonError> {
@@ -216,7 +217,18 @@ pub async fn run(
     }
     tracing::info!(store = %config.store_id, people = store.people_count(), outbox = store.outbox_len(), "gateway running");
 
-    pipeline.run(sighting_rx, incoming_rx, cancel.clone()).await;
+    let (config_tx, config_rx) = watch::channel(config.clone());
+    if let Some(path) = config_path {
+        tasks.spawn(crate::reload::run(
+            path,
+            config_tx,
+            telemetry.clone(),
+            cancel.clone(),
+        ));
+    }
+    pipeline
+        .run(sighting_rx, incoming_rx, config_rx, cancel.clone())
+        .await;
 
     // The pipeline has finished its decisions; let delivery publish what
     // it can of them, then say offline.
@@ -344,6 +356,7 @@ impl Pipeline {
         &mut self,
         mut sightings: mpsc::Receiver<Ingested>,
         mut incoming: mpsc::Receiver<IncomingMessage>,
+        mut config: watch::Receiver<Arc<Config>>,
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -359,9 +372,20 @@ impl Pipeline {
                     None => sources_open = false,
                 },
                 Some(message) = incoming.recv() => self.on_incoming(message).await,
+                Ok(()) = config.changed() => {
+                    let new = config.borrow_and_update().clone();
+                    self.apply_config(new);
+                }
                 _ = tick.tick() => self.on_tick().await,
             }
         }
+    }
+
+    /// A reloaded configuration: rules, caps, presence tuning and the rest
+    /// apply from the next event; who is present and the outbox stay.
+    fn apply_config(&mut self, config: Arc<Config>) {
+        self.presence.set_config(config.presence.clone());
+        self.config = config;
     }
 
     async fn on_tick(&mut self) {

@@ -18,6 +18,7 @@ pub mod io;
 pub mod people;
 pub mod presence;
 pub mod privacy;
+pub mod reload;
 pub mod sighting;
 pub mod store;
 pub mod telemetry;

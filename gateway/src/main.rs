@@ -56,10 +56,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             let rt = runtime()?;
             rt.block_on(async {
                 let cancel = cancel_on_signals()?;
-                anyhow::Ok(match gateway::daemon::run(config, cancel, None).await {
-                    Ok(summary) => Ok(format!("gateway stopped: {summary:?}")),
-                    Err(e) => Err(CliError::new(e.to_string())),
-                })
+                anyhow::Ok(
+                    match gateway::daemon::run(config, config_path.map(Into::into), cancel, None)
+                        .await
+                    {
+                        Ok(summary) => Ok(format!("gateway stopped: {summary:?}")),
+                        Err(e) => Err(CliError::new(e.to_string())),
+                    },
+                )
             })?
         }
         Command::Demo {

@@ -1,0 +1,173 @@
+//! Operating the gateway (issue "Ready for store IT"): reload without a
+//! restart, metrics that move with the traffic, the shipped systemd unit.
+
+use std::time::Duration;
+
+use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site, site};
+use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
+
+const RULES: &str = r#"
+[[zones]]
+id = "entrance"
+scanners = ["entrance"]
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[zones]]
+id = "headphones"
+scanners = ["headphones"]
+
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 20
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[caps]
+per_visit = 5
+per_day = 5
+per_week = 10
+min_gap_s = 0
+rule_cooldown_s = 0
+
+[presence]
+max_future_skew_ms = 86400000
+"#;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let mut site = Site::new(broker.port(), RULES)?;
+    let path = vec![
+        Stop::new("entrance", 5),
+        Stop::new("laptops", 40),
+        Stop::new("headphones", 40),
+        Stop::new("laptops", 40),
+    ];
+    let scenario = Scenario::new(3).with_shopper(
+        Shopper::new(1, 3)
+            .with_interests(&["laptops"])
+            .with_path(path),
+    );
+    site.import_people(&scenario.people_jsonl())?;
+    let mut gateway = site.start()?;
+    let phone = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "phone",
+        site.topic("nudges/r-1"),
+    ))
+    .await?;
+    let metric = |series: &str| site.metric(series).unwrap_or(0);
+
+    let start = now_ms();
+    let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 3)?;
+    site::send(sim.next_batch(start + 70_000), site.udp, 20.0).await?;
+    let first = phone
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(first[0].json()?["title"], "Comparing laptops?");
+
+    // A half-written file is refused and the daemon carries on.
+    let original = std::fs::read_to_string(&site.config_path)?;
+    std::fs::write(&site.config_path, &original[..original.len() / 2])?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_config_reloads_total{result=\"refused\"}") >= 1
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    assert!(gateway.is_running());
+
+    // The finished file, with a new title, applies without a restart.
+    std::fs::write(
+        &site.config_path,
+        original.replace("Comparing laptops?", "Laptops side by side"),
+    )?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_config_reloads_total{result=\"applied\"}") >= 1
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    site::send(sim.next_batch(start + 200_000), site.udp, 20.0).await?;
+    let both = phone
+        .wait_for(2, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(
+        both[1].json()?["title"],
+        "Laptops side by side",
+        "the reload took effect; presence and outbox kept"
+    );
+
+    // SIGHUP with an invalid value: refused by name, last good kept.
+    std::fs::write(
+        &site.config_path,
+        original.replace("per_day = 5", "per_day = -5"),
+    )?;
+    gateway.signal(libc::SIGHUP)?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_config_reloads_total{result=\"refused\"}") >= 2
+    })
+    .await?;
+    assert!(
+        gateway.logs().contains("caps.per_day"),
+        "the refusal names the field"
+    );
+    assert!(gateway.is_running());
+
+    // Counters moved with the traffic.
+    assert!(metric("gateway_sightings_total{source=\"udp\"}") > 100);
+    assert!(metric("gateway_nudges_reserved_total{kind=\"compare\"}") >= 2);
+    assert!(metric("gateway_nudges_acked_total") >= 2);
+    assert_eq!(metric("gateway_mqtt_connected"), 1);
+    assert_eq!(metric("gateway_outbox_depth"), 0);
+    let ready = site.admin_get("/readyz")?;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    Ok(())
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!("systemd-analyze is not installed here; the unit is not verified");
+        return;
+    }
+    let dir = e2e::Workdir::new("unit").unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/gateway.service"
+    ))
+    .unwrap();
+    // Verify against the binary this build made, where the unit expects /usr/local/bin.
+    let bin = e2e::gateway_bin().unwrap();
+    let unit = unit.replace("/usr/local/bin/gateway", bin.to_str().unwrap());
+    let path = dir.write("gateway.service", unit).unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Lines about the host's own units or a missing system bus are not ours.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("gateway.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
