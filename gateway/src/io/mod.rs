@@ -2,5 +2,7 @@
 //! types and back. Nothing here decides anything.
 
 pub mod admin;
+pub mod ble;
 pub mod mqtt;
+pub mod scanners;
 pub mod sources;
