@@ -282,6 +282,12 @@ struct Device {
     updated: Option<Instant>,
 }
 
+enum Change {
+    Manufacturer(HashMap<u16, Vec<u8>>),
+    Service(HashMap<uuid::Uuid, Vec<u8>>),
+    Rssi(i16),
+}
+
 #[derive(Default)]
 struct Devices {
     by_id: HashMap<PeripheralId, Device>,
@@ -290,30 +296,15 @@ struct Devices {
 impl Devices {
     /// Take one event into account; the device it concerns, if any.
     fn apply(&mut self, event: CentralEvent, now: Instant) -> Option<PeripheralId> {
-        let (id, change): (PeripheralId, Box<dyn FnOnce(&mut Device)>) = match event {
+        let (id, change) = match event {
             CentralEvent::ManufacturerDataAdvertisement {
                 id,
                 manufacturer_data,
-            } => (
-                id,
-                Box::new(move |d: &mut Device| {
-                    d.manufacturer = manufacturer_data.into_iter().collect();
-                    d.new_manufacturer = true;
-                }),
-            ),
-            CentralEvent::ServiceDataAdvertisement { id, service_data } => (
-                id,
-                Box::new(move |d: &mut Device| {
-                    d.service = service_data
-                        .into_iter()
-                        .map(|(u, v)| (ServiceUuid::from_uuid_bytes(*u.as_bytes()), v))
-                        .collect();
-                    d.new_service = true;
-                }),
-            ),
-            CentralEvent::RssiUpdate { id, rssi } => {
-                (id, Box::new(move |d: &mut Device| d.rssi = Some(rssi)))
+            } => (id, Change::Manufacturer(manufacturer_data)),
+            CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+                (id, Change::Service(service_data))
             }
+            CentralEvent::RssiUpdate { id, rssi } => (id, Change::Rssi(rssi)),
             _ => return None,
         };
         if !self.by_id.contains_key(&id) && self.by_id.len() >= MAX_DEVICES {
@@ -323,7 +314,20 @@ impl Devices {
         if device.addr.is_none() {
             device.addr = addr_from_id(&id);
         }
-        change(device);
+        match change {
+            Change::Manufacturer(data) => {
+                device.manufacturer = data.into_iter().collect();
+                device.new_manufacturer = true;
+            }
+            Change::Service(data) => {
+                device.service = data
+                    .into_iter()
+                    .map(|(u, v)| (ServiceUuid::from_uuid_bytes(*u.as_bytes()), v))
+                    .collect();
+                device.new_service = true;
+            }
+            Change::Rssi(rssi) => device.rssi = Some(rssi),
+        }
         device.updated = Some(now);
         Some(id)
     }
