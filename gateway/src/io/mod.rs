@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod ble;
+pub mod fleet;
 pub mod mqtt;
+pub mod record;
 pub mod scanners;
 pub mod sources;
