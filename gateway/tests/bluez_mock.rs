@@ -341,7 +341,7 @@ fn run() {
         drive,
         bus: bus.clone(),
     };
-    let _mock_guard = start_mock();
+    let mut mock_guard = start_mock();
     mock.drive(&["wait-bluez", "10"]);
     mock.drive(&["add-adapter", "hci0"]);
     mock.drive(&["add-device", "hci0", DEVICE]);
@@ -457,4 +457,28 @@ fn run() {
             && f.iter()
                 .any(|f| matches!(f, Frame::IBeacon { minor: 43, .. }))
     });
+
+    // BlueZ restarts (the mock process dies and comes back): the same.
+    drop(mock_guard);
+    let failures = probe.wait_scan(0, failures + 1, "BlueZ going away to be noticed");
+    mock_guard = start_mock();
+    mock.drive(&["wait-bluez", "10"]);
+    mock.drive(&["add-adapter", "hci0"]);
+    mock.drive(&["add-device", "hci0", DEVICE]);
+    probe.wait_scan(1, failures, "scanning to resume after BlueZ restarted");
+    mock.drive(&[
+        "advert",
+        "hci0",
+        DEVICE,
+        "-50",
+        "mfr",
+        "0x004c",
+        &ibeacon_hex(7, 44, -59),
+    ]);
+    probe.wait_sighting("a sighting after BlueZ restarted", |s, f| {
+        s.rssi == -50
+            && f.iter()
+                .any(|f| matches!(f, Frame::IBeacon { minor: 44, .. }))
+    });
+    drop(mock_guard);
 }
