@@ -2,5 +2,9 @@
 //! types and back. Nothing here decides anything.
 
 pub mod admin;
+pub mod ble;
+pub mod fleet;
 pub mod mqtt;
+pub mod record;
+pub mod scanners;
 pub mod sources;
