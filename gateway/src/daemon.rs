@@ -16,7 +16,10 @@ use crate::decide::{self, SkipReason, build_payload, check_consent, matching_rul
 use crate::decode::{Frame, decode_into};
 use crate::identity::{Applied, CheckIn, ConsentChange, PersonId, PersonRecord};
 use crate::io::admin::{self, Readiness};
+use crate::io::fleet::Fleet;
 use crate::io::mqtt::{self, IncomingMessage, OutgoingMessage};
+use crate::io::record::CaptureRecorder;
+use crate::io::scanners::{self, AdvertMerger};
 use crate::io::sources::{self, Ingested};
 use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
@@ -45,6 +48,8 @@ pub enum DaemonError {
     Admin { bind: String, reason: String },
     #[error("no source configured: add a [[sources]] entry")]
     NoSource,
+    #[error("--record {path}: {reason}")]
+    Record { path: String, reason: String },
 }
 
 /// What a run did, for the demo's closing summary.
@@ -67,11 +72,20 @@ pub struct Handles {
     pub admin_addr: Option<std::net::SocketAddr>,
 }
 
+/// What `gateway run` adds to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The site file to watch for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Write a capture of what the sources hear, strangers removed.
+    pub record: Option<std::path::PathBuf>,
+}
+
 /// Open storage, bind every listener (so that bad addresses fail at once),
 /// then run until `cancel`. `started` receives the handles once bound.
 pub async fn run(
     config: Config,
-    config_path: Option<std::path::PathBuf>,
+    options: RunOptions,
     cancel: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<RunSummary, DaemonError> {
@@ -129,6 +143,14 @@ pub async fn run(
         .await
         .expect("loading people does not panic")?
     };
+    if let Some(path) = &options.record {
+        let recorder =
+            crate::io::record::CaptureRecorder::create(path).map_err(|e| DaemonError::Record {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        pipeline.recorder = Some(recorder);
+    }
     let sources_running = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -181,6 +203,33 @@ pub async fn run(
             });
         }
     }
+    for source in config.sources.iter() {
+        match source {
+            SourceSettings::Bluez { adapter, scanner } => {
+                let settings = crate::io::ble::BluezSettings {
+                    adapter: adapter.clone(),
+                    scanner_id: scanner.clone(),
+                };
+                let (tx, telemetry, cancel, running) = (
+                    sighting_tx.clone(),
+                    telemetry.clone(),
+                    cancel.clone(),
+                    sources_running.clone(),
+                );
+                running.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(async move {
+                    crate::io::ble::run_bluez(settings, tx, telemetry, cancel).await;
+                    running.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            // Scanner nodes arrive through the MQTT subscriptions; the
+            // source counts as running for as long as the daemon does.
+            SourceSettings::MqttScanners { .. } => {
+                sources_running.fetch_add(1, Ordering::Relaxed);
+            }
+            SourceSettings::Udp { .. } | SourceSettings::Replay { .. } => {}
+        }
+    }
     drop(sighting_tx);
 
     if let Some(listener) = admin_listener {
@@ -206,7 +255,10 @@ pub async fn run(
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
             outgoing: outgoing_rx,
-            subscriptions: topics::subscriptions(&config),
+            subscriptions: topics::subscriptions(&config)
+                .into_iter()
+                .chain(topics::scanner_subscriptions(&config))
+                .collect(),
             connected: connected_tx,
         }
         .run(delivery_cancel.clone()),
@@ -218,7 +270,7 @@ pub async fn run(
     tracing::info!(store = %config.store_id, people = store.people_count(), outbox = store.outbox_len(), "gateway running");
 
     let (config_tx, config_rx) = watch::channel(config.clone());
-    if let Some(path) = config_path {
+    if let Some(path) = options.config_path.clone() {
         tasks.spawn(crate::reload::run(
             path,
             config_tx,
@@ -263,7 +315,17 @@ pub struct Pipeline {
     /// write per advert.
     visit_saved_ms: HashMap<PersonId, i64>,
     last_sweep_ms: i64,
+    /// The store's own beacons: battery, temperature, last seen.
+    fleet: Fleet,
+    last_fleet_report_ms: i64,
+    /// OpenMQTTGateway sends one advert in parts; they are joined here.
+    merger: AdvertMerger,
+    /// `--record`: what the sources hear, strangers removed.
+    recorder: Option<CaptureRecorder>,
 }
+
+/// How often the fleet report is published (event time).
+const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 
 /// How stale the persisted "last seen" of a visit may get. Well under the
 /// visit gap, so that a quick restart continues the visit.
@@ -310,6 +372,8 @@ impl Pipeline {
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);
         }
+        let fleet = Fleet::new(config.beacons.clone());
+        let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         Ok(Pipeline {
             config,
             store,
@@ -324,6 +388,10 @@ impl Pipeline {
             recognised: HashSet::new(),
             visit_saved_ms: HashMap::new(),
             last_sweep_ms: now,
+            fleet,
+            last_fleet_report_ms: i64::MIN,
+            merger,
+            recorder: None,
         })
     }
 
@@ -398,6 +466,25 @@ impl Pipeline {
         self.events = events;
         self.telemetry
             .set_gauge("people_present", self.presence.present_count() as i64);
+        for sighting in self.merger.flush_due(now) {
+            self.on_sighting(Ingested {
+                source: topics::ScannerFeed::OpenMqttGateway.label(),
+                sighting,
+            })
+            .await;
+        }
+        if !self.config.beacons.is_empty()
+            && now.saturating_sub(self.last_fleet_report_ms) >= FLEET_REPORT_EVERY_MS
+        {
+            self.last_fleet_report_ms = now;
+            let report = self.fleet.report(now).to_string().into_bytes();
+            self.send(OutgoingMessage {
+                topic: topics::beacons(&self.config),
+                payload: report,
+                correlation_data: None,
+                retain: true,
+            });
+        }
         if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
             self.last_sweep_ms = now;
             self.sweep(now).await;
@@ -464,6 +551,18 @@ impl Pipeline {
                 &mut events,
             );
             self.touch_visit(&person, sighting.at_ms);
+        }
+        if !frames.is_empty() {
+            self.fleet
+                .observe(&frames, sighting.addr, sighting.rssi, sighting.at_ms);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            // Only the store's own beacons and people who opted in: a
+            // stranger's advert never reaches the file.
+            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.resolve(rotating_id).is_some_and(|p| self.people.get(p).is_some_and(|r| r.consent.proximity))));
+            if let Err(e) = recorder.record(&sighting, allowed) {
+                events::source_failed(&self.telemetry, "record", &e);
+            }
         }
         self.frames = frames;
         self.handle_events(&events).await;
@@ -650,6 +749,13 @@ impl Pipeline {
     // ---- people-changing messages -------------------------------------
 
     async fn on_incoming(&mut self, message: IncomingMessage) {
+        if let Some(feed) = topics::scanner_feed(&self.config, &message.topic) {
+            self.on_scanner_message(feed, &message).await;
+            if let Some(ack) = message.ack {
+                ack.ack();
+            }
+            return;
+        }
         let topic = message.topic.clone();
         let kind = classify(&self.config, &topic);
         let label = kind.kind();
@@ -682,6 +788,43 @@ impl Pipeline {
         }
     }
 
+    /// A sighting from a remote scanner node: into the same pipeline as
+    /// the local sources. Bad ones are counted by field, never reported
+    /// with their content (they may carry a stranger's address).
+    async fn on_scanner_message(&mut self, feed: topics::ScannerFeed, message: &IncomingMessage) {
+        use topics::ScannerFeed;
+        let source = feed.label();
+        events::sighting_received(&self.telemetry, source);
+        let now = self.clock.now_ms();
+        let parsed = match feed {
+            ScannerFeed::Own => {
+                scanners::parse_scanner_record(&message.topic, &message.payload).map(|s| vec![s])
+            }
+            ScannerFeed::Espresense => {
+                scanners::parse_espresense(&message.topic, &message.payload, now).map(|s| vec![s])
+            }
+            ScannerFeed::OpenMqttGateway => {
+                scanners::parse_openmqttgateway(&message.topic, &message.payload, now)
+                    .map(|p| self.merger.push(p, now))
+            }
+        };
+        match parsed {
+            Ok(sightings) => {
+                for sighting in sightings {
+                    self.on_sighting(Ingested { source, sighting }).await;
+                }
+            }
+            Err(e) if e.ignored => self.telemetry.count(
+                "scanner_messages_ignored_total",
+                &[("source", source), ("field", e.field)],
+                1,
+            ),
+            Err(e) => {
+                events::sighting_rejected(&self.telemetry, source, "mqtt", e.field, &e.reason)
+            }
+        }
+    }
+
     fn reject(&self, topic: &str, kind: &str, rejected: &Rejection) {
         self.telemetry.count(
             "incoming_rejected_total",
@@ -696,6 +839,7 @@ impl Pipeline {
             topic: topics::errors(&self.config),
             payload: report.to_string().into_bytes(),
             correlation_data: None,
+            retain: false,
         });
     }
 
@@ -855,6 +999,7 @@ impl Pipeline {
             topic: topics::receipts(&self.config, recipient),
             payload: receipt.clone(),
             correlation_data: None,
+            retain: false,
         });
         if let Some(response_topic) = &message.response_topic {
             if topics::response_topic_allowed(&self.config, recipient, response_topic) {
@@ -862,6 +1007,7 @@ impl Pipeline {
                     topic: response_topic.clone(),
                     payload: receipt,
                     correlation_data: message.correlation_data.clone(),
+                    retain: false,
                 });
             } else {
                 self.telemetry
@@ -919,6 +1065,19 @@ impl Pipeline {
         self.telemetry.count("checkins_total", &[], 1);
         Ok(())
     }
+}
+
+fn scanner_merge_window(config: &Config) -> i64 {
+    config
+        .sources
+        .iter()
+        .find_map(|s| match s {
+            SourceSettings::MqttScanners {
+                merge_window_ms, ..
+            } => Some(*merge_window_ms),
+            _ => None,
+        })
+        .unwrap_or(scanners::MERGE_WINDOW_MS)
 }
 
 /// The scanner id an iOS check-in's beacon counts as: list it in a zone's

@@ -283,7 +283,7 @@ pub async fn run(
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let gateway = tokio::spawn(daemon::run(
         config,
-        None,
+        daemon::RunOptions::default(),
         gateway_cancel.clone(),
         Some(started_tx),
     ));

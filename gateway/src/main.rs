@@ -47,7 +47,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
     let config_path = cli.config.as_deref();
     Ok(match cli.command {
-        Command::Run => {
+        Command::Run { record } => {
             init_logging(cli.log_format, "info,rumqttc=warn");
             let config = match cli::require_config(config_path) {
                 Ok(c) => c,
@@ -57,8 +57,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             rt.block_on(async {
                 let cancel = cancel_on_signals()?;
                 anyhow::Ok(
-                    match gateway::daemon::run(config, config_path.map(Into::into), cancel, None)
-                        .await
+                    match gateway::daemon::run(
+                        config,
+                        gateway::daemon::RunOptions {
+                            config_path: config_path.map(Into::into),
+                            record,
+                        },
+                        cancel,
+                        None,
+                    )
+                    .await
                     {
                         Ok(summary) => Ok(format!("gateway stopped: {summary:?}")),
                         Err(e) => Err(CliError::new(e.to_string())),

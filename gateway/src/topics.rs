@@ -66,8 +66,77 @@ pub fn classify<'a>(config: &Config, topic: &'a str) -> Incoming<'a> {
     }
 }
 
+/// Where scanner nodes publish, by format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScannerFeed {
+    /// Our own scanner-only gateways: sighting records.
+    Own,
+    OpenMqttGateway,
+    Espresense,
+}
+
+impl ScannerFeed {
+    pub fn label(self) -> &'static str {
+        match self {
+            ScannerFeed::Own => "mqtt_own",
+            ScannerFeed::OpenMqttGateway => "mqtt_openmqttgateway",
+            ScannerFeed::Espresense => "mqtt_espresense",
+        }
+    }
+}
+
+fn scanner_filters(config: &Config) -> Vec<(ScannerFeed, String)> {
+    let mut filters = Vec::new();
+    for source in &config.sources {
+        if let crate::config::SourceSettings::MqttScanners {
+            own,
+            openmqttgateway,
+            espresense,
+            ..
+        } = source
+        {
+            if *own {
+                filters.push((
+                    ScannerFeed::Own,
+                    format!("{}/scanners/+", config.store_topic()),
+                ));
+            }
+            filters.extend(
+                openmqttgateway
+                    .iter()
+                    .map(|f| (ScannerFeed::OpenMqttGateway, f.clone())),
+            );
+            filters.extend(
+                espresense
+                    .iter()
+                    .map(|f| (ScannerFeed::Espresense, f.clone())),
+            );
+        }
+    }
+    filters
+}
+
+pub fn scanner_subscriptions(config: &Config) -> Vec<String> {
+    scanner_filters(config)
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// Which scanner feed, if any, a topic belongs to.
+pub fn scanner_feed(config: &Config, topic: &str) -> Option<ScannerFeed> {
+    scanner_filters(config)
+        .into_iter()
+        .find(|(_, f)| matches(f, topic))
+        .map(|(feed, _)| feed)
+}
+
 pub fn receipts(config: &Config, recipient: &str) -> String {
     format!("{}/receipts/{recipient}", config.store_topic())
+}
+
+pub fn beacons(config: &Config) -> String {
+    format!("{}/ops/beacons", config.store_topic())
 }
 
 pub fn errors(config: &Config) -> String {
@@ -82,6 +151,39 @@ pub fn response_topic_allowed(config: &Config, recipient: &str, response_topic: 
         || response_topic
             .strip_prefix(&own)
             .is_some_and(|rest| rest.starts_with('/') && !rest.contains(['+', '#']))
+}
+
+/// Check an MQTT topic filter: `+` and `#` only as whole levels, `#` last.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() || filter.len() > 256 {
+        return Err("must be 1 to 256 characters".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains(['+', '#']) && level.len() > 1 {
+            return Err(format!(
+                "'+' and '#' must stand alone in a level, not {level:?}"
+            ));
+        }
+        if *level == "#" && i != levels.len() - 1 {
+            return Err("'#' must be the last level".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches the MQTT topic filter `filter`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (want, Some(got)) if want == got => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
 }
 
 #[cfg(test)]
@@ -129,6 +231,19 @@ mod tests {
             assert_eq!(classify(&c, other), Incoming::Unknown, "{other}");
         }
         assert_eq!(subscriptions(&c).len(), 5);
+    }
+
+    #[test]
+    fn filters_validate_and_match_like_mqtt() {
+        assert!(validate_filter("home/+/BTtoMQTT/+").is_ok());
+        assert!(validate_filter("espresense/#").is_ok());
+        assert!(validate_filter("a/#/b").is_err());
+        assert!(validate_filter("a/b+").is_err());
+        assert!(matches("home/+/BTtoMQTT/+", "home/node1/BTtoMQTT/AABBCC"));
+        assert!(!matches("home/+/BTtoMQTT/+", "home/node1/BTtoMQTT"));
+        assert!(!matches("home/+/BTtoMQTT/+", "home/node1/BTtoMQTT/a/b"));
+        assert!(matches("espresense/#", "espresense/devices/x/room"));
+        assert!(!matches("espresense/devices/+/+", "other/devices/x/room"));
     }
 
     #[test]

@@ -97,11 +97,17 @@ listen = "{admin}"
 
     /// Start `gateway run` and wait until it says it is running.
     pub fn start(&mut self) -> Result<ChildGuard> {
+        self.start_with(&[])
+    }
+
+    /// Start `gateway run <extra args>` and wait until it is running.
+    pub fn start_with(&mut self, extra: &[&str]) -> Result<ChildGuard> {
         self.starts += 1;
         let mut cmd = Command::new(gateway_bin()?);
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("run")
+            .args(extra)
             .env("GATEWAY_LOG", "info,rumqttc=warn");
         let guard = spawn_guarded_in(cmd, self.dir.path(), &format!("gateway-{}", self.starts))?;
         let ready = wait_until_blocking(Duration::from_secs(20), || {

@@ -38,7 +38,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway daemon.
-    Run,
+    Run {
+        /// Also write what the sources hear to this JSON Lines capture,
+        /// with strangers removed (only the store's beacons and opted-in people).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// Everything embedded: a simulated store, an embedded broker, nudges printed.
     Demo {
         /// Stop by itself after this long (e.g. 90s, 5m); otherwise Ctrl-C.

@@ -38,6 +38,8 @@ pub struct Config {
     pub storage_path: PathBuf,
     pub sources: Vec<SourceSettings>,
     pub zones: Vec<ZoneSettings>,
+    /// The store's own beacons, for fleet health.
+    pub beacons: Vec<crate::io::fleet::FleetBeacon>,
     pub rules: Vec<Rule>,
     pub caps: Caps,
     pub quiet_hours: Option<QuietHours>,
@@ -63,8 +65,23 @@ pub struct MqttSettings {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSettings {
-    Udp { bind: SocketAddr },
-    Replay { path: PathBuf, speed: f64 },
+    Udp {
+        bind: SocketAddr,
+    },
+    Replay {
+        path: PathBuf,
+        speed: f64,
+    },
+    Bluez {
+        adapter: Option<String>,
+        scanner: String,
+    },
+    MqttScanners {
+        own: bool,
+        openmqttgateway: Vec<String>,
+        espresense: Vec<String>,
+        merge_window_ms: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -243,6 +260,73 @@ fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16) {
     (host.to_string(), port)
 }
 
+fn hex_bytes<const N: usize>(p: &mut Problems, path: String, text: Option<&String>) -> [u8; N] {
+    let Some(text) = text else {
+        p.add(path, "missing");
+        return [0; N];
+    };
+    match hex::decode(text.replace('-', ""))
+        .ok()
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+    {
+        Some(bytes) => bytes,
+        None => {
+            p.add(path, format!("must be {N} bytes of hex"));
+            [0; N]
+        }
+    }
+}
+
+fn beacon(p: &mut Problems, i: usize, b: &raw::RawBeacon) -> Option<crate::io::fleet::FleetBeacon> {
+    use crate::io::fleet::{BeaconKind, FleetBeacon};
+    let path = |f: &str| format!("beacons[{i}].{f}");
+    p.id(&path("id"), &b.id);
+    let number = |p: &mut Problems, field: &str, v: Option<i64>| -> u16 {
+        match v {
+            Some(v) => p.int(&path(field), v, 0),
+            None => {
+                p.add(path(field), "missing");
+                0
+            }
+        }
+    };
+    let kind = match b.kind.as_str() {
+        "ibeacon" => BeaconKind::IBeacon {
+            uuid: hex_bytes(p, path("uuid"), b.uuid.as_ref()),
+            major: number(p, "major", b.major),
+            minor: number(p, "minor", b.minor),
+        },
+        "eddystone_uid" => BeaconKind::EddystoneUid {
+            namespace: hex_bytes(p, path("namespace"), b.namespace.as_ref()),
+            instance: hex_bytes(p, path("instance"), b.instance.as_ref()),
+        },
+        "altbeacon" => BeaconKind::AltBeacon {
+            id1: hex_bytes(p, path("id1"), b.id1.as_ref()),
+            id2: number(p, "id2", b.id2),
+            id3: number(p, "id3", b.id3),
+        },
+        other => {
+            p.add(
+                path("kind"),
+                format!("must be ibeacon, eddystone_uid or altbeacon, not {other:?}"),
+            );
+            return None;
+        }
+    };
+    Some(FleetBeacon {
+        id: b.id.clone(),
+        kind,
+        low_battery_mv: b
+            .low_battery_mv
+            .map(|v| p.int(&path("low_battery_mv"), v, 0)),
+        missing_after_s: p.int(
+            &path("missing_after_s"),
+            b.missing_after_s.unwrap_or(600),
+            1,
+        ),
+    })
+}
+
 fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
     let hash = {
@@ -315,6 +399,52 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                     speed,
                 });
             }
+            raw::RawSource::Bluez { adapter, scanner } => {
+                if scanner.is_empty() || scanner.len() > 64 {
+                    p.add(
+                        format!("sources[{i}].scanner"),
+                        "must be 1 to 64 characters",
+                    );
+                }
+                if adapter.as_ref().is_some_and(|a| a.is_empty()) {
+                    p.add(
+                        format!("sources[{i}].adapter"),
+                        "must not be empty (leave it out for the first adapter)",
+                    );
+                }
+                sources.push(SourceSettings::Bluez {
+                    adapter: adapter.clone(),
+                    scanner: scanner.clone(),
+                });
+            }
+            raw::RawSource::MqttScanners {
+                own,
+                openmqttgateway,
+                espresense,
+                merge_window_ms,
+            } => {
+                for (field, filters) in [
+                    ("openmqttgateway", openmqttgateway),
+                    ("espresense", espresense),
+                ] {
+                    for (j, filter) in filters.iter().enumerate() {
+                        if let Err(reason) = crate::topics::validate_filter(filter) {
+                            p.add(format!("sources[{i}].{field}[{j}]"), reason);
+                        }
+                    }
+                }
+                let merge_window_ms = p.int(
+                    &format!("sources[{i}].merge_window_ms"),
+                    merge_window_ms.unwrap_or(300),
+                    0,
+                );
+                sources.push(SourceSettings::MqttScanners {
+                    own: *own,
+                    openmqttgateway: openmqttgateway.clone(),
+                    espresense: espresense.clone(),
+                    merge_window_ms,
+                });
+            }
         }
     }
 
@@ -365,6 +495,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             scanners: zone.scanners.clone(),
         });
     }
+
+    let beacons = raw
+        .beacons
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| beacon(&mut p, i, b))
+        .collect();
 
     let mut rules = Vec::new();
     let mut rule_ids = HashSet::new();
@@ -476,6 +613,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         storage_path: PathBuf::from(&raw.storage.path),
         sources,
         zones,
+        beacons,
         rules,
         caps,
         quiet_hours,

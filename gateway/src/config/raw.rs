@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub zones: Vec<RawZone>,
     #[serde(default)]
+    pub beacons: Vec<RawBeacon>,
+    #[serde(default)]
     pub rules: Vec<RawRule>,
     pub caps: RawCaps,
     #[serde(default)]
@@ -61,6 +63,47 @@ pub enum RawSource {
         #[serde(default)]
         speed: Option<f64>,
     },
+    /// The local radio through BlueZ.
+    Bluez {
+        adapter: Option<String>,
+        /// The scanner id its sightings carry (a zone lists it).
+        scanner: String,
+    },
+    /// Remote scanner nodes publishing over MQTT.
+    MqttScanners {
+        /// Our own scanner-only gateways on `<p>/<s>/scanners/<node>`.
+        #[serde(default = "yes")]
+        own: bool,
+        /// OpenMQTTGateway / Theengs topic filters, e.g. "home/+/BTtoMQTT/+".
+        #[serde(default)]
+        openmqttgateway: Vec<String>,
+        /// ESPresense topic filters, e.g. "espresense/devices/+/+".
+        #[serde(default)]
+        espresense: Vec<String>,
+        merge_window_ms: Option<i64>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One of the store's own beacons, watched for battery and absence.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBeacon {
+    pub id: String,
+    pub kind: String,
+    pub uuid: Option<String>,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub namespace: Option<String>,
+    pub instance: Option<String>,
+    pub id1: Option<String>,
+    pub id2: Option<i64>,
+    pub id3: Option<i64>,
+    pub low_battery_mv: Option<i64>,
+    pub missing_after_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,3 +135,27 @@ fn the_shipped_example_site_file_is_valid() {
     .unwrap();
     load(&text, &[]).unwrap();
 }
+
+#[test]
+fn scanner_sources_and_beacons_are_validated_with_paths() {
+    let text = format!(
+        "{MINIMAL_SITE}\n[[sources]]\nkind = \"mqtt_scanners\"\nopenmqttgateway = [\"home/#/x\"]\n\n[[sources]]\nkind = \"bluez\"\nscanner = \"\"\n\n\
+         [[beacons]]\nid = \"door\"\nkind = \"ibeacon\"\nuuid = \"426c\"\nmajor = 1\n\n[[beacons]]\nid = \"x\"\nkind = \"lamp\"\n"
+    );
+    let ConfigError::Invalid { problems, .. } = load(&text, &[]).unwrap_err() else {
+        panic!("expected problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "sources[1].openmqttgateway[0]",
+        "sources[2].scanner",
+        "beacons[0].uuid",
+        "beacons[0].minor",
+        "beacons[1].kind",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+}

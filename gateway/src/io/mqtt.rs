@@ -76,6 +76,7 @@ pub struct OutgoingMessage {
     pub topic: String,
     pub payload: Vec<u8>,
     pub correlation_data: Option<Vec<u8>>,
+    pub retain: bool,
 }
 
 #[derive(Debug)]
@@ -322,7 +323,7 @@ impl Pump {
         match self.client.try_publish_with_properties(
             message.topic,
             QoS::AtLeastOnce,
-            false,
+            message.retain,
             message.payload,
             properties,
         ) {
