@@ -111,6 +111,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
         )
         .map(|()| String::new()),
         Command::CheckConfig { file } => cli::check_config(&file),
+        Command::Config(cli::ConfigCommand::Show) => {
+            gateway::config::effective_toml(config_path).map_err(CliError::from)
+        }
         Command::People(command) => {
             init_logging(cli.log_format, "warn");
             let config = match cli::require_config(config_path) {

@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Validate a config file (and environment overrides) without starting.
     CheckConfig { file: PathBuf },
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage the people the gateway knows.
     #[command(subcommand)]
     People(PeopleCommand),
@@ -82,6 +85,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The effective merged configuration (defaults, site file, environment), secrets masked.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

@@ -155,17 +155,34 @@ pub fn from_layers(
     site_toml: Option<&str>,
     env: HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
+    let merged = merge(name, site_toml, env)?;
+    let raw: RawConfig = merged.try_deserialize().map_err(|e| ConfigError::Parse {
+        file: name.to_string(),
+        reason: one_line(&e.to_string()),
+    })?;
+    validate(raw).map_err(|problems| ConfigError::Invalid {
+        file: name.to_string(),
+        problems,
+    })
+}
+
+/// The layers merged, before typing.
+fn merge(
+    name: &str,
+    site_toml: Option<&str>,
+    env: HashMap<String, String>,
+) -> Result<config::Config, ConfigError> {
+    let parse_error = |e: &dyn std::fmt::Display| ConfigError::Parse {
+        file: name.to_string(),
+        reason: one_line(&e.to_string()),
+    };
     let mut builder = config::Config::builder().add_source(config::File::from_str(
         DEFAULT_TOML,
         config::FileFormat::Toml,
     ));
     if let Some(text) = site_toml {
         // Parse on its own first so that a syntax error names the site file's line.
-        text.parse::<toml::Table>()
-            .map_err(|e| ConfigError::Parse {
-                file: name.to_string(),
-                reason: one_line(&e.to_string()),
-            })?;
+        text.parse::<toml::Table>().map_err(|e| parse_error(&e))?;
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
     builder = builder.add_source(
@@ -175,17 +192,58 @@ pub fn from_layers(
             .try_parsing(true)
             .source(Some(env.into_iter().collect())),
     );
-    let merged = builder.build().map_err(|e| ConfigError::Parse {
-        file: name.to_string(),
+    builder.build().map_err(|e| parse_error(&e))
+}
+
+/// Keys whose values never leave the process in the clear.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key == "token"
+}
+
+fn mask(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if is_secret(key) {
+                    *v = toml::Value::String("***".into());
+                } else {
+                    mask(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask),
+        _ => {}
+    }
+}
+
+/// `gateway config show`: the effective configuration (defaults, site
+/// file and environment merged) as TOML, secrets masked. Refuses an
+/// invalid configuration the way `check-config` does.
+pub fn effective_toml(site: Option<&Path>) -> Result<String, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    let site_text = match site {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let name = site.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    from_layers(&name, site_text.as_deref(), env.clone())?;
+    let merged = merge(&name, site_text.as_deref(), env)?;
+    let mut value: toml::Value = merged.try_deserialize().map_err(|e| ConfigError::Parse {
+        file: name.clone(),
         reason: one_line(&e.to_string()),
     })?;
-    let raw: RawConfig = merged.try_deserialize().map_err(|e| ConfigError::Parse {
-        file: name.to_string(),
-        reason: one_line(&e.to_string()),
-    })?;
-    validate(raw).map_err(|problems| ConfigError::Invalid {
-        file: name.to_string(),
-        problems,
+    mask(&mut value);
+    toml::to_string_pretty(&value).map_err(|e| ConfigError::Parse {
+        file: name,
+        reason: e.to_string(),
     })
 }
 

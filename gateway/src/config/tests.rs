@@ -159,3 +159,18 @@ fn scanner_sources_and_beacons_are_validated_with_paths() {
         );
     }
 }
+
+#[test]
+fn effective_config_masks_secrets() {
+    let mut value: toml::Value = toml::from_str(
+        "[mqtt]\nurl = \"mqtt://x:1\"\npassword = \"hunter2\"\n[[sources]]\nsecret_token = \"s\"\n",
+    )
+    .unwrap();
+    mask(&mut value);
+    let text = toml::to_string(&value).unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("\"s\""),
+        "{text}"
+    );
+    assert!(text.contains("mqtt://x:1"));
+}
