@@ -4,10 +4,16 @@
 //! transaction that reserves the slot (DESIGN §4 invariant 1).
 
 mod caps;
+pub mod catalog;
 mod nudge;
+pub mod template;
+pub mod wording;
 
 pub use caps::{Caps, Ledger, QuietHours, SentNudge, StoreRateLedger, check_caps};
+pub use catalog::{Catalog, CatalogError, Item, comparison_items};
 pub use nudge::{NudgePayload, Why, build_payload};
+pub use template::{TemplateContext, TemplateError, render_template, validate_template};
+pub use wording::check_wording;
 
 use serde::{Deserialize, Serialize};
 
