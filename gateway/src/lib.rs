@@ -18,5 +18,6 @@ pub mod io;
 pub mod presence;
 pub mod privacy;
 pub mod sighting;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
