@@ -20,6 +20,7 @@ pub mod presence;
 pub mod privacy;
 pub mod reload;
 pub mod sighting;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod topics;

@@ -4,10 +4,26 @@
 //! transaction that reserves the slot (DESIGN §4 invariant 1).
 
 mod caps;
+pub mod catalog;
+pub mod kinds;
 mod nudge;
+pub mod offers;
+pub mod template;
+pub mod wording;
 
 pub use caps::{Caps, Ledger, QuietHours, SentNudge, StoreRateLedger, check_caps};
-pub use nudge::{NudgePayload, Why, build_payload};
+pub use catalog::{Catalog, CatalogError, Item, comparison_items};
+pub use kinds::{
+    STORE_ZONE, ThanksEvent, Trigger, TriggeredRule, candidates_for_event, dwell_rules,
+    feedback_candidates, thanks_candidates, validate_trigger,
+};
+pub use nudge::{
+    ComposeError, MAX_COMPARE_ITEMS, NudgeContent, NudgePayload, Why, build_nudge, build_payload,
+    compose, template_context,
+};
+pub use offers::{Offer, Segment, best_offer};
+pub use template::{TemplateContext, TemplateError, render_template, validate_template};
+pub use wording::check_wording;
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +153,19 @@ impl SkipReason {
     }
 }
 
+/// What happened that made a rule a candidate; `why` is worded from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The person has been in the candidate's zone for `dwell_s` seconds.
+    Dwell { dwell_s: u32 },
+    /// The person left the zone (or the store, zone [`STORE_ZONE`]).
+    Left,
+    /// The till reported a purchase.
+    Purchase,
+    /// The person's visit number `number` started.
+    Visit { number: u32 },
+}
+
 /// A rule that matched an event, before consent and caps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate<'a> {
@@ -144,6 +173,7 @@ pub struct Candidate<'a> {
     pub zone: ZoneId,
     pub visit: i64,
     pub at_ms: i64,
+    pub cause: Cause,
 }
 
 /// Rules triggered by `event` for this person, highest priority first. A
@@ -177,6 +207,7 @@ pub fn matching_rules<'a>(
             zone: zone.clone(),
             visit: *visit,
             at_ms: *at_ms,
+            cause: Cause::Dwell { dwell_s: *dwell_s },
         })
         .collect();
     matched.sort_by(|a, b| {
@@ -201,3 +232,5 @@ pub fn check_consent(person: &PersonRecord, kind: NudgeKind) -> Result<(), SkipR
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_kinds;

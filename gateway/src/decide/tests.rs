@@ -251,6 +251,7 @@ enum Step {
         per_visit: u32,
         per_day: u32,
         per_week: u32,
+        per_kind_per_day: u32,
     },
 }
 
@@ -258,7 +259,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0i64..20_000, 0i64..4, 0u8..3, 0u8..5).prop_map(|(advance_s, visit, rule, kind)| Step::Attempt { advance_s, visit, rule, kind }),
         1 => (1i64..200_000).prop_map(|back_s| Step::ClockBack { back_s }),
-        1 => (0u32..4, 0u32..5, 0u32..9).prop_map(|(per_visit, per_day, per_week)| Step::LowerCaps { per_visit, per_day, per_week }),
+        1 => (0u32..4, 0u32..5, 0u32..9, 0u32..3).prop_map(|(per_visit, per_day, per_week, per_kind_per_day)| Step::LowerCaps { per_visit, per_day, per_week, per_kind_per_day }),
     ]
 }
 
@@ -282,10 +283,12 @@ proptest! {
         for step in steps {
             match step {
                 Step::ClockBack { back_s } => now -= back_s * 1000,
-                Step::LowerCaps { per_visit, per_day, per_week } => {
+                Step::LowerCaps { per_visit, per_day, per_week, per_kind_per_day } => {
                     caps.per_visit = caps.per_visit.min(per_visit);
                     caps.per_day = caps.per_day.min(per_day);
                     caps.per_week = caps.per_week.min(per_week);
+                    // A config reload can introduce a per-kind cap or lower it.
+                    caps.per_kind_per_day = Some(caps.per_kind_per_day.map_or(per_kind_per_day, |k| k.min(per_kind_per_day)));
                 }
                 Step::Attempt { advance_s, visit, rule, kind } => {
                     now += advance_s * 1000;
