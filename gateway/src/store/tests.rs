@@ -3,6 +3,21 @@ use std::sync::Arc;
 use super::*;
 use crate::decide::Caps;
 
+/// Reopen a database that this process just closed. sled's background
+/// flusher may hold the file lock for a moment after the handle is dropped;
+/// only an "in use" error is retried, and only for a bounded time.
+fn reopen(path: &std::path::Path) -> Result<Store, StoreError> {
+    for _ in 0..100 {
+        match Store::open(path) {
+            Err(StoreError::Open { reason, .. }) if reason.contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    Store::open(path)
+}
+
 fn caps() -> Caps {
     Caps {
         per_visit: 2,
@@ -56,7 +71,7 @@ fn caps_survive_reopening_the_database() {
     let (caps, tz) = (caps(), chrono_tz::UTC);
     let t = 1_795_334_400_000;
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         assert_eq!(
             store
                 .reserve(&request(&person, &caps, &tz, 1, t, "n1"))
@@ -70,7 +85,7 @@ fn caps_survive_reopening_the_database() {
             Reservation::Reserved { seq: 2 }
         );
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     assert_eq!(
         store
             .reserve(&request(&person, &caps, &tz, 1, t + 2, "n3"))
@@ -92,7 +107,7 @@ fn caps_survive_reopening_the_database() {
 #[test]
 fn concurrent_deciders_never_exceed_a_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     let reserved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::scope(|scope| {
         for thread in 0..8 {
@@ -131,7 +146,7 @@ fn concurrent_deciders_never_exceed_a_cap() {
 #[test]
 fn the_kill_switch_holds_everything_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     let person = PersonId::from("p-1");
     let (caps, tz) = (caps(), chrono_tz::UTC);
     let mut req = request(&person, &caps, &tz, 1, 0, "n1");
@@ -146,7 +161,7 @@ fn the_kill_switch_holds_everything_back() {
 #[test]
 fn a_recipient_belongs_to_one_person_and_moves_with_updates() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     store.upsert_person(&record("p-1", "r-1")).unwrap();
     assert!(matches!(
         store.upsert_person(&record("p-2", "r-1")),
@@ -172,7 +187,7 @@ fn a_recipient_belongs_to_one_person_and_moves_with_updates() {
 #[test]
 fn forgetting_a_person_leaves_no_key_in_any_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     store.upsert_person(&record("p-1", "r-1")).unwrap();
     store.upsert_person(&record("p-2", "r-2")).unwrap();
     let (p1, caps, tz) = (PersonId::from("p-1"), caps(), chrono_tz::UTC);
@@ -222,7 +237,7 @@ fn a_database_from_a_newer_gateway_is_refused() {
         db.flush().unwrap();
     }
     assert!(matches!(
-        Store::open(dir.path()),
+        reopen(dir.path()),
         Err(StoreError::TooNew { found: 99, .. })
     ));
 }
@@ -230,7 +245,7 @@ fn a_database_from_a_newer_gateway_is_refused() {
 #[test]
 fn retention_sweeps_old_decisions_only() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     let (p1, caps, tz) = (PersonId::from("p-1"), caps(), chrono_tz::UTC);
     store
         .reserve(&request(&p1, &caps, &tz, 1, 1_000, "old"))
@@ -279,7 +294,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
     let person = PersonId::from("p-1001");
     let (caps, tz) = (caps(), chrono_tz::UTC);
     let data_key = {
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         store.upsert_person(&record).unwrap();
         let mut req = request(&person, &caps, &tz, 1, 0, "n-1");
         req.recipient = "r-5f2c9a";
@@ -325,7 +340,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
             "the data key survives in {file}"
         );
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     assert_eq!(store.people().count(), 0);
     assert_eq!(store.outbox_len(), 0);
     assert!(store.decisions_for("p-1001").unwrap().is_empty());
@@ -376,7 +391,7 @@ fn a_layout_1_database_is_migrated_and_its_clear_trees_dropped() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     assert_eq!(store.layout_version().unwrap(), keys::LAYOUT_VERSION);
     assert_eq!(store.person_by_recipient("r-1").unwrap(), Some(record));
     assert_eq!(
