@@ -12,9 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{EventClock, wall_ms};
 use crate::config::{Config, SourceSettings};
-use crate::decide::{self, SkipReason, build_payload, check_consent, matching_rules};
+use crate::decide::{
+    self, SkipReason, ThanksEvent, best_offer, build_nudge, candidates_for_event, check_consent,
+    compose, thanks_candidates,
+};
 use crate::decode::{Frame, decode_into};
-use crate::identity::{Applied, CheckIn, ConsentChange, PersonId, PersonRecord};
+use crate::identity::{
+    Applied, Buyer, CheckIn, ConsentChange, Feedback, PersonId, PersonRecord, Purchase,
+};
 use crate::io::admin::{self, Readiness};
 use crate::io::fleet::Fleet;
 use crate::io::mqtt::{self, IncomingMessage, OutgoingMessage};
@@ -25,7 +30,7 @@ use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
 use crate::store::{
-    DecisionEntry, DecisionOutcome, Reservation, ReserveRequest, Store, StoreError,
+    DecisionEntry, DecisionOutcome, FeedbackEntry, Reservation, ReserveRequest, Store, StoreError,
 };
 use crate::telemetry::{Telemetry, events};
 use crate::topics::{self, Incoming, classify};
@@ -629,29 +634,85 @@ impl Pipeline {
                 events::storage_error(&self.telemetry, "visit", &e);
             }
             tracing::debug!(person = %hashed(person.as_str()), event = event.name(), "presence");
-            if let PresenceEvent::Dwell { .. } = event {
-                self.decide(event).await;
-            }
+            self.decide_event(event).await;
         }
     }
 
-    async fn decide(&mut self, event: &PresenceEvent) {
+    /// A presence event → the candidates it triggers (dwell, exit, n-th
+    /// visit) → decisions.
+    async fn decide_event(&mut self, event: &PresenceEvent) {
         let Some(person) = self.people.get(event.person()).cloned() else {
             return;
         };
+        let config = self.config.clone();
+        let mut candidates = candidates_for_event(event, &person, &config.triggered);
+        if let PresenceEvent::Entered { visit, at_ms, .. } = event {
+            // Counted on every visit, so a rule added later counts right.
+            let (store, id) = (self.store.clone(), person.person.clone());
+            match tokio::task::spawn_blocking(move || store.count_visit(&id))
+                .await
+                .expect("visit count task does not panic")
+            {
+                Ok(number) => candidates.extend(thanks_candidates(
+                    &ThanksEvent::Visit {
+                        number,
+                        visit: *visit,
+                        at_ms: *at_ms,
+                    },
+                    &person,
+                    &config.triggered,
+                )),
+                Err(e) => events::storage_error(&self.telemetry, "count_visit", &e),
+            }
+        }
+        self.decide(&person, candidates, &config).await;
+    }
+
+    /// Consent, content, then caps and the reservation, in priority order;
+    /// at most one nudge per call.
+    async fn decide(
+        &mut self,
+        person: &PersonRecord,
+        mut candidates: Vec<decide::Candidate<'_>>,
+        config: &Arc<Config>,
+    ) {
+        candidates.sort_by(|a, b| {
+            b.rule
+                .priority
+                .cmp(&a.rule.priority)
+                .then_with(|| a.rule.id.cmp(&b.rule.id))
+        });
         let person_hash = hashed(person.person.as_str());
-        let candidates = matching_rules(event, &person, &self.config.rules);
         for candidate in candidates {
             let rule = candidate.rule;
             let nudge_id = uuid::Uuid::now_v7().to_string();
-            if let Err(reason) = check_consent(&person, rule.kind) {
-                self.log_held(&person, &candidate, &nudge_id, reason, &person_hash);
+            if let Err(reason) = check_consent(person, rule.kind) {
+                self.log_held(person, &candidate, &nudge_id, reason, &person_hash);
                 continue;
             }
-            let expiry_ms = self.config.nudge_expiry.as_millis() as i64;
-            let payload = build_payload(&candidate, &person, nudge_id.clone(), expiry_ms);
+            // The best offer any of the person's identities qualifies for:
+            // never a better deal for a dormant one.
+            let offer = (rule.kind == decide::NudgeKind::Offer)
+                .then(|| best_offer(&config.offers, &person.identities, candidate.at_ms))
+                .flatten();
+            let content = match compose(
+                &candidate,
+                person,
+                config.catalog.as_deref(),
+                offer.as_ref(),
+            ) {
+                Ok(content) => content,
+                Err(e) => {
+                    self.telemetry
+                        .count("nudges_not_composed_total", &[("rule", &rule.id)], 1);
+                    tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
+                    continue;
+                }
+            };
+            let expiry_ms = config.nudge_expiry.as_millis() as i64;
+            let payload = build_nudge(&candidate, person, nudge_id.clone(), expiry_ms, content);
             let payload = serde_json::to_string(&payload).expect("nudge payload serialises");
-            let (store, config) = (self.store.clone(), self.config.clone());
+            let (store, config) = (self.store.clone(), config.clone());
             let (person_id, recipient, rule_id, zone) = (
                 person.person.clone(),
                 person.recipient.clone(),
@@ -771,10 +832,10 @@ impl Pipeline {
                 Incoming::Person(person) => self.on_person(person, &message.payload).await,
                 Incoming::Consent(recipient) => self.on_consent(recipient, &message).await,
                 Incoming::CheckIn(recipient) => self.on_checkin(recipient, &message.payload).await,
-                Incoming::Feedback(_) | Incoming::Purchase => {
-                    tracing::debug!(kind = label, "message kind not handled yet");
-                    Ok(())
+                Incoming::Feedback(recipient) => {
+                    self.on_feedback(recipient, &message.payload).await
                 }
+                Incoming::Purchase => self.on_purchase(&message.payload).await,
                 Incoming::Unknown => Err(rejection("topic", "not a topic the gateway reads")),
             }
         };
@@ -1014,6 +1075,83 @@ impl Pipeline {
                     .count("response_topics_refused_total", &[], 1);
             }
         }
+        Ok(())
+    }
+
+    /// A purchase from the till: a thank-you for an opted-in buyer, nothing
+    /// asked in return. A buyer the gateway does not know is not an error
+    /// (most customers did not opt in) and leaves no trace.
+    async fn on_purchase(&mut self, payload: &[u8]) -> Result<(), Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let purchase = Purchase::from_json(text)?;
+        let person = match &purchase.buyer {
+            Buyer::Person(id) => self.people.get(id).map(|r| r.person.clone()),
+            Buyer::Identity(identity) => self.people.person_of(identity).cloned(),
+        };
+        let Some(record) = person
+            .and_then(|p| self.people.get(&p).cloned())
+            .filter(|r| r.consent.proximity)
+        else {
+            self.telemetry
+                .count("purchases_total", &[("buyer", "unknown")], 1);
+            return Ok(());
+        };
+        self.telemetry
+            .count("purchases_total", &[("buyer", "opted_in")], 1);
+        let config = self.config.clone();
+        let visit = self.presence.visit_of(&record.person);
+        let candidates = thanks_candidates(
+            &ThanksEvent::Purchase {
+                purchase: &purchase,
+                visit,
+            },
+            &record,
+            &config.triggered,
+        );
+        self.decide(&record, candidates, &config).await;
+        Ok(())
+    }
+
+    /// An answer to a feedback nudge, kept for the store when the person
+    /// consented to feedback and the nudge was theirs.
+    async fn on_feedback(&mut self, recipient: &str, payload: &[u8]) -> Result<(), Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let feedback = Feedback::from_json(text)?;
+        let record = self
+            .people
+            .by_recipient(recipient)
+            .cloned()
+            .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
+        if !record.consent.allows(crate::identity::Purpose::Feedback) {
+            return Err(rejection("consent", "no consent for feedback"));
+        }
+        let (store, nudge_id) = (self.store.clone(), feedback.nudge_id.clone());
+        let decision = tokio::task::spawn_blocking(move || store.decision_by_nudge(&nudge_id))
+            .await
+            .expect("lookup does not panic");
+        match decision {
+            Ok(Some(d)) if d.person == record.person.as_str() => {}
+            Ok(_) => return Err(rejection("nudge_id", "not a nudge sent to this recipient")),
+            Err(e) => {
+                events::storage_error(&self.telemetry, "feedback", &e);
+                return Err(rejection("storage", "could not be saved"));
+            }
+        }
+        let entry = FeedbackEntry {
+            nudge_id: feedback.nudge_id,
+            answer: feedback.answer,
+            comment: feedback.comment,
+            at_ms: self.clock.now_ms(),
+        };
+        let (store, person) = (self.store.clone(), record.person.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || store.save_feedback(&person, &entry))
+            .await
+            .expect("save does not panic")
+        {
+            events::storage_error(&self.telemetry, "feedback", &e);
+            return Err(rejection("storage", "could not be saved"));
+        }
+        self.telemetry.count("feedback_answers_total", &[], 1);
         Ok(())
     }
 

@@ -133,6 +133,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             Ok(config) => cli::people::explain(&config, &id),
             Err(e) => Err(e),
         },
+        Command::Simulate {
+            capture,
+            people,
+            json,
+            svg,
+        } => match cli::require_config(config_path) {
+            Ok(config) => cli::simulate(&config, &capture, &people, json, svg.as_deref()),
+            Err(e) => Err(e),
+        },
         Command::EvalPresence {
             capture,
             truth,

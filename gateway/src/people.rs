@@ -56,6 +56,11 @@ impl People {
             .and_then(|p| self.records.get(p))
     }
 
+    /// The person an identity (app key, e-mail, card) belongs to.
+    pub fn person_of(&self, identity: &crate::identity::Identity) -> Option<&PersonId> {
+        self.index.person_of(identity)
+    }
+
     pub fn resolve(&self, rotating_id: &[u8; 16]) -> Option<&PersonId> {
         self.table.lookup(rotating_id)
     }

@@ -72,6 +72,22 @@ pub enum Command {
     People(PeopleCommand),
     /// Why a nudge was sent or held back: by person id or nudge id.
     Explain { id: String },
+    /// Dry run: what the rules would send on a recorded day (per rule, kind,
+    /// hour; caps hit), with in-memory caps. Nothing is stored or sent.
+    Simulate {
+        /// Sighting records, JSON Lines (DESIGN §7).
+        #[arg(long)]
+        capture: PathBuf,
+        /// Person records, JSON Lines (DESIGN §5).
+        #[arg(long)]
+        people: PathBuf,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG plot of nudges per hour beside the caps.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Replay a capture through decode and presence and score zones against
     /// ground truth, beside the naive "strongest scanner wins" baseline.
     EvalPresence {
@@ -185,6 +201,45 @@ pub fn check_config(file: &Path) -> Result<String, CliError> {
         config.sources.len(),
         config.hash
     ))
+}
+
+/// `gateway simulate`.
+pub fn simulate(
+    config: &Config,
+    capture: &Path,
+    people: &Path,
+    json: bool,
+    svg: Option<&Path>,
+) -> Result<String, CliError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
+    };
+    let capture_text = read(capture)?;
+    let (records, errors) = people::parse_import(people, &read(people)?);
+    if !errors.is_empty() {
+        return Err(CliError::new(errors.join("\n")));
+    }
+    let options = crate::simulate::SimulateOptions {
+        extra_rules: config
+            .triggered
+            .iter()
+            .filter(|r| !matches!(r.trigger, crate::decide::Trigger::Dwell { .. }))
+            .cloned()
+            .collect(),
+        catalog: config.catalog.as_deref().cloned(),
+        offers: config.offers.clone(),
+    };
+    let report = crate::simulate::simulate_with(config, &capture_text, &records, &options)
+        .map_err(|e| CliError::new(format!("{}: {e}", capture.display())))?;
+    if let Some(svg) = svg {
+        std::fs::write(svg, report.plot_svg())
+            .map_err(|e| CliError::new(format!("{}: {e}", svg.display())))?;
+    }
+    Ok(if json {
+        report.to_json()
+    } else {
+        report.to_table()
+    })
 }
 
 /// `gateway eval-presence`.

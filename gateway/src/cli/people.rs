@@ -146,6 +146,7 @@ pub fn export(config: &Config, person: &str) -> Result<String, CliError> {
         "person": record,
         "nudges_for_caps": store.ledger(person).map_err(store_err)?,
         "decisions": store.decisions_for(person).map_err(store_err)?,
+        "feedback": store.feedback_for(person).map_err(store_err)?,
         "outbox": store.outbox_from(0).filter_map(Result::ok).filter(|(_, e)| e.person == person).map(|(_, e)| e).collect::<Vec<_>>(),
     });
     Ok(serde_json::to_string_pretty(&export).unwrap_or_default())

@@ -17,7 +17,10 @@ use chrono::NaiveTime;
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
-use crate::decide::{Caps, NudgeKind, QuietHours, Rule};
+use crate::decide::{
+    Caps, Catalog, NudgeKind, Offer, QuietHours, Rule, Trigger, TriggeredRule, check_wording,
+    validate_template, validate_trigger,
+};
 use crate::decode::DecodeOptions;
 use crate::identity::person::validate_topic_id;
 use crate::presence::{PresenceConfig, ZoneId};
@@ -40,7 +43,13 @@ pub struct Config {
     pub zones: Vec<ZoneSettings>,
     /// The store's own beacons, for fleet health.
     pub beacons: Vec<crate::io::fleet::FleetBeacon>,
+    /// The dwell rules (what presence thresholds and dry runs look at).
     pub rules: Vec<Rule>,
+    /// Every rule with what fires it (dwell, exit, purchase, n-th visit).
+    pub triggered: Vec<TriggeredRule>,
+    /// The product catalog behind `compare` items and templates.
+    pub catalog: Option<Arc<Catalog>>,
+    pub offers: Vec<Offer>,
     pub caps: Caps,
     pub quiet_hours: Option<QuietHours>,
     pub presence: PresenceConfig,
@@ -562,6 +571,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         .collect();
 
     let mut rules = Vec::new();
+    let mut triggered = Vec::new();
     let mut rule_ids = HashSet::new();
     for (i, rule) in raw.rules.iter().enumerate() {
         let path = |f: &str| format!("rules[{i}].{f}");
@@ -569,10 +579,6 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         if !rule_ids.insert(rule.id.clone()) {
             p.add(path("id"), format!("duplicate rule {:?}", rule.id));
         }
-        if !zone_ids.contains(&rule.zone) {
-            p.add(path("zone"), format!("unknown zone {:?}", rule.zone));
-        }
-        let dwell_s: u32 = p.int(&path("dwell_s"), rule.dwell_s, 1);
         let kind = NudgeKind::parse(&rule.kind).unwrap_or_else(|| {
             p.add(
                 path("kind"),
@@ -580,9 +586,72 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             );
             NudgeKind::Info
         });
+        let known_zone = |p: &mut Problems, zone: &String| -> ZoneId {
+            if !zone_ids.contains(zone) {
+                p.add(path("zone"), format!("unknown zone {zone:?}"));
+            }
+            Arc::from(zone.as_str())
+        };
+        let trigger = match (rule.on.as_deref(), rule.on_visit) {
+            (None | Some("dwell"), None) => {
+                let zone = match &rule.zone {
+                    Some(zone) => known_zone(&mut p, zone),
+                    None => {
+                        p.add(path("zone"), "missing (a dwell rule needs its zone)");
+                        Arc::from("")
+                    }
+                };
+                let dwell_s = match rule.dwell_s {
+                    Some(d) => p.int(&path("dwell_s"), d, 1),
+                    None => {
+                        p.add(
+                            path("dwell_s"),
+                            "missing (a dwell rule needs its dwell time)",
+                        );
+                        0
+                    }
+                };
+                Trigger::Dwell { zone, dwell_s }
+            }
+            (Some("exit"), None) => Trigger::Exit {
+                zone: rule.zone.as_ref().map(|z| known_zone(&mut p, z)),
+            },
+            (Some("purchase"), None) => Trigger::Purchase,
+            (None, Some(n)) => Trigger::NthVisit(p.int(&path("on_visit"), n, 1)),
+            (Some(_), Some(_)) => {
+                p.add(path("on_visit"), "give either `on` or `on_visit`, not both");
+                Trigger::Purchase
+            }
+            (Some(other), None) => {
+                p.add(
+                    path("on"),
+                    format!("must be \"dwell\", \"exit\" or \"purchase\", not {other:?}"),
+                );
+                Trigger::Purchase
+            }
+        };
+        if !matches!(trigger, Trigger::Dwell { .. }) && rule.dwell_s.is_some() {
+            p.add(path("dwell_s"), "only dwell rules have a dwell time");
+        }
+        if let Err(reason) = validate_trigger(kind, &trigger) {
+            p.add(
+                path(if rule.on_visit.is_some() {
+                    "on_visit"
+                } else {
+                    "on"
+                }),
+                reason,
+            );
+        }
         for (field, text, max) in [("title", &rule.title, 120), ("body", &rule.body, 1000)] {
             if text.trim().is_empty() || text.len() > max {
                 p.add(path(field), format!("must be 1 to {max} characters"));
+            }
+            if let Err(reason) = validate_template(text) {
+                p.add(path(field), reason);
+            }
+            if let Err(reason) = check_wording(kind, text) {
+                p.add(path(field), reason);
             }
         }
         if rule.interest.as_ref().is_some_and(|i| i.is_empty()) {
@@ -591,16 +660,49 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                 "must not be empty (leave it out to match everyone)",
             );
         }
-        rules.push(Rule {
+        let (zone, dwell_s) = match &trigger {
+            Trigger::Dwell { zone, dwell_s } => (zone.clone(), *dwell_s),
+            Trigger::Exit { zone: Some(zone) } => (zone.clone(), 0),
+            _ => (Arc::from(crate::decide::STORE_ZONE), 0),
+        };
+        let built = Rule {
             id: rule.id.clone(),
-            zone: Arc::from(rule.zone.as_str()),
+            zone,
             dwell_s,
             interest: rule.interest.clone(),
             kind,
             title: rule.title.clone(),
             body: rule.body.clone(),
             priority: rule.priority,
+        };
+        if matches!(trigger, Trigger::Dwell { .. }) {
+            rules.push(built.clone());
+        }
+        triggered.push(TriggeredRule::new(built, trigger));
+    }
+
+    let catalog = raw
+        .catalog
+        .as_ref()
+        .and_then(|c| match Catalog::load(Path::new(&c.path)) {
+            Ok(catalog) => Some(Arc::new(catalog)),
+            Err(e) => {
+                p.add("catalog.path", one_line(&e.to_string()));
+                None
+            }
         });
+    let mut offer_ids = HashSet::new();
+    for (i, offer) in raw.offers.iter().enumerate() {
+        p.id(&format!("offers[{i}].id"), &offer.id);
+        if !offer_ids.insert(offer.id.clone()) {
+            p.add(
+                format!("offers[{i}].id"),
+                format!("duplicate offer {:?}", offer.id),
+            );
+        }
+        if let Err(reason) = check_wording(NudgeKind::Offer, &offer.title) {
+            p.add(format!("offers[{i}].title"), reason);
+        }
     }
 
     let c = &raw.caps;
@@ -673,6 +775,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         zones,
         beacons,
         rules,
+        triggered,
+        catalog,
+        offers: raw.offers,
         caps,
         quiet_hours,
         presence,

@@ -18,6 +18,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub beacons: Vec<RawBeacon>,
     #[serde(default)]
+    pub catalog: Option<RawCatalog>,
+    #[serde(default)]
+    pub offers: Vec<crate::decide::Offer>,
+    #[serde(default)]
     pub rules: Vec<RawRule>,
     pub caps: RawCaps,
     #[serde(default)]
@@ -119,8 +123,13 @@ pub struct RawZone {
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub id: String,
-    pub zone: String,
-    pub dwell_s: i64,
+    /// Required for dwell rules; optional for exit rules; none for others.
+    pub zone: Option<String>,
+    pub dwell_s: Option<i64>,
+    /// What fires the rule: "dwell" (default), "exit" or "purchase".
+    pub on: Option<String>,
+    /// Fire when the person's n-th visit starts (thanks).
+    pub on_visit: Option<i64>,
     pub interest: Option<String>,
     pub kind: String,
     pub title: String,
@@ -183,4 +192,11 @@ pub struct RawRetention {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// The product catalog (TOML) that `compare` and `info` nudges draw on.
+    pub path: String,
 }

@@ -174,3 +174,70 @@ fn effective_config_masks_secrets() {
     );
     assert!(text.contains("mqtt://x:1"));
 }
+
+#[test]
+fn triggers_templates_and_wording_are_checked_per_rule() {
+    let extra = r#"
+[[rules]]
+id = "bye"
+on = "exit"
+kind = "feedback"
+title = "How was your visit?"
+body = "One tap: did you find what you came for?"
+
+[[rules]]
+id = "thanks-3"
+on_visit = 3
+kind = "thanks"
+title = "Thank you for coming back"
+body = "Nice to see you again, {person.first_interest} fan."
+
+[[rules]]
+id = "pushy"
+zone = "laptops"
+dwell_s = 30
+kind = "info"
+title = "Hurry, last chance!"
+body = "See {nonsense.field}"
+
+[[rules]]
+id = "thanks-on-dwell"
+zone = "laptops"
+dwell_s = 30
+kind = "thanks"
+title = "Thanks"
+body = "Thanks"
+"#;
+    let good = load(
+        &format!(
+            "{MINIMAL_SITE}{}",
+            &extra[..extra.find("[[rules]]\nid = \"pushy\"").unwrap()]
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        good.rules.len(),
+        1,
+        "only dwell rules drive presence thresholds"
+    );
+    assert_eq!(good.triggered.len(), 3);
+    let ConfigError::Invalid { problems, .. } =
+        load(&format!("{MINIMAL_SITE}{extra}"), &[]).unwrap_err()
+    else {
+        panic!("expected problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"rules[3].title"),
+        "pressure wording: {paths:?}"
+    );
+    assert!(
+        paths.contains(&"rules[3].body"),
+        "unknown template field: {paths:?}"
+    );
+    assert!(
+        paths.contains(&"rules[4].on"),
+        "thanks never on dwell: {paths:?}"
+    );
+}

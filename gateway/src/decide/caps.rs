@@ -58,6 +58,9 @@ pub struct SentNudge {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     pub sent: Vec<SentNudge>,
+    /// Visits started so far (for "thank you on the n-th visit").
+    #[serde(default)]
+    pub visits: u32,
 }
 
 /// Longest window any cap looks back over (a calendar week plus a day of

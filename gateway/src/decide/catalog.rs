@@ -34,7 +34,7 @@ pub struct Product {
     pub category: String,
     pub price: Price,
     /// Average review score, 0..=5.
-    pub rating: f32,
+    pub rating: f64,
     pub reviews: u32,
     pub specs: BTreeMap<String, String>,
     /// `kind:model` tags, lower case, e.g. `phone:pixel-8`, `os:android`.
@@ -103,7 +103,7 @@ pub struct Item {
     pub price: String,
     pub price_cents: i64,
     pub currency: String,
-    pub rating: f32,
+    pub rating: f64,
     pub reviews: u32,
     /// The things the person told us they own that this product works with.
     pub compatible_with: Vec<String>,
@@ -330,7 +330,7 @@ impl Catalog {
                 name: p.name,
                 category: p.category,
                 price: Price { cents, currency },
-                rating: p.rating as f32,
+                rating: p.rating,
                 reviews,
                 specs,
                 works_with: p.works_with,

@@ -106,7 +106,7 @@ pub struct TemplateContext {
     pub catalog_category: Option<String>,
     pub catalog_count: Option<usize>,
     pub catalog_top_name: Option<String>,
-    pub catalog_top_rating: Option<f32>,
+    pub catalog_top_rating: Option<f64>,
     pub offer_title: Option<String>,
 }
 

@@ -21,6 +21,7 @@
 //! | `decisions.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::DecisionEntry`] |
 //! | `decision_by_nudge.v2` | nudge id (random UUID) | key in `decisions.v2` |
 //! | `visits.v2` | tag(person) | sealed JSON (person id, visit id, last seen) |
+//! | `feedback.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::FeedbackEntry`] |
 //!
 //! Layout 1 (migrated on open): the same trees without the `.v2` suffix,
 //! keyed by the ids in the clear, values in plain JSON, and `decisions`
@@ -38,6 +39,7 @@ pub const OUTBOX: &str = "outbox.v2";
 pub const DECISIONS: &str = "decisions.v2";
 pub const DECISION_BY_NUDGE: &str = "decision_by_nudge.v2";
 pub const VISITS: &str = "visits.v2";
+pub const FEEDBACK: &str = "feedback.v2";
 
 /// Layout 1's trees, read only by the migration.
 pub mod v1 {

@@ -71,6 +71,15 @@ pub struct DecisionEntry {
     pub reason: Option<SkipReason>,
 }
 
+/// A customer's answer to a feedback nudge, kept for the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackEntry {
+    pub nudge_id: String,
+    pub answer: String,
+    pub comment: Option<String>,
+    pub at_ms: i64,
+}
+
 /// Everything a reservation needs; built outside the transaction so the
 /// closure can safely be retried (ids and payload are made once).
 pub struct ReserveRequest<'a> {
@@ -109,6 +118,7 @@ pub struct Store {
     decisions: sled::Tree,
     decision_by_nudge: sled::Tree,
     visits: sled::Tree,
+    feedback: sled::Tree,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -200,6 +210,7 @@ impl Store {
             decisions: db.open_tree(keys::DECISIONS)?,
             decision_by_nudge: db.open_tree(keys::DECISION_BY_NUDGE)?,
             visits: db.open_tree(keys::VISITS)?,
+            feedback: db.open_tree(keys::FEEDBACK)?,
             db,
         };
         store.migrate()?;
@@ -695,6 +706,47 @@ impl Store {
         Ok(out)
     }
 
+    /// Count the start of a visit; returns the person's visit number (1 = first).
+    pub fn count_visit(&self, person: &PersonId) -> Result<u32, StoreError> {
+        let tag = self.person_tag(person.as_str());
+        let mut number = 0;
+        self.ledgers.fetch_and_update(tag, |old| {
+            let mut ledger: Ledger = old
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            ledger.visits = ledger.visits.saturating_add(1);
+            number = ledger.visits;
+            Some(json(&ledger))
+        })?;
+        Ok(number)
+    }
+
+    /// Keep a feedback answer, sealed under the person's key.
+    pub fn save_feedback(
+        &self,
+        person: &PersonId,
+        entry: &FeedbackEntry,
+    ) -> Result<(), StoreError> {
+        let sealer = self.sealer(person.as_str())?;
+        let seq = self.next_seq()?;
+        self.feedback.insert(
+            keys::decision(&sealer.tag, seq),
+            sealer.seal(&json(entry), &vault::nonce()?),
+        )?;
+        self.flush()
+    }
+
+    pub fn feedback_for(&self, person: &str) -> Result<Vec<FeedbackEntry>, StoreError> {
+        let tag = self.person_tag(person);
+        let Some(sealer) = self.sealer_for_tag(tag) else {
+            return Ok(Vec::new());
+        };
+        self.feedback
+            .scan_prefix(tag)
+            .map(|item| sealer.open(keys::FEEDBACK, &item?.1))
+            .collect()
+    }
+
     /// Erase a person: remove them from every tree, flush, then destroy
     /// their key in the vault, so that the copies sled keeps in its segment
     /// files can never be read again (crypto-shredding). Returns how many
@@ -722,6 +774,10 @@ impl Store {
                 self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
             }
             self.decisions.remove(key)?;
+            removed += 1;
+        }
+        for item in self.feedback.scan_prefix(tag) {
+            self.feedback.remove(item?.0)?;
             removed += 1;
         }
         removed += self.purge_outbox_tag(tag)?;

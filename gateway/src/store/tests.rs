@@ -371,6 +371,7 @@ fn a_layout_1_database_is_migrated_and_its_clear_trees_dropped() {
                 rule: "r".into(),
                 visit: 1,
             }],
+            visits: 4,
         };
         db.open_tree(keys::v1::LEDGERS)
             .unwrap()
@@ -398,6 +399,11 @@ fn a_layout_1_database_is_migrated_and_its_clear_trees_dropped() {
         store.ledger("p-1").unwrap().sent.len(),
         1,
         "caps carry over"
+    );
+    assert_eq!(
+        store.count_visit(&PersonId::from("p-1")).unwrap(),
+        5,
+        "and so does the visit count"
     );
     let pending: Vec<_> = store.outbox_from(0).map(|e| e.unwrap()).collect();
     assert_eq!(pending.len(), 1);
