@@ -2,6 +2,7 @@
 //! the outbox and the decision log are written in one transaction
 //! (DESIGN §4 invariant 1), and flushed before anything is published.
 
+mod commit;
 pub mod keys;
 pub mod vault;
 
@@ -119,6 +120,7 @@ pub struct Store {
     decision_by_nudge: sled::Tree,
     visits: sled::Tree,
     feedback: sled::Tree,
+    group_commit: Arc<commit::GroupCommit>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -211,6 +213,7 @@ impl Store {
             decision_by_nudge: db.open_tree(keys::DECISION_BY_NUDGE)?,
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
+            group_commit: Arc::default(),
             db,
         };
         store.migrate()?;
@@ -360,9 +363,10 @@ impl Store {
         ))
     }
 
-    /// Make everything written so far survive a process crash.
+    /// Make everything written so far survive a process crash. Concurrent
+    /// callers share flushes (group commit).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.group_commit.wait_durable(|| self.db.flush().map(|_| ()))?;
         Ok(())
     }
 
