@@ -174,10 +174,17 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn every_metric_the_dashboard_charts_is_one_the_gateway_emits() {
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/gateway.json")).unwrap();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/gateway.json"
+    ))
+    .unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
     let mut source = String::new();
-    let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/src"))];
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../gateway/src"
+    ))];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -192,8 +199,14 @@ fn every_metric_the_dashboard_charts_is_one_the_gateway_emits() {
     assert!(panels.len() >= 10);
     for panel in panels {
         let expr = panel["targets"][0]["expr"].as_str().unwrap();
-        let name = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).find(|w| w.starts_with("gateway_")).unwrap();
+        let name = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("gateway_"))
+            .unwrap();
         let short = name.trim_start_matches("gateway_");
-        assert!(source.contains(&format!("\"{short}\"")), "the dashboard charts {name}, which the gateway never emits");
+        assert!(
+            source.contains(&format!("\"{short}\"")),
+            "the dashboard charts {name}, which the gateway never emits"
+        );
     }
 }

@@ -344,6 +344,16 @@ impl PresenceEngine {
         }
         let scanner = self.scanner_id(scanner);
         let offset = self.scanners[scanner as usize].offset_db;
+        // Time can jump (a replay, a restart, a simulated night): a reading
+        // after more than the visit gap ends the old visit before it starts
+        // a new one, whether or not a tick saw the gap.
+        if let Some(state) = self.people.get_mut(person) {
+            if at_ms - state.last_seen_ms > self.config.visit_gap_ms {
+                let ended_at = state.last_seen_ms + self.config.visit_gap_ms;
+                close_visit(person, state, ended_at, out);
+                self.people.remove(person);
+            }
+        }
         let state = match self.people.get_mut(person) {
             Some(state) => state,
             None => {
@@ -422,21 +432,7 @@ impl PresenceEngine {
         let mut gone = Vec::new();
         for (person, state) in self.people.iter_mut() {
             if now_ms - state.last_seen_ms > config.visit_gap_ms {
-                if let Some((zone, since)) = state.zone.take() {
-                    let dwell_s = secs(state.last_seen_ms - since);
-                    out.push(PresenceEvent::ZoneLeft {
-                        person: person.clone(),
-                        visit: state.visit,
-                        zone,
-                        dwell_s,
-                        at_ms: now_ms,
-                    });
-                }
-                out.push(PresenceEvent::Exited {
-                    person: person.clone(),
-                    visit: state.visit,
-                    at_ms: now_ms,
-                });
+                close_visit(person, state, now_ms, out);
                 gone.push(person.clone());
                 continue;
             }
@@ -625,6 +621,30 @@ fn offset_of(config: &PresenceConfig, scanner: &str) -> f32 {
         .get(scanner)
         .copied()
         .unwrap_or(0.0)
+}
+
+/// The events that end a visit: leaving the zone (if in one), then the store.
+fn close_visit(
+    person: &PersonId,
+    state: &mut PersonState,
+    at_ms: i64,
+    out: &mut Vec<PresenceEvent>,
+) {
+    if let Some((zone, since)) = state.zone.take() {
+        let dwell_s = secs(state.last_seen_ms - since);
+        out.push(PresenceEvent::ZoneLeft {
+            person: person.clone(),
+            visit: state.visit,
+            zone,
+            dwell_s,
+            at_ms,
+        });
+    }
+    out.push(PresenceEvent::Exited {
+        person: person.clone(),
+        visit: state.visit,
+        at_ms,
+    });
 }
 
 fn secs(ms: i64) -> u32 {

@@ -181,3 +181,33 @@ proptest! {
         prop_assert_eq!(e.present_count(), 0);
     }
 }
+
+#[test]
+fn a_reading_after_the_visit_gap_starts_a_new_visit_even_without_a_tick() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    for t in 0..30 {
+        e.observe(&p, "laptops", -60, t * 1000, &mut out);
+    }
+    // An hour later, with no tick in between (a replay, a simulated night).
+    for t in 0..30 {
+        e.observe(&p, "laptops", -60, 3_600_000 + t * 1000, &mut out);
+    }
+    let n = names(&out);
+    assert_eq!(n.iter().filter(|e| *e == "entered").count(), 2, "{n:?}");
+    assert_eq!(n.iter().filter(|e| *e == "exited").count(), 1, "{n:?}");
+    assert_eq!(
+        n.iter().filter(|e| e.starts_with("dwell")).count(),
+        2,
+        "{n:?}"
+    );
+    let visits: std::collections::BTreeSet<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            PresenceEvent::Entered { visit, .. } => Some(*visit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(visits.len(), 2, "two distinct visit ids");
+}

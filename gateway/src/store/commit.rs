@@ -73,7 +73,12 @@ mod tests {
         let durable = Arc::new(AtomicU64::new(0));
         std::thread::scope(|scope| {
             for _ in 0..16 {
-                let (commit, flushes, committed, durable) = (commit.clone(), flushes.clone(), committed.clone(), durable.clone());
+                let (commit, flushes, committed, durable) = (
+                    commit.clone(),
+                    flushes.clone(),
+                    committed.clone(),
+                    durable.clone(),
+                );
                 scope.spawn(move || {
                     for _ in 0..50 {
                         let mine = committed.fetch_add(1, Ordering::SeqCst) + 1;

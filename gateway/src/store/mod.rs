@@ -366,7 +366,8 @@ impl Store {
     /// Make everything written so far survive a process crash. Concurrent
     /// callers share flushes (group commit).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.group_commit.wait_durable(|| self.db.flush().map(|_| ()))?;
+        self.group_commit
+            .wait_durable(|| self.db.flush().map(|_| ()))?;
         Ok(())
     }
 
