@@ -1,0 +1,198 @@
+//! SIGKILL the gateway at several moments while many shoppers generate
+//! decisions, restart it on the same files each time, and check from the
+//! phones' subscription: no cap was exceeded, and every nudge the decision
+//! log says was sent arrived (issue "Relevant nudges under hard limits").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site};
+use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
+
+const SITE: &str = r#"
+[[zones]]
+id = "entrance"
+scanners = ["entrance"]
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[zones]]
+id = "headphones"
+scanners = ["headphones"]
+
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 15
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[[rules]]
+id = "headphones-info"
+zone = "headphones"
+dwell_s = 15
+interest = "laptops"
+kind = "info"
+title = "Headphones that work with your laptop"
+body = "Battery life, noise cancelling and comfort scores for every model on this wall."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = 60
+rule_cooldown_s = 0
+
+[presence]
+max_future_skew_ms = 86400000
+"#;
+
+const SHOPPERS: u32 = 12;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_exceeds_no_cap_and_loses_no_reserved_nudge() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let mut site = Site::new(broker.port(), SITE)?;
+    let mut scenario = Scenario::new(17);
+    for n in 1..=SHOPPERS {
+        let mut path = vec![Stop::new("entrance", 5)];
+        for _ in 0..4 {
+            path.push(Stop::new("laptops", 40));
+            path.push(Stop::new("headphones", 40));
+        }
+        scenario = scenario.with_shopper(
+            Shopper::new(n, 17)
+                .with_interests(&["laptops"])
+                .with_path(path)
+                .arriving_at(n * 7),
+        );
+    }
+    site.import_people(&scenario.people_jsonl())?;
+    let phones = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "phones",
+        site.topic("nudges/+"),
+    ))
+    .await?;
+    let start = now_ms();
+    let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 17)?;
+
+    // Four runs of the gateway; the first three end in SIGKILL at moments
+    // spread over the load, the last one stops cleanly.
+    let kill_after = [
+        Duration::from_millis(2_300),
+        Duration::from_millis(4_100),
+        Duration::from_millis(3_700),
+    ];
+    let mut sim_ms = start;
+    for (run, kill) in kill_after.iter().map(Some).chain([None]).enumerate() {
+        let mut gateway = site.start()?;
+        let until = sim_ms + 180_000;
+        let records = sim.next_batch(until);
+        sim_ms = until;
+        let target = site.udp;
+        let sender = tokio::spawn(firmware_sim::output::send_udp(
+            records,
+            target,
+            30.0,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        match kill {
+            Some(after) => {
+                tokio::time::sleep(*after).await;
+                gateway.sigkill()?;
+                let _ = gateway.exited(Duration::from_secs(5)).await;
+                sender.abort();
+            }
+            None => {
+                sender.await??;
+                // Let the last decisions and deliveries finish.
+                e2e::wait_until(Duration::from_secs(30), || {
+                    site.metric("gateway_outbox_depth").unwrap_or(1) == 0
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                gateway.sigterm()?;
+                gateway.exited(Duration::from_secs(10)).await?;
+            }
+        }
+        eprintln!(
+            "run {run} done; phones have {} messages",
+            phones.received().len()
+        );
+    }
+
+    // What each phone received, by recipient, without QoS 1 duplicates.
+    let mut received: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut created: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in phones.received() {
+        let nudge = r.json()?;
+        let recipient = r.topic.rsplit('/').next().unwrap().to_string();
+        if received
+            .entry(recipient.clone())
+            .or_default()
+            .insert(nudge["id"].as_str().unwrap().to_string())
+        {
+            created
+                .entry(recipient)
+                .or_default()
+                .push(nudge["created_at"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        received.values().map(BTreeSet::len).sum::<usize>() >= SHOPPERS as usize,
+        "load produced nudges: {received:?}"
+    );
+    for (recipient, ids) in &received {
+        assert!(
+            ids.len() <= 3,
+            "{recipient} got {} nudges in one day (per_day = 3)",
+            ids.len()
+        );
+        let mut times = created[recipient].clone();
+        times.sort();
+        for pair in times.windows(2) {
+            let a = chrono::DateTime::parse_from_rfc3339(&pair[0])?;
+            let b = chrono::DateTime::parse_from_rfc3339(&pair[1])?;
+            assert!(
+                (b - a).num_seconds() >= 60,
+                "{recipient}: min_gap broken between {} and {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    // Every nudge the decision log says was sent reached its phone.
+    for n in 1..=SHOPPERS {
+        let out = site.cli(&["explain", &format!("p-{n}")])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let sent: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.split("sent ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().nth(2).map(str::to_string))
+            .collect();
+        let got = received.get(&format!("r-{n}")).cloned().unwrap_or_default();
+        assert!(
+            sent.is_subset(&got),
+            "p-{n}: reserved but never delivered: {:?}",
+            sent.difference(&got).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sent.len(),
+            got.len(),
+            "p-{n}: the phone got nudges the log does not know: {text}"
+        );
+    }
+    Ok(())
+}
