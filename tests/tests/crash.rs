@@ -61,7 +61,8 @@ fn now_ms() -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_exceeds_no_cap_and_loses_no_reserved_nudge() -> anyhow::Result<()> {
+async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
+-> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     let mut site = Site::new(broker.port(), SITE)?;
     let mut scenario = Scenario::new(17);
@@ -88,12 +89,13 @@ async fn sigkill_under_load_exceeds_no_cap_and_loses_no_reserved_nudge() -> anyh
     let start = now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 17)?;
 
-    // Four runs of the gateway; the first three end in SIGKILL at moments
-    // spread over the load, the last one stops cleanly.
+    // Four runs of the gateway; the first three end under load (SIGKILL,
+    // SIGTERM, SIGKILL) at moments spread over it, the last one stops
+    // cleanly once everything is delivered.
     let kill_after = [
-        Duration::from_millis(2_300),
-        Duration::from_millis(4_100),
-        Duration::from_millis(3_700),
+        (Duration::from_millis(2_300), libc::SIGKILL),
+        (Duration::from_millis(4_100), libc::SIGTERM),
+        (Duration::from_millis(3_700), libc::SIGKILL),
     ];
     let mut sim_ms = start;
     for (run, kill) in kill_after.iter().map(Some).chain([None]).enumerate() {
@@ -109,10 +111,17 @@ async fn sigkill_under_load_exceeds_no_cap_and_loses_no_reserved_nudge() -> anyh
             tokio_util::sync::CancellationToken::new(),
         ));
         match kill {
-            Some(after) => {
+            Some((after, signal)) => {
                 tokio::time::sleep(*after).await;
-                gateway.sigkill()?;
-                let _ = gateway.exited(Duration::from_secs(5)).await;
+                gateway.signal(*signal)?;
+                let status = gateway.exited(Duration::from_secs(10)).await?;
+                if *signal == libc::SIGTERM {
+                    assert!(
+                        status.success(),
+                        "graceful shutdown under load: {status:?}\n{}",
+                        gateway.logs()
+                    );
+                }
                 sender.abort();
             }
             None => {

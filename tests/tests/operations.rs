@@ -210,3 +210,93 @@ fn every_metric_the_dashboard_charts_is_one_the_gateway_emits() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_retention_sweeps_old_decisions_on_simulated_time() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let extra = RULES
+        .replace("[presence]\n", "[retention]\ndays = 30\n\n[presence]\n")
+        .replace(
+            "max_future_skew_ms = 86400000",
+            "max_future_skew_ms = 5184000000",
+        );
+    let mut site = Site::new(broker.port(), &extra)?;
+    let visit = || {
+        vec![
+            Stop::new("entrance", 5),
+            Stop::new("laptops", 40),
+            Stop::new("entrance", 5),
+        ]
+    };
+    let day = 86_400u32;
+    let scenario = Scenario::new(4).with_shopper(
+        Shopper::new(1, 4)
+            .with_interests(&["laptops"])
+            .with_path(visit())
+            .returning_at(40 * day, visit()),
+    );
+    site.import_people(&scenario.people_jsonl())?;
+    let gateway = site.start_with(&["--log-format", "json"])?;
+    let phone = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "phone",
+        site.topic("nudges/r-1"),
+    ))
+    .await?;
+    let start = now_ms();
+    // Only the shopper's adverts: forty days of store beacons are not the point.
+    let mut spec = StoreSpec::small_store();
+    spec.beacons.clear();
+    let mut sim = Simulation::new(spec, scenario, start, 4)?;
+    site::send(sim.next_batch(start + 90_000), site.udp, 20.0).await?;
+    let first = phone
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let first_id = first[0].json()?["id"].as_str().unwrap().to_string();
+
+    // Forty days later (simulated): the next visit moves the clock, and the
+    // hourly sweep removes the decision older than the 30-day window.
+    let later = start + 40 * 86_400_000;
+    let mut t = start + 90_000;
+    while t < later + 90_000 {
+        t = (t + 86_400_000).min(later + 90_000);
+        site::send(sim.next_batch(t), site.udp, 20.0).await?;
+    }
+    phone
+        .wait_for(2, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    e2e::wait_until(Duration::from_secs(20), || {
+        site.metric("gateway_retention_swept_total").unwrap_or(0) >= 1
+    })
+    .await?;
+    for line in gateway.stderr().lines().filter(|l| !l.trim().is_empty()) {
+        let json: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("not a JSON log line: {line}: {e}"))?;
+        assert!(
+            json["level"].is_string() && json["fields"].is_object(),
+            "{line}"
+        );
+        assert!(
+            !line.contains("p-1") && !line.contains("r-1"),
+            "a person id in the clear: {line}"
+        );
+    }
+    drop(gateway);
+    let explain = site.cli(&["explain", &first_id])?;
+    assert!(
+        !explain.status.success(),
+        "the 40-day-old decision was swept: {}",
+        String::from_utf8_lossy(&explain.stdout)
+    );
+    let explain = site.cli(&["explain", "p-1"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&explain.stdout)
+            .matches("sent compare nudge")
+            .count(),
+        1,
+        "only the recent one is left"
+    );
+    Ok(())
+}
