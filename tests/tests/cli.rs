@@ -252,3 +252,44 @@ fn eval_presence_scores_a_simulator_capture_against_its_truth() {
         stderr(&out)
     );
 }
+
+#[test]
+fn people_import_reads_csv_with_the_documented_header() {
+    let site = Site::new(1, "").unwrap();
+    let csv = format!(
+        "{}\np-7,r-7,,75c734c6dd1a782de7a965da5eb93125,ana@example.com,,true,true,false,true,true,laptops;headphones,phone:pixel-8\n",
+        gateway::identity::CSV_HEADER
+    );
+    let file = site.dir.write("people.csv", csv).unwrap();
+    let out = site
+        .cli(&["people", "import", file.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let export = site.cli(&["people", "export", "p-7"]).unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(
+        export["person"]["interests"],
+        serde_json::json!(["laptops", "headphones"])
+    );
+    assert_eq!(export["person"]["consent"]["offers"], false);
+
+    let bad = site
+        .dir
+        .write(
+            "bad.csv",
+            format!(
+                "{}\np-8,r-8,,75c7,,,true,true,false,true,true,,\n",
+                gateway::identity::CSV_HEADER
+            ),
+        )
+        .unwrap();
+    let out = site
+        .cli(&["people", "import", bad.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad.csv:line 2") && stderr(&out).contains("app_keys"),
+        "{}",
+        stderr(&out)
+    );
+}

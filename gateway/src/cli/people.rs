@@ -55,7 +55,31 @@ pub fn parse_import(path: &Path, text: &str) -> (Vec<PersonRecord>, Vec<String>)
 pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
-    let (records, errors) = parse_import(path, &text);
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let (records, errors) = if is_csv {
+        // CSV (header: crate::identity::CSV_HEADER) is checked as a whole:
+        // a file whose rows disagree (the same person twice, a shared
+        // identity) cannot be applied in part.
+        match crate::identity::people_from_csv(&text) {
+            Ok(records) => (records, Vec::new()),
+            Err(e) if partial => {
+                return Err(CliError::new(format!(
+                    "{}:{e} (--partial applies to JSON Lines files only)",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(CliError::new(format!(
+                    "{}:{e}; nothing imported",
+                    path.display()
+                )));
+            }
+        }
+    } else {
+        parse_import(path, &text)
+    };
     if !errors.is_empty() && !partial {
         return Err(CliError::new(format!(
             "{}\n{} bad line(s); nothing imported (use --partial to import the {} good one(s))",
