@@ -8,62 +8,6 @@ use gateway::decide::{NudgeKind, Rule, Trigger, TriggeredRule};
 use gateway::identity::PersonRecord;
 use gateway::simulate::{SimulateOptions, simulate, simulate_with};
 
-const SITE_TOML: &str = r#"
-[store]
-id = "demo-store"
-timezone = "Europe/Berlin"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-prefix = "retail"
-
-[storage]
-path = "/nonexistent/not-used-by-a-dry-run"
-
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:0"
-
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
-
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
-
-[[rules]]
-id = "headphones-info"
-zone = "headphones"
-dwell_s = 15
-interest = "headphones"
-kind = "info"
-title = "Headphones: what reviewers measured"
-body = "Battery life, noise cancelling and comfort scores for every model on this wall."
-
-[caps]
-per_visit = 2
-per_day = 3
-per_week = 7
-min_gap_s = 1200
-
-[admin]
-listen = ""
-"#;
-
 fn capture_and_people() -> (String, Vec<PersonRecord>) {
     let scenario = Scenario::small_demo(7);
     let people = scenario
@@ -87,7 +31,12 @@ fn capture_and_people() -> (String, Vec<PersonRecord>) {
 }
 
 fn config() -> gateway::config::Config {
-    gateway::config::from_layers("test", Some(SITE_TOML), Default::default()).unwrap()
+    // The demo store's own site file; a dry run opens no broker or storage.
+    let site = gateway::demo::site_toml(
+        1883,
+        std::path::Path::new("/nonexistent/not-used-by-a-dry-run"),
+    );
+    gateway::config::from_layers("test", Some(&site), Default::default()).unwrap()
 }
 
 #[test]

@@ -14,6 +14,40 @@ use crate::{
 };
 
 pub const STORE_ID: &str = "store-e2e";
+
+/// The twin's small store: one zone per scanner.
+pub const THREE_ZONES: &str = r#"
+[[zones]]
+id = "entrance"
+scanners = ["entrance"]
+
+[[zones]]
+id = "laptops"
+scanners = ["laptops"]
+
+[[zones]]
+id = "headphones"
+scanners = ["headphones"]
+"#;
+
+/// The dwell rule most tests exercise.
+pub const LAPTOP_COMPARE: &str = r#"
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 20
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+"#;
+
+/// Wall-clock Unix milliseconds: where the tests start the twin's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 pub const PREFIX: &str = "retail";
 
 pub struct Site {

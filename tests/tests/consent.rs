@@ -9,27 +9,8 @@ use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
 const SEED: u64 = 5;
 
-const SITE: &str = r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
+const SITE_REST: &str = r#"
 
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
 
 [caps]
 per_visit = 5
@@ -42,17 +23,14 @@ rule_cooldown_s = 0
 max_future_skew_ms = 86400000
 "#;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+fn site() -> String {
+    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), SITE)?;
+    let mut site = Site::new(broker.port(), &site())?;
     let path = vec![
         Stop::new("entrance", 5),
         Stop::new("laptops", 60),
@@ -101,7 +79,7 @@ async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow
     })
     .await?;
 
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, SEED)?;
     site::send(sim.next_batch(start + 100_000), site.udp, 20.0).await?;
     let first = phone
@@ -214,7 +192,7 @@ async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow
 async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), SITE)?;
+    let mut site = Site::new(broker.port(), &site())?;
     site.import_people(r#"{"person": "p-1", "recipient": "r-1", "consent": {"proximity": true}}"#)?;
     let gateway = site.start()?;
     let ops = Phone::connect(PhoneOptions::new(

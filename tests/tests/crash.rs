@@ -53,13 +53,6 @@ max_future_skew_ms = 86400000
 
 const SHOPPERS: u32 = 12;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
 -> anyhow::Result<()> {
@@ -86,7 +79,7 @@ async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge
         site.topic("nudges/+"),
     ))
     .await?;
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 17)?;
 
     // Four runs of the gateway; the first three end under load (SIGKILL,

@@ -11,30 +11,11 @@ use chrono_tz::Europe::Berlin;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const SITE: &str = r#"
+const SITE_REST: &str = r#"
 [store]
 timezone = "Europe/Berlin"
 
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
 
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
 
 [caps]
 per_visit = 1
@@ -52,6 +33,10 @@ end = "10:00"
 max_future_skew_ms = 34560000000
 "#;
 
+fn site() -> String {
+    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_day_caps_and_quiet_hours_follow_the_store_calendar_across_daylight_saving()
 -> anyhow::Result<()> {
@@ -59,7 +44,7 @@ async fn per_day_caps_and_quiet_hours_follow_the_store_calendar_across_daylight_
     // Site::new writes its own [store] table; drop ours into it.
     let mut site = Site::new(
         broker.port(),
-        &SITE.replace("[store]\ntimezone = \"Europe/Berlin\"\n", ""),
+        &site().replace("[store]\ntimezone = \"Europe/Berlin\"\n", ""),
     )?;
     // Saturday 27 March 2027, 09:00 in Berlin (UTC+1). Sunday is UTC+2.
     let start = Berlin

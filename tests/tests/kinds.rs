@@ -9,13 +9,6 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, PublishProperties, QoS, Site, site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_items_feedback_on_exit_and_thanks_after_a_purchase() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
@@ -103,7 +96,7 @@ visit_gap_ms = 20000
     .await?;
     let till = Phone::connect(PhoneOptions::new(broker.port(), "till", "")).await?;
 
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 21)?;
     site::send(sim.next_batch(start + 80_000), site.udp, 20.0).await?;
     let got = phone
@@ -185,7 +178,7 @@ visit_gap_ms = 20000
 }
 
 fn chrono_now() -> String {
-    let secs = now_ms() / 1000;
+    let secs = e2e::site::now_ms() / 1000;
     // RFC 3339 in UTC from Unix seconds, without another dependency.
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -6,27 +6,8 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site, site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const RULES: &str = r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
+const RULES_REST: &str = r#"
 
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
 
 [caps]
 per_visit = 5
@@ -39,17 +20,19 @@ rule_cooldown_s = 0
 max_future_skew_ms = 86400000
 "#;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+fn rules() -> String {
+    [
+        e2e::site::THREE_ZONES,
+        e2e::site::LAPTOP_COMPARE,
+        RULES_REST,
+    ]
+    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), RULES)?;
+    let mut site = Site::new(broker.port(), &rules())?;
     let path = vec![
         Stop::new("entrance", 5),
         Stop::new("laptops", 40),
@@ -71,7 +54,7 @@ async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Res
     .await?;
     let metric = |series: &str| site.metric(series).unwrap_or(0);
 
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 3)?;
     site::send(sim.next_batch(start + 70_000), site.udp, 20.0).await?;
     let first = phone
@@ -214,7 +197,7 @@ fn every_metric_the_dashboard_charts_is_one_the_gateway_emits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_retention_sweeps_old_decisions_on_simulated_time() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let extra = RULES
+    let extra = rules()
         .replace("[presence]\n", "[retention]\ndays = 30\n\n[presence]\n")
         .replace(
             "max_future_skew_ms = 86400000",
@@ -243,7 +226,7 @@ async fn json_logs_and_retention_sweeps_old_decisions_on_simulated_time() -> any
         site.topic("nudges/r-1"),
     ))
     .await?;
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     // Only the shopper's adverts: forty days of store beacons are not the point.
     let mut spec = StoreSpec::small_store();
     spec.beacons.clear();

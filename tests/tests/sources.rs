@@ -6,24 +6,13 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, QoS, Site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec, Stranger, StrangerDevice};
 
-const SITE: &str = r#"
+const SITE_REST: &str = r#"
 [[sources]]
 kind = "mqtt_scanners"
 own = true
 openmqttgateway = ["home/+/BTtoMQTT/+"]
 espresense = ["espresense/devices/+/+"]
 
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
-
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
 
 [[beacons]]
 id = "entrance-ibeacon"
@@ -41,31 +30,20 @@ major = 9
 minor = 9
 missing_after_s = 60
 
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
 
 [presence]
 max_future_skew_ms = 86400000
 "#;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+fn site() -> String {
+    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scanner_nodes_over_mqtt_feed_the_pipeline_fleet_and_recording() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     // The site file already has a UDP source; append ours after it.
-    let mut site = Site::new(broker.port(), SITE)?;
+    let mut site = Site::new(broker.port(), &site())?;
     let path = vec![Stop::new("entrance", 5), Stop::new("laptops", 60)];
     let scenario = Scenario::new(11)
         .with_shopper(
@@ -92,7 +70,7 @@ async fn scanner_nodes_over_mqtt_feed_the_pipeline_fleet_and_recording() -> anyh
     let node = Phone::connect(PhoneOptions::new(broker.port(), "scanner-node", "")).await?;
 
     // Our own scanner-only gateways publish sighting records per node.
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 11)?;
     let records = sim.next_batch(start + 90_000);
     let beacon_addrs: Vec<String> = StoreSpec::small_store()

@@ -12,34 +12,17 @@ use firmware_sim::{
 
 const SEED: u64 = 42;
 
-const LAPTOP_RULE: &str = r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
+const LAPTOP_RULE_REST: &str = r#"
 
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
 "#;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+fn laptop_rule() -> String {
+    [
+        e2e::site::THREE_ZONES,
+        e2e::site::LAPTOP_COMPARE,
+        LAPTOP_RULE_REST,
+    ]
+    .concat()
 }
 
 fn no_product_info() -> Consent {
@@ -61,7 +44,7 @@ async fn opted_in_dweller_gets_exactly_the_expected_nudge_and_no_one_else_does()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     let caps = "[caps]\nper_visit = 2\nper_day = 3\nper_week = 7\nmin_gap_s = 1200\n";
-    let mut site = Site::new(broker.port(), &format!("{LAPTOP_RULE}{caps}"))?;
+    let mut site = Site::new(broker.port(), &format!("{}{caps}", laptop_rule()))?;
     let path = || {
         vec![
             Stop::new("entrance", 5),
@@ -109,7 +92,12 @@ async fn opted_in_dweller_gets_exactly_the_expected_nudge_and_no_one_else_does()
         udp.send_to(junk.as_bytes(), site.udp)?;
     }
 
-    let mut sim = Simulation::new(StoreSpec::small_store(), scenario, now_ms(), SEED)?;
+    let mut sim = Simulation::new(
+        StoreSpec::small_store(),
+        scenario,
+        e2e::site::now_ms(),
+        SEED,
+    )?;
     let records = sim.run_for(Duration::from_secs(150));
     site::send(records, site.udp, 25.0).await?;
 
@@ -206,8 +194,9 @@ async fn caps_hold_over_an_hour_and_survive_sigkill() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     // No rule cooldown: the per-visit cap and the minimum gap must do the work.
     let extra = format!(
-        "{LAPTOP_RULE}\n[caps]\nper_visit = 2\nper_day = 3\nper_week = 7\nmin_gap_s = 1200\nrule_cooldown_s = 0\n\n\
-         [presence]\n# The simulator runs far ahead of the wall clock.\nmax_future_skew_ms = 86400000\n"
+        "{}\n[caps]\nper_visit = 2\nper_day = 3\nper_week = 7\nmin_gap_s = 1200\nrule_cooldown_s = 0\n\n\
+         [presence]\n# The simulator runs far ahead of the wall clock.\nmax_future_skew_ms = 86400000\n",
+        laptop_rule()
     );
     let mut site = Site::new(broker.port(), &extra)?;
     // An hour of going back and forth between laptops and headphones.
@@ -236,7 +225,7 @@ async fn caps_hold_over_an_hour_and_survive_sigkill() -> anyhow::Result<()> {
     ))
     .await?;
 
-    let start = now_ms();
+    let start = e2e::site::now_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, SEED)?;
     // First 40 minutes of the visit, at 150× real time.
     site::send(sim.next_batch(start + 40 * 60_000), site.udp, 150.0).await?;
