@@ -30,6 +30,15 @@ use crate::telemetry::{Telemetry, events};
 const MAX_IN_FLIGHT: usize = 32;
 const REQUEST_CHANNEL: usize = 64;
 const LINK_EVENTS: usize = 1024;
+/// Largest packet we accept, advertised to the broker in CONNECT (MQTT v5
+/// Maximum Packet Size). rumqttc's own default is 10 KiB and is *not*
+/// advertised: a 12 KiB message made the connection fail on every
+/// redelivery, so one oversized QoS 1 message stalled delivery for good.
+/// Now anything up to this size reaches the pipeline, which rejects
+/// payloads over `MAX_INCOMING_BYTES` with a report; the broker drops larger
+/// ones for us (spec: it must not send them).
+pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
+const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
 /// How long the broker keeps our session (and our subscriptions) while we
 /// are away.
 const SESSION_EXPIRY_S: u32 = 3600;
@@ -200,6 +209,7 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
     opts.set_manual_acks(true);
+    opts.set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES));
     opts.set_last_will(LastWill::new(
         config.status_topic(),
         status_payload(config, false),
