@@ -482,6 +482,10 @@ impl Pump {
     /// Hand outbox entries to rumqttc while connected and under the window.
     fn pump(&mut self) {
         if !self.connected {
+            // While the broker is away the outbox only grows: keep the
+            // gauge true so an outage is visible on /metrics.
+            self.telemetry
+                .set_gauge("outbox_depth", self.store.outbox_len() as i64);
             return;
         }
         let now_ms = now_ms();
