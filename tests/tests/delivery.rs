@@ -190,7 +190,8 @@ async fn broker_outage_delivers_what_is_valid_in_order_and_drops_what_expired() 
     // Phase 2: reserved shortly before the broker comes back: still valid.
     let log_at_phase2 = gateway.stderr().len();
     site::send(sim.next_batch(start + 600_000), site.udp, 60.0).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The depth gauge is refreshed once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let phase2_ids = logged_ids(&gateway.stderr()[log_at_phase2..], "nudge reserved");
     assert!(!phase2_ids.is_empty(), "{}", gateway.logs());
     assert!(
@@ -266,7 +267,11 @@ async fn gateway_killed_with_a_full_outbox_delivers_everything_after_restart() -
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reserved = logged_ids(&gateway.stderr(), "nudge reserved");
     assert!(reserved.len() >= 4, "{}", gateway.logs());
-    assert_eq!(metric(&site, "gateway_outbox_depth"), reserved.len() as u64);
+    e2e::wait_until(Duration::from_secs(5), || {
+        metric(&site, "gateway_outbox_depth") == reserved.len() as u64
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
 
     gateway.sigkill()?;
     let _ = gateway.exited(Duration::from_secs(5)).await?;
