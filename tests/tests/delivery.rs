@@ -746,3 +746,66 @@ async fn junk_on_every_incoming_topic_is_reported_and_delivery_goes_on() -> anyh
     );
     Ok(())
 }
+
+/// The shipped `mosquitto.conf` as a store runs it (paths moved into a temp
+/// dir, the port made free): it starts, and the gateway gets in over TLS
+/// (TLS 1.2 only, as configured) with its password and the shipped ACL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_mosquitto_conf_starts_and_admits_the_gateway_over_tls() -> anyhow::Result<()> {
+    let pki = make_pki()?;
+    let dir = e2e::Workdir::new("deploy-mosquitto")?;
+    let port = e2e::free_tcp_port()?;
+    let etc = format!("{}/", dir.path().display());
+    let conf = include_str!("../../deploy/mosquitto/mosquitto.conf")
+        .replace("/etc/mosquitto/gateway/", &etc)
+        .replace("/var/lib/mosquitto/", &etc)
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
+    // Running as root here: stay root so the temp dir stays writable.
+    let conf = format!("user root\nlog_dest file {etc}mosquitto.log\nlog_type all\n{conf}");
+    dir.write("mosquitto.conf", &conf)?;
+    dir.write("acl", DEPLOY_ACL)?;
+    dir.write("ca.crt", &pki.ca_pem)?;
+    dir.write("server.crt", &pki.server_cert_pem)?;
+    dir.write("server.key", &pki.server_key_pem)?;
+    let passwd = dir.join("passwords");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["gateway", "gw-secret"])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let mut cmd = std::process::Command::new(e2e::mosquitto::mosquitto_bin()?);
+    cmd.arg("-c").arg(dir.join("mosquitto.conf"));
+    let mut broker = e2e::spawn_guarded_in(cmd, dir.path(), "mosquitto")?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await
+    .map_err(|e| e.context(broker.logs()))?;
+    assert!(broker.is_running());
+
+    let mut site = Site::new(port, &rules(900))?;
+    let original = std::fs::read_to_string(&site.config_path)?
+        .replace("id = \"store-e2e\"", &format!("id = \"{STORE}\""));
+    let password_file = site.dir.write("mqtt-password", "gw-secret\n")?;
+    set_mqtt(
+        &site,
+        &original,
+        &format!("mqtts://127.0.0.1:{port}"),
+        &format!(
+            "ca_file = \"{}\"\nusername = \"gateway\"\npassword_file = \"{}\"\n",
+            dir.join("ca.crt").display(),
+            password_file.display()
+        ),
+    )?;
+    let gateway = site.start()?;
+    wait_metric(&site, "gateway_mqtt_connected", 1, &gateway).await;
+    let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("as gateway-{STORE}")) && log.contains("u'gateway'"),
+        "{log}"
+    );
+    // The retained status went out under the ACL (a refusal would be logged).
+    assert!(!log.contains("Denied PUBLISH from gateway"), "{log}");
+    Ok(())
+}
