@@ -70,6 +70,85 @@ pub struct MqttSettings {
     pub prefix: String,
     pub keep_alive: Duration,
     pub client_id: String,
+    /// `Some` for an `mqtts://` URL: TLS with server certificate verification.
+    pub tls: Option<TlsSettings>,
+    pub username: Option<String>,
+    /// From `mqtt.password_file` or `GATEWAY__MQTT__PASSWORD`; never from
+    /// the command line. Debug prints `***`.
+    pub password: Option<Secret>,
+}
+
+/// TLS to the broker. The files are read (and checked) when the config is
+/// validated, and again each time delivery starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM CA certificates to trust; `None`: the system trust store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and private key (both or neither).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// A secret value (the MQTT password): `Debug` prints `***`, so it stays
+/// out of logs, `config show` and the config hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (CONNECT).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Never echo the value: the loader's error would print it.
+                f.write_str("a string (a password that looks like a number or boolean is converted by the environment loader: put it in mqtt.password_file)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "mqtt.password: not a string; use mqtt.password_file",
+                ))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "mqtt.password: not a string; use mqtt.password_file",
+                ))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "mqtt.password: not a string; use mqtt.password_file",
+                ))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(
+                    "mqtt.password: not a string; use mqtt.password_file",
+                ))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -296,16 +375,26 @@ fn parse_time(problems: &mut Problems, path: &str, text: &str) -> NaiveTime {
     })
 }
 
-fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16) {
-    let rest = url
+/// `mqtt://host[:port]` (or `tcp://`, default port 1883) and
+/// `mqtts://host[:port]` (or `ssl://`, TLS, default port 8883). Returns the
+/// host, the port and whether TLS is on.
+fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16, bool) {
+    let (rest, tls) = if let Some(rest) = url
         .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"));
-    let Some(rest) = rest else {
+        .or_else(|| url.strip_prefix("tcp://"))
+    {
+        (rest, false)
+    } else if let Some(rest) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (rest, true)
+    } else {
         problems.add(
             "mqtt.url",
-            "must start with mqtt:// (TLS comes with mqtts:// in a later release)",
+            "must start with mqtt:// (plain TCP) or mqtts:// (TLS)",
         );
-        return (String::new(), 0);
+        return (String::new(), 0, false);
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -318,13 +407,114 @@ fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16) {
                 }
             }
         }
-        _ => (rest, 1883),
+        _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         problems.add("mqtt.url", "missing host");
+    } else if host.contains(['/', '@', '?', '#']) {
+        problems.add(
+            "mqtt.url",
+            "host must be a name or an address (credentials go in mqtt.username / mqtt.password_file)",
+        );
     }
-    (host.to_string(), port)
+    (host.to_string(), port, tls)
+}
+
+/// The `[mqtt]` TLS and credential settings, with their files read and
+/// checked now so that a bad path or PEM is a config error, not a silent
+/// reconnect loop.
+fn validate_mqtt_security(
+    p: &mut Problems,
+    raw: &raw::RawMqtt,
+    tls: bool,
+    host: &str,
+) -> (Option<TlsSettings>, Option<String>, Option<Secret>) {
+    let path_of = |p: &mut Problems, field: &str, value: &Option<String>| -> Option<PathBuf> {
+        match value.as_deref() {
+            None => None,
+            Some(v) if v.trim().is_empty() => {
+                p.add(format!("mqtt.{field}"), "must not be empty (leave it out)");
+                None
+            }
+            Some(v) => Some(PathBuf::from(v)),
+        }
+    };
+    let settings = TlsSettings {
+        ca_file: path_of(p, "ca_file", &raw.ca_file),
+        client_cert_file: path_of(p, "client_cert_file", &raw.client_cert_file),
+        client_key_file: path_of(p, "client_key_file", &raw.client_key_file),
+    };
+    let tls_settings = if tls {
+        if settings.client_cert_file.is_some() != settings.client_key_file.is_some() {
+            p.add(
+                "mqtt.client_key_file",
+                "client_cert_file and client_key_file go together",
+            );
+        } else if let Err(e) = crate::io::mqtt::tls_client_config(&settings) {
+            p.add(format!("mqtt.{}", e.field), e.reason);
+        }
+        if !host.is_empty() && rustls::pki_types::ServerName::try_from(host.to_string()).is_err() {
+            p.add(
+                "mqtt.url",
+                "host is not a DNS name or IP address usable for TLS",
+            );
+        }
+        Some(settings)
+    } else {
+        for (field, set) in [
+            ("ca_file", settings.ca_file.is_some()),
+            ("client_cert_file", settings.client_cert_file.is_some()),
+            ("client_key_file", settings.client_key_file.is_some()),
+        ] {
+            if set {
+                p.add(format!("mqtt.{field}"), "needs TLS: use an mqtts:// url");
+            }
+        }
+        None
+    };
+
+    let username = match raw.username.as_deref() {
+        None => None,
+        Some("") => {
+            p.add("mqtt.username", "must not be empty (leave it out)");
+            None
+        }
+        Some(u) => Some(u.to_string()),
+    };
+    let password = match (&raw.password_file, &raw.password) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "mqtt.password_file",
+                "set either mqtt.password_file or GATEWAY__MQTT__PASSWORD, not both",
+            );
+            None
+        }
+        (Some(file), None) => match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
+                if first.is_empty() {
+                    p.add("mqtt.password_file", format!("{file}: empty"));
+                    None
+                } else {
+                    Some(Secret::new(first))
+                }
+            }
+            Err(e) => {
+                p.add("mqtt.password_file", format!("{file}: {e}"));
+                None
+            }
+        },
+        (None, Some(secret)) => Some(secret.clone()),
+        (None, None) => None,
+    };
+    if password.is_some() && username.is_none() {
+        p.add("mqtt.username", "a password needs a username");
+    }
+    if password.is_some() && !tls {
+        tracing::warn!("mqtt: a password over plain mqtt:// travels in the clear; use mqtts://");
+    }
+    (tls_settings, username, password)
 }
 
 fn hex_bytes<const N: usize>(p: &mut Problems, path: String, text: Option<&String>) -> [u8; N] {
@@ -415,7 +605,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         Tz::UTC
     });
 
-    let (host, port) = parse_mqtt_url(&mut p, &raw.mqtt.url);
+    let (host, port, tls) = parse_mqtt_url(&mut p, &raw.mqtt.url);
+    let (tls, username, password) = validate_mqtt_security(&mut p, &raw.mqtt, tls, &host);
     let prefix = raw.mqtt.prefix.clone();
     if prefix.is_empty()
         || prefix.starts_with('/')
@@ -769,6 +960,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             prefix,
             keep_alive: Duration::from_secs(keep_alive_s),
             client_id,
+            tls,
+            username,
+            password,
         },
         storage_path: PathBuf::from(&raw.storage.path),
         sources,

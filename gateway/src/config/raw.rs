@@ -47,6 +47,18 @@ pub struct RawMqtt {
     pub prefix: String,
     pub keep_alive_s: u64,
     pub client_id: Option<String>,
+    /// PEM CA bundle that signed the broker's certificate (mqtts:// only);
+    /// without it the system trust store is used.
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain and key, for brokers that require them.
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub username: Option<String>,
+    /// File holding the password (first line).
+    pub password_file: Option<String>,
+    /// Only meant to come from `GATEWAY__MQTT__PASSWORD`; masked in Debug
+    /// (and so kept out of the config hash).
+    pub password: Option<super::Secret>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,7 +20,7 @@ use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, TlsSettings};
 use crate::store::Store;
 use crate::telemetry::{Telemetry, events};
 
@@ -30,6 +30,15 @@ use crate::telemetry::{Telemetry, events};
 const MAX_IN_FLIGHT: usize = 32;
 const REQUEST_CHANNEL: usize = 64;
 const LINK_EVENTS: usize = 1024;
+/// Largest packet we accept, advertised to the broker in CONNECT (MQTT v5
+/// Maximum Packet Size). rumqttc's own default is 10 KiB and is *not*
+/// advertised: a 12 KiB message made the connection fail on every
+/// redelivery, so one oversized QoS 1 message stalled delivery for good.
+/// Now anything up to this size reaches the pipeline, which rejects
+/// payloads over `MAX_INCOMING_BYTES` with a report; the broker drops larger
+/// ones for us (spec: it must not send them).
+pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
+const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
 /// How long the broker keeps our session (and our subscriptions) while we
 /// are away.
 const SESSION_EXPIRY_S: u32 = 3600;
@@ -82,7 +91,7 @@ pub struct OutgoingMessage {
 #[derive(Debug)]
 enum LinkEvent {
     Connected { session_present: bool },
-    Disconnected(String),
+    Disconnected { kind: &'static str, reason: String },
     Sent { pkid: u16 },
     Acked { pkid: u16, ok: bool },
 }
@@ -97,7 +106,101 @@ pub fn status_payload(config: &Config, online: bool) -> String {
     .to_string()
 }
 
-fn options(config: &Config) -> MqttOptions {
+/// A TLS setting that cannot be used, with the config field it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsProblem {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn read_pem(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TlsProblem> {
+    std::fs::read(path).map_err(|e| TlsProblem {
+        field,
+        reason: format!("{}: {e}", path.display()),
+    })
+}
+
+/// The rustls client configuration for `mqtts://`: rustls' `ring` provider
+/// (no aws-lc), the CA file's certificates (or the system trust store) as
+/// roots, full server certificate verification, and a client certificate
+/// when configured.
+pub fn tls_client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, TlsProblem> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let pem = read_pem("ca_file", path)?;
+            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsProblem {
+                    field: "ca_file",
+                    reason: format!("{}: not PEM: {e}", path.display()),
+                })?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(TlsProblem {
+                    field: "ca_file",
+                    reason: format!("{}: no usable CA certificate", path.display()),
+                });
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err(TlsProblem {
+                    field: "ca_file",
+                    reason: "no system CA certificates found; set mqtt.ca_file".into(),
+                });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsProblem {
+            field: "url",
+            reason: format!("TLS setup: {e}"),
+        })?
+        .with_root_certificates(roots);
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let pem = read_pem("client_cert_file", cert_path)?;
+            let chain = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsProblem {
+                    field: "client_cert_file",
+                    reason: format!("{}: not PEM: {e}", cert_path.display()),
+                })?;
+            if chain.is_empty() {
+                return Err(TlsProblem {
+                    field: "client_cert_file",
+                    reason: format!("{}: no certificate", cert_path.display()),
+                });
+            }
+            let pem = read_pem("client_key_file", key_path)?;
+            let key = rustls_pemfile::private_key(&mut pem.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| TlsProblem {
+                    field: "client_key_file",
+                    reason: format!("{}: no private key", key_path.display()),
+                })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsProblem {
+                    field: "client_key_file",
+                    reason: format!("does not fit the client certificate: {e}"),
+                })
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(TlsProblem {
+            field: "client_key_file",
+            reason: "client_cert_file and client_key_file go together".into(),
+        }),
+    }
+}
+
+fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
     let mut opts = MqttOptions::new(
         config.mqtt.client_id.clone(),
         config.mqtt.host.clone(),
@@ -107,6 +210,7 @@ fn options(config: &Config) -> MqttOptions {
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
     opts.set_manual_acks(true);
+    opts.set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES));
     opts.set_last_will(LastWill::new(
         config.status_topic(),
         status_payload(config, false),
@@ -114,7 +218,36 @@ fn options(config: &Config) -> MqttOptions {
         true,
         None,
     ));
-    opts
+    if let Some(username) = &config.mqtt.username {
+        let password = config
+            .mqtt
+            .password
+            .as_ref()
+            .map_or("", |p| p.expose())
+            .to_string();
+        opts.set_credentials(username.clone(), password);
+    }
+    if let Some(tls) = &config.mqtt.tls {
+        let client_config = tls_client_config(tls)?;
+        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            Arc::new(client_config),
+        )));
+    }
+    Ok(opts)
+}
+
+/// A short, stable label for why a connection attempt failed, for the
+/// `mqtt_connect_errors_total{reason}` counter.
+fn error_kind(error: &rumqttc::v5::ConnectionError) -> &'static str {
+    use rumqttc::v5::ConnectionError as E;
+    match error {
+        E::Tls(_) => "tls",
+        E::ConnectionRefused(_) => "refused",
+        E::Io(_) => "io",
+        E::Timeout(_) => "timeout",
+        E::MqttState(_) => "protocol",
+        _ => "other",
+    }
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): 100 ms doubling to
@@ -189,7 +322,12 @@ async fn drive_event_loop(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => None,
             Err(error) => {
-                let _ = link.send(LinkEvent::Disconnected(error.to_string())).await;
+                let _ = link
+                    .send(LinkEvent::Disconnected {
+                        kind: error_kind(&error),
+                        reason: error.to_string(),
+                    })
+                    .await;
                 let delay = backoff(failures);
                 failures = failures.saturating_add(1);
                 tokio::select! {
@@ -268,9 +406,16 @@ impl Pump {
                 }
                 self.publish_status(true);
             }
-            LinkEvent::Disconnected(reason) => {
+            LinkEvent::Disconnected { kind, reason } => {
+                self.telemetry
+                    .count("mqtt_connect_errors_total", &[("reason", kind)], 1);
                 if self.connected {
                     events::mqtt_connection(&self.telemetry, false, &reason);
+                } else if kind == "tls" || kind == "refused" || self.telemetry.may_warn() {
+                    // Not connected and failing: say why (a wrong CA or bad
+                    // credentials never fix themselves), at most once per
+                    // backoff step.
+                    tracing::error!(kind, error = %reason, "cannot connect to the MQTT broker");
                 }
                 self.connected = false;
             }
@@ -299,8 +444,6 @@ impl Pump {
                 }
             }
         }
-        self.telemetry
-            .set_gauge("outbox_depth", self.store.outbox_len() as i64);
     }
 
     fn publish_status(&mut self, online: bool) {
@@ -390,8 +533,6 @@ impl Pump {
                 }
             }
         }
-        self.telemetry
-            .set_gauge("outbox_depth", self.store.outbox_len() as i64);
     }
 }
 
@@ -430,7 +571,19 @@ impl Delivery {
             subscriptions,
             connected,
         } = self;
-        let (client, eventloop) = AsyncClient::new(options(&config), REQUEST_CHANNEL);
+        let opts = match options(&config) {
+            Ok(opts) => opts,
+            Err(problem) => {
+                // Validation read the same files; they changed since. Stay
+                // not-ready (the outbox keeps everything) until stopped.
+                telemetry.count("mqtt_connect_errors_total", &[("reason", "tls")], 1);
+                telemetry.set_gauge("mqtt_connected", 0);
+                tracing::error!(field = problem.field, reason = %problem.reason, "mqtt TLS settings unusable; not connecting");
+                cancel.cancelled().await;
+                return;
+            }
+        };
+        let (client, eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
         let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENTS);
         let stop_loop = CancellationToken::new();
         let loop_task = tokio::spawn(drive_event_loop(
@@ -473,7 +626,14 @@ impl Delivery {
                 },
                 _ = outbox_ready.notified() => {}
                 Some(message) = outgoing.recv(), if pump.connected => pump.publish_other(message),
-                _ = sweep.tick() => {}
+                _ = sweep.tick() => {
+                    // sled's `len()` walks the whole tree: refreshing the
+                    // gauge on every PUBACK made draining a backlog
+                    // quadratic (460 nudges/s from 5,000 queued). Once a
+                    // second, connected or not (an outage must show).
+                    pump.telemetry
+                        .set_gauge("outbox_depth", pump.store.outbox_len() as i64);
+                }
             }
             pump.pump();
         }
@@ -513,5 +673,151 @@ mod tests {
             );
         }
         assert!(backoff(30) <= Duration::from_millis(12_500));
+    }
+    fn load(site: &str, env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        let text = format!("[store]\nid = \"s1\"\n{site}");
+        crate::config::from_layers(
+            "site.toml",
+            Some(&text),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn problems(result: Result<Config, crate::config::ConfigError>) -> String {
+        match result {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("expected a config error"),
+        }
+    }
+
+    #[test]
+    fn mqtts_urls_enable_tls_with_default_port_and_system_roots() {
+        let c = load("[mqtt]\nurl = \"mqtts://broker.example\"\n", &[]);
+        // A machine without system CA certificates reports that instead.
+        match c {
+            Ok(c) => {
+                assert_eq!(
+                    (c.mqtt.host.as_str(), c.mqtt.port),
+                    ("broker.example", 8883)
+                );
+                assert_eq!(c.mqtt.tls, Some(TlsSettings::default()));
+                assert!(options(&c).is_ok());
+            }
+            Err(e) => assert!(e.to_string().contains("mqtt.ca_file"), "{e}"),
+        }
+        let c = load("[mqtt]\nurl = \"mqtt://broker.example\"\n", &[]).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.tls, None);
+        let e = problems(load("[mqtt]\nurl = \"http://x\"\n", &[]));
+        assert!(e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_config_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.crt");
+        let e = problems(load(
+            &format!(
+                "[mqtt]\nurl = \"mqtts://h:8883\"\nca_file = \"{}\"\n",
+                missing.display()
+            ),
+            &[],
+        ));
+        assert!(e.contains("mqtt.ca_file") && e.contains("nope.crt"), "{e}");
+        let junk = dir.path().join("junk.crt");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = problems(load(
+            &format!(
+                "[mqtt]\nurl = \"mqtts://h:8883\"\nca_file = \"{}\"\n",
+                junk.display()
+            ),
+            &[],
+        ));
+        assert!(e.contains("no usable CA certificate"), "{e}");
+        // TLS files with a plain URL are a mistake, not silently ignored.
+        let e = problems(load(
+            &format!(
+                "[mqtt]\nurl = \"mqtt://h:1883\"\nca_file = \"{}\"\n",
+                junk.display()
+            ),
+            &[],
+        ));
+        assert!(e.contains("mqtt.ca_file: needs TLS"), "{e}");
+        let e = problems(load(
+            &format!(
+                "[mqtt]\nurl = \"mqtts://h:8883\"\nclient_cert_file = \"{}\"\n",
+                junk.display()
+            ),
+            &[],
+        ));
+        assert!(e.contains("go together"), "{e}");
+    }
+
+    #[test]
+    fn password_comes_from_a_file_or_the_environment_and_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        let c = load(
+            &format!(
+                "[mqtt]\nurl = \"mqtt://h\"\nusername = \"gateway\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.username.as_deref(), Some("gateway"));
+        assert_eq!(
+            c.mqtt.password.as_ref().map(|p| p.expose()),
+            Some("s3cret-from-file")
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("***"));
+
+        let c = load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"gateway\"\n",
+            &[("GATEWAY__MQTT__PASSWORD", "env-s3cret")],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "env-s3cret");
+        assert!(!format!("{c:?}").contains("env-s3cret"));
+        // The published config hash does not depend on the password.
+        let other = load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"gateway\"\n",
+            &[("GATEWAY__MQTT__PASSWORD", "another")],
+        )
+        .unwrap();
+        assert_eq!(c.hash, other.hash);
+
+        let e = problems(load(
+            &format!(
+                "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+            &[("GATEWAY__MQTT__PASSWORD", "x")],
+        ));
+        assert!(e.contains("not both"), "{e}");
+        let e = problems(load(
+            "[mqtt]\nurl = \"mqtt://h\"\n",
+            &[("GATEWAY__MQTT__PASSWORD", "x")],
+        ));
+        assert!(
+            e.contains("mqtt.username: a password needs a username"),
+            "{e}"
+        );
+        let e = problems(load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\npassword_file = \"/nonexistent/pw\"\n",
+            &[],
+        ));
+        assert!(e.contains("mqtt.password_file"), "{e}");
+        // A numeric password is converted by the env loader: refused, not echoed.
+        let e = problems(load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\n",
+            &[("GATEWAY__MQTT__PASSWORD", "8675309")],
+        ));
+        assert!(!e.contains("8675309"), "{e}");
     }
 }
