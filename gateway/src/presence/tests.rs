@@ -160,6 +160,7 @@ proptest! {
         let p = PersonId::from("p-1");
         let mut out = Vec::new();
         let mut t = 0;
+        let readings_audible = readings.iter().any(|(_, rssi, _)| *rssi >= PresenceConfig::default().min_rssi);
         for (s, rssi, dt) in readings {
             t += dt;
             e.observe(&p, scanners[s], rssi, t, &mut out);
@@ -177,7 +178,9 @@ proptest! {
                 PresenceEvent::Exited { .. } => prop_assert!(!in_zone),
             }
         }
-        prop_assert!(visits >= 1);
+        // Readings weaker than min_rssi are ignored: only audible ones open a visit.
+        let audible = readings_audible;
+        prop_assert_eq!(visits >= 1, audible);
         prop_assert_eq!(e.present_count(), 0);
     }
 }
@@ -210,4 +213,14 @@ fn a_reading_after_the_visit_gap_starts_a_new_visit_even_without_a_tick() {
         })
         .collect();
     assert_eq!(visits.len(), 2, "two distinct visit ids");
+}
+
+#[test]
+fn a_reading_below_min_rssi_opens_no_visit() {
+    // The case proptest found: one reading too weak to count.
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.observe(&PersonId::from("p-1"), "entrance", -96, 0, &mut out);
+    e.tick(1_000_000, &mut out);
+    assert!(out.is_empty(), "{:?}", names(&out));
 }
