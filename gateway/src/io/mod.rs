@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod mqtt;
 pub mod sources;
+pub mod wsbridge;
