@@ -145,6 +145,7 @@ function fakeNudge(id: string, kind: string, expiresInMs: number, extra: object 
 }
 
 beforeAll(async () => {
+  failed = true; // until everything has started: keep the logs if not
   mkdirSync(RESULTS, { recursive: true });
   work = mkdtempSync(join(tmpdir(), "web-e2e-"));
 
@@ -203,6 +204,7 @@ beforeAll(async () => {
 
   // 6. Chromium, headless, from Debian.
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
+  failed = false;
 }, 90_000);
 
 afterAll(async () => {
