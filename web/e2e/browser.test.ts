@@ -383,7 +383,9 @@ describe("the reference phone client in Chromium", () => {
       expect(await pageA.locator("article.nudge").count()).toBe(0);
       for (const name of ["Recognise me in the store", "Product information", "Feedback questions"]) {
         expect(await pageA.getByRole("switch", { name }).isChecked()).toBe(false);
+        expect(await pageA.getByRole("switch", { name }).isDisabled()).toBe(true);
       }
+      expect(await pageA.locator("#status").textContent()).toContain("forgotten");
       await shot(pageA, "08-forgotten");
     } catch (e) {
       failed = true;

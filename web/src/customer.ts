@@ -149,6 +149,8 @@ export class Customer {
       // too, with our correlation data (here: the change id).
       this.publish(this.topics.consent, body, {
         responseTopic: this.topics.responseTopic,
+        // MQTT.js types this as a Node Buffer; in the browser a Uint8Array
+        // is what its bundled Buffer shim accepts.
         correlationData: new TextEncoder().encode(id) as unknown as Buffer,
       }).catch((e: unknown) => {
         clearTimeout(timer);

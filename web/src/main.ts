@@ -50,14 +50,15 @@ for (const [name, value] of Object.entries(settings)) {
 // Connection status
 // ---------------------------------------------------------------------------
 
-const STATUS_TEXT: Record<Status, string> = {
+const STATUS_TEXT: Record<Status | "forgotten", string> = {
   connecting: "Connecting…",
   connected: "Connected",
   offline: "Offline: messages wait until you are back",
   refused: "Could not connect",
+  forgotten: "Disconnected: the store has forgotten you",
 };
 
-function showStatus(status: Status, detail?: string): void {
+function showStatus(status: Status | "forgotten", detail?: string): void {
   const node = $("status");
   node.dataset.state = status;
   node.textContent = detail ? `${STATUS_TEXT[status]}: ${detail}` : STATUS_TEXT[status];
@@ -204,7 +205,7 @@ async function changeConsent(purpose: Purpose, input: HTMLInputElement): Promise
     state.dataset.state = "failed";
     state.textContent = "not saved, try again";
   } finally {
-    input.disabled = false;
+    input.disabled = customer === null; // stays off after "forget me"
   }
 }
 
@@ -219,14 +220,20 @@ async function forgetMe(): Promise<void> {
     const receipt = await customer.forget();
     state.dataset.state = receipt.status;
     state.textContent = "Done: the store has erased everything about you.";
-    for (const p of PURPOSES) $<HTMLInputElement>(`consent-${p}`).checked = false;
+    // Nothing is left to change: every switch off and disabled.
+    for (const p of PURPOSES) {
+      const input = $<HTMLInputElement>(`consent-${p}`);
+      input.checked = false;
+      input.disabled = true;
+      $(`consent-${p}-state`).textContent = "";
+    }
     localStorage.removeItem(storageKey);
     inbox.clear();
     $("nudges").replaceChildren();
     $("nudges-empty").hidden = false;
     customer.end();
     customer = null;
-    showStatus("offline", "you have been forgotten");
+    showStatus("forgotten");
   } catch {
     state.dataset.state = "failed";
     state.textContent = "Not confirmed: try again";

@@ -111,6 +111,8 @@ export function parseNudge(text: string): Nudge | null {
 /** The nudges on screen: drops duplicates by `id` (QoS 1 may deliver twice,
  * and a reconnect may replay), refuses and removes expired ones. */
 export class Inbox {
+  // Every id ever seen, so a redelivery never shows again. The gateway caps
+  // nudges at a few a day, so this stays small for the life of a page.
   private seen = new Set<string>();
   private shown = new Map<string, Nudge>();
 
