@@ -8,3 +8,4 @@ pub mod mqtt;
 pub mod record;
 pub mod scanners;
 pub mod sources;
+pub mod wsbridge;
