@@ -180,7 +180,9 @@ fn start_delivery(
     let (connected, _) = watch::channel(false);
     let ready = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
+    let (_config_tx, config_updates) = watch::channel(config.clone());
     let delivery = Delivery {
+        config_updates,
         config,
         store,
         telemetry: Arc::new(Telemetry::new()),

@@ -251,6 +251,7 @@ pub async fn run(
         ));
     }
 
+    let (config_tx, config_rx) = watch::channel(config.clone());
     let delivery_cancel = CancellationToken::new();
     let delivery = tokio::spawn(
         mqtt::Delivery {
@@ -265,6 +266,7 @@ pub async fn run(
                 .chain(topics::scanner_subscriptions(&config))
                 .collect(),
             connected: connected_tx,
+            config_updates: config_rx.clone(),
         }
         .run(delivery_cancel.clone()),
     );
@@ -274,7 +276,6 @@ pub async fn run(
     }
     tracing::info!(store = %config.store_id, people = store.people_count(), outbox = store.outbox_len(), "gateway running");
 
-    let (config_tx, config_rx) = watch::channel(config.clone());
     if let Some(path) = options.config_path.clone() {
         tasks.spawn(crate::reload::run(
             path,

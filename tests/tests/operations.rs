@@ -52,6 +52,14 @@ async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Res
         site.topic("nudges/r-1"),
     ))
     .await?;
+    let status = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("gateway/status"),
+    ))
+    .await?;
+    let first_hash =
+        status.wait_for(1, Duration::from_secs(10)).await?[0].json()?["config_hash"].clone();
     let metric = |series: &str| site.metric(series).unwrap_or(0);
 
     let start = e2e::site::now_ms();
@@ -93,6 +101,15 @@ async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Res
         "Laptops side by side",
         "the reload took effect; presence and outbox kept"
     );
+    // The retained status names the configuration now in force.
+    e2e::wait_until(Duration::from_secs(10), || {
+        status.received().last().is_some_and(|m| {
+            m.json()
+                .map(|j| j["config_hash"] != first_hash && j["status"] == "online")
+                .unwrap_or(false)
+        })
+    })
+    .await?;
 
     // SIGHUP with an invalid value: refused by name, last good kept.
     std::fs::write(

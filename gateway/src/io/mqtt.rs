@@ -556,12 +556,15 @@ pub struct Delivery {
     pub subscriptions: Vec<String>,
     /// The link state, for `/readyz` and the demo.
     pub connected: watch::Sender<bool>,
+    /// Reloaded configurations: the retained status names the config hash.
+    pub config_updates: watch::Receiver<Arc<Config>>,
 }
 
 impl Delivery {
     /// Run delivery until `cancel`; then publish `offline` and disconnect.
     pub async fn run(self, cancel: CancellationToken) {
         let Delivery {
+            mut config_updates,
             config,
             store,
             telemetry,
@@ -626,6 +629,14 @@ impl Delivery {
                 },
                 _ = outbox_ready.notified() => {}
                 Some(message) = outgoing.recv(), if pump.connected => pump.publish_other(message),
+                Ok(()) = config_updates.changed() => {
+                    // Only the hash and what it describes change live; the
+                    // connection settings stay until a restart.
+                    pump.config = config_updates.borrow_and_update().clone();
+                    if pump.connected {
+                        pump.publish_status(true);
+                    }
+                }
                 _ = sweep.tick() => {
                     // sled's `len()` walks the whole tree: refreshing the
                     // gauge on every PUBACK made draining a backlog
