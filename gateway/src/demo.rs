@@ -178,6 +178,86 @@ fn start_broker(port: u16) -> Result<(), DemoError> {
     )))
 }
 
+/// Where `scripts/demo` builds the reference phone client (web/).
+fn web_dist() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist")
+}
+
+fn content_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json" | "map") => "application/json",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A tiny static file server for the demo's phone page, loopback only.
+async fn serve_web(
+    listener: tokio::net::TcpListener,
+    root: std::path::PathBuf,
+    cancel: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let root = root.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .split('?')
+                .next()
+                .unwrap_or("/");
+            let relative = if path == "/" {
+                "index.html"
+            } else {
+                path.trim_start_matches('/')
+            };
+            let file = root.join(relative);
+            // Only files inside the page's own directory.
+            let body = if relative
+                .split('/')
+                .any(|part| part == ".." || part.is_empty())
+            {
+                None
+            } else {
+                tokio::fs::read(&file).await.ok()
+            };
+            let head = match &body {
+                Some(b) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    content_type(&file),
+                    b.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string(),
+            };
+            let _ = stream.write_all(head.as_bytes()).await;
+            if let Some(b) = body {
+                let _ = stream.write_all(&b).await;
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
 /// Render a nudge the way the phone would show it.
 pub fn render_nudge(topic: &str, payload: &[u8]) -> String {
     match serde_json::from_slice::<serde_json::Value>(payload) {
@@ -279,6 +359,50 @@ pub async fn run(
         })
     };
 
+    // The reference phone client, when scripts/demo has built it: a
+    // WebSocket bridge to the demo broker and the page on loopback.
+    let web_cancel = CancellationToken::new();
+    if web_dist().join("index.html").exists() {
+        let bridge = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| DemoError::Broker(e.to_string()))?;
+        let page = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| DemoError::Broker(e.to_string()))?;
+        let (bridge_addr, page_addr) = (
+            bridge
+                .local_addr()
+                .map_err(|e| DemoError::Broker(e.to_string()))?,
+            page.local_addr()
+                .map_err(|e| DemoError::Broker(e.to_string()))?,
+        );
+        tokio::spawn(crate::io::wsbridge::run(
+            bridge,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            web_cancel.clone(),
+        ));
+        tokio::spawn(serve_web(page, web_dist(), web_cancel.clone()));
+        say("demo: each shopper's phone in a browser (open one before their visit: nudges are not kept for phones that are away):\n".to_string());
+        for person in &people {
+            let key = person
+                .app_keys()
+                .next()
+                .map(hex::encode)
+                .unwrap_or_default();
+            let consent: Vec<&str> = crate::identity::Purpose::ALL
+                .into_iter()
+                .filter(|p| person.consent.get(*p))
+                .map(|p| p.as_str())
+                .collect();
+            say(format!(
+                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&key={key}&consent={}\n",
+                person.recipient,
+                person.recipient,
+                consent.join(",")
+            ));
+        }
+    }
+
     let gateway_cancel = CancellationToken::new();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let gateway = tokio::spawn(daemon::run(
@@ -332,6 +456,7 @@ pub async fn run(
         .map_err(|e| DemoError::Broker(e.to_string()))??;
     tokio::time::sleep(Duration::from_millis(200)).await;
     phone_stop.cancel();
+    web_cancel.cancel();
     let _ = phone_task.await;
     let delivered = delivered.lock().unwrap_or_else(|e| e.into_inner()).len();
     say(format!(
