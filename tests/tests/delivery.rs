@@ -662,14 +662,13 @@ async fn junk_on_every_incoming_topic_is_reported_and_delivery_goes_on() -> anyh
         ("malformed", b"{\"id\": \"c-1\", ".to_vec()),
         ("schema", br#"{"unexpected": "s3cret-value"}"#.to_vec()),
     ];
-    // Feedback and purchases are not parsed by the pipeline yet (daemon.rs:
-    // "message kind not handled yet"): only the size limit applies there.
+    // Every incoming topic parses strictly: each kind of junk is reported.
     let topics = [
         ("retail/crm/people/p-77".to_string(), 4),
         (site.topic("consent/r-1"), 4),
         (site.topic("checkin/r-1"), 4),
-        (site.topic("feedback/r-1"), 1),
-        (site.topic("purchases"), 1),
+        (site.topic("feedback/r-1"), 4),
+        (site.topic("purchases"), 4),
     ];
     for (t, _) in &topics {
         for (_, payload) in &junk {
