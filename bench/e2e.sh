@@ -147,7 +147,10 @@ hz="$(getconf CLK_TCK)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); rmem_default $(cat /proc/sys/net/core/rmem_default)" | tee "$out.txt"
 echo "people enrolled: $(wc -l <"$work/people.jsonl"), devices $devices, strangers $strangers, ${seconds}s per rate" | tee -a "$out.txt"
 printf 'rate\tsent\tachieved_per_s\tmax_lag_ms\treceived\tlost\tlost_pct\tkernel_drops\tcpu_pct\trss_start_mb\trss_peak_mb\treserved\tacked\tload_1m\n' | tee "$out"
+# Highest rate of the unbroken run of good steps from the first.
 sustained=0
+lossless=0
+prev=0
 for rate in "${rates[@]}"; do
     s0="$(metric 'gateway_sightings_total{source="udp"}')"
     r0="$(metric 'gateway_nudges_reserved_total')"
@@ -196,12 +199,16 @@ EOF
     tail -1 "$out"
     lost_pct="$(tail -1 "$out" | cut -f7)"
     achieved="$(tail -1 "$out" | cut -f3)"
-    if python3 -c "import sys; sys.exit(0 if float('$lost_pct') <= 0.1 and float('$achieved') >= 0.95 * $rate else 1)"; then
+    if [ "$sustained" = "$prev" ] && python3 -c "import sys; sys.exit(0 if float('$lost_pct') <= 0.1 and float('$achieved') >= 0.95 * $rate else 1)"; then
         sustained="$rate"
     fi
+    if [ "$lossless" = "$prev" ] && [ "$(tail -1 "$out" | cut -f6)" = 0 ] && python3 -c "import sys; sys.exit(0 if float('$achieved') >= 0.95 * $rate else 1)"; then
+        lossless="$rate"
+    fi
+    prev="$rate"
     kill -0 "$gw" 2>/dev/null || { echo "gateway died:" >&2; tail -20 "$work/gateway.err" >&2; exit 1; }
 done
-echo "sustained (<= 0.1 % lost, sender within 5 % of target): $sustained adverts/s" | tee -a "$out.txt"
+echo "sustained with nothing dropped: $lossless adverts/s; with <= 0.1 % dropped: $sustained adverts/s (sender within 5 % of target)" | tee -a "$out.txt"
 echo "gateway warnings/errors logged: $(grep -c -E 'WARN|ERROR' "$work/gateway.err" || true)" | tee -a "$out.txt"
 grep -E 'WARN|ERROR' "$work/gateway.err" | cut -c1-200 | sort | uniq -c | sort -rn | head -5 | tee -a "$out.txt" || true
 echo "results: $out"
