@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# End-to-end load run: a private Mosquitto on a free loopback port, the
+# release `gateway run` with a UDP source and rules, and `firmware-sim load`
+# at increasing rates. For each rate: records sent (load report) against the
+# gateway's gateway_sightings_total{source="udp"} delta (the difference is
+# what the kernel dropped from the socket's receive buffer, cross-checked
+# with the drops column of /proc/net/udp), the gateway's CPU % and peak RSS
+# (from /proc/PID/stat and /proc/PID/status), nudges reserved and acked.
+#
+# Usage: bench/e2e.sh [rates...]      (default: 2000 5000 10000 20000 50000)
+# Env:   E2E_SECONDS (20), E2E_DEVICES (2000), E2E_STRANGERS (0.9),
+#        E2E_OUT (bench/results/e2e-<time>.tsv), CARGO_TARGET_DIR,
+#        E2E_PERF=<prefix> to `perf record` the gateway during each step.
+# Loopback only; bounded (each step E2E_SECONDS + ~4 s); every process it
+# starts is stopped on exit (trap EXIT), by pid.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+gateway="$target/release/gateway"
+sim="$target/release/firmware-sim"
+seconds="${E2E_SECONDS:-20}"
+devices="${E2E_DEVICES:-2000}"
+strangers="${E2E_STRANGERS:-0.9}"
+rates=("$@")
+[ ${#rates[@]} -gt 0 ] || rates=(2000 5000 10000 20000 50000)
+mkdir -p "$here/results"
+out="${E2E_OUT:-$here/results/e2e-$(date -u +%Y%m%dT%H%M%SZ).tsv}"
+
+for bin in "$gateway" "$sim"; do
+    [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
+done
+
+work="$(mktemp -d /tmp/gw-e2e.XXXXXX)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket,sys
+s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM)
+s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"
+}
+
+broker_port="$(free_port tcp)"
+udp_port="$(free_port udp)"
+admin_port="$(free_port tcp)"
+[ "$broker_port" != 1883 ] || broker_port="$(free_port tcp)"
+
+cat >"$work/mosquitto.conf" <<EOF
+listener $broker_port 127.0.0.1
+allow_anonymous true
+user root
+persistence false
+log_dest file $work/mosquitto.log
+EOF
+/usr/sbin/mosquitto -c "$work/mosquitto.conf" &
+pids+=($!)
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null && break
+    sleep 0.1
+done
+
+cat >"$work/site.toml" <<EOF
+[store]
+id = "store-042"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:$broker_port"
+prefix = "retail"
+keep_alive_s = 5
+
+[storage]
+path = "$work/db"
+
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:$udp_port"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+
+# One zone over the three scanners the load generator names, so enrolled
+# shoppers (heard ~once a second each, random RSSI) dwell and get decided on:
+# the run exercises reserve (sled transaction + flush) and MQTT delivery too.
+[[zones]]
+id = "floor"
+scanners = ["entrance", "laptops", "headphones"]
+
+[[rules]]
+id = "welcome"
+zone = "floor"
+dwell_s = 10
+kind = "info"
+title = "Welcome"
+body = "Today's offers are at the entrance."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = 1200
+EOF
+
+# The load generator's enrolled shoppers, written by a 1 ms run to a port
+# nobody listens on (same --devices/--strangers/--seed as the real runs).
+dummy_port="$(free_port udp)"
+"$sim" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$devices" \
+    --strangers "$strangers" --duration 1ms --people "$work/people.jsonl" >/dev/null
+GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/people.jsonl" >"$work/import.log" 2>&1 \
+    || { cat "$work/import.log" >&2; exit 1; }
+
+GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$work/site.toml" run >"$work/gateway.out" 2>"$work/gateway.err" &
+gw=$!
+pids+=($gw)
+for _ in $(seq 200); do
+    curl -sf "http://127.0.0.1:$admin_port/livez" >/dev/null 2>&1 && break
+    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.err" >&2; exit 1; }
+    sleep 0.1
+done
+
+metric() {
+    curl -sf "http://127.0.0.1:$admin_port/metrics" | awk -v s="$1" '
+        index($0, s) == 1 { v += $NF } END { printf "%d\n", v + 0 }'
+}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$gw/stat"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$gw/status"; }
+udp_drops() {
+    # /proc/net/udp: local_address is hex ip:port; drops is the last column.
+    local hexport
+    hexport="$(printf '%04X' "$udp_port")"
+    awk -v p=":$hexport" '$2 ~ p"$" { print $NF }' /proc/net/udp | head -1
+}
+hz="$(getconf CLK_TCK)"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); rmem_default $(cat /proc/sys/net/core/rmem_default)" | tee "$out.txt"
+echo "people enrolled: $(wc -l <"$work/people.jsonl"), devices $devices, strangers $strangers, ${seconds}s per rate" | tee -a "$out.txt"
+printf 'rate\tsent\tachieved_per_s\tmax_lag_ms\treceived\tlost\tlost_pct\tkernel_drops\tcpu_pct\trss_start_mb\trss_peak_mb\treserved\tacked\tload_1m\n' | tee "$out"
+# Highest rate of the unbroken run of good steps from the first.
+sustained=0
+lossless=0
+prev=0
+for rate in "${rates[@]}"; do
+    s0="$(metric 'gateway_sightings_total{source="udp"}')"
+    r0="$(metric 'gateway_nudges_reserved_total')"
+    a0="$(metric 'gateway_nudges_acked_total')"
+    d0="$(udp_drops)"; d0="${d0:-0}"
+    c0="$(cpu_ticks)"; t0="$(date +%s.%N)"
+    rss0="$(rss_kb)"
+    peak="$rss0"
+    "$sim" load --target "127.0.0.1:$udp_port" --rate "$rate" --devices "$devices" \
+        --strangers "$strangers" --duration "${seconds}s" --json >"$work/load-$rate.json" &
+    lp=$!
+    pids+=($lp)
+    if [ -n "${E2E_PERF:-}" ]; then
+        # Profile the gateway process during this step (E2E_PERF=file prefix).
+        perf record -F 499 -g -p "$gw" -o "${E2E_PERF}-$rate.data" -- sleep "$seconds" >/dev/null 2>&1 &
+        pids+=($!)
+    fi
+    while kill -0 "$lp" 2>/dev/null; do
+        r="$(rss_kb)"; [ "$r" -gt "$peak" ] && peak="$r"
+        sleep 0.5
+    done
+    wait "$lp" || true
+    sleep 2   # let the gateway drain its channel
+    c1="$(cpu_ticks)"; t1="$(date +%s.%N)"
+    r="$(rss_kb)"; [ "$r" -gt "$peak" ] && peak="$r"
+    s1="$(metric 'gateway_sightings_total{source="udp"}')"
+    r1="$(metric 'gateway_nudges_reserved_total')"
+    a1="$(metric 'gateway_nudges_acked_total')"
+    d1="$(udp_drops)"; d1="${d1:-0}"
+    load1="$(cut -d' ' -f1 /proc/loadavg)"
+    python3 - "$work/load-$rate.json" "$rate" "$s0" "$s1" "$d0" "$d1" "$c0" "$c1" "$t0" "$t1" "$hz" \
+        "$rss0" "$peak" "$((r1 - r0))" "$((a1 - a0))" "$load1" "$seconds" >>"$out" <<'EOF'
+import json, sys
+(path, rate, s0, s1, d0, d1, c0, c1, t0, t1, hz, rss0, peak, res, ack, load1, secs) = sys.argv[1:]
+rep = json.load(open(path))
+sent = rep["records_sent"]
+got = int(s1) - int(s0)
+lost = sent - got
+# CPU over the sending window plus the 2 s drain, as a share of one core.
+cpu = (int(c1) - int(c0)) / int(hz) / (float(t1) - float(t0)) * 100
+print("\t".join(str(x) for x in [
+    rate, sent, f'{rep["achieved_rate"]:.0f}', f'{rep["max_lag_ms"]:.1f}', got, lost,
+    f"{100 * lost / max(sent, 1):.2f}", int(d1) - int(d0), f"{cpu:.0f}",
+    f"{int(rss0) / 1024:.1f}", f"{int(peak) / 1024:.1f}", res, ack, load1]))
+EOF
+    tail -1 "$out"
+    lost_pct="$(tail -1 "$out" | cut -f7)"
+    achieved="$(tail -1 "$out" | cut -f3)"
+    if [ "$sustained" = "$prev" ] && python3 -c "import sys; sys.exit(0 if float('$lost_pct') <= 0.1 and float('$achieved') >= 0.95 * $rate else 1)"; then
+        sustained="$rate"
+    fi
+    if [ "$lossless" = "$prev" ] && [ "$(tail -1 "$out" | cut -f6)" = 0 ] && python3 -c "import sys; sys.exit(0 if float('$achieved') >= 0.95 * $rate else 1)"; then
+        lossless="$rate"
+    fi
+    prev="$rate"
+    kill -0 "$gw" 2>/dev/null || { echo "gateway died:" >&2; tail -20 "$work/gateway.err" >&2; exit 1; }
+done
+echo "sustained with nothing dropped: $lossless adverts/s; with <= 0.1 % dropped: $sustained adverts/s (sender within 5 % of target)" | tee -a "$out.txt"
+echo "gateway warnings/errors logged: $(grep -c -E 'WARN|ERROR' "$work/gateway.err" || true)" | tee -a "$out.txt"
+grep -E 'WARN|ERROR' "$work/gateway.err" | cut -c1-200 | sort | uniq -c | sort -rn | head -5 | tee -a "$out.txt" || true
+echo "results: $out"
