@@ -188,7 +188,11 @@ fn components(people: &People, ids: &[PersonId]) {
     use gateway::identity::{IdentityIndex, RotatingIdTable};
     use std::collections::HashMap;
     let records: Vec<PersonRecord> = (0..PEOPLE)
-        .map(|i| people.get(&PersonId::from(format!("p-{i:06}").as_str())).cloned())
+        .map(|i| {
+            people
+                .get(&PersonId::from(format!("p-{i:06}").as_str()))
+                .cloned()
+        })
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
     let base = trimmed_resident_bytes();
@@ -223,8 +227,10 @@ fn components(people: &People, ids: &[PersonId]) {
     );
     drop(index);
     let base = trimmed_resident_bytes();
-    let map: HashMap<PersonId, PersonRecord> =
-        records.iter().map(|r| (r.person.clone(), r.clone())).collect();
+    let map: HashMap<PersonId, PersonRecord> = records
+        .iter()
+        .map(|r| (r.person.clone(), r.clone()))
+        .collect();
     let after = trimmed_resident_bytes();
     println!(
         "memory: part: HashMap<PersonId, PersonRecord> of {}: {:.1} MB resident \

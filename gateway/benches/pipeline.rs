@@ -550,4 +550,3 @@ criterion_group! {
     targets = bench
 }
 criterion_main!(benches);
-

@@ -59,8 +59,7 @@ fn run(store: &Store, threads: usize, seconds: u64, round: u64) {
         store_per_minute: None,
     });
     let tz: Arc<Tz> = Arc::new("Europe/Berlin".parse().expect("tz"));
-    let people: Arc<Vec<PersonId>> =
-        Arc::new((0..PEOPLE).map(|i| record(i).person).collect());
+    let people: Arc<Vec<PersonId>> = Arc::new((0..PEOPLE).map(|i| record(i).person).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
