@@ -211,4 +211,9 @@ done
 echo "sustained with nothing dropped: $lossless adverts/s; with <= 0.1 % dropped: $sustained adverts/s (sender within 5 % of target)" | tee -a "$out.txt"
 echo "gateway warnings/errors logged: $(grep -c -E 'WARN|ERROR' "$work/gateway.err" || true)" | tee -a "$out.txt"
 grep -E 'WARN|ERROR' "$work/gateway.err" | cut -c1-200 | sort | uniq -c | sort -rn | head -5 | tee -a "$out.txt" || true
+# Sighting -> PUBACK, measured inside the gateway for every nudge it sent
+# (the triggering sighting's arrival at the UDP socket to the broker's
+# PUBACK); quantiles over the most recent 8,192 nudges, in seconds.
+echo "sighting -> PUBACK latency (quantiles in seconds, over the run):" | tee -a "$out.txt"
+curl -sf "http://127.0.0.1:$admin_port/metrics" | grep '^gateway_sighting_to_puback_seconds' | tee -a "$out.txt" || true
 echo "results: $out"

@@ -182,6 +182,7 @@ fn start_delivery(
     let cancel = CancellationToken::new();
     let (_config_tx, config_updates) = watch::channel(config.clone());
     let delivery = Delivery {
+        latency_stamps: Default::default(),
         config_updates,
         config,
         store,

@@ -267,6 +267,7 @@ pub async fn run(
                 .collect(),
             connected: connected_tx,
             config_updates: config_rx.clone(),
+            latency_stamps: pipeline.latency_stamps.clone(),
         }
         .run(delivery_cancel.clone()),
     );
@@ -324,6 +325,10 @@ pub struct Pipeline {
     /// The store's own beacons: battery, temperature, last seen.
     fleet: Fleet,
     last_fleet_report_ms: i64,
+    /// Shared with delivery: when the sighting behind each reservation arrived.
+    pub latency_stamps: mqtt::LatencyStamps,
+    /// The arrival of the sighting being handled, if any.
+    current_arrival: Option<std::time::Instant>,
     /// OpenMQTTGateway sends one advert in parts; they are joined here.
     merger: AdvertMerger,
     /// `--record`: what the sources hear, strangers removed.
@@ -396,6 +401,8 @@ impl Pipeline {
             last_sweep_ms: now,
             fleet,
             last_fleet_report_ms: i64::MIN,
+            latency_stamps: mqtt::LatencyStamps::default(),
+            current_arrival: None,
             merger,
             recorder: None,
         })
@@ -476,6 +483,7 @@ impl Pipeline {
             self.on_sighting(Ingested {
                 source: topics::ScannerFeed::OpenMqttGateway.label(),
                 sighting,
+                received: std::time::Instant::now(),
             })
             .await;
         }
@@ -513,6 +521,12 @@ impl Pipeline {
     }
 
     async fn on_sighting(&mut self, item: Ingested) {
+        self.current_arrival = Some(item.received);
+        self.handle_sighting(item).await;
+        self.current_arrival = None;
+    }
+
+    async fn handle_sighting(&mut self, item: Ingested) {
         let sighting = item.sighting;
         if !self
             .clock
@@ -750,6 +764,15 @@ impl Pipeline {
             .expect("reserve task does not panic");
             match outcome {
                 Ok(Reservation::Reserved { .. }) => {
+                    if let Some(arrived) = self.current_arrival {
+                        let mut stamps = self
+                            .latency_stamps
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if stamps.len() < mqtt::MAX_LATENCY_STAMPS {
+                            stamps.insert(nudge_id.clone(), arrived);
+                        }
+                    }
                     events::nudge_reserved(
                         &self.telemetry,
                         &person_hash,
@@ -873,7 +896,12 @@ impl Pipeline {
         match parsed {
             Ok(sightings) => {
                 for sighting in sightings {
-                    self.on_sighting(Ingested { source, sighting }).await;
+                    self.on_sighting(Ingested {
+                        source,
+                        sighting,
+                        received: std::time::Instant::now(),
+                    })
+                    .await;
                 }
             }
             Err(e) if e.ignored => self.telemetry.count(

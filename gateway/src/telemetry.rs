@@ -15,6 +15,8 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Telemetry {
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     gauges: Mutex<BTreeMap<&'static str, i64>>,
+    /// Latency samples per summary name: the most recent ones only.
+    summaries: Mutex<BTreeMap<&'static str, Summary>>,
     /// Start of the current one-second window for rate-limited warnings.
     warn_window_s: AtomicI64,
     warn_count: AtomicU64,
@@ -24,9 +26,50 @@ pub struct Telemetry {
 /// garbage cannot flood the log; every occurrence is still counted.
 const WARNINGS_PER_SECOND: u64 = 20;
 
+/// A bounded reservoir of the latest samples, reported as quantiles.
+#[derive(Default)]
+struct Summary {
+    recent: std::collections::VecDeque<f64>,
+    count: u64,
+    sum: f64,
+}
+
+/// Samples kept per summary: enough for a stable p999 over recent traffic.
+const SUMMARY_SAMPLES: usize = 8192;
+
+impl Summary {
+    fn quantile(sorted: &[f64], q: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
 impl Telemetry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// One latency sample, in seconds.
+    pub fn observe(&self, name: &'static str, seconds: f64) {
+        let mut summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
+        let s = summaries.entry(name).or_default();
+        if s.recent.len() == SUMMARY_SAMPLES {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(seconds);
+        s.count += 1;
+        s.sum += seconds;
+    }
+
+    /// p50, p99 and p999 of the recent samples of a summary.
+    pub fn quantiles(&self, name: &str) -> Option<[f64; 3]> {
+        let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
+        let s = summaries.get(name)?;
+        let mut sorted: Vec<f64> = s.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        Some([0.5, 0.99, 0.999].map(|q| Summary::quantile(&sorted, q)))
     }
 
     pub fn count(&self, name: &'static str, labels: &[(&'static str, &str)], by: u64) {
@@ -95,6 +138,28 @@ impl Telemetry {
                 last = name;
             }
             let _ = writeln!(out, "gateway_{name}{} {value}", render_labels(labels));
+        }
+        for (name, s) in self
+            .summaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let mut sorted: Vec<f64> = s.recent.iter().copied().collect();
+            sorted.sort_by(f64::total_cmp);
+            let _ = writeln!(out, "# TYPE gateway_{name} summary");
+            for q in [0.5, 0.99, 0.999] {
+                let _ = writeln!(
+                    out,
+                    "gateway_{name}{{quantile=\"{q}\"}} {}",
+                    Summary::quantile(&sorted, q)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "gateway_{name}_sum {}\ngateway_{name}_count {}",
+                s.sum, s.count
+            );
         }
         for (name, value) in self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "# TYPE gateway_{name} gauge\ngateway_{name} {value}");
@@ -213,6 +278,33 @@ pub mod events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_summary_keeps_recent_samples_and_reports_quantiles() {
+        let t = Telemetry::new();
+        for i in 1..=1000 {
+            t.observe("x_seconds", i as f64 / 1000.0);
+        }
+        let [p50, p99, p999] = t.quantiles("x_seconds").unwrap();
+        assert!(
+            (p50 - 0.5).abs() < 0.01 && (p99 - 0.99).abs() < 0.01 && (p999 - 0.999).abs() < 0.01
+        );
+        let text = t.render();
+        assert!(text.contains("# TYPE gateway_x_seconds summary"), "{text}");
+        assert!(
+            text.contains("gateway_x_seconds{quantile=\"0.99\"} 0.99"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_x_seconds_count 1000"), "{text}");
+        for _ in 0..SUMMARY_SAMPLES {
+            t.observe("x_seconds", 2.0);
+        }
+        assert_eq!(
+            t.quantiles("x_seconds").unwrap()[0],
+            2.0,
+            "old samples age out"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text_with_escaped_labels() {

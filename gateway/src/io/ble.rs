@@ -236,6 +236,7 @@ async fn scan(
             let ingested = Ingested {
                 source: SOURCE,
                 sighting,
+                received: std::time::Instant::now(),
             };
             tokio::select! {
                 _ = cancel.cancelled() => return stop(&adapter, Ok(())).await,

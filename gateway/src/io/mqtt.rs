@@ -353,7 +353,21 @@ enum Pending {
     Other,
 }
 
+/// When each reserved nudge's triggering sighting arrived, by nudge id:
+/// written by the pipeline at reservation, taken by delivery at publish.
+/// Bounded; a nudge without a stamp (after a restart, say) is not timed.
+pub type LatencyStamps = Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>;
+
+/// At most this many reservations wait for their PUBACK to be timed.
+pub const MAX_LATENCY_STAMPS: usize = 4096;
+
+/// The summary `/metrics` reports the sighting → PUBACK latency in.
+pub const SIGHTING_TO_PUBACK: &str = "sighting_to_puback_seconds";
+
 struct Pump {
+    stamps: LatencyStamps,
+    /// Outbox sequence → when its triggering sighting arrived.
+    timing: HashMap<u64, std::time::Instant>,
     config: Arc<Config>,
     store: Store,
     telemetry: Arc<Telemetry>,
@@ -429,6 +443,10 @@ impl Pump {
             }
             LinkEvent::Acked { pkid, ok } => {
                 if let Some(Pending::Outbox(seq)) = self.in_flight.remove(&pkid) {
+                    if let Some(arrived) = self.timing.remove(&seq).filter(|_| ok) {
+                        self.telemetry
+                            .observe(SIGHTING_TO_PUBACK, arrived.elapsed().as_secs_f64());
+                    }
                     match self.store.outbox_remove(seq) {
                         Ok(()) if ok => events::nudge_acked(&self.telemetry, &seq.to_string()),
                         Ok(()) => {
@@ -522,6 +540,14 @@ impl Pump {
                 properties,
             ) {
                 Ok(()) => {
+                    if let Some(arrived) = self
+                        .stamps
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&entry.nudge_id)
+                    {
+                        self.timing.insert(seq, arrived);
+                    }
                     self.unsent.push_back(Pending::Outbox(seq));
                     self.cursor = seq + 1;
                     events::nudge_published(&self.telemetry);
@@ -558,12 +584,15 @@ pub struct Delivery {
     pub connected: watch::Sender<bool>,
     /// Reloaded configurations: the retained status names the config hash.
     pub config_updates: watch::Receiver<Arc<Config>>,
+    /// Arrival times of the sightings behind reserved nudges.
+    pub latency_stamps: LatencyStamps,
 }
 
 impl Delivery {
     /// Run delivery until `cancel`; then publish `offline` and disconnect.
     pub async fn run(self, cancel: CancellationToken) {
         let Delivery {
+            latency_stamps,
             mut config_updates,
             config,
             store,
@@ -598,6 +627,8 @@ impl Delivery {
         ));
         telemetry.set_gauge("mqtt_connected", 0);
         let mut pump = Pump {
+            stamps: latency_stamps,
+            timing: HashMap::new(),
             config: config.clone(),
             store,
             telemetry,

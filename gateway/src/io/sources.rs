@@ -19,6 +19,9 @@ use crate::telemetry::{Telemetry, events};
 pub struct Ingested {
     pub source: &'static str,
     pub sighting: Sighting,
+    /// When the source received it: the start of the sighting → PUBACK
+    /// latency the gateway reports.
+    pub received: std::time::Instant,
 }
 
 /// Largest datagram we read: a full record with the longest advert fits.
@@ -37,6 +40,7 @@ pub async fn run_udp(
             _ = cancel.cancelled() => return,
             r = socket.recv_from(&mut buf) => r,
         };
+        let arrived = std::time::Instant::now();
         let (len, _peer) = match received {
             Ok(r) => r,
             Err(e) => {
@@ -66,6 +70,7 @@ pub async fn run_udp(
                     .send(Ingested {
                         source: "udp",
                         sighting,
+                        received: arrived,
                     })
                     .await
                     .is_err()
@@ -131,6 +136,7 @@ pub async fn run_replay(
             .send(Ingested {
                 source: "replay",
                 sighting,
+                received: std::time::Instant::now(),
             })
             .await
             .is_err()
