@@ -20,27 +20,7 @@ const SEED: u64 = 11;
 fn rules(expiry_s: u32) -> String {
     format!(
         r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
-
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
-
+{zones}{laptop}
 [[rules]]
 id = "headphones-info"
 zone = "headphones"
@@ -62,7 +42,9 @@ enabled = true
 
 [presence]
 max_future_skew_ms = 86400000
-"#
+"#,
+        zones = e2e::site::THREE_ZONES,
+        laptop = e2e::site::LAPTOP_COMPARE,
     )
 }
 

@@ -21,18 +21,7 @@ async fn compare_items_feedback_on_exit_and_thanks_after_a_purchase() -> anyhow:
 [catalog]
 path = "{catalog}"
 
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
-
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
+{zones}
 [[rules]]
 id = "laptop-compare"
 zone = "laptops"
@@ -66,7 +55,8 @@ rule_cooldown_s = 0
 [presence]
 max_future_skew_ms = 86400000
 visit_gap_ms = 20000
-"#
+"#,
+        zones = e2e::site::THREE_ZONES,
     );
     let mut site = Site::new(broker.port(), &extra)?;
     let path = vec![

@@ -321,27 +321,12 @@ fn invalid_payloads_fail_the_schema_and_the_gateway_alike() {
     }
 }
 
-const SITE: &str = r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
+/// The harness's store and laptop rule, plus what this test adds.
+fn site() -> String {
+    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
+}
 
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 20
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
+const SITE_REST: &str = r#"
 
 [[rules]]
 id = "headphones-info"
@@ -373,7 +358,7 @@ fn now_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_a_running_gateway_publishes_matches_its_schema() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), SITE)?;
+    let mut site = Site::new(broker.port(), &site())?;
     let path = vec![
         Stop::new("entrance", 5),
         Stop::new("laptops", 45),
