@@ -15,24 +15,9 @@ const NOW_S: i64 = 1_795_485_600;
 const KEYS: usize = 10_000;
 const ADVERTS: usize = 4096;
 
-/// A small deterministic generator (xorshift64*), so the mix is the same on
-/// every run without pulling in `rand`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        std::array::from_fn(|_| self.next() as u8)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn key(i: usize) -> [u8; 16] {
     let mut k = [0u8; 16];
