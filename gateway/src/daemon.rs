@@ -329,6 +329,8 @@ pub struct Pipeline {
     pub latency_stamps: mqtt::LatencyStamps,
     /// The arrival of the sighting being handled, if any.
     current_arrival: Option<std::time::Instant>,
+    /// Where scanner nodes publish, from the config in force.
+    scanner_filters: topics::ScannerFilters,
     /// OpenMQTTGateway sends one advert in parts; they are joined here.
     merger: AdvertMerger,
     /// `--record`: what the sources hear, strangers removed.
@@ -384,6 +386,7 @@ impl Pipeline {
             presence.seed_visit(person, seed);
         }
         let fleet = Fleet::new(config.beacons.clone());
+        let scanner_filters = topics::scanner_filters(&config);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         Ok(Pipeline {
             config,
@@ -403,6 +406,7 @@ impl Pipeline {
             last_fleet_report_ms: i64::MIN,
             latency_stamps: mqtt::LatencyStamps::default(),
             current_arrival: None,
+            scanner_filters,
             merger,
             recorder: None,
         })
@@ -466,6 +470,7 @@ impl Pipeline {
     /// apply from the next event; who is present and the outbox stay.
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
+        self.scanner_filters = topics::scanner_filters(&config);
         self.config = config;
     }
 
@@ -834,7 +839,7 @@ impl Pipeline {
     // ---- people-changing messages -------------------------------------
 
     async fn on_incoming(&mut self, message: IncomingMessage) {
-        if let Some(feed) = topics::scanner_feed(&self.config, &message.topic) {
+        if let Some(feed) = topics::scanner_feed(&self.scanner_filters, &message.topic) {
             self.on_scanner_message(feed, &message).await;
             if let Some(ack) = message.ack {
                 ack.ack();

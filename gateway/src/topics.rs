@@ -85,7 +85,11 @@ impl ScannerFeed {
     }
 }
 
-fn scanner_filters(config: &Config) -> Vec<(ScannerFeed, String)> {
+/// The scanner topic filters of a configuration, by feed: built once per
+/// configuration, looked up for every incoming message.
+pub type ScannerFilters = Vec<(ScannerFeed, String)>;
+
+pub fn scanner_filters(config: &Config) -> ScannerFilters {
     let mut filters = Vec::new();
     for source in &config.sources {
         if let crate::config::SourceSettings::MqttScanners {
@@ -124,11 +128,11 @@ pub fn scanner_subscriptions(config: &Config) -> Vec<String> {
 }
 
 /// Which scanner feed, if any, a topic belongs to.
-pub fn scanner_feed(config: &Config, topic: &str) -> Option<ScannerFeed> {
-    scanner_filters(config)
-        .into_iter()
+pub fn scanner_feed(filters: &ScannerFilters, topic: &str) -> Option<ScannerFeed> {
+    filters
+        .iter()
         .find(|(_, f)| matches(f, topic))
-        .map(|(feed, _)| feed)
+        .map(|(feed, _)| *feed)
 }
 
 pub fn receipts(config: &Config, recipient: &str) -> String {
@@ -244,6 +248,31 @@ mod tests {
         assert!(!matches("home/+/BTtoMQTT/+", "home/node1/BTtoMQTT/a/b"));
         assert!(matches("espresense/#", "espresense/devices/x/room"));
         assert!(!matches("espresense/devices/+/+", "other/devices/x/room"));
+    }
+
+    #[test]
+    fn scanner_feeds_are_found_from_filters_built_once() {
+        let c = crate::config::from_layers(
+            "t",
+            Some("[store]\nid = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n[[sources]]\nkind = \"mqtt_scanners\"\nopenmqttgateway = [\"home/+/BTtoMQTT/+\"]\nespresense = [\"espresense/devices/+/+\"]\n"),
+            Default::default(),
+        )
+        .unwrap();
+        let filters = scanner_filters(&c);
+        assert_eq!(
+            scanner_feed(&filters, "retail/s1/scanners/node-1"),
+            Some(ScannerFeed::Own)
+        );
+        assert_eq!(
+            scanner_feed(&filters, "home/n1/BTtoMQTT/AABB"),
+            Some(ScannerFeed::OpenMqttGateway)
+        );
+        assert_eq!(
+            scanner_feed(&filters, "espresense/devices/x/laptops"),
+            Some(ScannerFeed::Espresense)
+        );
+        assert_eq!(scanner_feed(&filters, "retail/s1/consent/r-1"), None);
+        assert_eq!(scanner_subscriptions(&c).len(), 3);
     }
 
     #[test]
