@@ -1,30 +1,42 @@
 //! The presence engine against the simulated store (issue "Presence that
-//! does not flicker"): the standard small store with its noise model, three
-//! seeds, 15 simulated minutes each, scored by `presence::eval` exactly as
-//! `gateway eval-presence` scores a capture file.
+//! does not flicker"), scored by `presence::eval` exactly as `gateway
+//! eval-presence` scores a capture file, in the standard small store with
+//! its noise model, in two scenarios:
 //!
-//! The issue's targets are: zone accuracy >= 95 % of subject-seconds, at
-//! most 1 zone flip per subject-hour beyond the true moves, entry within
-//! 10 s, exit within 60 s, and fewer flips than the naive baseline. Entry,
-//! exit and "beats the baseline" are asserted as stated. Accuracy and
-//! flips are NOT at the target yet; they are asserted at the level measured
-//! (accuracy >= 80 %, flips <= 3 per subject-hour) so they cannot regress,
-//! and the gap is known:
+//! * the **population**: `Scenario::tour`, 30 opted-in shoppers and 60
+//!   strangers arriving over ten minutes, each through the entrance and two
+//!   zones (20-120 s each), 30 simulated minutes, three seeds. Scored over
+//!   person-seconds (every device people carry; the store's own fixed
+//!   beacons are not people), as the issue states its targets.
+//! * the **demo**: `Scenario::small_demo`, 15 minutes, three seeds: a dozen
+//!   subjects, among them a staff member's band standing 15 minutes at one
+//!   random spot of the hall and the store's beacons at zone corners.
 //!
-//! * accuracy is about 82 % on every seed. The loss is (a) a staff member's
-//!   band standing 15 minutes in the hall right next to a zone, where its
-//!   levels are those of someone inside the zone: with one scanner per zone
-//!   and no floor plan, the engine cannot tell the two apart (seed 7: 0 %
-//!   of 900 s); (b) shoppers' short hall crossings (3-4 s between zones)
-//!   and the hold time of every real move, which cost 15-25 % of a
-//!   two-minute visit; the baseline, fast but flickering, gets 84-86 % of the
-//!   shoppers' seconds against the engine's 76-80 %.
-//! * flips are 1.1-2.1 per subject-hour, mostly the in-zone beacons near a
-//!   zone's edge dropping to the hall under a long body shadow.
-
+//! The issue's targets: zone accuracy >= 95 % of person-seconds, at most 1
+//! zone flip per person-hour beyond the true moves, entry within 10 s, exit
+//! within 60 s, fewer flips than the naive baseline. Entry, exit and "beats
+//! the baseline" are asserted as stated. Accuracy is NOT at the target; it
+//! is asserted at the level measured so it cannot regress:
+//!
+//! * population: about 89 % of person-seconds, 0.9-1.3 extra flips per
+//!   person-hour. What is lost is mostly the walk between zones: a 3-5 s
+//!   crossing of the hall is reported late or not at all (the hall hold
+//!   that keeps static people from flickering at the hall's edge), and
+//!   each move into a zone is seen 2-3 s late (filter lag plus the 1.5 s
+//!   switch hold). Visits here are two or three minutes with four to six
+//!   moves, so each second of lag per move costs about 3 %.
+//! * demo: one subject decides a seed. The staff band stands at a random
+//!   spot of the hall; when that spot is beside a zone its levels are those
+//!   of someone inside (seed 7: 0 % of 900 s). A floor-plan estimator (a
+//!   grid Bayes filter over scanner positions and zone areas, branch
+//!   `floor-plan-experiment`) placed that band right on two seeds of three
+//!   but did worse on the population (85 % vs 89 %) and flipped more, so it
+//!   was not merged.
 use std::time::Duration;
 
 use firmware_sim::{DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec};
+use std::collections::BTreeSet;
+
 use gateway::presence::eval::{
     EvalOptions, EvalReport, TruthSpan, evaluate, evaluate_capture, presence_config_for,
 };
@@ -36,6 +48,91 @@ const SEEDS: [u64; 3] = [1, 7, 42];
 struct Run {
     seed: u64,
     report: EvalReport,
+}
+
+/// Every address in the truth but the store's own beacons: the devices
+/// people carry.
+fn person_addrs(spec: &StoreSpec, truth: &[TruthSpan]) -> BTreeSet<String> {
+    let beacons: BTreeSet<String> = spec
+        .beacons
+        .iter()
+        .map(|b| b.addr.to_ascii_lowercase())
+        .collect();
+    truth
+        .iter()
+        .map(|t| t.addr.clone())
+        .filter(|a| !beacons.contains(a))
+        .collect()
+}
+
+/// The population: many shoppers and strangers through the standard store,
+/// scored over person-seconds.
+fn population(seed: u64) -> EvalReport {
+    const SHOPPERS: u32 = 30;
+    const POPULATION_MINUTES: u64 = 30;
+    let spec = StoreSpec::small_store();
+    let config = presence_config_for(&spec);
+    let scenario = Scenario::tour(&spec, seed, SHOPPERS);
+    let mut sim = Simulation::new(spec.clone(), scenario, DEFAULT_START_UNIX_MS, seed)
+        .expect("the small store and tour scenario are valid");
+    let records = sim.run_for(Duration::from_secs(POPULATION_MINUTES * 60));
+    let end_ms = DEFAULT_START_UNIX_MS + (POPULATION_MINUTES * 60_000) as i64;
+    let sightings: Vec<Sighting> = records
+        .iter()
+        .map(|r| Sighting::from_json(&serde_json::to_string(r).unwrap()).unwrap())
+        .collect();
+    let truth: Vec<TruthSpan> = sim
+        .ground_truth(end_ms)
+        .iter()
+        .map(TruthSpan::from)
+        .collect();
+    let persons = EvalOptions {
+        subjects: Some(person_addrs(&spec, &truth)),
+        ..EvalOptions::default()
+    };
+    evaluate(&config, &sightings, &truth, &persons)
+}
+
+#[test]
+fn a_population_is_placed_and_followed_without_flicker() {
+    for seed in SEEDS {
+        let report = population(seed);
+        println!(
+            "population, seed {seed}, person-seconds\n{}",
+            report.to_table()
+        );
+        let (e, b) = (&report.engine, &report.baseline);
+        assert!(e.subjects >= 60, "seed {seed}: only {} people", e.subjects);
+        // Issue target 0.95, not reached (see the module docs).
+        assert!(
+            e.accuracy >= 0.87,
+            "seed {seed}: accuracy {:.3}",
+            e.accuracy
+        );
+        assert!(
+            e.flips_per_hour <= 1.5,
+            "seed {seed}: {:.2} extra flips per person-hour",
+            e.flips_per_hour
+        );
+        assert_eq!(e.missed_entries, 0, "seed {seed}");
+        assert_eq!(e.missed_exits, 0, "seed {seed}");
+        assert!(
+            e.entry_delay_max_s <= 10.0,
+            "seed {seed}: entry {:.1} s",
+            e.entry_delay_max_s
+        );
+        assert!(
+            e.exit_delay_max_s <= 60.0,
+            "seed {seed}: exit {:.1} s",
+            e.exit_delay_max_s
+        );
+        assert!(
+            e.flips_per_hour * 10.0 < b.flips_per_hour,
+            "seed {seed}: engine {:.2} vs baseline {:.2} flips per hour",
+            e.flips_per_hour,
+            b.flips_per_hour
+        );
+    }
 }
 
 /// Generate the capture and truth in process, both as the files would hold
@@ -62,19 +159,24 @@ fn run(seed: u64) -> Run {
         .map(TruthSpan::from)
         .collect();
     let report = evaluate(&config, &sightings, &truth, &EvalOptions::default());
-    // The opted-in shoppers alone, for the record.
-    let shoppers = EvalOptions {
-        subjects: Some(sim.shopper_addrs(end_ms)),
-        ..EvalOptions::default()
-    };
-    let people = evaluate(&config, &sightings, &truth, &shoppers);
-    println!(
-        "seed {seed}, shoppers only: engine {:.1} % {:.2} flips/h, baseline {:.1} % {:.2} flips/h",
-        people.engine.accuracy * 100.0,
-        people.engine.flips_per_hour,
-        people.baseline.accuracy * 100.0,
-        people.baseline.flips_per_hour
-    );
+    // The opted-in shoppers alone, and every person, for the record.
+    for (who, subjects) in [
+        ("shoppers", sim.shopper_addrs(end_ms)),
+        ("persons", person_addrs(sim.spec(), &truth)),
+    ] {
+        let options = EvalOptions {
+            subjects: Some(subjects),
+            ..EvalOptions::default()
+        };
+        let r = evaluate(&config, &sightings, &truth, &options);
+        println!(
+            "seed {seed}, {who} only: engine {:.1} % {:.2} flips/h, baseline {:.1} % {:.2} flips/h",
+            r.engine.accuracy * 100.0,
+            r.engine.flips_per_hour,
+            r.baseline.accuracy * 100.0,
+            r.baseline.flips_per_hour
+        );
+    }
     Run { seed, report }
 }
 
