@@ -227,6 +227,9 @@ pub struct Scores {
     /// Addresses heard but not in the truth; in the truth but never heard.
     pub unscored_addrs: usize,
     pub unheard_addrs: usize,
+    /// Scored seconds by (true place, believed place), `"absent"` when the
+    /// contender did not have the subject present: where the errors are.
+    pub confusion: BTreeMap<(String, String), u64>,
 }
 
 /// Engine and baseline side by side.
@@ -294,6 +297,19 @@ impl EvalReport {
             format!("{} / {}", e.missed_entries, e.missed_exits),
             format!("{} / {}", b.missed_entries, b.missed_exits),
         );
+        let wrong: Vec<String> = e
+            .confusion
+            .iter()
+            .filter(|((truth, believed), _)| truth != believed)
+            .map(|((truth, believed), n)| format!("{truth}→{believed} {n}"))
+            .collect();
+        if !wrong.is_empty() {
+            let _ = writeln!(
+                out,
+                "engine's wrong seconds (true→believed): {}",
+                wrong.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "subjects: {}, subject-hours: {:.2}, unscored addresses: {}, unheard: {}, undecodable records: {}",
@@ -421,6 +437,14 @@ enum Place {
 }
 
 impl Place {
+    fn name(&self) -> &str {
+        match self {
+            Place::Absent => "absent",
+            Place::Hall => HALL,
+            Place::Zone(z) => z,
+        }
+    }
+
     fn matches(&self, truth_zone: &str) -> bool {
         match self {
             Place::Absent => false,
@@ -634,9 +658,13 @@ fn score(
             }
             while t < span.to_ms {
                 total += 1;
-                if place_at(tl, t).matches(&span.zone) {
+                let believed = place_at(tl, t);
+                if believed.matches(&span.zone) {
                     correct += 1;
                 }
+                *s.confusion
+                    .entry((span.zone.clone(), believed.name().to_owned()))
+                    .or_default() += 1;
                 t += 1000;
             }
         }

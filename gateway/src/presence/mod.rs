@@ -141,6 +141,10 @@ impl PresenceEvent {
     }
 }
 
+/// How long after the first reading of a visit a zone may still be taken
+/// at once (no hold) rather than from the hall.
+const FIRST_PLACE_GRACE_MS: i64 = 2_000;
+
 /// A zone needs this many readings of its best scanner before it can win.
 const MIN_READINGS_TO_SWITCH: u32 = 3;
 
@@ -208,6 +212,9 @@ struct Track {
 struct PersonState {
     visit: VisitId,
     last_seen_ms: i64,
+    /// The first reading of this stay in memory (of the visit, or since a
+    /// restart).
+    visit_seen_since_ms: i64,
     /// Correction that normalises this person's levels to the reference
     /// power (0 when the adverts do not say their power).
     tx_correction_db: f32,
@@ -373,6 +380,7 @@ impl PresenceEngine {
                 self.people.entry(person.clone()).or_insert(PersonState {
                     visit,
                     last_seen_ms: at_ms,
+                    visit_seen_since_ms: at_ms,
                     tx_correction_db: 0.0,
                     tracks: Vec::with_capacity(4),
                     zone: None,
@@ -522,12 +530,17 @@ impl PresenceEngine {
         let wanted: Option<(Option<ZoneId>, i64)> = match &state.zone {
             None if !state.placed => {
                 // First placement of a visit: no hold, so an entry is
-                // reported at once; the hall only if clearly far.
-                let place = match hall {
-                    Some(h) if normalised < h => None,
-                    _ => Some(best_zone),
-                };
-                Some((place, 0))
+                // reported at once. The first reading may well come from
+                // a far scanner: for a moment, a weak level only means
+                // "not placed yet" (as good as the hall), not the hall.
+                let waited = now_ms - state.visit_seen_since_ms;
+                match hall {
+                    None => Some((Some(best_zone), 0)),
+                    Some(h) if normalised >= h + margin => Some((Some(best_zone), 0)),
+                    Some(_) if waited < FIRST_PLACE_GRACE_MS => None,
+                    Some(h) if normalised < h => Some((None, 0)),
+                    Some(_) => Some((Some(best_zone), 0)),
+                }
             }
             None => match hall {
                 Some(h) if normalised < h + margin || best_count < MIN_READINGS_TO_SWITCH => None,

@@ -224,3 +224,35 @@ fn a_reading_below_min_rssi_opens_no_visit() {
     e.tick(1_000_000, &mut out);
     assert!(out.is_empty(), "{:?}", names(&out));
 }
+
+/// The first reading of a visit may come from a far scanner: the person is
+/// not put in the hall on it, so the zone they stand in is taken at once
+/// (no hall hold) when its scanner is heard a moment later.
+#[test]
+fn a_weak_first_reading_does_not_hold_a_person_in_the_hall() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    e.observe(&p, "headphones", -88, 0, &mut out);
+    assert_eq!(names(&out), ["entered"]);
+    for t in 1..=3 {
+        e.observe(&p, "laptops", -62, t * 300, &mut out);
+    }
+    assert_eq!(names(&out), ["entered", "zone_entered:laptops"]);
+    assert!(out.last().unwrap().at_ms() <= 900, "{out:?}");
+}
+
+/// Someone heard only from afar for the whole grace period is in the hall
+/// (no zone event), and stays there on one loud reading.
+#[test]
+fn a_far_person_settles_in_the_hall() {
+    let mut e = engine();
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    for t in 0..10 {
+        e.observe(&p, "laptops", -88, t * 500, &mut out);
+    }
+    e.observe(&p, "laptops", -55, 5_000, &mut out);
+    e.observe(&p, "laptops", -88, 5_500, &mut out);
+    assert_eq!(names(&out), ["entered"]);
+}
