@@ -141,6 +141,10 @@ struct RunArgs {
     /// unless the store file has `[hours]`) and runs N days.
     #[arg(long)]
     days: Option<u32>,
+    /// A crowd instead of the demo: N opted-in shoppers and 2N strangers,
+    /// arriving over ten minutes, each through the entrance and two zones.
+    #[arg(long, conflicts_with = "days")]
+    shoppers: Option<u32>,
 }
 
 impl RunArgs {
@@ -162,6 +166,12 @@ impl RunArgs {
             start = hours.opening_of_day(start);
             span = Some(i64::from(days) * 86_400_000);
             Scenario::returning_for(&spec, self.seed, days)
+        } else if let Some(shoppers) = self.shoppers {
+            anyhow::ensure!(
+                (1..=10_000).contains(&shoppers),
+                "--shoppers: must be between 1 and 10000"
+            );
+            Scenario::tour(&spec, self.seed, shoppers)
         } else if ["entrance", "laptops", "headphones"]
             .iter()
             .all(|z| spec.zone(z).is_some())

@@ -146,8 +146,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             capture,
             truth,
             json,
+            people_only,
         } => match cli::require_config(config_path) {
-            Ok(config) => cli::eval_presence(&config, &capture, &truth, json),
+            Ok(config) => cli::eval_presence(&config, &capture, &truth, json, people_only),
             Err(e) => Err(e),
         },
     })

@@ -231,6 +231,50 @@ fn eval_presence_scores_a_simulator_capture_against_its_truth() {
         report["engine"]["flips_per_hour"].as_f64() < report["baseline"]["flips_per_hour"].as_f64()
     );
 
+    // Person-seconds: the store's three iBeacons, listed in the site file,
+    // are left out of the score.
+    let beacons: String = (1..=3)
+        .map(|minor| {
+            format!(
+                "[[beacons]]\nid = \"b{minor}\"\nkind = \"ibeacon\"\nuuid = \"426c7565-4368-6172-6d42-6561636f6e73\"\nmajor = 1\nminor = {minor}\n"
+            )
+        })
+        .collect();
+    let site_with_beacons = dir
+        .write(
+            "site-beacons.toml",
+            format!("[store]\nid = \"s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n{zones}{beacons}"),
+        )
+        .unwrap();
+    let table = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            site_with_beacons.to_str().unwrap(),
+            "eval-presence",
+            "--capture",
+            capture.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = gateway(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let everyone = table(&[]);
+    let people = table(&["--people-only"]);
+    assert!(everyone.contains("store beacons left out: 0"), "{everyone}");
+    assert!(people.contains("store beacons left out: 3"), "{people}");
+    let subjects = |t: &str| -> usize {
+        let at = t.find("subjects: ").unwrap() + "subjects: ".len();
+        t[at..].split(',').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        subjects(&everyone),
+        subjects(&people) + 3,
+        "{everyone}\n{people}"
+    );
+
     std::fs::write(
         &truth,
         "{\"addr\": \"02:00:00:00:00:01\", \"from_ms\": 0}\n",

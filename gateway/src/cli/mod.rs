@@ -100,6 +100,10 @@ pub enum Command {
         /// Print one JSON object with keys `engine` and `baseline`.
         #[arg(long)]
         json: bool,
+        /// Score only the devices people carry: addresses that advertise
+        /// one of the store's own beacons (`[[beacons]]`) are left out.
+        #[arg(long)]
+        people_only: bool,
     },
 }
 
@@ -248,16 +252,24 @@ pub fn eval_presence(
     capture: &Path,
     truth: &Path,
     json: bool,
+    people_only: bool,
 ) -> Result<String, CliError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
     };
     let (capture_text, truth_text) = (read(capture)?, read(truth)?);
+    let fleet = crate::io::fleet::Fleet::new(config.beacons.clone());
+    let is_store_beacon = |frames: &[crate::decode::Frame]| fleet.knows(frames);
+    let options = crate::presence::eval::EvalOptions {
+        decode: config.decode,
+        not_people: people_only.then_some(&is_store_beacon as _),
+        ..Default::default()
+    };
     let report = crate::presence::eval::evaluate_capture(
         &config.presence,
         &capture_text,
         &truth_text,
-        &config.decode,
+        &options,
     )
     .map_err(|e| {
         let file = match e {

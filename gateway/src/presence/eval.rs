@@ -179,8 +179,8 @@ pub enum EvalError {
 }
 
 /// How to replay.
-#[derive(Clone, Debug)]
-pub struct EvalOptions {
+#[derive(Clone)]
+pub struct EvalOptions<'a> {
     pub decode: DecodeOptions,
     /// Engine tick period in capture time (the daemon ticks every 500 ms).
     pub tick_ms: i64,
@@ -189,15 +189,32 @@ pub struct EvalOptions {
     pub subjects: Option<BTreeSet<String>>,
     /// Filter and hall knobs for the engine.
     pub tuning: PresenceTuning,
+    /// Tells the devices that are not people (the store's own beacons) by
+    /// their decoded frames: an address that ever advertises such a frame
+    /// is not scored (person-seconds, as the issue states its targets).
+    pub not_people: Option<&'a dyn Fn(&[Frame]) -> bool>,
 }
 
-impl Default for EvalOptions {
+impl std::fmt::Debug for EvalOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvalOptions")
+            .field("decode", &self.decode)
+            .field("tick_ms", &self.tick_ms)
+            .field("subjects", &self.subjects)
+            .field("tuning", &self.tuning)
+            .field("not_people", &self.not_people.is_some())
+            .finish()
+    }
+}
+
+impl Default for EvalOptions<'_> {
     fn default() -> Self {
         EvalOptions {
             decode: DecodeOptions::default(),
             tick_ms: 500,
             subjects: None,
             tuning: PresenceTuning::default(),
+            not_people: None,
         }
     }
 }
@@ -227,6 +244,8 @@ pub struct Scores {
     /// Addresses heard but not in the truth; in the truth but never heard.
     pub unscored_addrs: usize,
     pub unheard_addrs: usize,
+    /// Addresses left out as not people ([`EvalOptions::not_people`]).
+    pub not_people_addrs: usize,
     /// Scored seconds by (true place, believed place), `"absent"` when the
     /// contender did not have the subject present: where the errors are.
     pub confusion: BTreeMap<(String, String), u64>,
@@ -312,11 +331,12 @@ impl EvalReport {
         }
         let _ = writeln!(
             out,
-            "subjects: {}, subject-hours: {:.2}, unscored addresses: {}, unheard: {}, undecodable records: {}",
+            "subjects: {}, subject-hours: {:.2}, unscored addresses: {}, unheard: {}, store beacons left out: {}, undecodable records: {}",
             e.subjects,
             e.subject_seconds as f64 / 3600.0,
             e.unscored_addrs,
             e.unheard_addrs,
+            e.not_people_addrs,
             self.undecodable
         );
         out
@@ -395,7 +415,7 @@ pub fn evaluate_capture(
     config: &PresenceConfig,
     capture_jsonl: &str,
     truth_jsonl: &str,
-    decode: &DecodeOptions,
+    opts: &EvalOptions<'_>,
 ) -> Result<EvalReport, EvalError> {
     let mut sightings = Vec::new();
     for (index, line) in capture_jsonl.lines().enumerate() {
@@ -421,11 +441,7 @@ pub fn evaluate_capture(
         })?;
         truth.push(span);
     }
-    let opts = EvalOptions {
-        decode: *decode,
-        ..EvalOptions::default()
-    };
-    Ok(evaluate(config, &sightings, &truth, &opts))
+    Ok(evaluate(config, &sightings, &truth, opts))
 }
 
 /// Where a contender has a subject at some moment.
@@ -478,7 +494,7 @@ pub fn evaluate(
     config: &PresenceConfig,
     sightings: &[Sighting],
     truth: &[TruthSpan],
-    opts: &EvalOptions,
+    opts: &EvalOptions<'_>,
 ) -> EvalReport {
     let mut by_addr: BTreeMap<&str, Vec<&TruthSpan>> = BTreeMap::new();
     for span in truth {
@@ -497,6 +513,7 @@ pub fn evaluate(
     let mut engine_tl = Timelines::new();
     let mut baseline_tl = Timelines::new();
     let mut heard: BTreeSet<String> = BTreeSet::new();
+    let mut not_people: BTreeSet<String> = BTreeSet::new();
     let mut ids: HashMap<String, PersonId> = HashMap::new();
     let mut frames: Vec<Frame> = Vec::new();
     let mut events = Vec::new();
@@ -541,6 +558,10 @@ pub fn evaluate(
             undecodable += 1;
             continue;
         }
+        if opts.not_people.is_some_and(|is_not| is_not(&frames)) {
+            not_people.insert(addr);
+            continue;
+        }
         if !wanted {
             continue;
         }
@@ -582,7 +603,7 @@ pub fn evaluate(
 
     let scored: Vec<(&str, &Vec<&TruthSpan>)> = by_addr
         .iter()
-        .filter(|(addr, _)| heard.contains(**addr))
+        .filter(|(addr, _)| heard.contains(**addr) && !not_people.contains(**addr))
         .filter(|(addr, _)| opts.subjects.as_ref().is_none_or(|s| s.contains(**addr)))
         .map(|(a, s)| (*a, s))
         .collect();
@@ -619,6 +640,7 @@ pub fn evaluate(
     for s in [&mut engine_scores, &mut baseline_scores] {
         s.unscored_addrs = unscored;
         s.unheard_addrs = unheard;
+        s.not_people_addrs = not_people.len();
     }
     EvalReport {
         engine: engine_scores,
@@ -907,10 +929,55 @@ mod tests {
         let truth = r#"{"addr": "02:00:00:00:00:01", "from_ms": 0, "to_ms": 5000, "zone": "hall"}"#;
         let bad_capture = "\n{\"scanner\": \"a\"}\n";
         let err =
-            evaluate_capture(&config, bad_capture, truth, &DecodeOptions::default()).unwrap_err();
+            evaluate_capture(&config, bad_capture, truth, &EvalOptions::default()).unwrap_err();
         assert!(matches!(err, EvalError::Capture { line: 2, .. }), "{err}");
-        let err = evaluate_capture(&config, "", "{}\n", &DecodeOptions::default()).unwrap_err();
+        let err = evaluate_capture(&config, "", "{}\n", &EvalOptions::default()).unwrap_err();
         assert_eq!(err.to_string(), "truth line 1: addr: missing");
+    }
+
+    /// With a way to tell the store's beacons, their addresses are left out
+    /// of the score (person-seconds) and counted.
+    #[test]
+    fn devices_that_are_not_people_are_left_out() {
+        let config = presence_config_from_zones([("laptops", "laptops")]);
+        let ibeacon = "0201061aff4c000215426c7565436861726d426561636f6e730001000bc5";
+        let mut capture = String::new();
+        for t in 0..30 {
+            for (addr, adv) in [
+                ("02:00:00:00:00:01", "020106"),
+                ("c0:42:00:00:01:02", ibeacon),
+            ] {
+                let _ = writeln!(
+                    capture,
+                    r#"{{"scanner":"laptops","addr":"{addr}","rssi":-60,"adv":"{adv}","at_ms":{}}}"#,
+                    t * 1000
+                );
+            }
+        }
+        let truth: String = ["02:00:00:00:00:01", "c0:42:00:00:01:02"]
+            .iter()
+            .map(|a| {
+                format!("{{\"addr\":\"{a}\",\"from_ms\":0,\"to_ms\":30000,\"zone\":\"laptops\"}}\n")
+            })
+            .collect();
+        let is_ibeacon =
+            |frames: &[Frame]| frames.iter().any(|f| matches!(f, Frame::IBeacon { .. }));
+        let everyone =
+            evaluate_capture(&config, &capture, &truth, &EvalOptions::default()).unwrap();
+        let people = EvalOptions {
+            not_people: Some(&is_ibeacon),
+            ..EvalOptions::default()
+        };
+        let people = evaluate_capture(&config, &capture, &truth, &people).unwrap();
+        assert_eq!(
+            (everyone.engine.subjects, everyone.engine.not_people_addrs),
+            (2, 0)
+        );
+        assert_eq!(
+            (people.engine.subjects, people.engine.not_people_addrs),
+            (1, 1)
+        );
+        assert_eq!(people.per_subject[0].addr, "02:00:00:00:00:01");
     }
 
     /// A tiny hand-made capture: one subject standing under one scanner,
@@ -934,8 +1001,7 @@ mod tests {
             "{{\"addr\":\"{addr}\",\"from_ms\":0,\"to_ms\":60000,\"zone\":\"laptops\"}}\n\
              {{\"addr\":\"02:00:00:00:00:09\",\"from_ms\":0,\"to_ms\":90000,\"zone\":\"hall\"}}\n"
         );
-        let report =
-            evaluate_capture(&config, &capture, &truth, &DecodeOptions::default()).unwrap();
+        let report = evaluate_capture(&config, &capture, &truth, &EvalOptions::default()).unwrap();
         assert_eq!(report.engine.subjects, 1);
         assert_eq!(report.engine.unheard_addrs, 1);
         assert!(report.engine.accuracy > 0.99, "{}", report.to_table());
