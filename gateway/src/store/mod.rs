@@ -9,6 +9,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono_tz::Tz;
@@ -154,6 +155,11 @@ pub struct Store {
     visits: sled::Tree,
     feedback: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
+    /// Every sequence number below this is on disk. The outbox shows
+    /// delivery only those: a reservation committed but not yet flushed
+    /// (its batch's flush still running) is never published, so a crash
+    /// cannot lose a slot whose nudge went out.
+    durable_below: Arc<AtomicU64>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -247,9 +253,19 @@ impl Store {
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
             group_commit: Arc::default(),
+            durable_below: Arc::default(),
             db,
         };
         store.migrate()?;
+        // Whatever was found on disk is durable.
+        let last_outbox = match store.outbox.last()? {
+            Some((key, _)) => keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)),
+            None => 0,
+        };
+        store.durable_below.store(
+            store.committed_next_seq()?.max(last_outbox),
+            Ordering::SeqCst,
+        );
         Ok(store)
     }
 
@@ -396,11 +412,26 @@ impl Store {
         ))
     }
 
+    /// The next sequence number, as committed.
+    fn committed_next_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(keys::META_NEXT_SEQ)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+
     /// Make everything written so far survive a process crash. Concurrent
-    /// callers share flushes (group commit).
+    /// callers share flushes (group commit). Outbox entries committed
+    /// before the call become visible to [`Store::outbox_from`].
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Read before the flush that covers us starts: all sequence
+        // numbers below it were committed by then.
+        let committed = self.committed_next_seq()?;
         self.group_commit
             .wait_durable(|| self.db.flush().map(|_| ()))?;
+        self.durable_below.fetch_max(committed, Ordering::SeqCst);
         Ok(())
     }
 
@@ -812,14 +843,16 @@ impl Store {
         }
     }
 
-    /// Outbox entries with sequence >= `from`, in order. Entries of erased
-    /// people (their key is gone) are skipped and removed.
+    /// Durable outbox entries with sequence >= `from`, in order: one whose
+    /// reservation is committed but not yet flushed is not shown yet.
+    /// Entries of erased people (their key is gone) are skipped and removed.
     pub fn outbox_from(
         &self,
         from: u64,
     ) -> impl Iterator<Item = Result<(u64, OutboxEntry), StoreError>> + '_ {
+        let below = self.durable_below.load(Ordering::SeqCst);
         self.outbox
-            .range(keys::outbox(from)..)
+            .range(keys::outbox(from)..keys::outbox(below.max(from)))
             .filter_map(move |item| {
                 let result = (|| {
                     let (k, v) = item?;

@@ -702,3 +702,52 @@ mod batch_equals_one_by_one {
         }
     }
 }
+
+#[test]
+fn the_outbox_shows_a_reservation_only_once_it_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let person = PersonId::from("p-1");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let t = 1_795_334_400_000;
+    store
+        .reserve(&request(&person, &caps, &tz, 1, t, "flushed"))
+        .unwrap();
+    // A batch committed whose flush has not returned yet: its entry is in
+    // the tree, and the sequence moved on, but delivery must not see it.
+    let sealer = store.sealer("p-1").unwrap();
+    let entry = OutboxEntry {
+        nudge_id: "committed".into(),
+        person: "p-1".into(),
+        recipient: "r-1".into(),
+        topic: "retail/s/nudges/r-1".into(),
+        payload: "{}".into(),
+        created_ms: t,
+        expires_at_ms: t + 900_000,
+    };
+    let sealed = [
+        &sealer.tag[..],
+        &sealer.seal(&json(&entry), &vault::nonce().unwrap()),
+    ]
+    .concat();
+    store.outbox.insert(keys::outbox(2), sealed).unwrap();
+    store
+        .meta
+        .insert(keys::META_NEXT_SEQ, &3u64.to_be_bytes())
+        .unwrap();
+    let visible = |store: &Store, from| -> Vec<String> {
+        store
+            .outbox_from(from)
+            .map(|e| e.unwrap().1.nudge_id)
+            .collect()
+    };
+    assert_eq!(visible(&store, 0), ["flushed"]);
+    assert!(visible(&store, 5).is_empty());
+    assert_eq!(store.outbox_len(), 2);
+    store.flush().unwrap();
+    assert_eq!(visible(&store, 0), ["flushed", "committed"]);
+    // After a restart everything found on disk is durable.
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(visible(&store, 0), ["flushed", "committed"]);
+}
