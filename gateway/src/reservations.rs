@@ -4,9 +4,12 @@
 //! The pipeline sends one [`DecisionJob`] per person's decision into a
 //! bounded channel and goes on with the next sighting; backpressure is the
 //! channel filling up. One [`Decider`] task drains whatever is queued (up to
-//! [`MAX_BATCH`] jobs), reserves them with [`Store::reserve_batch`] (one
-//! sled transaction, one group-commit flush) on a blocking thread, and only
-//! then reports each outcome (events, latency stamps) and wakes delivery.
+//! [`MAX_BATCH`] jobs), reserves them in one sled transaction
+//! ([`Store::reserve_batch_unflushed`]) and then one group-commit flush, on
+//! blocking threads, and only after the flush reports each outcome (events,
+//! latency stamps) and wakes delivery. The flush of one batch overlaps the
+//! transaction of the next (transactions stay one after the other, in
+//! queue order), so the disk's wait is not added to every batch.
 //! Jobs are handled in the order they were sent, so one person's decisions
 //! keep their order; caps are checked inside the transaction, so they hold
 //! exactly however the jobs are batched (DESIGN §4 invariant 1).
@@ -149,12 +152,35 @@ pub fn stage(
     )
 }
 
+/// A batch whose transaction is committed and whose flush is running.
+struct Flushing {
+    jobs: Vec<DecisionJob>,
+    tried: Vec<Tried>,
+    flush: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
 impl Decider {
     /// Reserve batches until every sender is gone and the queue is empty.
     pub async fn run(mut self) {
         let mut jobs = Vec::with_capacity(self.max_batch);
         let mut settled = Vec::new();
-        while let Some(first) = self.rx.recv().await {
+        let mut flushing: Option<Flushing> = None;
+        loop {
+            // While a batch is being flushed, start the next only with what
+            // is already queued; otherwise finish that one first.
+            let first = if flushing.is_some() {
+                match self.rx.try_recv() {
+                    Ok(request) => Some(request),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.finish(flushing.take()).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            } else {
+                self.rx.recv().await
+            };
+            let Some(first) = first else { break };
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
@@ -170,32 +196,65 @@ impl Decider {
                 }
             }
             if !jobs.is_empty() {
-                self.decide(std::mem::take(&mut jobs)).await;
-                jobs = Vec::with_capacity(self.max_batch);
+                let batch = std::mem::replace(&mut jobs, Vec::with_capacity(self.max_batch));
+                // This batch's transaction runs while the previous batch's
+                // flush finishes; transactions stay in queue order.
+                let committed = self.commit(batch).await;
+                self.finish(flushing.take()).await;
+                flushing = committed.map(|(jobs, tried)| self.start_flush(jobs, tried));
             }
-            for done in settled.drain(..) {
-                let _ = done.send(());
+            if !settled.is_empty() {
+                self.finish(flushing.take()).await;
+                for done in settled.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.finish(flushing.take()).await;
+    }
+
+    /// The batch's transaction, on a blocking thread. `None` if that
+    /// thread panicked (the jobs went with it).
+    async fn commit(&self, jobs: Vec<DecisionJob>) -> Option<(Vec<DecisionJob>, Vec<Tried>)> {
+        let store = self.store.clone();
+        // sled transactions and flushes block: keep them off the workers.
+        match tokio::task::spawn_blocking(move || reserve(&store, jobs)).await {
+            Ok(done) => Some(done),
+            Err(e) => {
+                events::storage_error(&self.telemetry, "reserve", &e);
+                None
             }
         }
     }
 
-    async fn decide(&self, jobs: Vec<DecisionJob>) {
-        let batch_size = jobs.len();
+    fn start_flush(&self, jobs: Vec<DecisionJob>, tried: Vec<Tried>) -> Flushing {
         let store = self.store.clone();
-        // sled transactions and flushes block: keep them off the workers.
-        let (jobs, outcomes) =
-            match tokio::task::spawn_blocking(move || reserve(&store, jobs)).await {
-                Ok(done) => done,
-                Err(e) => {
-                    // The jobs went with the panicked task; nothing more to say.
-                    events::storage_error(&self.telemetry, "reserve", &e);
-                    return;
-                }
-            };
+        Flushing {
+            jobs,
+            tried,
+            flush: tokio::task::spawn_blocking(move || store.flush()),
+        }
+    }
+
+    /// Wait for a batch's flush, then report it and wake delivery.
+    async fn finish(&self, flushing: Option<Flushing>) {
+        let Some(Flushing { jobs, tried, flush }) = flushing else {
+            return;
+        };
+        let flushed: Result<(), Arc<StoreError>> = match flush.await {
+            Ok(result) => result.map_err(Arc::new),
+            Err(e) => Err(Arc::new(StoreError::Flush(e.to_string()))),
+        };
         let finished = Instant::now();
+        let batch_size = jobs.len();
         self.telemetry.count("reservation_batches_total", &[], 1);
         let mut reserved_any = false;
-        for (job, tried) in jobs.into_iter().zip(outcomes) {
+        for (job, tried) in jobs.into_iter().zip(tried) {
+            // Not durable, not done: a failed flush fails the whole batch.
+            let tried = match (&flushed, tried) {
+                (Err(e), Ok(_)) => Err(e.clone()),
+                (_, tried) => tried,
+            };
             self.telemetry.observe(
                 DECISION_LATENCY,
                 finished.duration_since(job.submitted).as_secs_f64(),
@@ -256,18 +315,19 @@ impl Decider {
 
 type Tried = Result<Vec<Reservation>, Arc<StoreError>>;
 
-/// Reserve a batch; if it fails on one person's data before anything was
-/// written (a ledger that does not parse, a key that could not be made),
-/// reserve the jobs one by one so that only that person's decision fails.
+/// Commit a batch (not flushed); if it fails on one person's data before
+/// anything was written (a ledger that does not parse, a key that could
+/// not be made), commit the jobs one by one so that only that person's
+/// decision fails.
 fn reserve(store: &Store, jobs: Vec<DecisionJob>) -> (Vec<DecisionJob>, Vec<Tried>) {
     let views: Vec<ReserveJob<'_>> = jobs.iter().map(DecisionJob::view).collect();
-    let outcomes = match store.reserve_batch(&views) {
+    let outcomes = match store.reserve_batch_unflushed(&views) {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(StoreError::Corrupt { .. } | StoreError::Vault(_)) if views.len() > 1 => views
             .iter()
             .map(|view| {
                 store
-                    .reserve_batch(std::slice::from_ref(view))
+                    .reserve_batch_unflushed(std::slice::from_ref(view))
                     .map(|mut one| one.pop().unwrap_or_default())
                     .map_err(Arc::new)
             })

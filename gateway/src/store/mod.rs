@@ -40,6 +40,8 @@ pub enum StoreError {
     RecipientTaken { recipient: String },
     #[error(transparent)]
     Vault(#[from] vault::VaultError),
+    #[error("storage: flush did not finish: {0}")]
+    Flush(String),
 }
 
 /// A nudge waiting for the broker's acknowledgement.
@@ -606,6 +608,22 @@ impl Store {
         &self,
         jobs: &[ReserveJob<'_>],
     ) -> Result<Vec<Vec<Reservation>>, StoreError> {
+        let outcomes = self.reserve_batch_unflushed(jobs)?;
+        // Acknowledge (and let the publisher see it) only once it is on disk.
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// [`Store::reserve_batch`] without the flush: committed, visible to
+    /// later transactions (so the next batch's caps see it), but neither
+    /// durable nor shown by [`Store::outbox_from`] until a [`Store::flush`]
+    /// that starts after this returns. Nothing may be acknowledged or
+    /// reported before that flush; it lets a caller run the next batch's
+    /// transaction while this one's flush is on its way.
+    pub fn reserve_batch_unflushed(
+        &self,
+        jobs: &[ReserveJob<'_>],
+    ) -> Result<Vec<Vec<Reservation>>, StoreError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -780,8 +798,6 @@ impl Store {
                     Ok(outcomes)
                 }),
         )?;
-        // Acknowledge (and let the publisher see it) only once it is on disk.
-        self.flush()?;
         Ok(outcomes)
     }
 
