@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{EventClock, wall_ms};
 use crate::config::{Config, SourceSettings};
 use crate::decide::{
-    self, SkipReason, ThanksEvent, best_offer, build_nudge, candidates_for_event, check_consent,
-    compose, thanks_candidates,
+    self, ThanksEvent, best_offer, build_nudge, candidates_for_event, check_consent, compose,
+    thanks_candidates,
 };
 use crate::decode::{Frame, decode_into};
 use crate::identity::{
@@ -29,9 +29,8 @@ use crate::io::sources::{self, Ingested};
 use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
-use crate::store::{
-    DecisionEntry, DecisionOutcome, FeedbackEntry, Reservation, ReserveRequest, Store, StoreError,
-};
+use crate::reservations::{self, DecisionJob, Reservations};
+use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
 use crate::telemetry::{Telemetry, events};
 use crate::topics::{self, Incoming, classify};
 
@@ -133,21 +132,28 @@ pub async fn run(
     let (outgoing_tx, outgoing_rx) = mpsc::channel::<OutgoingMessage>(OUTGOING_QUEUE);
     let (connected_tx, connected_rx) = watch::channel(false);
     let outbox_ready = Arc::new(Notify::new());
+    let latency_stamps = mqtt::LatencyStamps::default();
+    let (reservations, decider) = reservations::stage(
+        store.clone(),
+        telemetry.clone(),
+        outbox_ready.clone(),
+        latency_stamps.clone(),
+        reservations::QUEUE,
+        reservations::MAX_BATCH,
+    );
     // People and visits are loaded before anything listens, so that the
     // first sighting already resolves.
     let mut pipeline = {
-        let (config, store, telemetry, ready) = (
-            config.clone(),
-            store.clone(),
-            telemetry.clone(),
-            outbox_ready.clone(),
-        );
+        let (config, store, telemetry) = (config.clone(), store.clone(), telemetry.clone());
         tokio::task::spawn_blocking(move || {
-            Pipeline::new(config, store, telemetry, ready, outgoing_tx)
+            Pipeline::new(config, store, telemetry, reservations, outgoing_tx)
         })
         .await
         .expect("loading people does not panic")?
     };
+    // Stops once the pipeline (the only sender) is gone and the queue is
+    // reserved; see the end of this function.
+    let decider = tokio::spawn(decider.run());
     if let Some(path) = &options.record {
         let recorder =
             crate::io::record::CaptureRecorder::create(path).map_err(|e| DaemonError::Record {
@@ -267,7 +273,7 @@ pub async fn run(
                 .collect(),
             connected: connected_tx,
             config_updates: config_rx.clone(),
-            latency_stamps: pipeline.latency_stamps.clone(),
+            latency_stamps,
         }
         .run(delivery_cancel.clone()),
     );
@@ -289,9 +295,15 @@ pub async fn run(
         .run(sighting_rx, incoming_rx, config_rx, cancel.clone())
         .await;
 
-    // The pipeline has finished its decisions; let delivery publish what
-    // it can of them, then say offline.
+    // The pipeline has made its last decision; the decider reserves what
+    // is still queued (durably) and stops once the pipeline is dropped.
+    // Then delivery publishes what it can of them and says offline.
     cancel.cancel();
+    let people_recognised = pipeline.recognised.len();
+    drop(pipeline);
+    if let Err(e) = decider.await {
+        events::storage_error(&telemetry, "reserve", &e);
+    }
     while tasks.join_next().await.is_some() {}
     outbox_ready.notify_one();
     delivery_cancel.cancel();
@@ -299,7 +311,31 @@ pub async fn run(
     if let Err(e) = store.flush_async().await {
         events::storage_error(&telemetry, "shutdown_flush", &e);
     }
-    Ok(pipeline.summary())
+    Ok(summarise(&telemetry, people_recognised))
+}
+
+fn summarise(t: &Telemetry, people_recognised: usize) -> RunSummary {
+    let caps = [
+        "per_visit",
+        "per_day",
+        "per_week",
+        "min_gap",
+        "per_kind_per_day",
+        "rule_cooldown",
+        "store_rate",
+        "quiet_hours",
+    ];
+    let held_by_caps: u64 = caps
+        .iter()
+        .map(|r| t.counter("nudges_held_total", &[("reason", r)]))
+        .sum();
+    RunSummary {
+        sightings: t.counter("sightings_total", &[]),
+        people_recognised,
+        nudges_reserved: t.counter("nudges_reserved_total", &[]),
+        nudges_held_by_caps: held_by_caps,
+        nudges_held_other: t.counter("nudges_held_total", &[]) - held_by_caps,
+    }
 }
 
 /// The pure core driven by I/O: decode → resolve → presence → decide, plus
@@ -308,7 +344,8 @@ pub struct Pipeline {
     config: Arc<Config>,
     store: Store,
     telemetry: Arc<Telemetry>,
-    outbox_ready: Arc<Notify>,
+    /// Decisions go to the reservation stage (`reservations.rs`).
+    reservations: Reservations,
     outgoing: mpsc::Sender<OutgoingMessage>,
     people: People,
     presence: PresenceEngine,
@@ -325,8 +362,6 @@ pub struct Pipeline {
     /// The store's own beacons: battery, temperature, last seen.
     fleet: Fleet,
     last_fleet_report_ms: i64,
-    /// Shared with delivery: when the sighting behind each reservation arrived.
-    pub latency_stamps: mqtt::LatencyStamps,
     /// The arrival of the sighting being handled, if any.
     current_arrival: Option<std::time::Instant>,
     /// Where scanner nodes publish, from the config in force.
@@ -375,7 +410,7 @@ impl Pipeline {
         config: Arc<Config>,
         store: Store,
         telemetry: Arc<Telemetry>,
-        outbox_ready: Arc<Notify>,
+        reservations: Reservations,
         outgoing: mpsc::Sender<OutgoingMessage>,
     ) -> Result<Self, StoreError> {
         let records = store.people().collect::<Result<Vec<_>, _>>()?;
@@ -392,7 +427,7 @@ impl Pipeline {
             config,
             store,
             telemetry,
-            outbox_ready,
+            reservations,
             outgoing,
             people,
             presence,
@@ -404,7 +439,6 @@ impl Pipeline {
             last_sweep_ms: now,
             fleet,
             last_fleet_report_ms: i64::MIN,
-            latency_stamps: mqtt::LatencyStamps::default(),
             current_arrival: None,
             scanner_filters,
             merger,
@@ -413,28 +447,7 @@ impl Pipeline {
     }
 
     pub fn summary(&self) -> RunSummary {
-        let t = &self.telemetry;
-        let caps = [
-            "per_visit",
-            "per_day",
-            "per_week",
-            "min_gap",
-            "per_kind_per_day",
-            "rule_cooldown",
-            "store_rate",
-            "quiet_hours",
-        ];
-        let held_by_caps: u64 = caps
-            .iter()
-            .map(|r| t.counter("nudges_held_total", &[("reason", r)]))
-            .sum();
-        RunSummary {
-            sightings: t.counter("sightings_total", &[]),
-            people_recognised: self.recognised.len(),
-            nudges_reserved: t.counter("nudges_reserved_total", &[]),
-            nudges_held_by_caps: held_by_caps,
-            nudges_held_other: t.counter("nudges_held_total", &[]) - held_by_caps,
-        }
+        summarise(&self.telemetry, self.recognised.len())
     }
 
     async fn run(
@@ -688,8 +701,10 @@ impl Pipeline {
         self.decide(&person, candidates, &config).await;
     }
 
-    /// Consent, content, then caps and the reservation, in priority order;
-    /// at most one nudge per call.
+    /// Consent and content here, in priority order; then the whole
+    /// decision goes to the reservation stage, which checks the caps and
+    /// reserves at most one nudge (`Store::reserve_batch`). The pipeline
+    /// does not wait for the flush: only for room in the stage's queue.
     async fn decide(
         &mut self,
         person: &PersonRecord,
@@ -702,12 +717,27 @@ impl Pipeline {
                 .cmp(&a.rule.priority)
                 .then_with(|| a.rule.id.cmp(&b.rule.id))
         });
-        let person_hash = hashed(person.person.as_str());
+        let expiry_ms = config.nudge_expiry.as_millis() as i64;
+        let mut prepared = Vec::with_capacity(candidates.len());
         for candidate in candidates {
             let rule = candidate.rule;
-            let nudge_id = uuid::Uuid::now_v7().to_string();
+            let mut entry = ReserveCandidate {
+                nudge_id: uuid::Uuid::now_v7().to_string(),
+                topic: String::new(),
+                payload: String::new(),
+                kind: rule.kind,
+                rule: rule.id.clone(),
+                zone: candidate.zone.to_string(),
+                visit: candidate.visit,
+                now_ms: candidate.at_ms,
+                expires_at_ms: 0,
+                held: None,
+            };
             if let Err(reason) = check_consent(person, rule.kind) {
-                self.log_held(person, &candidate, &nudge_id, reason, &person_hash);
+                // Logged (and counted) by the stage if the decision gets
+                // this far; the next candidate may still go.
+                entry.held = Some(reason);
+                prepared.push(entry);
                 continue;
             }
             // The best offer any of the person's identities qualifies for:
@@ -729,110 +759,42 @@ impl Pipeline {
                     continue;
                 }
             };
-            let expiry_ms = config.nudge_expiry.as_millis() as i64;
-            let payload = build_nudge(&candidate, person, nudge_id.clone(), expiry_ms, content);
-            let payload = serde_json::to_string(&payload).expect("nudge payload serialises");
-            let (store, config) = (self.store.clone(), config.clone());
-            let (person_id, recipient, rule_id, zone) = (
-                person.person.clone(),
-                person.recipient.clone(),
-                rule.id.clone(),
-                candidate.zone.to_string(),
+            let payload = build_nudge(
+                &candidate,
+                person,
+                entry.nudge_id.clone(),
+                expiry_ms,
+                content,
             );
-            let (kind, visit, now_ms, id) = (
-                rule.kind,
-                candidate.visit,
-                candidate.at_ms,
-                nudge_id.clone(),
-            );
-            // sled transactions block: keep them off the async workers.
-            let outcome = tokio::task::spawn_blocking(move || {
-                store.reserve(&ReserveRequest {
-                    person: &person_id,
-                    recipient: &recipient,
-                    topic: config.nudge_topic(&recipient),
-                    nudge_id: id,
-                    payload,
-                    kind,
-                    rule: &rule_id,
-                    zone: &zone,
-                    visit,
-                    now_ms,
-                    expires_at_ms: wall_ms() + expiry_ms,
-                    caps: &config.caps,
-                    quiet: config.quiet_hours.as_ref(),
-                    tz: &config.timezone,
-                    enabled: config.nudges_enabled,
-                })
-            })
-            .await
-            .expect("reserve task does not panic");
-            match outcome {
-                Ok(Reservation::Reserved { .. }) => {
-                    if let Some(arrived) = self.current_arrival {
-                        let mut stamps = self
-                            .latency_stamps
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        if stamps.len() < mqtt::MAX_LATENCY_STAMPS {
-                            stamps.insert(nudge_id.clone(), arrived);
-                        }
-                    }
-                    events::nudge_reserved(
-                        &self.telemetry,
-                        &person_hash,
-                        &rule.id,
-                        rule.kind.as_str(),
-                        &nudge_id,
-                    );
-                    self.outbox_ready.notify_one();
-                    return;
-                }
-                Ok(Reservation::Held(reason)) => {
-                    events::nudge_held(&self.telemetry, &person_hash, &rule.id, reason.label());
-                    // Only rule- or kind-specific limits let a lower rule try.
-                    if !matches!(
-                        reason,
-                        SkipReason::RuleCooldown { .. } | SkipReason::PerKindPerDay { .. }
-                    ) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    events::storage_error(&self.telemetry, "reserve", &e);
-                    return;
-                }
-            }
+            entry.payload = serde_json::to_string(&payload).expect("nudge payload serialises");
+            entry.topic = config.nudge_topic(&person.recipient);
+            entry.expires_at_ms = wall_ms() + expiry_ms;
+            prepared.push(entry);
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        let job = DecisionJob {
+            person: person.person.clone(),
+            person_hash: hashed(person.person.as_str()),
+            recipient: person.recipient.clone(),
+            candidates: prepared,
+            config: config.clone(),
+            arrival: self.current_arrival,
+            submitted: std::time::Instant::now(),
+            reply: None,
+        };
+        if let Err(e) = self.reservations.submit(job).await {
+            events::storage_error(&self.telemetry, "reserve", &e);
         }
     }
 
-    fn log_held(
-        &self,
-        person: &PersonRecord,
-        candidate: &decide::Candidate<'_>,
-        nudge_id: &str,
-        reason: SkipReason,
-        person_hash: &str,
-    ) {
-        events::nudge_held(
-            &self.telemetry,
-            person_hash,
-            &candidate.rule.id,
-            reason.label(),
-        );
-        let entry = DecisionEntry {
-            at_ms: candidate.at_ms,
-            person: person.person.as_str().to_string(),
-            nudge_id: nudge_id.to_string(),
-            rule: candidate.rule.id.clone(),
-            kind: candidate.rule.kind,
-            zone: candidate.zone.to_string(),
-            visit: candidate.visit,
-            outcome: DecisionOutcome::Held,
-            reason: Some(reason),
-        };
-        if let Err(e) = self.store.log_decision(&entry) {
-            events::storage_error(&self.telemetry, "decision_log", &e);
+    /// Wait until every decision sent to the reservation stage is durable:
+    /// before a person's consent or data changes under it, so that nothing
+    /// queued is reserved after a withdrawal or an erasure.
+    async fn settle_decisions(&self) {
+        if let Err(e) = self.reservations.settle().await {
+            events::storage_error(&self.telemetry, "reserve", &e);
         }
     }
 
@@ -980,6 +942,9 @@ impl Pipeline {
             .people
             .upsert(record)
             .map_err(|e| rejection("recipient", e.to_string()))?;
+        if !upserted.withdrawn.is_empty() {
+            self.settle_decisions().await;
+        }
         let to_store = upserted.to_store.clone();
         let withdrawn: Vec<String> = upserted
             .withdrawn
@@ -1023,6 +988,8 @@ impl Pipeline {
     }
 
     async fn erase(&mut self, person: &PersonId) -> Result<(), Rejection> {
+        // A queued decision must not write the person back after this.
+        self.settle_decisions().await;
         let id = person.as_str().to_string();
         match self.blocking(move |store| store.forget_person(&id)).await {
             Ok(_) => {
@@ -1064,7 +1031,9 @@ impl Pipeline {
                 let person = record.person.as_str().to_string();
                 self.upsert(updated).await?;
                 if !withdrawn.is_empty() {
-                    // Nothing pending may go out under a purpose just withdrawn.
+                    // Nothing pending may go out under a purpose just
+                    // withdrawn, queued decisions included.
+                    self.settle_decisions().await;
                     let purged = self
                         .blocking(move |store| {
                             store

@@ -19,6 +19,7 @@ pub mod people;
 pub mod presence;
 pub mod privacy;
 pub mod reload;
+pub mod reservations;
 pub mod sighting;
 pub mod simulate;
 pub mod store;

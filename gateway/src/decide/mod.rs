@@ -122,6 +122,20 @@ impl SkipReason {
         }
     }
 
+    /// Whether the next (lower-priority) candidate of the same decision may
+    /// still be tried after this one was held. Only limits specific to one
+    /// rule or kind leave room for another; consent is per purpose, so a
+    /// candidate held for consent lets the next one try too. Anything that
+    /// holds the person or the store as a whole ends the decision.
+    pub fn lets_the_next_candidate_try(&self) -> bool {
+        matches!(
+            self,
+            SkipReason::RuleCooldown { .. }
+                | SkipReason::PerKindPerDay { .. }
+                | SkipReason::NoConsent { .. }
+        )
+    }
+
     /// Plain words for `gateway explain`.
     pub fn explain(&self) -> String {
         match self {

@@ -6,7 +6,10 @@ mod commit;
 pub mod keys;
 pub mod vault;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono_tz::Tz;
@@ -37,6 +40,8 @@ pub enum StoreError {
     RecipientTaken { recipient: String },
     #[error(transparent)]
     Vault(#[from] vault::VaultError),
+    #[error("storage: flush did not finish: {0}")]
+    Flush(String),
 }
 
 /// A nudge waiting for the broker's acknowledgement.
@@ -101,6 +106,37 @@ pub struct ReserveRequest<'a> {
     pub enabled: bool,
 }
 
+/// One candidate of a decision, prepared (ids, payload) outside the
+/// transaction. See [`Store::reserve_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveCandidate {
+    pub nudge_id: String,
+    pub topic: String,
+    pub payload: String,
+    pub kind: NudgeKind,
+    pub rule: String,
+    pub zone: String,
+    pub visit: i64,
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+    /// Held before the caps were asked (no consent for its purpose): only
+    /// logged, and the next candidate is tried.
+    pub held: Option<SkipReason>,
+}
+
+/// One person's decision: the candidates in priority order, and the caps
+/// in force when they were made.
+#[derive(Clone, Copy, Debug)]
+pub struct ReserveJob<'a> {
+    pub person: &'a PersonId,
+    pub recipient: &'a str,
+    pub candidates: &'a [ReserveCandidate],
+    pub caps: &'a Caps,
+    pub quiet: Option<&'a QuietHours>,
+    pub tz: &'a Tz,
+    pub enabled: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reservation {
     Reserved { seq: u64 },
@@ -121,6 +157,11 @@ pub struct Store {
     visits: sled::Tree,
     feedback: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
+    /// Every sequence number below this is on disk. The outbox shows
+    /// delivery only those: a reservation committed but not yet flushed
+    /// (its batch's flush still running) is never published, so a crash
+    /// cannot lose a slot whose nudge went out.
+    durable_below: Arc<AtomicU64>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -214,9 +255,19 @@ impl Store {
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
             group_commit: Arc::default(),
+            durable_below: Arc::default(),
             db,
         };
         store.migrate()?;
+        // Whatever was found on disk is durable.
+        let last_outbox = match store.outbox.last()? {
+            Some((key, _)) => keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)),
+            None => 0,
+        };
+        store.durable_below.store(
+            store.committed_next_seq()?.max(last_outbox),
+            Ordering::SeqCst,
+        );
         Ok(store)
     }
 
@@ -363,11 +414,26 @@ impl Store {
         ))
     }
 
+    /// The next sequence number, as committed.
+    fn committed_next_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(keys::META_NEXT_SEQ)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+
     /// Make everything written so far survive a process crash. Concurrent
-    /// callers share flushes (group commit).
+    /// callers share flushes (group commit). Outbox entries committed
+    /// before the call become visible to [`Store::outbox_from`].
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Read before the flush that covers us starts: all sequence
+        // numbers below it were committed by then.
+        let committed = self.committed_next_seq()?;
         self.group_commit
             .wait_durable(|| self.db.flush().map(|_| ()))?;
+        self.durable_below.fetch_max(committed, Ordering::SeqCst);
         Ok(())
     }
 
@@ -490,24 +556,120 @@ impl Store {
     /// Check caps and, if they allow, reserve the slot and put the nudge in
     /// the outbox: one transaction, flushed before returning. A held-back
     /// nudge is written to the decision log only; it is never queued.
+    /// A batch of one job with one candidate (see [`Store::reserve_batch`]).
     pub fn reserve(&self, req: &ReserveRequest<'_>) -> Result<Reservation, StoreError> {
-        let sealer = self.sealer(req.person.as_str())?;
-        let (outbox_nonce, decision_nonce) = (vault::nonce()?, vault::nonce()?);
-        let outbox_entry = OutboxEntry {
+        let candidate = ReserveCandidate {
             nudge_id: req.nudge_id.clone(),
-            person: req.person.as_str().to_string(),
-            recipient: req.recipient.to_string(),
             topic: req.topic.clone(),
             payload: req.payload.clone(),
-            created_ms: req.now_ms,
+            kind: req.kind,
+            rule: req.rule.to_string(),
+            zone: req.zone.to_string(),
+            visit: req.visit,
+            now_ms: req.now_ms,
             expires_at_ms: req.expires_at_ms,
+            held: None,
         };
-        let sealed_outbox = [
-            &sealer.tag[..],
-            &sealer.seal(&json(&outbox_entry), &outbox_nonce),
-        ]
-        .concat();
-        let outcome = unwrap_tx(
+        let job = ReserveJob {
+            person: req.person,
+            recipient: req.recipient,
+            candidates: std::slice::from_ref(&candidate),
+            caps: req.caps,
+            quiet: req.quiet,
+            tz: req.tz,
+            enabled: req.enabled,
+        };
+        self.reserve_batch(std::slice::from_ref(&job))?
+            .pop()
+            .and_then(|mut tried| tried.pop())
+            .ok_or(StoreError::Corrupt {
+                tree: keys::META,
+                reason: "a reservation produced no outcome".into(),
+            })
+    }
+
+    /// Decide a batch of jobs (each one person's candidates in priority
+    /// order) in ONE sled transaction, then ONE group-commit flush: durable
+    /// when it returns, all or nothing.
+    ///
+    /// Per job the candidates are tried in order: the first the caps allow
+    /// is reserved (ledger slot + sealed outbox entry); a held one goes to
+    /// the decision log only, and the next is tried only if the reason
+    /// [lets it](SkipReason::lets_the_next_candidate_try). Candidates with
+    /// `held` set were held before the caps (consent) and are only logged.
+    /// Ledgers are read once per person and kept for the whole batch, so
+    /// two jobs of the same person see each other's reservations and the
+    /// caps hold exactly; the store-wide rate ledger and the sequence are
+    /// read once and written once.
+    ///
+    /// Returns, per job, the outcome of every candidate tried, in order.
+    /// On an error nothing of the batch was written.
+    pub fn reserve_batch(
+        &self,
+        jobs: &[ReserveJob<'_>],
+    ) -> Result<Vec<Vec<Reservation>>, StoreError> {
+        let outcomes = self.reserve_batch_unflushed(jobs)?;
+        // Acknowledge (and let the publisher see it) only once it is on disk.
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// [`Store::reserve_batch`] without the flush: committed, visible to
+    /// later transactions (so the next batch's caps see it), but neither
+    /// durable nor shown by [`Store::outbox_from`] until a [`Store::flush`]
+    /// that starts after this returns. Nothing may be acknowledged or
+    /// reported before that flush; it lets a caller run the next batch's
+    /// transaction while this one's flush is on its way.
+    pub fn reserve_batch_unflushed(
+        &self,
+        jobs: &[ReserveJob<'_>],
+    ) -> Result<Vec<Vec<Reservation>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keys, sealed outbox entries and nonces first: the transaction
+        // closure may run more than once, and holds sled's global
+        // transaction lock while it runs.
+        let mut sealers: Vec<Sealer> = Vec::new();
+        let mut sealer_of: HashMap<&str, usize> = HashMap::new();
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let person = job.person.as_str();
+            let sealer = match sealer_of.get(person) {
+                Some(&i) => i,
+                None => {
+                    sealers.push(self.sealer(person)?);
+                    sealer_of.insert(person, sealers.len() - 1);
+                    sealers.len() - 1
+                }
+            };
+            let mut candidates = Vec::with_capacity(job.candidates.len());
+            for candidate in job.candidates {
+                let sealed_outbox = match candidate.held {
+                    Some(_) => Vec::new(),
+                    None => {
+                        let entry = OutboxEntry {
+                            nudge_id: candidate.nudge_id.clone(),
+                            person: person.to_string(),
+                            recipient: job.recipient.to_string(),
+                            topic: candidate.topic.clone(),
+                            payload: candidate.payload.clone(),
+                            created_ms: candidate.now_ms,
+                            expires_at_ms: candidate.expires_at_ms,
+                        };
+                        let sealer = &sealers[sealer];
+                        [
+                            &sealer.tag[..],
+                            &sealer.seal(&json(&entry), &vault::nonce()?),
+                        ]
+                        .concat()
+                    }
+                };
+                candidates.push((sealed_outbox, vault::nonce()?));
+            }
+            prepared.push((sealer, candidates));
+        }
+        let outcomes = unwrap_tx(
             (
                 &self.ledgers,
                 &self.outbox,
@@ -516,68 +678,127 @@ impl Store {
                 &self.meta,
             )
                 .transaction(|(ledgers, outbox, decisions, by_nudge, meta)| {
-                    let mut ledger: Ledger = match ledgers.get(sealer.tag)? {
-                        Some(v) => tx_parse(keys::LEDGERS, &v)?,
-                        None => Ledger::default(),
-                    };
+                    // Ledgers of this batch, by person: (ledger, changed).
+                    let mut batch_ledgers: HashMap<Tag, (Ledger, bool)> = HashMap::new();
                     let mut rate: StoreRateLedger = match meta.get(keys::META_STORE_RATE)? {
                         Some(v) => tx_parse(keys::META, &v)?,
                         None => StoreRateLedger::default(),
                     };
-                    let verdict = if req.enabled {
-                        check_caps(
-                            &ledger, &rate, req.caps, req.quiet, req.tz, req.kind, req.rule,
-                            req.visit, req.now_ms,
-                        )
-                    } else {
-                        Err(SkipReason::KillSwitch)
-                    };
-                    let seq = match meta.get(keys::META_NEXT_SEQ)? {
+                    let mut rate_changed = false;
+                    let first_seq = match meta.get(keys::META_NEXT_SEQ)? {
                         Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
                         None => 1,
                     };
-                    meta.insert(keys::META_NEXT_SEQ, &(seq + 1).to_be_bytes())?;
-                    if verdict.is_ok() {
-                        ledger.record(SentNudge {
-                            at_ms: req.now_ms,
-                            kind: req.kind,
-                            rule: req.rule.to_string(),
-                            visit: req.visit,
-                        });
-                        ledgers.insert(&sealer.tag, json(&ledger))?;
-                        if req.caps.store_per_minute.is_some() {
-                            rate.record(req.now_ms);
-                            meta.insert(keys::META_STORE_RATE, json(&rate))?;
+                    let mut seq = first_seq;
+                    let mut outcomes = Vec::with_capacity(jobs.len());
+                    for (job, (sealer, prepared)) in jobs.iter().zip(&prepared) {
+                        let sealer = &sealers[*sealer];
+                        let mut tried = Vec::with_capacity(1);
+                        for (candidate, (sealed_outbox, decision_nonce)) in
+                            job.candidates.iter().zip(prepared)
+                        {
+                            let this_seq = seq;
+                            seq += 1;
+                            let verdict = match &candidate.held {
+                                Some(reason) => Err(reason.clone()),
+                                None => {
+                                    let (ledger, changed) = match batch_ledgers.entry(sealer.tag) {
+                                        Entry::Occupied(e) => e.into_mut(),
+                                        Entry::Vacant(e) => {
+                                            let ledger = match ledgers.get(sealer.tag)? {
+                                                Some(v) => tx_parse(keys::LEDGERS, &v)?,
+                                                None => Ledger::default(),
+                                            };
+                                            e.insert((ledger, false))
+                                        }
+                                    };
+                                    let verdict = if job.enabled {
+                                        check_caps(
+                                            ledger,
+                                            &rate,
+                                            job.caps,
+                                            job.quiet,
+                                            job.tz,
+                                            candidate.kind,
+                                            &candidate.rule,
+                                            candidate.visit,
+                                            candidate.now_ms,
+                                        )
+                                    } else {
+                                        Err(SkipReason::KillSwitch)
+                                    };
+                                    if verdict.is_ok() {
+                                        ledger.record(SentNudge {
+                                            at_ms: candidate.now_ms,
+                                            kind: candidate.kind,
+                                            rule: candidate.rule.clone(),
+                                            visit: candidate.visit,
+                                        });
+                                        *changed = true;
+                                        if job.caps.store_per_minute.is_some() {
+                                            rate.record(candidate.now_ms);
+                                            rate_changed = true;
+                                        }
+                                        outbox.insert(
+                                            &keys::outbox(this_seq),
+                                            sealed_outbox.as_slice(),
+                                        )?;
+                                    }
+                                    verdict
+                                }
+                            };
+                            let entry = DecisionEntry {
+                                at_ms: candidate.now_ms,
+                                person: job.person.as_str().to_string(),
+                                nudge_id: candidate.nudge_id.clone(),
+                                rule: candidate.rule.clone(),
+                                kind: candidate.kind,
+                                zone: candidate.zone.clone(),
+                                visit: candidate.visit,
+                                outcome: if verdict.is_ok() {
+                                    DecisionOutcome::Sent
+                                } else {
+                                    DecisionOutcome::Held
+                                },
+                                reason: verdict.clone().err(),
+                            };
+                            let decision_key = keys::decision(&sealer.tag, this_seq);
+                            decisions.insert(
+                                &decision_key,
+                                sealer.seal(&json(&entry), decision_nonce),
+                            )?;
+                            by_nudge.insert(candidate.nudge_id.as_bytes(), &decision_key)?;
+                            match verdict {
+                                Ok(()) => {
+                                    tried.push(Reservation::Reserved { seq: this_seq });
+                                    break;
+                                }
+                                Err(reason) => {
+                                    let next = reason.lets_the_next_candidate_try();
+                                    tried.push(Reservation::Held(reason));
+                                    if !next {
+                                        break;
+                                    }
+                                }
+                            }
                         }
-                        outbox.insert(&keys::outbox(seq), sealed_outbox.as_slice())?;
+                        outcomes.push(tried);
                     }
-                    let entry = DecisionEntry {
-                        at_ms: req.now_ms,
-                        person: req.person.as_str().to_string(),
-                        nudge_id: req.nudge_id.clone(),
-                        rule: req.rule.to_string(),
-                        kind: req.kind,
-                        zone: req.zone.to_string(),
-                        visit: req.visit,
-                        outcome: if verdict.is_ok() {
-                            DecisionOutcome::Sent
-                        } else {
-                            DecisionOutcome::Held
-                        },
-                        reason: verdict.clone().err(),
-                    };
-                    let decision_key = keys::decision(&sealer.tag, seq);
-                    decisions.insert(&decision_key, sealer.seal(&json(&entry), &decision_nonce))?;
-                    by_nudge.insert(req.nudge_id.as_bytes(), &decision_key)?;
-                    Ok(match verdict {
-                        Ok(()) => Reservation::Reserved { seq },
-                        Err(reason) => Reservation::Held(reason),
-                    })
+                    for (tag, (ledger, changed)) in &batch_ledgers {
+                        if *changed {
+                            ledgers.insert(&tag[..], json(ledger))?;
+                        }
+                    }
+                    if rate_changed {
+                        meta.insert(keys::META_STORE_RATE, json(&rate))?;
+                    }
+                    if seq != first_seq {
+                        meta.insert(keys::META_NEXT_SEQ, &seq.to_be_bytes())?;
+                    }
+                    Ok(outcomes)
                 }),
         )?;
-        // Acknowledge (and let the publisher see it) only once it is on disk.
-        self.flush()?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// Record a decision that never reached the caps (no consent).
@@ -638,14 +859,16 @@ impl Store {
         }
     }
 
-    /// Outbox entries with sequence >= `from`, in order. Entries of erased
-    /// people (their key is gone) are skipped and removed.
+    /// Durable outbox entries with sequence >= `from`, in order: one whose
+    /// reservation is committed but not yet flushed is not shown yet.
+    /// Entries of erased people (their key is gone) are skipped and removed.
     pub fn outbox_from(
         &self,
         from: u64,
     ) -> impl Iterator<Item = Result<(u64, OutboxEntry), StoreError>> + '_ {
+        let below = self.durable_below.load(Ordering::SeqCst);
         self.outbox
-            .range(keys::outbox(from)..)
+            .range(keys::outbox(from)..keys::outbox(below.max(from)))
             .filter_map(move |item| {
                 let result = (|| {
                     let (k, v) = item?;

@@ -425,3 +425,329 @@ fn a_layout_1_database_is_migrated_and_its_clear_trees_dropped() {
         );
     }
 }
+
+fn candidate(id: &str, rule: &str, kind: NudgeKind, visit: i64, now_ms: i64) -> ReserveCandidate {
+    ReserveCandidate {
+        nudge_id: id.into(),
+        topic: "retail/s/nudges/r-1".into(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        kind,
+        rule: rule.into(),
+        zone: "laptops".into(),
+        visit,
+        now_ms,
+        expires_at_ms: now_ms + 900_000,
+        held: None,
+    }
+}
+
+fn job<'a>(
+    person: &'a PersonId,
+    candidates: &'a [ReserveCandidate],
+    caps: &'a Caps,
+    tz: &'a Tz,
+) -> ReserveJob<'a> {
+    ReserveJob {
+        person,
+        recipient: "r-1",
+        candidates,
+        caps,
+        quiet: None,
+        tz,
+        enabled: true,
+    }
+}
+
+#[test]
+fn caps_hold_exactly_for_one_person_within_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let person = PersonId::from("p-1");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let t = 1_795_334_400_000;
+    let candidates: Vec<[ReserveCandidate; 1]> = (0..10)
+        .map(|i| {
+            [candidate(
+                &format!("n{i}"),
+                "laptop-compare",
+                NudgeKind::Compare,
+                1,
+                t + i,
+            )]
+        })
+        .collect();
+    let jobs: Vec<_> = candidates
+        .iter()
+        .map(|c| job(&person, c, &caps, &tz))
+        .collect();
+    let outcomes = store.reserve_batch(&jobs).unwrap();
+    let flat: Vec<_> = outcomes.iter().flatten().cloned().collect();
+    assert_eq!(
+        flat,
+        [
+            vec![
+                Reservation::Reserved { seq: 1 },
+                Reservation::Reserved { seq: 2 }
+            ],
+            vec![Reservation::Held(SkipReason::PerVisit { limit: 2 }); 8],
+        ]
+        .concat()
+    );
+    assert_eq!(store.outbox_len(), 2);
+    assert_eq!(store.decisions_for("p-1").unwrap().len(), 10);
+    assert_eq!(store.ledger("p-1").unwrap().sent.len(), 2);
+    // The next batch (and a single reservation) still sees them.
+    assert_eq!(
+        store
+            .reserve(&request(&person, &caps, &tz, 1, t + 20, "n10"))
+            .unwrap(),
+        Reservation::Held(SkipReason::PerVisit { limit: 2 })
+    );
+}
+
+#[test]
+fn a_job_falls_through_only_rule_or_kind_limits_and_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let person = PersonId::from("p-1");
+    let tz = chrono_tz::UTC;
+    let caps = Caps {
+        rule_cooldown_s: 3_600,
+        ..caps()
+    };
+    let t = 1_795_334_400_000;
+    let first = [candidate("a0", "rule-a", NudgeKind::Compare, 1, t)];
+    let mut no_consent = candidate("b0", "rule-b", NudgeKind::Offer, 1, t + 1);
+    no_consent.held = Some(SkipReason::NoConsent {
+        purpose: crate::identity::Purpose::Offers,
+    });
+    // rule-a is cooling down, rule-b has no consent: rule-c goes, rule-d
+    // is never tried.
+    let second = [
+        candidate("a1", "rule-a", NudgeKind::Compare, 1, t + 2),
+        no_consent,
+        candidate("c1", "rule-c", NudgeKind::Info, 1, t + 3),
+        candidate("d1", "rule-d", NudgeKind::Info, 1, t + 4),
+    ];
+    // Per visit is 2: the third decision of the visit stops at once.
+    let third = [
+        candidate("e2", "rule-e", NudgeKind::Info, 1, t + 5),
+        candidate("f2", "rule-f", NudgeKind::Info, 1, t + 6),
+    ];
+    let outcomes = store
+        .reserve_batch(&[
+            job(&person, &first, &caps, &tz),
+            job(&person, &second, &caps, &tz),
+            job(&person, &third, &caps, &tz),
+        ])
+        .unwrap();
+    assert_eq!(outcomes[0], [Reservation::Reserved { seq: 1 }]);
+    assert!(matches!(
+        outcomes[1][..],
+        [
+            Reservation::Held(SkipReason::RuleCooldown { .. }),
+            Reservation::Held(SkipReason::NoConsent { .. }),
+            Reservation::Reserved { seq: 4 }
+        ]
+    ));
+    assert_eq!(
+        outcomes[2],
+        [Reservation::Held(SkipReason::PerVisit { limit: 2 })]
+    );
+    let sent: Vec<_> = store
+        .outbox_from(0)
+        .map(|e| e.unwrap().1.nudge_id)
+        .collect();
+    assert_eq!(sent, ["a0", "c1"]);
+    assert_eq!(store.decisions_for("p-1").unwrap().len(), 5);
+    assert!(store.decision_by_nudge("d1").unwrap().is_none());
+    assert!(store.decision_by_nudge("f2").unwrap().is_none());
+    assert_eq!(
+        store.decision_by_nudge("b0").unwrap().unwrap().outcome,
+        DecisionOutcome::Held
+    );
+}
+
+#[test]
+fn a_batch_that_fails_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let (good, bad) = (PersonId::from("p-good"), PersonId::from("p-bad"));
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let t = 1_795_334_400_000;
+    store
+        .reserve(&request(&good, &caps, &tz, 1, t, "before"))
+        .unwrap();
+    let seq_before = store.meta.get(keys::META_NEXT_SEQ).unwrap();
+    // A ledger that no longer parses: the transaction aborts on it.
+    store
+        .ledgers
+        .insert(store.person_tag("p-bad"), &b"not json"[..])
+        .unwrap();
+    let a = [candidate(
+        "g1",
+        "laptop-compare",
+        NudgeKind::Compare,
+        2,
+        t + 1,
+    )];
+    let b = [candidate(
+        "b1",
+        "laptop-compare",
+        NudgeKind::Compare,
+        1,
+        t + 2,
+    )];
+    let err = store
+        .reserve_batch(&[job(&good, &a, &caps, &tz), job(&bad, &b, &caps, &tz)])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { tree, .. } if tree == keys::LEDGERS));
+    assert_eq!(store.outbox_len(), 1);
+    assert_eq!(store.decisions_for("p-good").unwrap().len(), 1);
+    assert_eq!(store.ledger("p-good").unwrap().sent.len(), 1);
+    assert!(store.decision_by_nudge("g1").unwrap().is_none());
+    assert_eq!(store.meta.get(keys::META_NEXT_SEQ).unwrap(), seq_before);
+}
+
+mod batch_equals_one_by_one {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// (person, rule, kind, visit, minutes later), as small numbers.
+    type Attempt = (u8, u8, u8, u8, u8);
+
+    fn candidates(attempts: &[Vec<Attempt>]) -> Vec<Vec<ReserveCandidate>> {
+        let t = 1_795_334_400_000;
+        let kinds = [NudgeKind::Compare, NudgeKind::Info, NudgeKind::Offer];
+        let mut n = 0;
+        attempts
+            .iter()
+            .map(|job| {
+                job.iter()
+                    .map(|&(_, rule, kind, visit, minutes)| {
+                        n += 1;
+                        candidate(
+                            &format!("n{n}"),
+                            &format!("rule-{rule}"),
+                            kinds[kind as usize % 3],
+                            i64::from(visit),
+                            t + i64::from(minutes) * 60_000 + n,
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Any batch decides exactly as the same jobs reserved one at a
+        /// time would: same outcomes, same outbox, same ledgers.
+        #[test]
+        fn a_batch_decides_as_its_jobs_would_one_at_a_time(
+            attempts in prop::collection::vec(
+                prop::collection::vec((0u8..3, 0u8..3, 0u8..3, 0u8..3, 0u8..90), 1..4),
+                1..40,
+            ),
+            per_visit in 1u32..4,
+            per_day in 1u32..6,
+            per_kind in prop::option::of(1u32..3),
+            cooldown_min in 0u32..30,
+            store_per_minute in prop::option::of(1u32..5),
+        ) {
+            let caps = Caps {
+                per_visit,
+                per_day,
+                per_week: 10,
+                min_gap_s: 0,
+                per_kind_per_day: per_kind,
+                rule_cooldown_s: cooldown_min * 60,
+                store_per_minute,
+            };
+            let tz = chrono_tz::UTC;
+            let people: Vec<PersonId> =
+                (0..3).map(|i| PersonId::from(format!("p-{i}").as_str())).collect();
+            let candidates = candidates(&attempts);
+            let jobs: Vec<_> = attempts
+                .iter()
+                .zip(&candidates)
+                .map(|(a, c)| job(&people[a[0].0 as usize], c, &caps, &tz))
+                .collect();
+            let (batched_dir, single_dir) =
+                (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (batched, single) =
+                (reopen(batched_dir.path()).unwrap(), reopen(single_dir.path()).unwrap());
+            let together = batched.reserve_batch(&jobs).unwrap();
+            let alone: Vec<_> = jobs
+                .iter()
+                .map(|j| single.reserve_batch(std::slice::from_ref(j)).unwrap().remove(0))
+                .collect();
+            prop_assert_eq!(&together, &alone);
+            let outbox = |s: &Store| -> Vec<(u64, String)> {
+                s.outbox_from(0).map(|e| e.map(|(q, e)| (q, e.nudge_id)).unwrap()).collect()
+            };
+            prop_assert_eq!(outbox(&batched), outbox(&single));
+            for p in &people {
+                prop_assert_eq!(batched.ledger(p.as_str()).unwrap(), single.ledger(p.as_str()).unwrap());
+                prop_assert_eq!(
+                    batched.decisions_for(p.as_str()).unwrap(),
+                    single.decisions_for(p.as_str()).unwrap()
+                );
+                // No person ever gets more than the caps allow.
+                let sent = batched.ledger(p.as_str()).unwrap().sent.len() as u32;
+                prop_assert!(sent <= per_day);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_outbox_shows_a_reservation_only_once_it_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let person = PersonId::from("p-1");
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let t = 1_795_334_400_000;
+    store
+        .reserve(&request(&person, &caps, &tz, 1, t, "flushed"))
+        .unwrap();
+    // A batch committed whose flush has not returned yet: its entry is in
+    // the tree, and the sequence moved on, but delivery must not see it.
+    let sealer = store.sealer("p-1").unwrap();
+    let entry = OutboxEntry {
+        nudge_id: "committed".into(),
+        person: "p-1".into(),
+        recipient: "r-1".into(),
+        topic: "retail/s/nudges/r-1".into(),
+        payload: "{}".into(),
+        created_ms: t,
+        expires_at_ms: t + 900_000,
+    };
+    let sealed = [
+        &sealer.tag[..],
+        &sealer.seal(&json(&entry), &vault::nonce().unwrap()),
+    ]
+    .concat();
+    store.outbox.insert(keys::outbox(2), sealed).unwrap();
+    store
+        .meta
+        .insert(keys::META_NEXT_SEQ, &3u64.to_be_bytes())
+        .unwrap();
+    let visible = |store: &Store, from| -> Vec<String> {
+        store
+            .outbox_from(from)
+            .map(|e| e.unwrap().1.nudge_id)
+            .collect()
+    };
+    assert_eq!(visible(&store, 0), ["flushed"]);
+    assert!(visible(&store, 5).is_empty());
+    assert_eq!(store.outbox_len(), 2);
+    store.flush().unwrap();
+    assert_eq!(visible(&store, 0), ["flushed", "committed"]);
+    // After a restart everything found on disk is durable.
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(visible(&store, 0), ["flushed", "committed"]);
+}
