@@ -154,6 +154,11 @@ mod tests {
             offers in proptest::collection::vec(offer(), 0..12),
             now in -1200i64..1200,
         ) {
+            // Offer ids are unique in a valid config (it rejects
+            // duplicates); two offers with one id and one value would make
+            // the winner depend on list order.
+            let mut seen = std::collections::BTreeSet::new();
+            let offers: Vec<Offer> = offers.into_iter().filter(|o| seen.insert(o.id.clone())).collect();
             let mut ids = identities;
             ids.dedup();
             let people = vec![ids.clone()];
