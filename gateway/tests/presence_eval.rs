@@ -48,185 +48,167 @@ use gateway::sighting::Sighting;
 const MINUTES: u64 = 15;
 const SEEDS: [u64; 3] = [1, 7, 42];
 
-struct Run {
-    seed: u64,
-    report: EvalReport,
+/// A scenario run in the standard store: its sightings and truth, both as
+/// the files would hold them.
+struct Captured {
+    sim: Simulation,
+    end_ms: i64,
+    sightings: Vec<Sighting>,
+    truth: Vec<TruthSpan>,
 }
 
-/// Every address in the truth but the store's own beacons: the devices
-/// people carry.
-fn person_addrs(spec: &StoreSpec, truth: &[TruthSpan]) -> BTreeSet<String> {
-    let beacons: BTreeSet<String> = spec
-        .beacons
-        .iter()
-        .map(|b| b.addr.to_ascii_lowercase())
-        .collect();
-    truth
-        .iter()
-        .map(|t| t.addr.clone())
-        .filter(|a| !beacons.contains(a))
-        .collect()
-}
-
-/// The population: many shoppers and strangers through the standard store,
-/// scored over person-seconds.
-fn population(seed: u64) -> EvalReport {
-    const SHOPPERS: u32 = 30;
-    const POPULATION_MINUTES: u64 = 30;
+fn capture(scenario: Scenario, seed: u64, minutes: u64) -> Captured {
     let spec = StoreSpec::small_store();
-    let config = presence_config_for(&spec);
-    let scenario = Scenario::tour(&spec, seed, SHOPPERS);
-    let mut sim = Simulation::new(spec.clone(), scenario, DEFAULT_START_UNIX_MS, seed)
-        .expect("the small store and tour scenario are valid");
-    let records = sim.run_for(Duration::from_secs(POPULATION_MINUTES * 60));
-    let end_ms = DEFAULT_START_UNIX_MS + (POPULATION_MINUTES * 60_000) as i64;
-    let sightings: Vec<Sighting> = records
+    let mut sim = Simulation::new(spec, scenario, DEFAULT_START_UNIX_MS, seed)
+        .expect("the small store and its scenarios are valid");
+    let records = sim.run_for(Duration::from_secs(minutes * 60));
+    let end_ms = DEFAULT_START_UNIX_MS + (minutes * 60_000) as i64;
+    let sightings = records
         .iter()
         .map(|r| Sighting::from_json(&serde_json::to_string(r).unwrap()).unwrap())
         .collect();
-    let truth: Vec<TruthSpan> = sim
+    let truth = sim
         .ground_truth(end_ms)
         .iter()
         .map(TruthSpan::from)
         .collect();
-    let persons = EvalOptions {
-        subjects: Some(person_addrs(&spec, &truth)),
-        ..EvalOptions::default()
-    };
-    evaluate(&config, &sightings, &truth, &persons)
+    Captured {
+        sim,
+        end_ms,
+        sightings,
+        truth,
+    }
+}
+
+impl Captured {
+    fn evaluate(&self, subjects: Option<BTreeSet<String>>) -> EvalReport {
+        let config = presence_config_for(self.sim.spec());
+        let options = EvalOptions {
+            subjects,
+            ..EvalOptions::default()
+        };
+        evaluate(&config, &self.sightings, &self.truth, &options)
+    }
+
+    /// Every address in the truth but the store's own beacons: the
+    /// devices people carry.
+    fn person_addrs(&self) -> BTreeSet<String> {
+        let beacons: BTreeSet<String> = self
+            .sim
+            .spec()
+            .beacons
+            .iter()
+            .map(|b| b.addr.to_ascii_lowercase())
+            .collect();
+        self.truth
+            .iter()
+            .map(|t| t.addr.clone())
+            .filter(|a| !beacons.contains(a))
+            .collect()
+    }
+}
+
+/// What one run must show: the issue's entry, exit and baseline targets as
+/// stated, accuracy and flips at the measured level (see the module docs).
+struct Floor {
+    subjects: usize,
+    accuracy: f64,
+    flips_per_hour: f64,
+    /// The engine flips at most this fraction of the baseline's flips.
+    flips_vs_baseline: f64,
+}
+
+fn check(what: &str, report: &EvalReport, floor: &Floor) {
+    println!("{what}\n{}", report.to_table());
+    let (e, b) = (&report.engine, &report.baseline);
+    assert!(
+        e.subjects >= floor.subjects,
+        "{what}: only {} subjects",
+        e.subjects
+    );
+    // Issue target 0.95, not reached (see the module docs).
+    assert!(
+        e.accuracy >= floor.accuracy,
+        "{what}: accuracy {:.3}",
+        e.accuracy
+    );
+    // Issue target 1.0 per person-hour.
+    assert!(
+        e.flips_per_hour <= floor.flips_per_hour,
+        "{what}: {:.2} extra flips per subject-hour",
+        e.flips_per_hour
+    );
+    assert_eq!(e.missed_entries, 0, "{what}");
+    assert_eq!(e.missed_exits, 0, "{what}");
+    assert!(
+        e.entry_delay_max_s <= 10.0,
+        "{what}: entry delay up to {:.1} s",
+        e.entry_delay_max_s
+    );
+    assert!(
+        e.exit_delay_max_s <= 60.0,
+        "{what}: exit delay up to {:.1} s",
+        e.exit_delay_max_s
+    );
+    assert!(
+        e.flips_per_hour <= b.flips_per_hour * floor.flips_vs_baseline,
+        "{what}: engine {:.2} vs baseline {:.2} flips per hour",
+        e.flips_per_hour,
+        b.flips_per_hour
+    );
 }
 
 #[test]
 fn a_population_is_placed_and_followed_without_flicker() {
     for seed in SEEDS {
-        let report = population(seed);
-        println!(
-            "population, seed {seed}, person-seconds\n{}",
-            report.to_table()
-        );
-        let (e, b) = (&report.engine, &report.baseline);
-        assert!(e.subjects >= 60, "seed {seed}: only {} people", e.subjects);
-        // Issue target 0.95, not reached (see the module docs).
-        assert!(
-            e.accuracy >= 0.87,
-            "seed {seed}: accuracy {:.3}",
-            e.accuracy
-        );
-        assert!(
-            e.flips_per_hour <= 1.5,
-            "seed {seed}: {:.2} extra flips per person-hour",
-            e.flips_per_hour
-        );
-        assert_eq!(e.missed_entries, 0, "seed {seed}");
-        assert_eq!(e.missed_exits, 0, "seed {seed}");
-        assert!(
-            e.entry_delay_max_s <= 10.0,
-            "seed {seed}: entry {:.1} s",
-            e.entry_delay_max_s
-        );
-        assert!(
-            e.exit_delay_max_s <= 60.0,
-            "seed {seed}: exit {:.1} s",
-            e.exit_delay_max_s
-        );
-        assert!(
-            e.flips_per_hour * 10.0 < b.flips_per_hour,
-            "seed {seed}: engine {:.2} vs baseline {:.2} flips per hour",
-            e.flips_per_hour,
-            b.flips_per_hour
-        );
-    }
-}
-
-/// Generate the capture and truth in process, both as the files would hold
-/// them, and evaluate.
-fn run(seed: u64) -> Run {
-    let spec = StoreSpec::small_store();
-    let config = presence_config_for(&spec);
-    let mut sim = Simulation::new(
-        spec,
-        Scenario::small_demo(seed),
-        DEFAULT_START_UNIX_MS,
-        seed,
-    )
-    .expect("the small store and demo scenario are valid");
-    let records = sim.run_for(Duration::from_secs(MINUTES * 60));
-    let end_ms = DEFAULT_START_UNIX_MS + (MINUTES * 60_000) as i64;
-    let sightings: Vec<Sighting> = records
-        .iter()
-        .map(|r| Sighting::from_json(&serde_json::to_string(r).unwrap()).unwrap())
-        .collect();
-    let truth: Vec<TruthSpan> = sim
-        .ground_truth(end_ms)
-        .iter()
-        .map(TruthSpan::from)
-        .collect();
-    let report = evaluate(&config, &sightings, &truth, &EvalOptions::default());
-    // The opted-in shoppers alone, and every person, for the record.
-    for (who, subjects) in [
-        ("shoppers", sim.shopper_addrs(end_ms)),
-        ("persons", person_addrs(sim.spec(), &truth)),
-    ] {
-        let options = EvalOptions {
-            subjects: Some(subjects),
-            ..EvalOptions::default()
+        let spec = StoreSpec::small_store();
+        let run = capture(Scenario::tour(&spec, seed, 30), seed, 30);
+        let report = run.evaluate(Some(run.person_addrs()));
+        let floor = Floor {
+            subjects: 60,
+            accuracy: 0.89,
+            flips_per_hour: 1.5,
+            flips_vs_baseline: 0.1,
         };
-        let r = evaluate(&config, &sightings, &truth, &options);
-        println!(
-            "seed {seed}, {who} only: engine {:.1} % {:.2} flips/h, baseline {:.1} % {:.2} flips/h",
-            r.engine.accuracy * 100.0,
-            r.engine.flips_per_hour,
-            r.baseline.accuracy * 100.0,
-            r.baseline.flips_per_hour
+        check(
+            &format!("population, seed {seed}, person-seconds"),
+            &report,
+            &floor,
         );
     }
-    Run { seed, report }
 }
 
 #[test]
 fn engine_meets_the_issue_thresholds_and_beats_the_baseline() {
-    let runs: Vec<Run> = SEEDS.iter().map(|&s| run(s)).collect();
-    for r in &runs {
-        println!("seed {}\n{}", r.seed, r.report.to_table());
-        println!("{}", r.report.per_subject_table());
-        println!("{}", r.report.to_json());
-    }
-    for Run { seed, report } in &runs {
-        let (e, b) = (&report.engine, &report.baseline);
-        assert!(
-            e.subjects >= 10,
-            "seed {seed}: only {} subjects",
-            e.subjects
-        );
-        // Issue target 0.95, not reached yet (see the module docs).
-        assert!(
-            e.accuracy >= 0.80,
-            "seed {seed}: accuracy {:.3}",
-            e.accuracy
-        );
-        // Issue target 1.0, not reached yet (see the module docs).
-        assert!(
-            e.flips_per_hour <= 3.0,
-            "seed {seed}: {:.2} extra flips per subject-hour",
-            e.flips_per_hour
-        );
-        assert_eq!(e.missed_entries, 0, "seed {seed}");
-        assert_eq!(e.missed_exits, 0, "seed {seed}");
-        assert!(
-            e.entry_delay_max_s <= 10.0,
-            "seed {seed}: entry delay up to {:.1} s",
-            e.entry_delay_max_s
-        );
-        assert!(
-            e.exit_delay_max_s <= 60.0,
-            "seed {seed}: exit delay up to {:.1} s",
-            e.exit_delay_max_s
-        );
-        assert!(
-            e.flips_per_hour < b.flips_per_hour,
-            "seed {seed}: engine {:.2} vs baseline {:.2} flips per hour",
-            e.flips_per_hour,
-            b.flips_per_hour
+    for seed in SEEDS {
+        let run = capture(Scenario::small_demo(seed), seed, MINUTES);
+        // The opted-in shoppers alone, and every person, for the record.
+        for (who, subjects) in [
+            ("shoppers", run.sim.shopper_addrs(run.end_ms)),
+            ("persons", run.person_addrs()),
+        ] {
+            let r = run.evaluate(Some(subjects));
+            println!(
+                "demo, seed {seed}, {who} only: engine {:.1} % {:.2} flips/h, baseline {:.1} % {:.2} flips/h",
+                r.engine.accuracy * 100.0,
+                r.engine.flips_per_hour,
+                r.baseline.accuracy * 100.0,
+                r.baseline.flips_per_hour
+            );
+        }
+        let report = run.evaluate(None);
+        println!("{}", report.per_subject_table());
+        println!("{}", report.to_json());
+        let floor = Floor {
+            subjects: 10,
+            accuracy: 0.80,
+            flips_per_hour: 3.0,
+            flips_vs_baseline: 1.0,
+        };
+        check(
+            &format!("demo, seed {seed}, every subject"),
+            &report,
+            &floor,
         );
     }
 }
