@@ -20,8 +20,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use gateway::decide::{Caps, NudgeKind};
-use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
+use gateway::identity::{PersonId, PersonRecord};
 use gateway::store::{Reservation, ReserveCandidate, ReserveJob, ReserveRequest, Store};
+
+// The bench builds no configuration: the site text goes unused here.
+#[allow(dead_code)]
+#[path = "support/durable.rs"]
+mod durable;
 
 const T0_MS: i64 = 1_795_334_400_000;
 const DAY_MS: i64 = 86_400_000;
@@ -47,41 +52,11 @@ fn enrolled_store(dir: &std::path::Path) -> Store {
     let records: Vec<PersonRecord> = (0..PEOPLE)
         .map(|i| {
             let (person, recipient, _) = nth(i);
-            let mut key = [0u8; 16];
-            key[..8].copy_from_slice(&i.to_le_bytes());
-            PersonRecord {
-                person,
-                recipient,
-                timezone: None,
-                identities: vec![Identity::App { key }],
-                consent: Consent {
-                    proximity: true,
-                    product_info: true,
-                    offers: true,
-                    thanks: true,
-                    feedback: true,
-                },
-                interests: Vec::new(),
-                owns: Vec::new(),
-            }
+            durable::enrolled(i, person, recipient)
         })
         .collect();
     store.upsert_people(&records).expect("enrol people");
     store
-}
-
-fn caps() -> Caps {
-    // Generous: every decision is a grant, so each writes ledger + outbox +
-    // decision log (the heaviest path).
-    Caps {
-        per_visit: 1_000_000,
-        per_day: 1_000_000,
-        per_week: 1_000_000,
-        min_gap_s: 0,
-        per_kind_per_day: None,
-        rule_cooldown_s: 0,
-        store_per_minute: None,
-    }
 }
 
 fn payload(id: &str) -> String {
@@ -202,7 +177,7 @@ fn thread_counts() -> Vec<usize> {
 }
 
 fn bench(c: &mut Criterion, store: &Store, next: &AtomicU64) {
-    let caps = caps();
+    let caps = durable::unlimited_caps();
     let mut group = c.benchmark_group("reserve_flush_per_decision");
     for threads in thread_counts() {
         let stats = Mutex::new(Stats::default());
@@ -252,7 +227,7 @@ fn batch_sizes() -> Vec<u64> {
 }
 
 fn bench_batched(c: &mut Criterion, store: &Store, next: &AtomicU64) {
-    let caps = caps();
+    let caps = durable::unlimited_caps();
     let mut group = c.benchmark_group("reserve_batch");
     for size in batch_sizes() {
         let stats = Mutex::new(Stats::default());

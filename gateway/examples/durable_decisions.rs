@@ -29,13 +29,16 @@ use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
 use gateway::config::Config;
-use gateway::decide::{Caps, NudgeKind};
-use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
+use gateway::decide::NudgeKind;
+use gateway::identity::{PersonId, PersonRecord};
 use gateway::io::mqtt::LatencyStamps;
 use gateway::reservations::{self, DecisionJob};
 use gateway::store::{Reservation, ReserveCandidate, ReserveRequest, Store};
 use gateway::telemetry::Telemetry;
 use tokio::sync::{Notify, mpsc, oneshot};
+
+#[path = "../benches/support/durable.rs"]
+mod durable;
 
 const PEOPLE: usize = 2_000;
 const START_MS: i64 = 1_795_485_600_000;
@@ -50,50 +53,12 @@ fn nth(i: u64) -> (usize, i64) {
     )
 }
 
-const SITE: &str = r#"
-[store]
-id = "store-042"
-timezone = "Europe/Berlin"
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-prefix = "retail"
-[storage]
-path = "/unused"
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:7531"
-"#;
-
-fn generous_caps() -> Caps {
-    Caps {
-        per_visit: 1_000_000,
-        per_day: 1_000_000,
-        per_week: 1_000_000,
-        min_gap_s: 0,
-        per_kind_per_day: None,
-        rule_cooldown_s: 0,
-        store_per_minute: None,
-    }
-}
-
 fn record(i: usize) -> PersonRecord {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    PersonRecord {
-        person: PersonId::from(format!("p-{i:06}").as_str()),
-        recipient: format!("r-{i:06}"),
-        timezone: None,
-        identities: vec![Identity::App { key }],
-        consent: Consent {
-            proximity: true,
-            product_info: true,
-            offers: true,
-            thanks: true,
-            feedback: true,
-        },
-        interests: Vec::new(),
-        owns: Vec::new(),
-    }
+    durable::enrolled(
+        i as u64,
+        PersonId::from(format!("p-{i:06}").as_str()),
+        format!("r-{i:06}"),
+    )
 }
 
 fn payload() -> String {
@@ -192,9 +157,9 @@ async fn produce(
 }
 
 async fn run_stage(store: &Store, run: StageRun, next: &Arc<AtomicU64>) {
-    let mut config = gateway::config::from_layers("bench", Some(SITE), Default::default())
+    let mut config = gateway::config::from_layers("bench", Some(durable::SITE), Default::default())
         .expect("bench config");
-    config.caps = generous_caps();
+    config.caps = durable::unlimited_caps();
     config.quiet_hours = None;
     config.nudges_enabled = true;
     let config = Arc::new(config);
@@ -287,7 +252,7 @@ async fn run_stage(store: &Store, run: StageRun, next: &Arc<AtomicU64>) {
 
 /// The old path: `Store::reserve` (transaction + flush) per decision.
 fn run_threads(store: &Store, threads: usize, seconds: u64, next: &Arc<AtomicU64>) {
-    let caps = Arc::new(generous_caps());
+    let caps = Arc::new(durable::unlimited_caps());
     let tz: Arc<Tz> = Arc::new("Europe/Berlin".parse().expect("tz"));
     let people: Arc<Vec<PersonId>> = Arc::new((0..PEOPLE).map(|i| record(i).person).collect());
     let stop = Arc::new(AtomicBool::new(false));

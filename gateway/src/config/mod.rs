@@ -986,4 +986,4 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

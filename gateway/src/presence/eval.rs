@@ -178,6 +178,9 @@ pub enum EvalError {
     },
 }
 
+/// Tells, from an advert's frames, a device that is not a person.
+pub type NotPeople<'a> = &'a dyn Fn(&[Frame]) -> bool;
+
 /// How to replay.
 #[derive(Clone)]
 pub struct EvalOptions<'a> {
@@ -192,7 +195,7 @@ pub struct EvalOptions<'a> {
     /// Tells the devices that are not people (the store's own beacons) by
     /// their decoded frames: an address that ever advertises such a frame
     /// is not scored (person-seconds, as the issue states its targets).
-    pub not_people: Option<&'a dyn Fn(&[Frame]) -> bool>,
+    pub not_people: Option<NotPeople<'a>>,
 }
 
 impl std::fmt::Debug for EvalOptions<'_> {

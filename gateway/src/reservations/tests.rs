@@ -4,22 +4,8 @@ use std::path::Path;
 use super::*;
 use crate::decide::{Caps, NudgeKind, SkipReason};
 
-const SITE: &str = r#"
-[store]
-id = "store-042"
-timezone = "Europe/Berlin"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-prefix = "retail"
-
-[storage]
-path = "/var/lib/gateway"
-
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:7531"
-"#;
+/// DESIGN §7's minimal site; each test sets the caps it needs.
+use crate::config::tests::MINIMAL_SITE as SITE;
 
 const T0_MS: i64 = 1_795_334_400_000;
 

@@ -1,0 +1,55 @@
+//! What the durable-decision benches and `examples/durable_decisions.rs`
+//! share: a site, caps that never hold a nudge back, and enrolled people.
+
+use gateway::decide::Caps;
+use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
+
+/// The minimal site file the measured configuration starts from.
+pub const SITE: &str = r#"
+[store]
+id = "store-042"
+timezone = "Europe/Berlin"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+prefix = "retail"
+[storage]
+path = "/unused"
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:7531"
+"#;
+
+/// Generous: every decision is a grant, so each writes ledger + outbox +
+/// decision log (the heaviest path).
+pub fn unlimited_caps() -> Caps {
+    Caps {
+        per_visit: 1_000_000,
+        per_day: 1_000_000,
+        per_week: 1_000_000,
+        min_gap_s: 0,
+        per_kind_per_day: None,
+        rule_cooldown_s: 0,
+        store_per_minute: None,
+    }
+}
+
+/// Person `i`, opted in to everything, with an app key of their own.
+pub fn enrolled(i: u64, person: PersonId, recipient: String) -> PersonRecord {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&i.to_le_bytes());
+    PersonRecord {
+        person,
+        recipient,
+        timezone: None,
+        identities: vec![Identity::App { key }],
+        consent: Consent {
+            proximity: true,
+            product_info: true,
+            offers: true,
+            thanks: true,
+            feedback: true,
+        },
+        interests: Vec::new(),
+        owns: Vec::new(),
+    }
+}
