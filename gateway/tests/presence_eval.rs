@@ -31,10 +31,11 @@
 //! * demo: one subject decides a seed. The staff band stands at a random
 //!   spot of the hall; when that spot is beside a zone its levels are those
 //!   of someone inside (seed 7: 0 % of 900 s). A floor-plan estimator (a
-//!   grid Bayes filter over scanner positions and zone areas, branch
-//!   `floor-plan-experiment`) placed that band right on two seeds of three
-//!   but did worse on the population (85 % vs 89 %) and flipped more, so it
-//!   was not merged.
+//!   grid Bayes filter over scanner positions and zone areas, with a
+//!   standing and a walking mode, arbitrating with the levels) placed that
+//!   band right on two seeds of three but did worse on the population
+//!   (85 % vs 89 % of person-seconds, 3-11 vs 1 flips per hour), so it was
+//!   not merged.
 use std::time::Duration;
 
 use firmware_sim::{DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec};
