@@ -62,6 +62,8 @@ listener $broker_port 127.0.0.1
 allow_anonymous true
 user root
 persistence false
+# As deploy/mosquitto/mosquitto.conf (see there why).
+set_tcp_nodelay true
 log_dest file $work/mosquitto.log
 EOF
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" &
@@ -215,5 +217,5 @@ grep -E 'WARN|ERROR' "$work/gateway.err" | cut -c1-200 | sort | uniq -c | sort -
 # (the triggering sighting's arrival at the UDP socket to the broker's
 # PUBACK); quantiles over the most recent 8,192 nudges, in seconds.
 echo "sighting -> PUBACK latency (quantiles in seconds, over the run):" | tee -a "$out.txt"
-curl -sf "http://127.0.0.1:$admin_port/metrics" | grep '^gateway_sighting_to_puback_seconds' | tee -a "$out.txt" || true
+curl -sf "http://127.0.0.1:$admin_port/metrics" | grep -E '^gateway_(sighting_to_puback|decision_durable)_seconds' | tee -a "$out.txt" || true
 echo "results: $out"

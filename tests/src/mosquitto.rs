@@ -189,6 +189,8 @@ impl Mosquitto {
         // Mosquitto runs as root here; stay root so the persistence dir is
         // writable and PR_SET_PDEATHSIG is not cleared by a uid change.
         let _ = writeln!(c, "user root");
+        // As deploy/mosquitto/mosquitto.conf: no Nagle on client sockets.
+        let _ = writeln!(c, "set_tcp_nodelay true");
         let _ = writeln!(c, "persistence true");
         let _ = writeln!(c, "persistence_location {dir}/");
         let _ = writeln!(c, "persistence_file mosquitto.db");
