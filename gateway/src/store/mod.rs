@@ -175,6 +175,15 @@ fn parse<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> Resu
     })
 }
 
+/// The value of `META_NEXT_SEQ`: the next sequence number to hand out
+/// (1 in a new database).
+fn seq_value(stored: Option<&[u8]>) -> u64 {
+    stored
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(1)
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn tx_parse<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> TxResult<T> {
@@ -416,12 +425,7 @@ impl Store {
 
     /// The next sequence number, as committed.
     fn committed_next_seq(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(keys::META_NEXT_SEQ)?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(1))
+        Ok(seq_value(self.meta.get(keys::META_NEXT_SEQ)?.as_deref()))
     }
 
     /// Make everything written so far survive a process crash. Concurrent
@@ -685,10 +689,7 @@ impl Store {
                         None => StoreRateLedger::default(),
                     };
                     let mut rate_changed = false;
-                    let first_seq = match meta.get(keys::META_NEXT_SEQ)? {
-                        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()),
-                        None => 1,
-                    };
+                    let first_seq = seq_value(meta.get(keys::META_NEXT_SEQ)?.as_deref());
                     let mut seq = first_seq;
                     let mut outcomes = Vec::with_capacity(jobs.len());
                     for (job, (sealer, prepared)) in jobs.iter().zip(&prepared) {
@@ -801,30 +802,11 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Record a decision that never reached the caps (no consent).
-    pub fn log_decision(&self, entry: &DecisionEntry) -> Result<(), StoreError> {
-        let sealer = self.sealer(&entry.person)?;
-        let seq = self.next_seq()?;
-        let key = keys::decision(&sealer.tag, seq);
-        self.decisions
-            .insert(key, sealer.seal(&json(entry), &vault::nonce()?))?;
-        self.decision_by_nudge
-            .insert(entry.nudge_id.as_bytes(), &key[..])?;
-        Ok(())
-    }
-
     fn next_seq(&self) -> Result<u64, StoreError> {
         let previous = self.meta.fetch_and_update(keys::META_NEXT_SEQ, |old| {
-            let seq = old
-                .and_then(|v| v.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(1);
-            Some((seq + 1).to_be_bytes().to_vec())
+            Some((seq_value(old) + 1).to_be_bytes().to_vec())
         })?;
-        Ok(previous
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(1))
+        Ok(seq_value(previous.as_deref()))
     }
 
     pub fn decisions_for(&self, person: &str) -> Result<Vec<DecisionEntry>, StoreError> {
