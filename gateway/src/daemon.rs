@@ -446,10 +446,6 @@ impl Pipeline {
         })
     }
 
-    pub fn summary(&self) -> RunSummary {
-        summarise(&self.telemetry, self.recognised.len())
-    }
-
     async fn run(
         &mut self,
         mut sightings: mpsc::Receiver<Ingested>,
