@@ -219,8 +219,11 @@ pub enum ConfigError {
     },
 }
 
-/// Load from the site file (if any) plus the real process environment.
-pub fn load(site: Option<&Path>) -> Result<Config, ConfigError> {
+/// The layers as found: the site file's name for messages and its text
+/// (if any), and the process environment's variables with our prefix.
+fn read_layers(
+    site: Option<&Path>,
+) -> Result<(String, Option<String>, HashMap<String, String>), ConfigError> {
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
         .collect();
@@ -234,6 +237,12 @@ pub fn load(site: Option<&Path>) -> Result<Config, ConfigError> {
         None => None,
     };
     let name = site.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    Ok((name, site_text, env))
+}
+
+/// Load from the site file (if any) plus the real process environment.
+pub fn load(site: Option<&Path>) -> Result<Config, ConfigError> {
+    let (name, site_text, env) = read_layers(site)?;
     from_layers(&name, site_text.as_deref(), env)
 }
 
@@ -309,19 +318,7 @@ fn mask(value: &mut toml::Value) {
 /// file and environment merged) as TOML, secrets masked. Refuses an
 /// invalid configuration the way `check-config` does.
 pub fn effective_toml(site: Option<&Path>) -> Result<String, ConfigError> {
-    let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-        .collect();
-    let site_text = match site {
-        Some(path) => Some(
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                file: path.display().to_string(),
-                reason: e.to_string(),
-            })?,
-        ),
-        None => None,
-    };
-    let name = site.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    let (name, site_text, env) = read_layers(site)?;
     from_layers(&name, site_text.as_deref(), env.clone())?;
     let merged = merge(&name, site_text.as_deref(), env)?;
     let mut value: toml::Value = merged.try_deserialize().map_err(|e| ConfigError::Parse {
