@@ -221,9 +221,13 @@ pub enum ConfigError {
 
 /// The layers as found: the site file's name for messages and its text
 /// (if any), and the process environment's variables with our prefix.
-fn read_layers(
-    site: Option<&Path>,
-) -> Result<(String, Option<String>, HashMap<String, String>), ConfigError> {
+struct Layers {
+    name: String,
+    site_text: Option<String>,
+    env: HashMap<String, String>,
+}
+
+fn read_layers(site: Option<&Path>) -> Result<Layers, ConfigError> {
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
         .collect();
@@ -237,12 +241,20 @@ fn read_layers(
         None => None,
     };
     let name = site.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
-    Ok((name, site_text, env))
+    Ok(Layers {
+        name,
+        site_text,
+        env,
+    })
 }
 
 /// Load from the site file (if any) plus the real process environment.
 pub fn load(site: Option<&Path>) -> Result<Config, ConfigError> {
-    let (name, site_text, env) = read_layers(site)?;
+    let Layers {
+        name,
+        site_text,
+        env,
+    } = read_layers(site)?;
     from_layers(&name, site_text.as_deref(), env)
 }
 
@@ -318,7 +330,11 @@ fn mask(value: &mut toml::Value) {
 /// file and environment merged) as TOML, secrets masked. Refuses an
 /// invalid configuration the way `check-config` does.
 pub fn effective_toml(site: Option<&Path>) -> Result<String, ConfigError> {
-    let (name, site_text, env) = read_layers(site)?;
+    let Layers {
+        name,
+        site_text,
+        env,
+    } = read_layers(site)?;
     from_layers(&name, site_text.as_deref(), env.clone())?;
     let merged = merge(&name, site_text.as_deref(), env)?;
     let mut value: toml::Value = merged.try_deserialize().map_err(|e| ConfigError::Parse {
