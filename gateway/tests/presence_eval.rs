@@ -15,19 +15,33 @@
 //! The issue's targets: zone accuracy >= 95 % of person-seconds, at most 1
 //! zone flip per person-hour beyond the true moves, entry within 10 s, exit
 //! within 60 s, fewer flips than the naive baseline. Entry, exit and "beats
-//! the baseline" are asserted as stated. Accuracy is NOT at the target; it
-//! is asserted at the level measured so it cannot regress:
+//! the baseline" are asserted as stated. Accuracy over all person-seconds,
+//! the hall's included, is NOT at the target; it is asserted at the level
+//! measured so it cannot regress:
 //!
 //! * population: 89.9 / 90.0 / 90.4 % of person-seconds, 1.18 / 0.23 /
 //!   0.22 extra flips per person-hour (the naive baseline: the same
-//!   accuracy with about 300 flips per hour). The table's confusion line
-//!   shows what is lost: two thirds of the wrong seconds are the hall
-//!   believed to be a zone, i.e. the 3-5 s walks between zones, reported
-//!   late or not at all (the hall hold that keeps static people at the
-//!   hall's edge from flickering); most of the rest is each move seen 2-3 s
-//!   late (filter lag plus the 1.5 s switch hold). Visits here are two or
-//!   three minutes with four to six moves, so each second of lag per move
-//!   costs about 3 %.
+//!   accuracy with about 300 flips per hour). Over the seconds a person is
+//!   inside a zone (the hall's seconds left out) the engine names the right
+//!   zone 96.4 / 96.7 / 96.8 % of the time (baseline 96.1 / 95.9 / 96.7 %
+//!   with its 300 flips). The table's confusion line shows what is lost:
+//!   two thirds of the wrong seconds are the hall believed to be a zone,
+//!   i.e. the 3-5 s walks between zones, reported late or not at all (the
+//!   hall hold that keeps static people at the hall's edge from
+//!   flickering); most of the rest is each move seen 2-3 s late (filter
+//!   lag plus the 1.5 s switch hold).
+//! * The report's lag bound says what 95 % demands here: a tracker that
+//!   knew every true place but reported each change late would score
+//!   98.2 / 97.0 / 95.2-95.4 / 94.0-94.3 / 90.9-91.5 % at 0.5 / 1 / 1.5 / 2 /
+//!   3 s. Visits are two or three minutes with four to six moves, so 95 %
+//!   needs every move, the hall crossings included, reported within about
+//!   1.5 s, with nothing else wrong. With adverts every 0.2-1 s and 3.5 dB
+//!   of noise no estimator tried comes near that without flickering: a
+//!   particle filter over the floor plan (scanner positions, zone areas,
+//!   the door, the true path-loss model, shadow-aware links;
+//!   `docs/experiments/presence.md`) reached at best 94.6 % with 56 extra
+//!   flips per hour, and 92.1 % at 7.7 flips per hour once given enough
+//!   hysteresis; not merged.
 //! * demo: one subject decides a seed. The staff band stands at a random
 //!   spot of the hall; when that spot is beside a zone its levels are those
 //!   of someone inside (seed 7: 0 % of 900 s). A floor-plan estimator (a
@@ -35,7 +49,7 @@
 //!   standing and a walking mode, arbitrating with the levels) placed that
 //!   band right on two seeds of three but did worse on the population
 //!   (85 % vs 89 % of person-seconds, 3-11 vs 1 flips per hour), so it was
-//!   not merged.
+//!   not merged. Inside zones the demo scores 98.2-98.4 %.
 use std::time::Duration;
 
 use firmware_sim::{DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec};
@@ -114,6 +128,8 @@ impl Captured {
 struct Floor {
     subjects: usize,
     accuracy: f64,
+    /// The same over the seconds the truth has the subject inside a zone.
+    in_zone_accuracy: f64,
     flips_per_hour: f64,
     /// The engine flips at most this fraction of the baseline's flips.
     flips_vs_baseline: f64,
@@ -132,6 +148,11 @@ fn check(what: &str, report: &EvalReport, floor: &Floor) {
         e.accuracy >= floor.accuracy,
         "{what}: accuracy {:.3}",
         e.accuracy
+    );
+    assert!(
+        e.in_zone_accuracy >= floor.in_zone_accuracy,
+        "{what}: accuracy inside zones {:.3}",
+        e.in_zone_accuracy
     );
     // Issue target 1.0 per person-hour.
     assert!(
@@ -168,6 +189,7 @@ fn a_population_is_placed_and_followed_without_flicker() {
         let floor = Floor {
             subjects: 60,
             accuracy: 0.89,
+            in_zone_accuracy: 0.96,
             flips_per_hour: 1.5,
             flips_vs_baseline: 0.1,
         };
@@ -175,6 +197,15 @@ fn a_population_is_placed_and_followed_without_flicker() {
             &format!("population, seed {seed}, person-seconds"),
             &report,
             &floor,
+        );
+        // What the 95 % target asks of any tracker here: even one that knew
+        // every true place would miss it if it reported each change 2 s late
+        // (the engine's moves are 2-3 s late; see the module docs).
+        let late_2s = report.lag_bound.iter().find(|(lag, _)| *lag == 2_000);
+        assert!(
+            late_2s.is_some_and(|(_, accuracy)| *accuracy < 0.95),
+            "seed {seed}: {:?}",
+            report.lag_bound
         );
     }
 }
@@ -203,6 +234,7 @@ fn engine_meets_the_issue_thresholds_and_beats_the_baseline() {
         let floor = Floor {
             subjects: 10,
             accuracy: 0.80,
+            in_zone_accuracy: 0.97,
             flips_per_hour: 3.0,
             flips_vs_baseline: 1.0,
         };

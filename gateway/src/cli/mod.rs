@@ -97,7 +97,7 @@ pub enum Command {
         /// Ground truth, JSON Lines: {"addr", "from_ms", "to_ms", "zone"}.
         #[arg(long)]
         truth: PathBuf,
-        /// Print one JSON object with keys `engine` and `baseline`.
+        /// Print one JSON object with keys `engine`, `baseline` and `lag_bound`.
         #[arg(long)]
         json: bool,
         /// Score only the devices people carry: addresses that advertise

@@ -227,6 +227,10 @@ impl Default for EvalOptions<'_> {
 pub struct Scores {
     /// Fraction (0..=1) of scored subject-seconds in the right place.
     pub accuracy: f64,
+    /// The same over the seconds the truth has the subject inside a zone
+    /// (the hall's seconds left out): how often the zone a person is in is
+    /// the zone reported. Not the issue's figure, which counts the hall.
+    pub in_zone_accuracy: f64,
     /// Place changes per subject-hour beyond the true ones.
     pub flips_per_hour: f64,
     /// Mean seconds from true arrival to the first entry event.
@@ -263,7 +267,15 @@ pub struct EvalReport {
     pub undecodable: usize,
     /// Per scored subject, for digging into a bad score.
     pub per_subject: Vec<SubjectScore>,
+    /// `(lag_ms, accuracy)`: what a tracker that always knew the true place
+    /// but reported every change `lag_ms` late would score on the same
+    /// seconds. Tells what an accuracy target demands of a real tracker,
+    /// whose every move is seen late by its smoothing and hysteresis.
+    pub lag_bound: Vec<(i64, f64)>,
 }
+
+/// The lags [`EvalReport::lag_bound`] is computed for.
+pub const LAG_BOUND_MS: [i64; 5] = [500, 1_000, 1_500, 2_000, 3_000];
 
 /// One subject's share of the scores.
 #[derive(Clone, Debug, PartialEq)]
@@ -293,6 +305,11 @@ impl EvalReport {
             "zone accuracy",
             format!("{:.1} %", e.accuracy * 100.0),
             format!("{:.1} %", b.accuracy * 100.0),
+        );
+        row(
+            "  of seconds inside a zone",
+            format!("{:.1} %", e.in_zone_accuracy * 100.0),
+            format!("{:.1} %", b.in_zone_accuracy * 100.0),
         );
         row(
             "flips / subject-hour beyond true",
@@ -330,6 +347,18 @@ impl EvalReport {
                 out,
                 "engine's wrong seconds (true→believed): {}",
                 wrong.join(", ")
+            );
+        }
+        if !self.lag_bound.is_empty() {
+            let bound: Vec<String> = self
+                .lag_bound
+                .iter()
+                .map(|(lag, acc)| format!("{:.1} s {:.1} %", *lag as f64 / 1000.0, acc * 100.0))
+                .collect();
+            let _ = writeln!(
+                out,
+                "a tracker knowing the true place, each change reported late by: {}",
+                bound.join(", ")
             );
         }
         let _ = writeln!(
@@ -380,12 +409,22 @@ impl EvalReport {
         let one = |s: &Scores| {
             json!({
                 "accuracy": s.accuracy,
+                "in_zone_accuracy": s.in_zone_accuracy,
                 "flips_per_hour": s.flips_per_hour,
                 "entry_delay_s": s.entry_delay_s,
                 "exit_delay_s": s.exit_delay_s,
             })
         };
-        json!({"engine": one(&self.engine), "baseline": one(&self.baseline)})
+        let lag_bound: Vec<serde_json::Value> = self
+            .lag_bound
+            .iter()
+            .map(|(lag_ms, accuracy)| json!({"lag_ms": lag_ms, "accuracy": accuracy}))
+            .collect();
+        json!({
+            "engine": one(&self.engine),
+            "baseline": one(&self.baseline),
+            "lag_bound": lag_bound,
+        })
     }
 }
 
@@ -645,11 +684,16 @@ pub fn evaluate(
         s.unheard_addrs = unheard;
         s.not_people_addrs = not_people.len();
     }
+    let lag_bound = LAG_BOUND_MS
+        .iter()
+        .map(|&lag| (lag, late_truth_accuracy(&scored, lag)))
+        .collect();
     EvalReport {
         engine: engine_scores,
         baseline: baseline_scores,
         undecodable,
         per_subject,
+        lag_bound,
     }
 }
 
@@ -665,6 +709,7 @@ fn score(
     let empty = Vec::new();
     let mut s = Scores::default();
     let (mut correct, mut total) = (0u64, 0u64);
+    let (mut in_zone_correct, mut in_zone_total) = (0u64, 0u64);
     let mut extra_flips = 0u64;
     let (mut entry_sum, mut entries) = (0.0, 0usize);
     let (mut exit_sum, mut exits) = (0.0, 0usize);
@@ -684,8 +729,13 @@ fn score(
             while t < span.to_ms {
                 total += 1;
                 let believed = place_at(tl, t);
-                if believed.matches(&span.zone) {
+                let right = believed.matches(&span.zone);
+                if right {
                     correct += 1;
+                }
+                if span.zone != HALL {
+                    in_zone_total += 1;
+                    in_zone_correct += u64::from(right);
                 }
                 *s.confusion
                     .entry((span.zone.clone(), believed.name().to_owned()))
@@ -759,6 +809,11 @@ fn score(
     } else {
         correct as f64 / total as f64
     };
+    s.in_zone_accuracy = if in_zone_total == 0 {
+        0.0
+    } else {
+        in_zone_correct as f64 / in_zone_total as f64
+    };
     s.flips_per_hour = if total == 0 {
         0.0
     } else {
@@ -775,6 +830,37 @@ fn score(
         exit_sum / exits as f64
     };
     (s, per_subject)
+}
+
+/// Accuracy, over the scored seconds, of the truth itself delayed by
+/// `lag_ms`: absent until the first span has lasted `lag_ms`, then always
+/// the place the subject was `lag_ms` earlier.
+fn late_truth_accuracy(subjects: &[(&str, &Vec<&TruthSpan>)], lag_ms: i64) -> f64 {
+    let (mut correct, mut total) = (0u64, 0u64);
+    for (_, spans) in subjects {
+        let zone_at = |t: i64| {
+            spans
+                .iter()
+                .find(|s| s.from_ms <= t && t < s.to_ms)
+                .map(|s| s.zone.as_str())
+        };
+        for span in spans.iter() {
+            let mut t = span.from_ms.div_euclid(1000) * 1000;
+            if t < span.from_ms {
+                t += 1000;
+            }
+            while t < span.to_ms {
+                total += 1;
+                correct += u64::from(zone_at(t - lag_ms) == Some(span.zone.as_str()));
+                t += 1000;
+            }
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        correct as f64 / total as f64
+    }
 }
 
 fn place_at(timeline: &[(i64, Place)], t: i64) -> &Place {
@@ -1023,5 +1109,65 @@ mod tests {
             }
         }
         assert!(report.to_table().contains("zone accuracy"));
+    }
+
+    /// A subject walks laptops (20 s) → hall (4 s) → headphones (16 s)
+    /// while the capture keeps it loud under the laptops scanner: the
+    /// engine is right for the 20 laptops seconds only. The in-zone figure
+    /// leaves the 4 hall seconds out; the lag bound is the truth itself,
+    /// late.
+    #[test]
+    fn in_zone_accuracy_leaves_the_hall_out_and_the_lag_bound_is_the_late_truth() {
+        let config =
+            presence_config_from_zones([("laptops", "laptops"), ("headphones", "headphones")]);
+        let addr = "02:00:00:00:00:01";
+        let mut capture = String::new();
+        for t in 0..40 {
+            let _ = writeln!(
+                capture,
+                r#"{{"scanner":"laptops","addr":"{addr}","rssi":-60,"adv":"020106","at_ms":{}}}"#,
+                t * 1000
+            );
+        }
+        let span = |from: i64, to: i64, zone: &str| {
+            format!(
+                "{{\"addr\":\"{addr}\",\"from_ms\":{from},\"to_ms\":{to},\"zone\":\"{zone}\"}}\n"
+            )
+        };
+        let truth = span(0, 20_000, "laptops")
+            + &span(20_000, 24_000, "hall")
+            + &span(24_000, 40_000, "headphones");
+        let report = evaluate_capture(&config, &capture, &truth, &EvalOptions::default()).unwrap();
+        let e = &report.engine;
+        assert_eq!(e.subject_seconds, 40);
+        assert!((e.accuracy - 20.0 / 40.0).abs() < 1e-9, "{}", e.accuracy);
+        assert!((e.in_zone_accuracy - 20.0 / 36.0).abs() < 1e-9);
+        // Late by 1 s: the first second (not yet seen) and the first second
+        // after each of the two moves are wrong.
+        let late = |lag: i64| {
+            report
+                .lag_bound
+                .iter()
+                .find(|(l, _)| *l == lag)
+                .map(|(_, a)| *a)
+                .unwrap()
+        };
+        assert!(
+            (late(1_000) - 37.0 / 40.0).abs() < 1e-9,
+            "{:?}",
+            report.lag_bound
+        );
+        assert!(
+            (late(3_000) - 31.0 / 40.0).abs() < 1e-9,
+            "{:?}",
+            report.lag_bound
+        );
+        assert_eq!(
+            report.lag_bound.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            LAG_BOUND_MS
+        );
+        assert!(report.to_table().contains("late by: 0.5 s"));
+        assert!(report.to_json()["lag_bound"][0]["accuracy"].is_number());
+        assert!(report.to_json()["engine"]["in_zone_accuracy"].is_number());
     }
 }
