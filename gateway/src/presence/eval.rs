@@ -722,11 +722,7 @@ fn score(
 
         // Accuracy, at every whole second inside the truth.
         for span in spans.iter() {
-            let mut t = span.from_ms.div_euclid(1000) * 1000;
-            if t < span.from_ms {
-                t += 1000;
-            }
-            while t < span.to_ms {
+            for t in whole_seconds(span) {
                 total += 1;
                 let believed = place_at(tl, t);
                 let right = believed.matches(&span.zone);
@@ -740,7 +736,6 @@ fn score(
                 *s.confusion
                     .entry((span.zone.clone(), believed.name().to_owned()))
                     .or_default() += 1;
-                t += 1000;
             }
         }
 
@@ -832,6 +827,17 @@ fn score(
     (s, per_subject)
 }
 
+/// The whole seconds (Unix ms) inside a truth span: the instants scored.
+fn whole_seconds(span: &TruthSpan) -> impl Iterator<Item = i64> {
+    let first = span.from_ms.div_euclid(1000) * 1000;
+    let first = if first < span.from_ms {
+        first + 1000
+    } else {
+        first
+    };
+    (first..span.to_ms).step_by(1000)
+}
+
 /// Accuracy, over the scored seconds, of the truth itself delayed by
 /// `lag_ms`: absent until the first span has lasted `lag_ms`, then always
 /// the place the subject was `lag_ms` earlier.
@@ -845,14 +851,9 @@ fn late_truth_accuracy(subjects: &[(&str, &Vec<&TruthSpan>)], lag_ms: i64) -> f6
                 .map(|s| s.zone.as_str())
         };
         for span in spans.iter() {
-            let mut t = span.from_ms.div_euclid(1000) * 1000;
-            if t < span.from_ms {
-                t += 1000;
-            }
-            while t < span.to_ms {
+            for t in whole_seconds(span) {
                 total += 1;
                 correct += u64::from(zone_at(t - lag_ms) == Some(span.zone.as_str()));
-                t += 1000;
             }
         }
     }
