@@ -190,6 +190,113 @@ fn tx_parse<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> T
     parse(tree, bytes).map_err(ConflictableTransactionError::Abort)
 }
 
+/// What one reservation batch carries from candidate to candidate inside
+/// its transaction: each person's ledger (read once; `true` once changed),
+/// the store-wide rate ledger and the next sequence number.
+struct BatchState {
+    ledgers: HashMap<Tag, (Ledger, bool)>,
+    rate: StoreRateLedger,
+    rate_changed: bool,
+    seq: u64,
+}
+
+/// The trees a reservation batch writes, inside its transaction.
+struct BatchTrees<'t> {
+    ledgers: &'t sled::transaction::TransactionalTree,
+    outbox: &'t sled::transaction::TransactionalTree,
+    decisions: &'t sled::transaction::TransactionalTree,
+    by_nudge: &'t sled::transaction::TransactionalTree,
+}
+
+impl BatchTrees<'_> {
+    /// Check one candidate against the person's caps; if they allow it,
+    /// take the slot in the ledger (and the store rate) and put the sealed
+    /// nudge in the outbox under `seq`.
+    fn try_reserve(
+        &self,
+        batch: &mut BatchState,
+        job: &ReserveJob<'_>,
+        tag: Tag,
+        candidate: &ReserveCandidate,
+        sealed_outbox: &[u8],
+        seq: u64,
+    ) -> TxResult<Result<(), SkipReason>> {
+        let (ledger, changed) = match batch.ledgers.entry(tag) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let ledger = match self.ledgers.get(tag)? {
+                    Some(v) => tx_parse(keys::LEDGERS, &v)?,
+                    None => Ledger::default(),
+                };
+                e.insert((ledger, false))
+            }
+        };
+        if !job.enabled {
+            return Ok(Err(SkipReason::KillSwitch));
+        }
+        let verdict = check_caps(
+            ledger,
+            &batch.rate,
+            job.caps,
+            job.quiet,
+            job.tz,
+            candidate.kind,
+            &candidate.rule,
+            candidate.visit,
+            candidate.now_ms,
+        );
+        if verdict.is_ok() {
+            ledger.record(SentNudge {
+                at_ms: candidate.now_ms,
+                kind: candidate.kind,
+                rule: candidate.rule.clone(),
+                visit: candidate.visit,
+            });
+            *changed = true;
+            if job.caps.store_per_minute.is_some() {
+                batch.rate.record(candidate.now_ms);
+                batch.rate_changed = true;
+            }
+            self.outbox.insert(&keys::outbox(seq), sealed_outbox)?;
+        }
+        Ok(verdict)
+    }
+
+    /// Write the decision log entry of one candidate (sent or held, and
+    /// why), sealed under the person's key, and its nudge-id index.
+    fn log_decision(
+        &self,
+        job: &ReserveJob<'_>,
+        sealer: &Sealer,
+        candidate: &ReserveCandidate,
+        verdict: &Result<(), SkipReason>,
+        seq: u64,
+        nonce: &[u8; 12],
+    ) -> TxResult<()> {
+        let entry = DecisionEntry {
+            at_ms: candidate.now_ms,
+            person: job.person.as_str().to_string(),
+            nudge_id: candidate.nudge_id.clone(),
+            rule: candidate.rule.clone(),
+            kind: candidate.kind,
+            zone: candidate.zone.clone(),
+            visit: candidate.visit,
+            outcome: if verdict.is_ok() {
+                DecisionOutcome::Sent
+            } else {
+                DecisionOutcome::Held
+            },
+            reason: verdict.clone().err(),
+        };
+        let decision_key = keys::decision(&sealer.tag, seq);
+        self.decisions
+            .insert(&decision_key, sealer.seal(&json(&entry), nonce))?;
+        self.by_nudge
+            .insert(candidate.nudge_id.as_bytes(), &decision_key)?;
+        Ok(())
+    }
+}
+
 fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     result.map_err(|e| match e {
         TransactionError::Abort(e) => e,
@@ -682,15 +789,22 @@ impl Store {
                 &self.meta,
             )
                 .transaction(|(ledgers, outbox, decisions, by_nudge, meta)| {
-                    // Ledgers of this batch, by person: (ledger, changed).
-                    let mut batch_ledgers: HashMap<Tag, (Ledger, bool)> = HashMap::new();
-                    let mut rate: StoreRateLedger = match meta.get(keys::META_STORE_RATE)? {
-                        Some(v) => tx_parse(keys::META, &v)?,
-                        None => StoreRateLedger::default(),
+                    let trees = BatchTrees {
+                        ledgers,
+                        outbox,
+                        decisions,
+                        by_nudge,
                     };
-                    let mut rate_changed = false;
-                    let first_seq = seq_value(meta.get(keys::META_NEXT_SEQ)?.as_deref());
-                    let mut seq = first_seq;
+                    let mut batch = BatchState {
+                        ledgers: HashMap::new(),
+                        rate: match meta.get(keys::META_STORE_RATE)? {
+                            Some(v) => tx_parse(keys::META, &v)?,
+                            None => StoreRateLedger::default(),
+                        },
+                        rate_changed: false,
+                        seq: seq_value(meta.get(keys::META_NEXT_SEQ)?.as_deref()),
+                    };
+                    let first_seq = batch.seq;
                     let mut outcomes = Vec::with_capacity(jobs.len());
                     for (job, (sealer, prepared)) in jobs.iter().zip(&prepared) {
                         let sealer = &sealers[*sealer];
@@ -698,80 +812,30 @@ impl Store {
                         for (candidate, (sealed_outbox, decision_nonce)) in
                             job.candidates.iter().zip(prepared)
                         {
-                            let this_seq = seq;
-                            seq += 1;
+                            let seq = batch.seq;
+                            batch.seq += 1;
                             let verdict = match &candidate.held {
                                 Some(reason) => Err(reason.clone()),
-                                None => {
-                                    let (ledger, changed) = match batch_ledgers.entry(sealer.tag) {
-                                        Entry::Occupied(e) => e.into_mut(),
-                                        Entry::Vacant(e) => {
-                                            let ledger = match ledgers.get(sealer.tag)? {
-                                                Some(v) => tx_parse(keys::LEDGERS, &v)?,
-                                                None => Ledger::default(),
-                                            };
-                                            e.insert((ledger, false))
-                                        }
-                                    };
-                                    let verdict = if job.enabled {
-                                        check_caps(
-                                            ledger,
-                                            &rate,
-                                            job.caps,
-                                            job.quiet,
-                                            job.tz,
-                                            candidate.kind,
-                                            &candidate.rule,
-                                            candidate.visit,
-                                            candidate.now_ms,
-                                        )
-                                    } else {
-                                        Err(SkipReason::KillSwitch)
-                                    };
-                                    if verdict.is_ok() {
-                                        ledger.record(SentNudge {
-                                            at_ms: candidate.now_ms,
-                                            kind: candidate.kind,
-                                            rule: candidate.rule.clone(),
-                                            visit: candidate.visit,
-                                        });
-                                        *changed = true;
-                                        if job.caps.store_per_minute.is_some() {
-                                            rate.record(candidate.now_ms);
-                                            rate_changed = true;
-                                        }
-                                        outbox.insert(
-                                            &keys::outbox(this_seq),
-                                            sealed_outbox.as_slice(),
-                                        )?;
-                                    }
-                                    verdict
-                                }
+                                None => trees.try_reserve(
+                                    &mut batch,
+                                    job,
+                                    sealer.tag,
+                                    candidate,
+                                    sealed_outbox,
+                                    seq,
+                                )?,
                             };
-                            let entry = DecisionEntry {
-                                at_ms: candidate.now_ms,
-                                person: job.person.as_str().to_string(),
-                                nudge_id: candidate.nudge_id.clone(),
-                                rule: candidate.rule.clone(),
-                                kind: candidate.kind,
-                                zone: candidate.zone.clone(),
-                                visit: candidate.visit,
-                                outcome: if verdict.is_ok() {
-                                    DecisionOutcome::Sent
-                                } else {
-                                    DecisionOutcome::Held
-                                },
-                                reason: verdict.clone().err(),
-                            };
-                            let decision_key = keys::decision(&sealer.tag, this_seq);
-                            decisions.insert(
-                                &decision_key,
-                                sealer.seal(&json(&entry), decision_nonce),
+                            trees.log_decision(
+                                job,
+                                sealer,
+                                candidate,
+                                &verdict,
+                                seq,
+                                decision_nonce,
                             )?;
-                            by_nudge.insert(candidate.nudge_id.as_bytes(), &decision_key)?;
                             match verdict {
                                 Ok(()) => {
-                                    tried.push(Reservation::Reserved { seq: this_seq });
+                                    tried.push(Reservation::Reserved { seq });
                                     break;
                                 }
                                 Err(reason) => {
@@ -785,16 +849,16 @@ impl Store {
                         }
                         outcomes.push(tried);
                     }
-                    for (tag, (ledger, changed)) in &batch_ledgers {
+                    for (tag, (ledger, changed)) in &batch.ledgers {
                         if *changed {
                             ledgers.insert(&tag[..], json(ledger))?;
                         }
                     }
-                    if rate_changed {
-                        meta.insert(keys::META_STORE_RATE, json(&rate))?;
+                    if batch.rate_changed {
+                        meta.insert(keys::META_STORE_RATE, json(&batch.rate))?;
                     }
-                    if seq != first_seq {
-                        meta.insert(keys::META_NEXT_SEQ, &seq.to_be_bytes())?;
+                    if batch.seq != first_seq {
+                        meta.insert(keys::META_NEXT_SEQ, &batch.seq.to_be_bytes())?;
                     }
                     Ok(outcomes)
                 }),
