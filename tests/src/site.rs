@@ -42,6 +42,23 @@ title = "Comparing laptops?"
 body = "Side-by-side specs, reviews and prices for the models on this table."
 "#;
 
+/// Caps loose enough that a test sees every nudge its rules allow in a
+/// visit or two.
+pub const LOOSE_CAPS: &str = r#"
+[caps]
+per_visit = 5
+per_day = 5
+per_week = 10
+min_gap_s = 0
+rule_cooldown_s = 0
+"#;
+
+/// The twin's clock runs ahead of the wall clock: let its sightings in.
+pub const SIM_CLOCK: &str = r#"
+[presence]
+max_future_skew_ms = 86400000
+"#;
+
 /// Wall-clock Unix milliseconds: where the tests start the twin's clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -9,22 +9,14 @@ use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
 const SEED: u64 = 5;
 
-const SITE_REST: &str = r#"
-
-
-[caps]
-per_visit = 5
-per_day = 5
-per_week = 10
-min_gap_s = 0
-rule_cooldown_s = 0
-
-[presence]
-max_future_skew_ms = 86400000
-"#;
-
 fn site() -> String {
-    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
+    [
+        e2e::site::THREE_ZONES,
+        e2e::site::LAPTOP_COMPARE,
+        e2e::site::LOOSE_CAPS,
+        e2e::site::SIM_CLOCK,
+    ]
+    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

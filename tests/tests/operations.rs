@@ -6,25 +6,12 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site, site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const RULES_REST: &str = r#"
-
-
-[caps]
-per_visit = 5
-per_day = 5
-per_week = 10
-min_gap_s = 0
-rule_cooldown_s = 0
-
-[presence]
-max_future_skew_ms = 86400000
-"#;
-
 fn rules() -> String {
     [
         e2e::site::THREE_ZONES,
         e2e::site::LAPTOP_COMPARE,
-        RULES_REST,
+        e2e::site::LOOSE_CAPS,
+        e2e::site::SIM_CLOCK,
     ]
     .concat()
 }

@@ -29,14 +29,16 @@ uuid = "426c7565-4368-6172-6d42-6561636f6e73"
 major = 9
 minor = 9
 missing_after_s = 60
-
-
-[presence]
-max_future_skew_ms = 86400000
 "#;
 
 fn site() -> String {
-    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
+    [
+        e2e::site::THREE_ZONES,
+        e2e::site::LAPTOP_COMPARE,
+        SITE_REST,
+        e2e::site::SIM_CLOCK,
+    ]
+    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
