@@ -59,6 +59,12 @@ pub const SIM_CLOCK: &str = r#"
 max_future_skew_ms = 86400000
 "#;
 
+/// The twin's zones, the laptop rule, loose caps and the twin's clock:
+/// the site most end-to-end tests start from.
+pub fn laptop_site() -> String {
+    [THREE_ZONES, LAPTOP_COMPARE, LOOSE_CAPS, SIM_CLOCK].concat()
+}
+
 /// Wall-clock Unix milliseconds: where the tests start the twin's clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

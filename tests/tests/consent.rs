@@ -9,20 +9,10 @@ use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
 const SEED: u64 = 5;
 
-fn site() -> String {
-    [
-        e2e::site::THREE_ZONES,
-        e2e::site::LAPTOP_COMPARE,
-        e2e::site::LOOSE_CAPS,
-        e2e::site::SIM_CLOCK,
-    ]
-    .concat()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), &site())?;
+    let mut site = Site::new(broker.port(), &site::laptop_site())?;
     let path = vec![
         Stop::new("entrance", 5),
         Stop::new("laptops", 60),
@@ -184,7 +174,7 @@ async fn crm_record_consent_withdrawal_receipts_checkins_and_erasure() -> anyhow
 async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), &site())?;
+    let mut site = Site::new(broker.port(), &site::laptop_site())?;
     site.import_people(r#"{"person": "p-1", "recipient": "r-1", "consent": {"proximity": true}}"#)?;
     let gateway = site.start()?;
     let ops = Phone::connect(PhoneOptions::new(

@@ -6,20 +6,10 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site, site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-fn rules() -> String {
-    [
-        e2e::site::THREE_ZONES,
-        e2e::site::LAPTOP_COMPARE,
-        e2e::site::LOOSE_CAPS,
-        e2e::site::SIM_CLOCK,
-    ]
-    .concat()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), &rules())?;
+    let mut site = Site::new(broker.port(), &site::laptop_site())?;
     let path = vec![
         Stop::new("entrance", 5),
         Stop::new("laptops", 40),
@@ -201,7 +191,7 @@ fn every_metric_the_dashboard_charts_is_one_the_gateway_emits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_retention_sweeps_old_decisions_on_simulated_time() -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let extra = rules()
+    let extra = site::laptop_site()
         .replace("[presence]\n", "[retention]\ndays = 30\n\n[presence]\n")
         .replace(
             "max_future_skew_ms = 86400000",
