@@ -9,19 +9,7 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const SITE: &str = r#"
-[[zones]]
-id = "entrance"
-scanners = ["entrance"]
-
-[[zones]]
-id = "laptops"
-scanners = ["laptops"]
-
-[[zones]]
-id = "headphones"
-scanners = ["headphones"]
-
+const SITE_REST: &str = r#"
 [[rules]]
 id = "laptop-compare"
 zone = "laptops"
@@ -46,9 +34,6 @@ per_day = 3
 per_week = 7
 min_gap_s = 60
 rule_cooldown_s = 0
-
-[presence]
-max_future_skew_ms = 86400000
 "#;
 
 const SHOPPERS: u32 = 12;
@@ -57,7 +42,8 @@ const SHOPPERS: u32 = 12;
 async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let mut site = Site::new(broker.port(), SITE)?;
+    let site_text = [e2e::site::THREE_ZONES, SITE_REST, e2e::site::SIM_CLOCK].concat();
+    let mut site = Site::new(broker.port(), &site_text)?;
     let mut scenario = Scenario::new(17);
     for n in 1..=SHOPPERS {
         let mut path = vec![Stop::new("entrance", 5)];
