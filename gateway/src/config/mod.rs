@@ -932,6 +932,23 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if !(r.switch_margin_db.is_finite() && r.switch_margin_db >= 0.0) {
         p.add("presence.switch_margin_db", "must be a number >= 0");
     }
+    if !(1.0..=6.0).contains(&r.path_loss_exponent) {
+        p.add(
+            "presence.path_loss_exponent",
+            "must be between 1 and 6 (2 in free space, 2 to 3 indoors)",
+        );
+    }
+    let hall_distance_m = match r.hall_distance_m {
+        0.0 => None,
+        d if (0.5..=100.0).contains(&d) => Some(d as f32),
+        _ => {
+            p.add(
+                "presence.hall_distance_m",
+                "must be between 0.5 and 100 metres, or 0 for no hall",
+            );
+            None
+        }
+    };
     let presence = PresenceConfig {
         scanner_zone,
         scanner_offset_db,
@@ -942,6 +959,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         window_ms: p.int("presence.window_ms", r.window_ms, 1),
         zone_timeout_ms: p.int("presence.zone_timeout_ms", r.zone_timeout_ms, 1),
         visit_gap_ms: p.int("presence.visit_gap_ms", r.visit_gap_ms, 1),
+        path_loss_exponent: r.path_loss_exponent as f32,
+        hall_distance_m,
     };
     let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
     let app_company_id: u16 = p.int("decode.app_company_id", raw.decode.app_company_id, 0);

@@ -179,6 +179,8 @@ pub struct RawPresence {
     pub zone_timeout_ms: i64,
     pub visit_gap_ms: i64,
     pub max_future_skew_ms: i64,
+    pub path_loss_exponent: f64,
+    pub hall_distance_m: f64,
 }
 
 #[derive(Debug, Deserialize)]

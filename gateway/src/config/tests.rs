@@ -120,6 +120,33 @@ fn every_problem_is_reported_with_its_path_at_once() {
 }
 
 #[test]
+fn presence_distances_are_checked_and_zero_means_no_hall() {
+    let with = |extra: &str| load(&format!("{MINIMAL_SITE}\n[presence]\n{extra}\n"), &[]);
+    let c = with("hall_distance_m = 0").unwrap();
+    assert_eq!(c.presence.hall_distance_m, None);
+    let c = with("hall_distance_m = 8.5\npath_loss_exponent = 3.0").unwrap();
+    assert_eq!(c.presence.hall_distance_m, Some(8.5));
+    assert_eq!(c.presence.path_loss_exponent, 3.0);
+    let defaults = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(defaults.presence.hall_distance_m, Some(5.3));
+    assert_eq!(defaults.presence.path_loss_exponent, 2.2);
+    for (extra, path) in [
+        ("hall_distance_m = 0.2", "presence.hall_distance_m"),
+        ("hall_distance_m = -3", "presence.hall_distance_m"),
+        ("path_loss_exponent = 0.5", "presence.path_loss_exponent"),
+        ("path_loss_exponent = nan", "presence.path_loss_exponent"),
+    ] {
+        let ConfigError::Invalid { problems, .. } = with(extra).unwrap_err() else {
+            panic!("{extra}: expected a validation problem")
+        };
+        assert!(
+            problems.iter().any(|p| p.path == path),
+            "{extra}: {problems:?}"
+        );
+    }
+}
+
+#[test]
 fn a_syntax_error_is_one_line_naming_the_file() {
     let err = load("[store\nid = 1", &[]).unwrap_err().to_string();
     assert!(err.starts_with("site.toml:"), "{err}");

@@ -9,8 +9,12 @@
 //! 1 m, normalised to a reference phone, so that "how far" can be told from
 //! "how loud".
 //!
+//! From a normalised level the log-distance model gives a distance:
+//! `level = reference − 10 n log10(d)` ([`log_distance_m`]), with the
+//! path-loss exponent `n` of the site file.
+//!
 //! The place of a person is a zone or the hall (the open floor, heard but
-//! near no zone's scanner). A person moves to another zone only when that
+//! near no zone's scanner: further than `hall_distance_m` from every one). A person moves to another zone only when that
 //! zone's best scanner has been clearly stronger (by `switch_margin_db`),
 //! backed by several readings, continuously for `switch_hold_ms`; to or from
 //! the hall only when the best level has been clearly on the other side of
@@ -48,6 +52,13 @@ pub struct PresenceConfig {
     pub zone_timeout_ms: i64,
     /// A visit closes after this long without any reading.
     pub visit_gap_ms: i64,
+    /// Path-loss exponent `n` of the log-distance model (2 in free space,
+    /// 2-3 indoors).
+    pub path_loss_exponent: f32,
+    /// A person further than this (metres, straight line to the scanner's
+    /// antenna) from every zone's scanner is in the hall, in no zone.
+    /// `None`: no hall; a present person is always in the nearest zone.
+    pub hall_distance_m: Option<f32>,
 }
 
 impl Default for PresenceConfig {
@@ -62,8 +73,22 @@ impl Default for PresenceConfig {
             window_ms: 6_000,
             zone_timeout_ms: 15_000,
             visit_gap_ms: 45_000,
+            path_loss_exponent: 2.2,
+            hall_distance_m: Some(5.3),
         }
     }
+}
+
+/// Distance (m) at which the log-distance model puts a reading of
+/// `level_dbm` from a transmitter whose level at 1 m is `at_1m_dbm`.
+pub fn log_distance_m(level_dbm: f32, at_1m_dbm: f32, path_loss_exponent: f32) -> f32 {
+    10f32.powf((at_1m_dbm - level_dbm) / (10.0 * path_loss_exponent))
+}
+
+/// The level the log-distance model expects at `distance_m` (the inverse
+/// of [`log_distance_m`]).
+pub fn log_distance_level_dbm(distance_m: f32, at_1m_dbm: f32, path_loss_exponent: f32) -> f32 {
+    at_1m_dbm - 10.0 * path_loss_exponent * distance_m.log10()
 }
 
 impl PresenceConfig {
@@ -164,11 +189,8 @@ pub struct PresenceTuning {
     /// Power at 1 m that levels are normalised to when an advert says its
     /// own (`Frame::tx_power_at_1m`): a loud phone does not look closer.
     pub reference_tx_power_dbm: f32,
-    /// Normalised level of the best scanner below which a person is in the
-    /// hall, near no zone. `None` disables the hall: a present person is
-    /// always in the zone of the strongest scanner.
-    pub hall_level_dbm: Option<f32>,
-    /// Hysteresis around `hall_level_dbm`: to enter a zone from the hall the
+    /// Hysteresis around the hall's level (the level
+    /// [`PresenceConfig::hall_distance_m`] gives): to enter a zone from the hall the
     /// level must be this much above it; to leave to the hall, this much
     /// below.
     pub hall_margin_db: f32,
@@ -184,9 +206,29 @@ impl Default for PresenceTuning {
             measurement_noise_db2: 12.0,
             outlier_gate_sigma: 2.0,
             reference_tx_power_dbm: -59.0,
-            hall_level_dbm: Some(-75.0),
             hall_margin_db: 1.0,
             hall_hold_ms: 7_000,
+        }
+    }
+}
+
+/// The hall decision, worked out once from the config and the tuning (the
+/// level from `hall_distance_m` needs a logarithm), not once per reading.
+#[derive(Clone, Copy, Debug)]
+struct HallRule {
+    level_dbm: Option<f32>,
+    margin_db: f32,
+    hold_ms: i64,
+}
+
+impl HallRule {
+    fn new(config: &PresenceConfig, tuning: &PresenceTuning) -> Self {
+        HallRule {
+            level_dbm: config.hall_distance_m.map(|d| {
+                log_distance_level_dbm(d, tuning.reference_tx_power_dbm, config.path_loss_exponent)
+            }),
+            margin_db: tuning.hall_margin_db,
+            hold_ms: tuning.hall_hold_ms,
         }
     }
 }
@@ -240,6 +282,7 @@ pub struct VisitSeed {
 pub struct PresenceEngine {
     config: PresenceConfig,
     tuning: PresenceTuning,
+    hall: HallRule,
     scanners: Vec<ScannerInfo>,
     scanner_index: HashMap<Box<str>, u32>,
     people: HashMap<PersonId, PersonState>,
@@ -265,6 +308,7 @@ impl PresenceEngine {
 
     pub fn with_tuning(config: PresenceConfig, tuning: PresenceTuning) -> Self {
         PresenceEngine {
+            hall: HallRule::new(&config, &tuning),
             config,
             tuning,
             scanners: Vec::new(),
@@ -276,6 +320,7 @@ impl PresenceEngine {
 
     /// Replace the configuration (reload) without dropping who is present.
     pub fn set_config(&mut self, config: PresenceConfig) {
+        self.hall = HallRule::new(&config, &self.tuning);
         self.config = config;
         // Zones and offsets may have changed: look them up again.
         for info in &mut self.scanners {
@@ -289,6 +334,7 @@ impl PresenceEngine {
     }
 
     pub fn set_tuning(&mut self, tuning: PresenceTuning) {
+        self.hall = HallRule::new(&self.config, &tuning);
         self.tuning = tuning;
     }
 
@@ -424,7 +470,7 @@ impl PresenceEngine {
         let now = state.last_seen_ms;
         Self::update_zone(
             &self.config,
-            &self.tuning,
+            &self.hall,
             &self.scanners,
             person,
             state,
@@ -447,7 +493,7 @@ impl PresenceEngine {
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
             Self::update_zone(
                 config,
-                &self.tuning,
+                &self.hall,
                 &self.scanners,
                 person,
                 state,
@@ -476,7 +522,7 @@ impl PresenceEngine {
 
     fn update_zone(
         config: &PresenceConfig,
-        tuning: &PresenceTuning,
+        hall_rule: &HallRule,
         scanners: &[ScannerInfo],
         person: &PersonId,
         state: &mut PersonState,
@@ -523,8 +569,8 @@ impl PresenceEngine {
         };
         let best_zone = best_zone.clone();
         let normalised = best_level + state.tx_correction_db;
-        let hall = tuning.hall_level_dbm;
-        let margin = tuning.hall_margin_db;
+        let hall = hall_rule.level_dbm;
+        let margin = hall_rule.margin_db;
 
         // Where the evidence points, and how long it must keep pointing there.
         let wanted: Option<(Option<ZoneId>, i64)> = match &state.zone {
@@ -546,12 +592,12 @@ impl PresenceEngine {
                 Some(h) if normalised < h + margin || best_count < MIN_READINGS_TO_SWITCH => None,
                 // Back in range after a zone timeout: at once without a hall.
                 None => Some((Some(best_zone), 0)),
-                Some(_) => Some((Some(best_zone), tuning.hall_hold_ms)),
+                Some(_) => Some((Some(best_zone), hall_rule.hold_ms)),
             },
             Some((current, _)) => {
                 let current_level = current_level.unwrap_or(f32::NEG_INFINITY);
                 match hall {
-                    Some(h) if normalised < h - margin => Some((None, tuning.hall_hold_ms)),
+                    Some(h) if normalised < h - margin => Some((None, hall_rule.hold_ms)),
                     _ if same_zone(current, &best_zone) => None,
                     _ if best_count >= MIN_READINGS_TO_SWITCH
                         && best_level >= current_level + config.switch_margin_db =>

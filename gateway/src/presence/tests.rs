@@ -256,3 +256,61 @@ fn a_far_person_settles_in_the_hall() {
     e.observe(&p, "laptops", -88, 5_500, &mut out);
     assert_eq!(names(&out), ["entered"]);
 }
+
+#[test]
+fn the_log_distance_model_and_its_inverse() {
+    assert!((log_distance_m(-59.0, -59.0, 2.2) - 1.0).abs() < 1e-5);
+    assert!((log_distance_m(-79.0, -59.0, 2.0) - 10.0).abs() < 1e-4);
+    assert!((log_distance_level_dbm(10.0, -59.0, 2.0) + 79.0).abs() < 1e-4);
+    // The default hall, 5.3 m at n = 2.2, is about -75 dBm for the
+    // reference phone.
+    let hall = log_distance_level_dbm(5.3, -59.0, 2.2);
+    assert!((-75.0..-74.8).contains(&hall), "{hall}");
+}
+
+proptest! {
+    #[test]
+    fn distance_and_level_are_inverse(d in 0.1f32..200.0, at_1m in -90f32..0.0, n in 1f32..6.0) {
+        let back = log_distance_m(log_distance_level_dbm(d, at_1m, n), at_1m, n);
+        prop_assert!((back - d).abs() <= d * 1e-3, "{d} -> {back}");
+    }
+}
+
+/// Someone standing 4 m from the laptops scanner: in the zone with the
+/// default 5.3 m hall; in the hall once a reload makes it 3 m; always in
+/// the zone with no hall at all.
+#[test]
+fn the_hall_distance_is_read_from_the_config_and_follows_a_reload() {
+    let four_metres = log_distance_level_dbm(4.0, -59.0, 2.2).round() as i16;
+    let run = |e: &mut PresenceEngine, p: &PersonId, from_s: i64, out: &mut Vec<PresenceEvent>| {
+        for t in from_s..from_s + 20 {
+            e.observe_with_power(p, "laptops", four_metres, Some(-59), t * 1000, out);
+            e.tick(t * 1000, out);
+        }
+    };
+    let p = PersonId::from("p-1");
+    let mut out = Vec::new();
+    let mut e = engine();
+    run(&mut e, &p, 0, &mut out);
+    assert_eq!(names(&out), ["entered", "zone_entered:laptops"]);
+
+    let mut config = e.config().clone();
+    config.hall_distance_m = Some(3.0);
+    e.set_config(config);
+    out.clear();
+    run(&mut e, &p, 20, &mut out);
+    assert_eq!(names(&out), ["dwell:laptops:20", "zone_left:laptops"]);
+    assert_eq!(e.zone_of(&p), None);
+
+    let far = log_distance_level_dbm(30.0, -59.0, 2.2).round() as i16;
+    let mut e = PresenceEngine::new(PresenceConfig {
+        hall_distance_m: None,
+        ..PresenceConfig::default()
+    });
+    out.clear();
+    for t in 0..20 {
+        e.observe(&p, "laptops", far, t * 1000, &mut out);
+        e.tick(t * 1000, &mut out);
+    }
+    assert_eq!(names(&out), ["entered", "zone_entered:laptops"]);
+}
