@@ -78,6 +78,11 @@ impl SightingError {
 
 const FIELDS: [&str; 5] = ["scanner", "addr", "rssi", "adv", "at_ms"];
 
+/// The last Unix millisecond of the year 9999: a time field beyond it is a
+/// broken clock or a typo, and arithmetic on it (ticks, windows) could
+/// overflow.
+pub const MAX_UNIX_MS: i64 = 253_402_300_799_999;
+
 /// Largest advertising payload we accept: extended advertising allows 1650
 /// bytes; anything larger is not an advert.
 pub const MAX_ADV_BYTES: usize = 1650;
@@ -137,9 +142,12 @@ impl Sighting {
         };
         let at_ms = field("at_ms")?
             .as_i64()
-            .filter(|t| *t >= 0)
+            .filter(|t| (0..=MAX_UNIX_MS).contains(t))
             .ok_or_else(|| {
-                SightingError::new("at_ms", "must be a non-negative integer (Unix ms)")
+                SightingError::new(
+                    "at_ms",
+                    "must be a non-negative integer (Unix ms) before the year 10000",
+                )
             })?;
         Ok(Sighting {
             scanner,
@@ -186,6 +194,11 @@ mod tests {
             (GOOD.replace("-63", "-300"), "rssi"),
             (GOOD.replace("0201061aff4c00", "zz"), "adv"),
             (GOOD.replace("1795334400123", "-1"), "at_ms"),
+            (GOOD.replace("1795334400123", "253402300800000"), "at_ms"),
+            (
+                GOOD.replace("1795334400123", "9223372036854775807"),
+                "at_ms",
+            ),
             (GOOD.replace("\"rssi\": -63, ", ""), "rssi"),
             (GOOD.replace("}", ", \"extra\": 1}"), "record"),
             ("not json".to_string(), "record"),

@@ -14,8 +14,9 @@
 //! path-loss exponent `n` of the site file.
 //!
 //! The place of a person is a zone or the hall (the open floor, heard but
-//! near no zone's scanner: further than `hall_distance_m` from every one). A person moves to another zone only when that
-//! zone's best scanner has been clearly stronger (by `switch_margin_db`),
+//! near no zone's scanner: further than `hall_distance_m` from every one).
+//! A person moves to another zone only when that zone's best scanner has
+//! been clearly stronger (by `switch_margin_db`),
 //! backed by several readings, continuously for `switch_hold_ms`; to or from
 //! the hall only when the best level has been clearly on the other side of
 //! the hall level for [`PresenceTuning::hall_hold_ms`]: one reading never
@@ -223,10 +224,15 @@ struct HallRule {
 
 impl HallRule {
     fn new(config: &PresenceConfig, tuning: &PresenceTuning) -> Self {
+        let n = config.path_loss_exponent;
         HallRule {
-            level_dbm: config.hall_distance_m.map(|d| {
-                log_distance_level_dbm(d, tuning.reference_tx_power_dbm, config.path_loss_exponent)
-            }),
+            // The site file's validation keeps both in range; a config built
+            // in code with a distance or exponent that is not a positive
+            // number gets no hall rather than an infinite or NaN level.
+            level_dbm: config
+                .hall_distance_m
+                .filter(|d| d.is_finite() && *d > 0.0 && n.is_finite() && n > 0.0)
+                .map(|d| log_distance_level_dbm(d, tuning.reference_tx_power_dbm, n)),
             margin_db: tuning.hall_margin_db,
             hold_ms: tuning.hall_hold_ms,
         }
