@@ -188,11 +188,7 @@ fn components(people: &People, ids: &[PersonId]) {
     use gateway::identity::{IdentityIndex, RotatingIdTable};
     use std::collections::HashMap;
     let records: Vec<PersonRecord> = (0..PEOPLE)
-        .map(|i| {
-            people
-                .get(&PersonId::from(format!("p-{i:06}").as_str()))
-                .cloned()
-        })
+        .map(|i| people.get(&PersonId::from(format!("p-{i:06}").as_str())))
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
     let base = trimmed_resident_bytes();

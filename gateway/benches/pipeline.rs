@@ -375,8 +375,8 @@ impl Pipeline {
                     n += self
                         .people
                         .resolve(rotating_id)
-                        .and_then(|p| self.people.get(p))
-                        .is_some_and(|r| r.consent.proximity) as usize;
+                        .and_then(|p| self.people.consent(p))
+                        .is_some_and(|c| c.proximity) as usize;
                 }
             }
         }
@@ -411,7 +411,7 @@ impl Pipeline {
                 let Some(person) = self
                     .people
                     .resolve(rotating_id)
-                    .filter(|p| self.people.get(p).is_some_and(|r| r.consent.proximity))
+                    .filter(|p| self.people.consent(p).is_some_and(|c| c.proximity))
                 else {
                     continue;
                 };
@@ -447,9 +447,9 @@ impl Pipeline {
         let Some(person) = self.people.get(event.person()) else {
             return;
         };
-        for candidate in matching_rules(event, person, &self.rules) {
+        for candidate in matching_rules(event, &person, &self.rules) {
             let rule = candidate.rule;
-            if check_consent(person, rule.kind).is_err() {
+            if check_consent(&person, rule.kind).is_err() {
                 self.held += 1;
                 continue;
             }

@@ -593,7 +593,7 @@ impl Pipeline {
         if let Some(recorder) = &mut self.recorder {
             // Only the store's own beacons and people who opted in: a
             // stranger's advert never reaches the file.
-            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.resolve(rotating_id).is_some_and(|p| self.people.get(p).is_some_and(|r| r.consent.proximity))));
+            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.resolve(rotating_id).is_some_and(|p| self.people.consent(p).is_some_and(|c| c.proximity))));
             if let Err(e) = recorder.record(&sighting, allowed) {
                 events::source_failed(&self.telemetry, "record", &e);
             }
@@ -607,8 +607,7 @@ impl Pipeline {
     /// stranger (someone unknown, or known without proximity consent).
     fn recognise(&mut self, rotating_id: &[u8; 16]) -> Option<PersonId> {
         let person = self.people.resolve(rotating_id).cloned();
-        let Some(person) =
-            person.filter(|p| self.people.get(p).is_some_and(|r| r.consent.proximity))
+        let Some(person) = person.filter(|p| self.people.consent(p).is_some_and(|c| c.proximity))
         else {
             events::stranger_dropped(&self.telemetry);
             return None;
@@ -670,7 +669,7 @@ impl Pipeline {
     /// A presence event → the candidates it triggers (dwell, exit, n-th
     /// visit) → decisions.
     async fn decide_event(&mut self, event: &PresenceEvent) {
-        let Some(person) = self.people.get(event.person()).cloned() else {
+        let Some(person) = self.people.get(event.person()) else {
             return;
         };
         let config = self.config.clone();
@@ -929,7 +928,7 @@ impl Pipeline {
         self.people
             .check(&record)
             .map_err(|e| rejection("recipient", e.to_string()))?;
-        let unchanged = self.people.get(&record.person) == Some(&record);
+        let unchanged = self.people.get(&record.person).as_ref() == Some(&record);
         if unchanged {
             // A retained record seen again after a reconnect: nothing to do.
             return Ok(());
@@ -1015,7 +1014,6 @@ impl Pipeline {
         let record = self
             .people
             .by_recipient(recipient)
-            .cloned()
             .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
         let mut updated = record.clone();
         let status = match change.apply(&mut updated) {
@@ -1084,11 +1082,11 @@ impl Pipeline {
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let purchase = Purchase::from_json(text)?;
         let person = match &purchase.buyer {
-            Buyer::Person(id) => self.people.get(id).map(|r| r.person.clone()),
+            Buyer::Person(id) => self.people.get(id).map(|r| r.person),
             Buyer::Identity(identity) => self.people.person_of(identity).cloned(),
         };
         let Some(record) = person
-            .and_then(|p| self.people.get(&p).cloned())
+            .and_then(|p| self.people.get(&p))
             .filter(|r| r.consent.proximity)
         else {
             self.telemetry
@@ -1119,7 +1117,6 @@ impl Pipeline {
         let record = self
             .people
             .by_recipient(recipient)
-            .cloned()
             .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
         if !record.consent.allows(crate::identity::Purpose::Feedback) {
             return Err(rejection("consent", "no consent for feedback"));
@@ -1159,10 +1156,7 @@ impl Pipeline {
     async fn on_checkin(&mut self, recipient: &str, payload: &[u8]) -> Result<(), Rejection> {
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let checkin = CheckIn::from_json(text)?;
-        let expected = self
-            .people
-            .by_recipient(recipient)
-            .map(|r| r.person.clone());
+        let expected = self.people.by_recipient(recipient).map(|r| r.person);
         self.people.roll_to(self.clock.now_ms() / 1000);
         let resolved = self.people.resolve(&checkin.rotating_id).cloned();
         let person = match (expected, resolved) {

@@ -94,10 +94,21 @@ impl IdentityIndex {
     /// it names is theirs (taken from whoever held it), every identity they
     /// held and it does not name is released.
     pub fn apply_record(&mut self, record: &PersonRecord) -> IdentityChanges {
-        let person = &record.person;
+        self.apply(&record.person, &record.identities)
+    }
+
+    /// [`IdentityIndex::apply_record`] for a person and the identities their
+    /// record names (or the part of them this index keeps: `People` indexes
+    /// app keys in the rotating-ID table only).
+    pub fn apply<'a>(
+        &mut self,
+        person: &PersonId,
+        identities: impl IntoIterator<Item = &'a Identity>,
+    ) -> IdentityChanges {
         let mut changes = IdentityChanges::default();
-        let mut named: Vec<Identity> = Vec::with_capacity(record.identities.len());
-        for identity in &record.identities {
+        let identities = identities.into_iter();
+        let mut named: Vec<Identity> = Vec::with_capacity(identities.size_hint().0);
+        for identity in identities {
             if !named.contains(identity) {
                 named.push(identity.clone());
             }
@@ -127,6 +138,7 @@ impl IdentityIndex {
             }
         }
         if !named.is_empty() {
+            named.shrink_to_fit();
             self.by_person.insert(person.clone(), named);
         }
         changes

@@ -262,6 +262,12 @@ impl RotatingIdTable {
         self.slots.get(slot as usize)?.person.as_ref()
     }
 
+    /// The person an app key is enrolled under.
+    pub fn person_of_key(&self, key: &[u8; 16]) -> Option<&PersonId> {
+        let slot = *self.by_key.get(key)?;
+        self.slots.get(slot as usize)?.person.as_ref()
+    }
+
     /// Whether `rotating_id` belongs to one of `person`'s keys right now.
     pub fn belongs_to(&self, rotating_id: &[u8; 16], person: &PersonId) -> bool {
         self.lookup(rotating_id) == Some(person)
