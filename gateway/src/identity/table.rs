@@ -18,10 +18,11 @@
 //! - Identifiers are hashed by taking their first 8 bytes (see [`IdHasher`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 
 use aes::Aes128Enc;
 use aes::cipher::KeyInit;
+use hashbrown::HashTable;
 
 use super::person::PersonId;
 use super::rotating::{interval_of, rpi_with, rpik};
@@ -103,9 +104,15 @@ pub struct RotatingIdTable {
     slots: Vec<KeySlot>,
     /// Head of the free-slot list.
     free: u32,
-    by_key: HashMap<[u8; 16], u32>,
-    /// Head of each person's list of key slots (linked through `next`).
-    people: HashMap<PersonId, u32>,
+    /// Slots by their key (a table of slot numbers hashing the slot's own
+    /// key: each key is held once, in its slot).
+    by_key: HashTable<u32>,
+    /// Head of each person's list of key slots (linked through `next`), by
+    /// the head slot's person.
+    people: HashTable<u32>,
+    /// Keyed SipHash for `by_key` and `people`: keys come from enrollment and
+    /// may be sequential in tests.
+    hasher: RandomState,
     /// Interval the table is centred on; `None` before the first roll.
     centre: Option<u32>,
     by_id: IdMap,
@@ -117,8 +124,9 @@ impl Default for RotatingIdTable {
         RotatingIdTable {
             slots: Vec::new(),
             free: NONE,
-            by_key: HashMap::new(),
-            people: HashMap::new(),
+            by_key: HashTable::new(),
+            people: HashTable::new(),
+            hasher: RandomState::new(),
             centre: None,
             by_id: IdMap::default(),
         }
@@ -133,8 +141,10 @@ impl RotatingIdTable {
     /// Makes room for `keys` more keys without rehashing on the way.
     pub fn reserve(&mut self, keys: usize) {
         self.slots.reserve(keys);
-        self.by_key.reserve(keys);
-        self.people.reserve(keys);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_key.reserve(keys, |&i| key_hash(hasher, slots, i));
+        self.people
+            .reserve(keys, |&i| person_hash(hasher, slots, i));
         self.by_id.reserve(keys * WINDOW.len());
     }
 
@@ -142,7 +152,7 @@ impl RotatingIdTable {
     /// key under the same person does nothing; under another person it moves
     /// the key without touching its identifiers.
     pub fn insert_key(&mut self, person: PersonId, key: [u8; 16]) {
-        if let Some(&slot) = self.by_key.get(&key) {
+        if let Some(slot) = self.key_slot(&key) {
             if self.slots[slot as usize].person.as_ref() == Some(&person) {
                 return;
             }
@@ -165,7 +175,9 @@ impl RotatingIdTable {
             self.slots[slot as usize] = entry;
             slot
         };
-        self.by_key.insert(key, slot);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_key
+            .insert_unique(hasher.hash_one(key), slot, |&i| key_hash(hasher, slots, i));
         self.link(person, slot);
         if let Some(centre) = self.centre {
             let cipher = self.slots[slot as usize].cipher();
@@ -177,12 +189,19 @@ impl RotatingIdTable {
 
     /// Forget every key of a person.
     pub fn remove_person(&mut self, person: &PersonId) {
-        let Some(mut slot) = self.people.remove(person) else {
+        let slots = &self.slots;
+        let Ok(head) = self
+            .people
+            .find_entry(self.hasher.hash_one(person.as_str()), |&i| {
+                slots[i as usize].person.as_ref() == Some(person)
+            })
+        else {
             return;
         };
+        let mut slot = head.remove().0;
         while slot != NONE {
             let next = self.slots[slot as usize].next;
-            self.by_key.remove(&self.slots[slot as usize].key);
+            self.unindex_key(slot);
             self.release(slot);
             slot = next;
         }
@@ -190,7 +209,8 @@ impl RotatingIdTable {
 
     /// Forget one key.
     pub fn remove_key(&mut self, key: &[u8; 16]) {
-        if let Some(slot) = self.by_key.remove(key) {
+        if let Some(slot) = self.key_slot(key) {
+            self.unindex_key(slot);
             self.unlink(slot);
             self.release(slot);
         }
@@ -264,7 +284,7 @@ impl RotatingIdTable {
 
     /// The person an app key is enrolled under.
     pub fn person_of_key(&self, key: &[u8; 16]) -> Option<&PersonId> {
-        let slot = *self.by_key.get(key)?;
+        let slot = self.key_slot(key)?;
         self.slots.get(slot as usize)?.person.as_ref()
     }
 
@@ -287,43 +307,78 @@ impl RotatingIdTable {
     /// count the person ids' string allocations, which the table shares with
     /// the rest of the gateway.
     pub fn heap_bytes(&self) -> usize {
-        fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-            // hashbrown keeps capacity at 7/8 of a power-of-two bucket count.
-            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
-            buckets * (1 + size_of::<(K, V)>())
-        }
+        // hashbrown keeps capacity at 7/8 of a power-of-two bucket count.
+        let buckets = |capacity: usize| (capacity * 8 / 7).next_power_of_two();
+        let table = |t: &HashTable<u32>| buckets(t.capacity()) * (1 + size_of::<u32>());
         self.slots.capacity() * size_of::<KeySlot>()
-            + map(&self.by_key)
-            + map(&self.people)
-            + map(&self.by_id)
+            + table(&self.by_key)
+            + table(&self.people)
+            + buckets(self.by_id.capacity()) * (1 + size_of::<(Rpi, u32)>())
     }
 
     /// Puts `slot` at the head of `person`'s list.
     fn link(&mut self, person: PersonId, slot: u32) {
-        let head = self.people.entry(person.clone()).or_insert(NONE);
-        self.slots[slot as usize].next = *head;
-        *head = slot;
+        let hash = self.hasher.hash_one(person.as_str());
+        let slots = &self.slots;
+        let head = self.people.find_mut(hash, |&i| {
+            slots[i as usize].person.as_ref() == Some(&person)
+        });
+        let next = match head {
+            Some(head) => std::mem::replace(head, slot),
+            None => NONE,
+        };
+        self.slots[slot as usize].next = next;
         self.slots[slot as usize].person = Some(person);
+        if next == NONE {
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.people
+                .insert_unique(hash, slot, |&i| person_hash(hasher, slots, i));
+        }
+    }
+
+    fn key_slot(&self, key: &[u8; 16]) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_key
+            .find(self.hasher.hash_one(key), |&i| {
+                slots[i as usize].key == *key
+            })
+            .copied()
+    }
+
+    /// Takes `slot` out of `by_key`.
+    fn unindex_key(&mut self, slot: u32) {
+        let hash = key_hash(&self.hasher, &self.slots, slot);
+        if let Ok(found) = self.by_key.find_entry(hash, |&i| i == slot) {
+            found.remove();
+        }
     }
 
     /// Takes `slot` out of its person's list, dropping the person when it was
     /// their last key.
     fn unlink(&mut self, slot: u32) {
-        let Some(person) = self.slots[slot as usize].person.take() else {
+        let Some(person) = self.slots[slot as usize].person.clone() else {
             return;
         };
         let after = self.slots[slot as usize].next;
-        let Some(head) = self.people.get_mut(&person) else {
+        let slots = &self.slots;
+        let found = self
+            .people
+            .find_entry(self.hasher.hash_one(person.as_str()), |&i| {
+                slots[i as usize].person.as_ref() == Some(&person)
+            });
+        self.slots[slot as usize].person = None;
+        let Ok(mut head) = found else {
             return;
         };
-        if *head == slot {
-            *head = after;
+        if *head.get() == slot {
             if after == NONE {
-                self.people.remove(&person);
+                head.remove();
+            } else {
+                *head.get_mut() = after;
             }
             return;
         }
-        let mut cur = *head;
+        let mut cur = *head.get();
         while cur != NONE {
             let next = self.slots[cur as usize].next;
             if next == slot {
@@ -350,6 +405,17 @@ impl RotatingIdTable {
         entry.next = self.free;
         self.free = slot;
     }
+}
+
+/// The hash `by_key` files a slot under: its key's.
+fn key_hash(hasher: &RandomState, slots: &[KeySlot], slot: u32) -> u64 {
+    hasher.hash_one(slots[slot as usize].key)
+}
+
+/// The hash `people` files a head slot under: its person's id.
+fn person_hash(hasher: &RandomState, slots: &[KeySlot], slot: u32) -> u64 {
+    let person = slots[slot as usize].person.as_ref();
+    hasher.hash_one(person.expect("a listed slot has a person").as_str())
 }
 
 /// Removes `id` only if it maps to `slot`: two keys sharing an identifier is
