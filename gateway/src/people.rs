@@ -514,4 +514,139 @@ mod tests {
         );
         assert_eq!(people.get(&p2.person), Some(p2));
     }
+
+    mod model {
+        //! `People` against a naive model: a map of whole records where the
+        //! last record naming an identity takes it from whoever held it.
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        fn universe() -> Vec<Identity> {
+            let mut all: Vec<Identity> =
+                (1..=3u8).map(|k| Identity::App { key: [k; 16] }).collect();
+            all.extend((0..2).map(|i| Identity::Email {
+                value: format!("e{i}@example.com"),
+            }));
+            all.push(Identity::Card {
+                value: "card-0".into(),
+            });
+            all
+        }
+
+        const WORDS: [&str; 3] = ["laptops", "phones", "tv"];
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Upsert {
+                person: u8,
+                recipient: u8,
+                identities: Vec<usize>,
+                proximity: bool,
+                timezone: bool,
+                interests: Vec<usize>,
+                owns: Vec<usize>,
+            },
+            Remove(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let words = || prop::collection::vec(0..WORDS.len(), 0..3);
+            prop_oneof![
+                4 => (0..4u8, 0..3u8, prop::collection::vec(0..6usize, 0..4), any::<bool>(), any::<bool>(), words(), words())
+                    .prop_map(|(person, recipient, identities, proximity, timezone, interests, owns)| Op::Upsert {
+                        person, recipient, identities, proximity, timezone, interests, owns,
+                    }),
+                1 => (0..4u8).prop_map(Op::Remove),
+            ]
+        }
+
+        fn person(p: u8) -> PersonId {
+            PersonId::from(format!("p-{p}").as_str())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn agrees_with_whole_records(ops in prop::collection::vec(op(), 1..30)) {
+                let u = universe();
+                let now_s = 2_642_976 * 600;
+                let mut people = People::load([], now_s);
+                let mut model: BTreeMap<u8, PersonRecord> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Upsert { person: p, recipient, identities, proximity, timezone, interests, owns } => {
+                            let record = PersonRecord {
+                                person: person(p),
+                                recipient: format!("r-{recipient}"),
+                                timezone: timezone.then(|| "Europe/Lisbon".to_string()),
+                                identities: identities.iter().map(|&i| u[i].clone()).collect(),
+                                consent: Consent { proximity, ..Consent::default() },
+                                interests: interests.iter().map(|&i| WORDS[i].to_string()).collect(),
+                                owns: owns.iter().map(|&i| WORDS[i].to_string()).collect(),
+                            };
+                            let taken = model.iter().any(|(q, r)| *q != p && r.recipient == record.recipient);
+                            let got = people.upsert(record.clone());
+                            if taken {
+                                prop_assert_eq!(got, Err(PeopleError::RecipientTaken { recipient: record.recipient.clone() }));
+                                continue;
+                            }
+                            let mut losers: Vec<u8> = Vec::new();
+                            for identity in &record.identities {
+                                if let Some((q, _)) = model.iter().find(|(q, r)| **q != p && r.identities.contains(identity)) {
+                                    if !losers.contains(q) {
+                                        losers.push(*q);
+                                    }
+                                }
+                            }
+                            let mut to_store = vec![record.clone()];
+                            for q in losers {
+                                let other = model.get_mut(&q).unwrap();
+                                other.identities.retain(|i| !record.identities.contains(i));
+                                to_store.push(other.clone());
+                            }
+                            let withdrawn = match model.get(&p) {
+                                Some(previous) if previous.consent.proximity && !proximity => vec![person(p)],
+                                _ => vec![],
+                            };
+                            model.insert(p, record);
+                            prop_assert_eq!(got, Ok(Upserted { to_store, withdrawn }));
+                        }
+                        Op::Remove(p) => {
+                            prop_assert_eq!(people.remove(&person(p)), model.remove(&p));
+                        }
+                    }
+                    prop_assert_eq!(people.len(), model.len());
+                    for p in 0..4u8 {
+                        prop_assert_eq!(people.get(&person(p)), model.get(&p).cloned());
+                        prop_assert_eq!(people.consent(&person(p)), model.get(&p).map(|r| r.consent));
+                    }
+                    for r in 0..3 {
+                        let recipient = format!("r-{r}");
+                        let expected = model.values().find(|m| m.recipient == recipient).cloned();
+                        prop_assert_eq!(people.by_recipient(&recipient), expected);
+                    }
+                    for identity in &u {
+                        let owner = model.values().find(|m| m.identities.contains(identity)).map(|m| m.person.clone());
+                        prop_assert_eq!(people.person_of(identity), owner.as_ref());
+                        if let Identity::App { key } = identity {
+                            let id = rotating_id(key, (now_s / 600) as u32);
+                            prop_assert_eq!(people.resolve(&id), owner.as_ref());
+                        }
+                    }
+                    // Erasure: the interner holds exactly the strings someone holds.
+                    let mut held: Vec<&str> = model
+                        .values()
+                        .flat_map(|m| m.interests.iter().chain(&m.owns).chain(&m.timezone))
+                        .map(String::as_str)
+                        .collect();
+                    held.sort_unstable();
+                    held.dedup();
+                    let mut interned: Vec<&str> = people.strings.0.iter().map(|s| &**s).collect();
+                    interned.sort_unstable();
+                    prop_assert_eq!(interned, held);
+                }
+            }
+        }
+    }
 }
