@@ -174,7 +174,7 @@ fn main() {
         mb(trimmed_resident_bytes().saturating_sub(base)),
         mb(with_both.saturating_sub(trimmed_resident_bytes()))
     );
-    components(&people, &ids);
+    components(&people, &ids, with_people - people_base);
     println!(
         "memory: people {} (sanity {}), present {}",
         people.len(),
@@ -184,7 +184,7 @@ fn main() {
 }
 
 /// What dominates: each part built alone, measured as a trimmed live set.
-fn components(people: &People, ids: &[PersonId]) {
+fn components(people: &People, ids: &[PersonId], people_bytes: u64) {
     use gateway::identity::{IdentityIndex, RotatingIdTable};
     use std::collections::HashMap;
     let records: Vec<PersonRecord> = (0..PEOPLE)
@@ -209,7 +209,14 @@ fn components(people: &People, ids: &[PersonId]) {
         after.saturating_sub(base) as f64 / PEOPLE as f64,
         mb(table.heap_bytes() as u64)
     );
+    println!(
+        "memory: part: People besides the table (entries, person and recipient \
+         indexes, interned strings, e-mail/card index): {:.1} MB ({:.0} bytes/person)",
+        mb(people_bytes.saturating_sub(after.saturating_sub(base))),
+        people_bytes.saturating_sub(after.saturating_sub(base)) as f64 / PEOPLE as f64
+    );
     drop(table);
+    // For comparison: the structures People kept before it was compacted.
     let base = trimmed_resident_bytes();
     let mut index = IdentityIndex::new();
     for r in &records {
@@ -217,7 +224,8 @@ fn components(people: &People, ids: &[PersonId]) {
     }
     let after = trimmed_resident_bytes();
     println!(
-        "memory: part: IdentityIndex of {} identities: {:.1} MB resident",
+        "memory: old layout, for comparison: IdentityIndex of {} identities \
+         (app keys included): {:.1} MB resident",
         index.len(),
         mb(after.saturating_sub(base))
     );
@@ -229,7 +237,8 @@ fn components(people: &People, ids: &[PersonId]) {
         .collect();
     let after = trimmed_resident_bytes();
     println!(
-        "memory: part: HashMap<PersonId, PersonRecord> of {}: {:.1} MB resident \
+        "memory: old layout, for comparison: HashMap<PersonId, PersonRecord> of {}: \
+         {:.1} MB resident \
          (size_of PersonRecord {} bytes + its heap strings/vecs)",
         map.len(),
         mb(after.saturating_sub(base)),

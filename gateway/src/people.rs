@@ -4,7 +4,7 @@
 //! before it acknowledges anything.
 //!
 //! Kept compact for a store's worth of people (BENCHMARKS.md §2): each
-//! person is one [`Entry`] in a slab, and the person and recipient indexes
+//! person is one `Entry` in a slab, and the person and recipient indexes
 //! are hash tables of `u32` slots that hash the entry's own strings, so no
 //! id or recipient is held twice. Interests, owned products and time zones
 //! repeat across people and are interned. App keys are indexed once, in the
