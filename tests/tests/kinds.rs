@@ -44,19 +44,11 @@ on = "purchase"
 kind = "thanks"
 title = "Thank you"
 body = "Enjoy it. If anything is not right, the team at the service desk is happy to help."
-
-[caps]
-per_visit = 5
-per_day = 5
-per_week = 10
-min_gap_s = 0
-rule_cooldown_s = 0
-
-[presence]
-max_future_skew_ms = 86400000
-visit_gap_ms = 20000
+{caps}{clock}visit_gap_ms = 20000
 "#,
         zones = e2e::site::THREE_ZONES,
+        caps = e2e::site::LOOSE_CAPS,
+        clock = e2e::site::SIM_CLOCK,
     );
     let mut site = Site::new(broker.port(), &extra)?;
     let path = vec![

@@ -323,7 +323,14 @@ fn invalid_payloads_fail_the_schema_and_the_gateway_alike() {
 
 /// The harness's store and laptop rule, plus what this test adds.
 fn site() -> String {
-    [e2e::site::THREE_ZONES, e2e::site::LAPTOP_COMPARE, SITE_REST].concat()
+    [
+        e2e::site::THREE_ZONES,
+        e2e::site::LAPTOP_COMPARE,
+        SITE_REST,
+        e2e::site::LOOSE_CAPS,
+        e2e::site::SIM_CLOCK,
+    ]
+    .concat()
 }
 
 const SITE_REST: &str = r#"
@@ -335,16 +342,6 @@ dwell_s = 20
 kind = "info"
 title = "Try before you buy"
 body = "Every pair on this wall can be tried on; ask us for a fresh ear cushion."
-
-[caps]
-per_visit = 5
-per_day = 5
-per_week = 10
-min_gap_s = 0
-rule_cooldown_s = 0
-
-[presence]
-max_future_skew_ms = 86400000
 "#;
 
 fn now_ms() -> i64 {
