@@ -15,7 +15,7 @@
 //!   none are shared.
 //! - Identifiers map to a `u32` key slot, not to a cloned [`PersonId`]: moving
 //!   a key to another person changes one slot and none of its identifiers.
-//! - Identifiers are hashed by taking their first 8 bytes (see [`IdHasher`]).
+//! - Identifiers are hashed by taking their first 8 bytes (`IdHasher`, private).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
