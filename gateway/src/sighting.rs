@@ -83,6 +83,14 @@ const FIELDS: [&str; 5] = ["scanner", "addr", "rssi", "adv", "at_ms"];
 /// overflow.
 pub const MAX_UNIX_MS: i64 = 253_402_300_799_999;
 
+/// What a time field must be, for error messages.
+pub const UNIX_MS_RULE: &str = "must be a non-negative integer (Unix ms) before the year 10000";
+
+/// A JSON time field as Unix ms, if it is one [`UNIX_MS_RULE`] allows.
+pub fn unix_ms(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().filter(|t| (0..=MAX_UNIX_MS).contains(t))
+}
+
 /// Largest advertising payload we accept: extended advertising allows 1650
 /// bytes; anything larger is not an advert.
 pub const MAX_ADV_BYTES: usize = 1650;
@@ -140,15 +148,8 @@ impl Sighting {
             }
             _ => return Err(SightingError::new("adv", "must be a hex string")),
         };
-        let at_ms = field("at_ms")?
-            .as_i64()
-            .filter(|t| (0..=MAX_UNIX_MS).contains(t))
-            .ok_or_else(|| {
-                SightingError::new(
-                    "at_ms",
-                    "must be a non-negative integer (Unix ms) before the year 10000",
-                )
-            })?;
+        let at_ms =
+            unix_ms(field("at_ms")?).ok_or_else(|| SightingError::new("at_ms", UNIX_MS_RULE))?;
         Ok(Sighting {
             scanner,
             addr,

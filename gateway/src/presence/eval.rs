@@ -69,7 +69,7 @@ use serde_json::json;
 use super::{PresenceConfig, PresenceEngine, PresenceEvent, PresenceTuning, ZoneId};
 use crate::decode::{DecodeOptions, Frame, decode_into};
 use crate::identity::PersonId;
-use crate::sighting::{MAX_UNIX_MS, Sighting};
+use crate::sighting::{Sighting, UNIX_MS_RULE, unix_ms};
 
 /// The truth's name for the open floor outside every zone.
 pub const HALL: &str = "hall";
@@ -140,15 +140,7 @@ impl TruthSpan {
             }
         };
         let int = |name: &'static str| -> Result<i64, FieldError> {
-            field(name)?
-                .as_i64()
-                .filter(|t| (0..=MAX_UNIX_MS).contains(t))
-                .ok_or_else(|| {
-                    FieldError::new(
-                        name,
-                        "must be a non-negative integer (Unix ms) before the year 10000",
-                    )
-                })
+            unix_ms(field(name)?).ok_or_else(|| FieldError::new(name, UNIX_MS_RULE))
         };
         let from_ms = int("from_ms")?;
         let to_ms = int("to_ms")?;
@@ -834,16 +826,8 @@ fn score(
         }
     }
     s.subject_seconds = total;
-    s.accuracy = if total == 0 {
-        0.0
-    } else {
-        correct as f64 / total as f64
-    };
-    s.in_zone_accuracy = if in_zone_total == 0 {
-        0.0
-    } else {
-        in_zone_correct as f64 / in_zone_total as f64
-    };
+    s.accuracy = share(correct, total);
+    s.in_zone_accuracy = share(in_zone_correct, in_zone_total);
     s.flips_per_hour = if total == 0 {
         0.0
     } else {
@@ -892,10 +876,15 @@ fn late_truth_accuracy(subjects: &[(&str, &Vec<&TruthSpan>)], lag_ms: i64) -> f6
             }
         }
     }
-    if total == 0 {
+    share(correct, total)
+}
+
+/// `part / whole`, 0 when there is nothing to share.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
         0.0
     } else {
-        correct as f64 / total as f64
+        part as f64 / whole as f64
     }
 }
 
