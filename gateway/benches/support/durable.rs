@@ -4,20 +4,10 @@
 use gateway::decide::Caps;
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
 
-/// The minimal site file the measured configuration starts from.
-pub const SITE: &str = r#"
-[store]
-id = "store-042"
-timezone = "Europe/Berlin"
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-prefix = "retail"
-[storage]
-path = "/unused"
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:7531"
-"#;
+/// The minimal site file the measured configuration starts from (the
+/// shipped example of DESIGN §7; the example overrides its caps, quiet
+/// hours and kill switch).
+pub const SITE: &str = include_str!("../../../config/example-site.toml");
 
 /// Generous: every decision is a grant, so each writes ledger + outbox +
 /// decision log (the heaviest path).
