@@ -1,6 +1,7 @@
 //! SIGKILL the gateway at several moments while many shoppers generate
-//! decisions, restart it on the same files each time, and check from the
-//! phones' subscription: no cap was exceeded, and every nudge the decision
+//! decisions, restart it on the same files each time, across the store's
+//! midnight, and check from the phones' subscription: no cap was exceeded
+//! on either local day, and every nudge the decision
 //! log says was sent arrived (issue "Relevant nudges under hard limits").
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,24 @@ rule_cooldown_s = 0
 
 const SHOPPERS: u32 = 12;
 
+/// The test site's timezone (`e2e::Site`'s `[store] timezone`).
+const STORE_TIMEZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;
+
+/// Where the twin's clock starts: the runs cross the store's midnight on
+/// every run of the test, not only on a run late in the evening (which is
+/// how a per-whole-test count once failed CI at 23:56 Berlin).
+fn a_minute_before_the_stores_next_midnight_ms() -> i64 {
+    let today = chrono::Utc::now()
+        .with_timezone(&STORE_TIMEZONE)
+        .date_naive();
+    let next_midnight = (today + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN);
+    let next_midnight = next_midnight
+        .and_local_timezone(STORE_TIMEZONE)
+        .earliest()
+        .expect("midnight exists in Europe/Berlin (its clocks change at 02:00 and 03:00)");
+    next_midnight.timestamp_millis() - 60_000
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
 -> anyhow::Result<()> {
@@ -65,7 +84,7 @@ async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge
         site.topic("nudges/+"),
     ))
     .await?;
-    let start = e2e::site::now_ms();
+    let start = a_minute_before_the_stores_next_midnight_ms();
     let mut sim = Simulation::new(StoreSpec::small_store(), scenario, start, 17)?;
 
     // Four runs of the gateway; the first three end under load (SIGKILL,
@@ -122,8 +141,11 @@ async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge
     }
 
     // What each phone received, by recipient, without QoS 1 duplicates.
+    // The run crosses the store's midnight, where per_day rightly starts
+    // again: count per local day.
     let mut received: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut created: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut per_local_day: BTreeMap<(String, chrono::NaiveDate), u32> = BTreeMap::new();
     for r in phones.received() {
         let nudge = r.json()?;
         let recipient = r.topic.rsplit('/').next().unwrap().to_string();
@@ -132,22 +154,33 @@ async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge
             .or_default()
             .insert(nudge["id"].as_str().unwrap().to_string())
         {
-            created
-                .entry(recipient)
-                .or_default()
-                .push(nudge["created_at"].as_str().unwrap().to_string());
+            let at = nudge["created_at"].as_str().unwrap().to_string();
+            let local_day = chrono::DateTime::parse_from_rfc3339(&at)?
+                .with_timezone(&STORE_TIMEZONE)
+                .date_naive();
+            *per_local_day
+                .entry((recipient.clone(), local_day))
+                .or_default() += 1;
+            created.entry(recipient).or_default().push(at);
         }
     }
     assert!(
         received.values().map(BTreeSet::len).sum::<usize>() >= SHOPPERS as usize,
         "load produced nudges: {received:?}"
     );
-    for (recipient, ids) in &received {
+    let days: BTreeSet<_> = per_local_day.keys().map(|(_, day)| *day).collect();
+    assert_eq!(
+        days.len(),
+        2,
+        "the runs cross the store's midnight: {per_local_day:?}"
+    );
+    for ((recipient, day), count) in &per_local_day {
         assert!(
-            ids.len() <= 3,
-            "{recipient} got {} nudges in one day (per_day = 3)",
-            ids.len()
+            *count <= 3,
+            "{recipient} got {count} nudges on {day} (per_day = 3)"
         );
+    }
+    for recipient in received.keys() {
         let mut times = created[recipient].clone();
         times.sort();
         for pair in times.windows(2) {
