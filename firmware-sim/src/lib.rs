@@ -38,7 +38,9 @@
 //! demo's three-zone store. `config/sim/electronics-store.toml` is a bigger
 //! one: ten zones (entrance, laptops, phones, tv, audio, gaming, cameras,
 //! smart-home, accessories, checkout), a scanner each, twelve beacons of
-//! all three kinds, some with TLM, and opening hours.
+//! all three kinds, some with TLM, and opening hours. [`site::site_toml`]
+//! (`firmware-sim site`) writes the gateway's site file for a store: its
+//! zones, its beacons and the presence settings its floor plan gives.
 //!
 //! # Opening hours and several days
 //!
@@ -95,6 +97,7 @@ pub mod rotating;
 pub mod route;
 pub mod scenario;
 pub mod sim;
+pub mod site;
 pub mod spec;
 
 pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};

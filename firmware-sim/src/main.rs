@@ -34,6 +34,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the gateway's site file for the store: its zones, its beacons
+    /// and the presence settings its floor plan and radio give.
+    Site {
+        /// Store spec TOML (default: the built-in small store).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a capture file of sighting records and its ground truth.
     Capture {
         #[command(flatten)]
@@ -217,6 +227,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::People { seed, out } => {
             let n = write_people_file(&out, &Scenario::small_demo(seed))?;
             eprintln!("wrote {n} person records to {}", out.display());
+        }
+        Command::Site { store, out } => {
+            let spec = match &store {
+                Some(path) => StoreSpec::from_file(path)?,
+                None => StoreSpec::small_store(),
+            };
+            let text = firmware_sim::site::site_toml(&spec);
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("--out: cannot write {}", path.display()))?;
+                    eprintln!(
+                        "wrote the site file of {} to {}",
+                        spec.store.id,
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
         }
         Command::Capture {
             run,

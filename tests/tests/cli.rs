@@ -297,6 +297,99 @@ fn eval_presence_scores_a_simulator_capture_against_its_truth() {
     );
 }
 
+fn firmware_sim(args: &[&str]) -> std::process::Output {
+    Command::new(e2e::firmware_sim_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `firmware-sim site` writes the gateway's site file for the store it
+/// simulates: the gateway accepts it as it is, and with it
+/// `eval-presence --people-only` leaves exactly the store's beacons out.
+#[test]
+fn the_twin_writes_the_site_file_its_captures_are_scored_with() {
+    let dir = Workdir::new("sim-site").unwrap();
+    let site = dir.join("site.toml");
+    let out = firmware_sim(&["site", "--out", site.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let check = gateway(&["check-config", site.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("store store-042, 3 zone(s)"),
+        "{}",
+        stdout(&check)
+    );
+
+    let (capture, truth) = (dir.join("capture.jsonl"), dir.join("truth.jsonl"));
+    let out = firmware_sim(&[
+        "capture",
+        "--seed",
+        "3",
+        "--shoppers",
+        "4",
+        "--duration",
+        "5m",
+        "--out",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = gateway(&[
+        "--config",
+        site.to_str().unwrap(),
+        "eval-presence",
+        "--capture",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--people-only",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The small store has five beacons: three iBeacons, an Eddystone-UID
+    // and an AltBeacon. Every other address in the truth is scored.
+    let table = stdout(&out);
+    assert!(table.contains("store beacons left out: 5"), "{table}");
+    let addrs: std::collections::BTreeSet<String> = std::fs::read_to_string(&truth)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["addr"].to_string())
+        .collect();
+    assert!(addrs.len() > 5 + 3, "{addrs:?}");
+    assert!(
+        table.contains(&format!("subjects: {},", addrs.len() - 5)),
+        "{table}"
+    );
+
+    // The bigger shipped store: ten zones, twelve beacons, its own radio.
+    let store = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/sim/electronics-store.toml"
+    );
+    let out = firmware_sim(&["site", "--store", store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("path_loss_exponent = 2.4"), "{text}");
+    assert!(text.contains("hall_distance_m = 9.3"), "{text}");
+    let big = dir.write("electronics.toml", text).unwrap();
+    let check = gateway(&["check-config", big.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("store store-107, 10 zone(s)"),
+        "{}",
+        stdout(&check)
+    );
+
+    let out = firmware_sim(&["site", "--store", "/nonexistent/store.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/store.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn people_import_reads_csv_with_the_documented_header() {
     let site = Site::new(1, "").unwrap();
