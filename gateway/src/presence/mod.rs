@@ -70,7 +70,7 @@ impl Default for PresenceConfig {
             dwell_thresholds_s: BTreeSet::new(),
             min_rssi: -95,
             switch_margin_db: 4.0,
-            switch_hold_ms: 1_500,
+            switch_hold_ms: 1_000,
             window_ms: 6_000,
             zone_timeout_ms: 15_000,
             visit_gap_ms: 45_000,
