@@ -1,11 +1,12 @@
 //! The `gateway` command line as a user runs it: exit codes, one-line
 //! errors that name the file, line and field, and nothing half-applied.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use e2e::{Site, Workdir, gateway_bin};
 
-fn gateway(args: &[&str]) -> std::process::Output {
+fn gateway(args: &[&str]) -> Output {
     Command::new(gateway_bin().unwrap())
         .args(args)
         .env("GATEWAY_LOG", "warn")
@@ -13,11 +14,54 @@ fn gateway(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn stderr(out: &std::process::Output) -> String {
+fn firmware_sim(args: &[&str]) -> Output {
+    Command::new(e2e::firmware_sim_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A five-minute capture of the twin's small store (seed 3) and its
+/// truth, written into `dir`.
+fn twin_capture(dir: &Workdir, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (capture, truth) = (dir.join("capture.jsonl"), dir.join("truth.jsonl"));
+    let mut args = vec![
+        "capture",
+        "--seed",
+        "3",
+        "--duration",
+        "5m",
+        "--out",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = firmware_sim(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (capture, truth)
+}
+
+/// `gateway --config site eval-presence` of a capture against its truth.
+fn eval_presence(site: &Path, capture: &Path, truth: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--config",
+        site.to_str().unwrap(),
+        "eval-presence",
+        "--capture",
+        capture.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    gateway(&args)
+}
+
+fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn stdout(out: &std::process::Output) -> String {
+fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -184,37 +228,13 @@ fn run_refuses_to_start_with_a_bad_config_or_a_taken_port() {
 #[test]
 fn eval_presence_scores_a_simulator_capture_against_its_truth() {
     let dir = Workdir::new("eval").unwrap();
-    let (capture, truth) = (dir.join("capture.jsonl"), dir.join("truth.jsonl"));
-    let sim = Command::new(e2e::firmware_sim_bin().unwrap())
-        .args([
-            "capture",
-            "--seed",
-            "3",
-            "--duration",
-            "5m",
-            "--out",
-            capture.to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(sim.status.success(), "{}", stderr(&sim));
+    let (capture, truth) = twin_capture(&dir, &[]);
     let zones: String = ["entrance", "laptops", "headphones"]
         .iter()
         .map(|z| format!("[[zones]]\nid = \"{z}\"\nscanners = [\"{z}\"]\n"))
         .collect();
     let site = dir.write("site.toml", format!("[store]\nid = \"s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n{zones}")).unwrap();
-    let out = gateway(&[
-        "--config",
-        site.to_str().unwrap(),
-        "eval-presence",
-        "--capture",
-        capture.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = eval_presence(&site, &capture, &truth, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for side in ["engine", "baseline"] {
@@ -247,17 +267,7 @@ fn eval_presence_scores_a_simulator_capture_against_its_truth() {
         )
         .unwrap();
     let table = |extra: &[&str]| {
-        let mut args = vec![
-            "--config",
-            site_with_beacons.to_str().unwrap(),
-            "eval-presence",
-            "--capture",
-            capture.to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = gateway(&args);
+        let out = eval_presence(&site_with_beacons, &capture, &truth, extra);
         assert!(out.status.success(), "{}", stderr(&out));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -280,28 +290,13 @@ fn eval_presence_scores_a_simulator_capture_against_its_truth() {
         "{\"addr\": \"02:00:00:00:00:01\", \"from_ms\": 0}\n",
     )
     .unwrap();
-    let out = gateway(&[
-        "--config",
-        site.to_str().unwrap(),
-        "eval-presence",
-        "--capture",
-        capture.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-    ]);
+    let out = eval_presence(&site, &capture, &truth, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("truth.jsonl") && stderr(&out).contains("line 1"),
         "{}",
         stderr(&out)
     );
-}
-
-fn firmware_sim(args: &[&str]) -> std::process::Output {
-    Command::new(e2e::firmware_sim_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// `firmware-sim site` writes the gateway's site file for the store it
@@ -321,31 +316,8 @@ fn the_twin_writes_the_site_file_its_captures_are_scored_with() {
         stdout(&check)
     );
 
-    let (capture, truth) = (dir.join("capture.jsonl"), dir.join("truth.jsonl"));
-    let out = firmware_sim(&[
-        "capture",
-        "--seed",
-        "3",
-        "--shoppers",
-        "4",
-        "--duration",
-        "5m",
-        "--out",
-        capture.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = gateway(&[
-        "--config",
-        site.to_str().unwrap(),
-        "eval-presence",
-        "--capture",
-        capture.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-        "--people-only",
-    ]);
+    let (capture, truth) = twin_capture(&dir, &["--shoppers", "4"]);
+    let out = eval_presence(&site, &capture, &truth, &["--people-only"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // The small store has five beacons: three iBeacons, an Eddystone-UID
     // and an AltBeacon. Every other address in the truth is scored.
