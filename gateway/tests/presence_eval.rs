@@ -17,13 +17,16 @@
 //! The issue's targets: zone accuracy >= 95 % of person-seconds, at most 1
 //! zone flip per person-hour beyond the true moves, entry within 10 s, exit
 //! within 60 s, fewer flips than the naive baseline. Entry, exit and "beats
-//! the baseline" are asserted as stated. Accuracy over all person-seconds,
+//! the baseline" are asserted as stated, and so is the flip target on the
+//! population (the demo's staff band, below, flips more). Accuracy over all
+//! person-seconds,
 //! the hall's included, is NOT at the target; it is asserted at the level
 //! measured so it cannot regress:
 //!
-//! * population: 90.4 / 90.5 / 90.8 % of person-seconds, 1.18 / 0.23 /
-//!   0.22 extra flips per person-hour (the naive baseline: 89.2-90.2 %
-//!   with about 300 flips per hour). Over the seconds a person is inside a
+//! * population: 90.4 / 90.5 / 90.8 % of person-seconds, no extra flip
+//!   (the naive baseline: 89.2-90.2 % with about 300 flips per hour; the
+//!   engine had 1.18 / 0.23 / 0.22 while it sent `entered` before it knew
+//!   the person's place, which the score read as a move from the hall). Over the seconds a person is inside a
 //!   zone (the hall's seconds left out) the engine names the right zone
 //!   96.9 / 97.2 / 97.2 % of the time (baseline 96.1 / 95.9 / 96.7 % with
 //!   its 300 flips). The table's confusion line shows what is lost:
@@ -193,7 +196,7 @@ fn a_population_is_placed_and_followed_without_flicker() {
             subjects: 60,
             accuracy: 0.90,
             in_zone_accuracy: 0.965,
-            flips_per_hour: 1.5,
+            flips_per_hour: 1.0,
             flips_vs_baseline: 0.1,
         };
         check(

@@ -22,6 +22,11 @@
 //! the hall level for [`PresenceTuning::hall_hold_ms`]: one reading never
 //! flips a place. A zone's dwell time counts from when the evidence for it
 //! began, not from when the hold ran out.
+//!
+//! `Entered` goes out with a visit's first place (a zone, or the hall once
+//! only far scanners have heard the person for `FIRST_PLACE_GRACE_MS`), so
+//! a visit never starts with a move the person did not make; its visit id
+//! is still the time of the first reading.
 
 pub mod eval;
 
@@ -275,6 +280,13 @@ struct PersonState {
     dwell_fired: BTreeSet<u32>,
     /// Whether the person has ever been placed in a zone this visit.
     placed: bool,
+    /// Whether `Entered` has gone out for this visit. It goes out with the
+    /// first place (a zone or the hall), not at the first reading: until
+    /// then the engine does not know where the person is, and "entered,
+    /// in no zone" followed a moment later by the real zone would be a
+    /// place change nobody made. A visit continued after a restart was
+    /// announced before it.
+    announced: bool,
 }
 
 /// What the engine remembers of a visit across a restart: enough to keep
@@ -416,18 +428,11 @@ impl PresenceEngine {
         let state = match self.people.get_mut(person) {
             Some(state) => state,
             None => {
-                let visit = match self.seeds.remove(person) {
+                let (visit, announced) = match self.seeds.remove(person) {
                     Some(seed) if at_ms - seed.last_seen_ms <= self.config.visit_gap_ms => {
-                        seed.visit
+                        (seed.visit, true)
                     }
-                    _ => {
-                        out.push(PresenceEvent::Entered {
-                            person: person.clone(),
-                            visit: at_ms,
-                            at_ms,
-                        });
-                        at_ms
-                    }
+                    _ => (at_ms, false),
                 };
                 self.people.entry(person.clone()).or_insert(PersonState {
                     visit,
@@ -439,6 +444,7 @@ impl PresenceEngine {
                     candidate: None,
                     dwell_fired: BTreeSet::new(),
                     placed: false,
+                    announced,
                 })
             }
         };
@@ -658,6 +664,14 @@ impl PresenceEngine {
     ) {
         state.candidate = None;
         state.placed = true;
+        if !state.announced {
+            state.announced = true;
+            out.push(PresenceEvent::Entered {
+                person: person.clone(),
+                visit: state.visit,
+                at_ms: now_ms,
+            });
+        }
         if let Some((zone, since)) = state.zone.take() {
             out.push(PresenceEvent::ZoneLeft {
                 person: person.clone(),
@@ -695,6 +709,10 @@ fn close_visit(
     at_ms: i64,
     out: &mut Vec<PresenceEvent>,
 ) {
+    if !state.announced {
+        // Heard, never placed: nothing went out, so nothing ends.
+        return;
+    }
     if let Some((zone, since)) = state.zone.take() {
         let dwell_s = secs(state.last_seen_ms - since);
         out.push(PresenceEvent::ZoneLeft {
