@@ -55,66 +55,56 @@ struct Zone<'a> {
     scanners: [&'a str; 1],
 }
 
+/// A store beacon as the gateway's `[[beacons]]` lists it: the ids that
+/// recognise it, without what only the twin needs (an AltBeacon's maker).
 #[derive(Serialize)]
 struct Beacon<'a> {
     id: &'a str,
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uuid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    major: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    minor: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instance: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id1: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id2: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id3: Option<u16>,
+    #[serde(flatten)]
+    ids: BeaconIds<'a>,
 }
 
-impl<'a> Beacon<'a> {
-    fn of(id: &'a str, frame: &'a BeaconFrame) -> Self {
-        let mut beacon = Beacon {
-            id,
-            kind: "",
-            uuid: None,
-            major: None,
-            minor: None,
-            namespace: None,
-            instance: None,
-            id1: None,
-            id2: None,
-            id3: None,
-        };
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum BeaconIds<'a> {
+    Ibeacon {
+        uuid: &'a str,
+        major: u16,
+        minor: u16,
+    },
+    EddystoneUid {
+        namespace: &'a str,
+        instance: &'a str,
+    },
+    Altbeacon {
+        id1: &'a str,
+        id2: u16,
+        id3: u16,
+    },
+}
+
+impl<'a> BeaconIds<'a> {
+    fn of(frame: &'a BeaconFrame) -> Self {
         match frame {
-            BeaconFrame::Ibeacon { uuid, major, minor } => {
-                beacon.kind = "ibeacon";
-                beacon.uuid = Some(uuid);
-                beacon.major = Some(*major);
-                beacon.minor = Some(*minor);
-            }
+            BeaconFrame::Ibeacon { uuid, major, minor } => BeaconIds::Ibeacon {
+                uuid,
+                major: *major,
+                minor: *minor,
+            },
             BeaconFrame::EddystoneUid {
                 namespace,
                 instance,
-            } => {
-                beacon.kind = "eddystone_uid";
-                beacon.namespace = Some(namespace);
-                beacon.instance = Some(instance);
-            }
+            } => BeaconIds::EddystoneUid {
+                namespace,
+                instance,
+            },
             // The gateway recognises an AltBeacon by its ids, whoever made it.
-            BeaconFrame::Altbeacon { id1, id2, id3, .. } => {
-                beacon.kind = "altbeacon";
-                beacon.id1 = Some(id1);
-                beacon.id2 = Some(*id2);
-                beacon.id3 = Some(*id3);
-            }
+            BeaconFrame::Altbeacon { id1, id2, id3, .. } => BeaconIds::Altbeacon {
+                id1,
+                id2: *id2,
+                id3: *id3,
+            },
         }
-        beacon
     }
 }
 
@@ -174,7 +164,10 @@ pub fn site_toml(spec: &StoreSpec) -> String {
         beacons: spec
             .beacons
             .iter()
-            .map(|b| Beacon::of(&b.id, &b.frame))
+            .map(|b| Beacon {
+                id: &b.id,
+                ids: BeaconIds::of(&b.frame),
+            })
             .collect(),
     };
     let body = toml::to_string(&site).expect("a site of strings and numbers serialises");
