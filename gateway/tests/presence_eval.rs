@@ -19,18 +19,17 @@
 //! within 60 s, fewer flips than the naive baseline. Entry, exit and "beats
 //! the baseline" are asserted as stated, and so is the flip target on the
 //! population (the demo's staff band, below, flips more). Accuracy over all
-//! person-seconds,
-//! the hall's included, is NOT at the target; it is asserted at the level
-//! measured so it cannot regress:
+//! person-seconds, the hall's included, is NOT at the target; it is
+//! asserted at the level measured so it cannot regress:
 //!
 //! * population: 90.4 / 90.5 / 90.8 % of person-seconds, no extra flip
 //!   (the naive baseline: 89.2-90.2 % with about 300 flips per hour; the
 //!   engine had 1.18 / 0.23 / 0.22 while it sent `entered` before it knew
-//!   the person's place, which the score read as a move from the hall). Over the seconds a person is inside a
-//!   zone (the hall's seconds left out) the engine names the right zone
-//!   96.9 / 97.2 / 97.2 % of the time (baseline 96.1 / 95.9 / 96.7 % with
-//!   its 300 flips). The table's confusion line shows what is lost:
-//!   two thirds of the wrong seconds are the hall believed to be a zone,
+//!   the person's place, which the score read as a move from the hall).
+//!   Over the seconds a person is inside a zone (the hall's seconds left
+//!   out) the engine names the right zone 96.9 / 97.2 / 97.2 % of the
+//!   time (baseline 96.1 / 95.9 / 96.7 % with its 300 flips). The table's
+//!   confusion line shows what is lost: two thirds of the wrong seconds are the hall believed to be a zone,
 //!   i.e. the 3-5 s walks between zones, reported late or not at all (the
 //!   hall hold that keeps static people at the hall's edge from
 //!   flickering); most of the rest is each move seen 1.5-2.5 s late
@@ -69,8 +68,8 @@ use gateway::sighting::Sighting;
 const MINUTES: u64 = 15;
 const SEEDS: [u64; 3] = [1, 7, 42];
 
-/// A scenario run in the standard store: its sightings and truth, both as
-/// the files would hold them.
+/// A scenario run in a store: its sightings and truth, both as the files
+/// would hold them.
 struct Captured {
     sim: Simulation,
     end_ms: i64,
@@ -78,10 +77,14 @@ struct Captured {
     truth: Vec<TruthSpan>,
 }
 
+/// A scenario run in the standard store.
 fn capture(scenario: Scenario, seed: u64, minutes: u64) -> Captured {
-    let spec = StoreSpec::small_store();
+    capture_in(StoreSpec::small_store(), scenario, seed, minutes)
+}
+
+fn capture_in(spec: StoreSpec, scenario: Scenario, seed: u64, minutes: u64) -> Captured {
     let mut sim = Simulation::new(spec, scenario, DEFAULT_START_UNIX_MS, seed)
-        .expect("the small store and its scenarios are valid");
+        .expect("the shipped stores and their scenarios are valid");
     let records = sim.run_for(Duration::from_secs(minutes * 60));
     let end_ms = DEFAULT_START_UNIX_MS + (minutes * 60_000) as i64;
     let sightings = records
@@ -318,36 +321,14 @@ fn the_ten_zone_store_is_scored_with_the_site_file_the_twin_writes() {
     // Every visit ends within 20 minutes (arrivals over the first ten).
     let minutes = 20;
     for seed in SEEDS {
-        let mut sim = Simulation::new(
-            spec.clone(),
-            Scenario::tour(&spec, seed, 30),
-            DEFAULT_START_UNIX_MS,
-            seed,
-        )
-        .unwrap();
-        let records = sim.run_for(Duration::from_secs(minutes * 60));
-        let sightings: Vec<Sighting> = records
-            .iter()
-            .map(|r| Sighting::from_json(&serde_json::to_string(r).unwrap()).unwrap())
-            .collect();
-        let truth: Vec<TruthSpan> = sim
-            .ground_truth(DEFAULT_START_UNIX_MS + (minutes * 60_000) as i64)
-            .iter()
-            .map(TruthSpan::from)
-            .collect();
-
+        let run = capture_in(spec.clone(), Scenario::tour(&spec, seed, 30), seed, minutes);
         let options = EvalOptions {
             decode: site.decode,
             not_people: Some(&is_store_beacon),
             ..EvalOptions::default()
         };
-        let report = evaluate(&site.presence, &sightings, &truth, &options);
-        let beacon_addrs: BTreeSet<String> = spec.beacons.iter().map(|b| b.addr.clone()).collect();
-        let people: BTreeSet<&str> = truth
-            .iter()
-            .map(|t| t.addr.as_str())
-            .filter(|a| !beacon_addrs.contains(*a))
-            .collect();
+        let report = evaluate(&site.presence, &run.sightings, &run.truth, &options);
+        let people = run.person_addrs();
         assert_eq!(report.engine.subjects, people.len(), "beacons left out");
         let floor = Floor {
             subjects: 60,
@@ -364,15 +345,7 @@ fn the_ten_zone_store_is_scored_with_the_site_file_the_twin_writes() {
 
         // The defaults do not fit this floor plan: the site file's hall
         // distance and exponent are what make the difference.
-        let defaults = evaluate(
-            &presence_config_for(&spec),
-            &sightings,
-            &truth,
-            &EvalOptions {
-                subjects: Some(people.iter().map(|a| a.to_string()).collect()),
-                ..EvalOptions::default()
-            },
-        );
+        let defaults = run.evaluate(Some(people));
         assert_eq!(defaults.engine.subjects, report.engine.subjects);
         assert!(
             report.engine.accuracy >= defaults.engine.accuracy + 0.03,
