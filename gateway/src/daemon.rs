@@ -523,7 +523,7 @@ impl Pipeline {
     async fn sweep(&mut self, now_ms: i64) {
         let cutoff = now_ms - self.config.retention.as_millis() as i64;
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep_decisions(cutoff)).await {
+        match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(removed)) => {
                 self.telemetry
                     .count("retention_swept_total", &[], removed as u64);
@@ -912,16 +912,28 @@ impl Pipeline {
     }
 
     /// A person record from the CRM (retained); an empty payload erases.
+    /// The record comes again after every fresh session and republish, in
+    /// any order with the app's changes: it is folded in part by part, and
+    /// only the parts it said later than what is held change (the newest
+    /// word wins; an old record never switches a withdrawn purpose back
+    /// on). A record not later than the person's erasure is refused.
     async fn on_person(&mut self, person: &str, payload: &[u8]) -> Result<(), Rejection> {
+        let now = wall_ms();
         if payload.is_empty() {
-            return self.erase(&PersonId::from(person)).await;
+            return self.erase(&PersonId::from(person), now).await;
         }
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let record = PersonRecord::from_json(text)?;
         if record.person.as_str() != person {
             return Err(rejection("person", "does not match the topic"));
         }
-        self.upsert(record).await
+        let erased_at = self.store.tombstone(person).map_err(|e| {
+            events::storage_error(&self.telemetry, "tombstone", &e);
+            rejection("storage", "could not be checked; nothing changed")
+        })?;
+        let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
+            .inspect_err(|_| self.telemetry.count("people_refused_erased_total", &[], 1))?;
+        self.upsert(merged).await
     }
 
     async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
@@ -982,11 +994,16 @@ impl Pipeline {
         self.recognised.remove(person);
     }
 
-    async fn erase(&mut self, person: &PersonId) -> Result<(), Rejection> {
+    /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
+    /// that refuses their older records (the CRM's retained one above all).
+    async fn erase(&mut self, person: &PersonId, erased_at_ms: i64) -> Result<(), Rejection> {
         // A queued decision must not write the person back after this.
         self.settle_decisions().await;
         let id = person.as_str().to_string();
-        match self.blocking(move |store| store.forget_person(&id)).await {
+        match self
+            .blocking(move |store| store.forget_person(&id, erased_at_ms))
+            .await
+        {
             Ok(_) => {
                 self.people.remove(person);
                 self.forget_presence(person);
@@ -1016,9 +1033,23 @@ impl Pipeline {
             .by_recipient(recipient)
             .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
         let mut updated = record.clone();
-        let status = match change.apply(&mut updated) {
+        let now = wall_ms();
+        let status = match change.apply(&mut updated, change.said_at_ms(now)) {
             Applied::Forget => {
-                self.erase(&record.person).await?;
+                self.erase(&record.person, now).await?;
+                // The back office keeps the person's retained record: tell
+                // it, so that it clears it (the tombstone refuses it here
+                // meanwhile).
+                let notice = serde_json::json!({
+                    "person": record.person.as_str(),
+                    "erased_at": rfc3339_ms(now),
+                });
+                self.send(OutgoingMessage {
+                    topic: topics::erasures(&self.config),
+                    payload: notice.to_string().into_bytes(),
+                    correlation_data: None,
+                    retain: false,
+                });
                 "forgotten"
             }
             Applied::Updated { withdrawn } => {
@@ -1196,6 +1227,12 @@ impl Pipeline {
         self.telemetry.count("checkins_total", &[], 1);
         Ok(())
     }
+}
+
+fn rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn scanner_merge_window(config: &Config) -> i64 {

@@ -147,6 +147,12 @@ pub fn errors(config: &Config) -> String {
     format!("{}/gateway/errors", config.store_topic())
 }
 
+/// Erasures done at a customer's request, for the back office to clear
+/// its retained record of the person.
+pub fn erasures(config: &Config) -> String {
+    format!("{}/erasures", config.store_topic())
+}
+
 /// A v5 response topic is honoured only inside the sender's own receipts
 /// topic: otherwise any app could make the gateway publish anywhere.
 pub fn response_topic_allowed(config: &Config, recipient: &str, response_topic: &str) -> bool {

@@ -21,7 +21,8 @@
 //! | `decisions.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::DecisionEntry`] |
 //! | `decision_by_nudge.v2` | nudge id (random UUID) | key in `decisions.v2` |
 //! | `visits.v2` | tag(person) | sealed JSON (person id, visit id, last seen) |
-//! | `feedback.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::FeedbackEntry`] |
+//! | `feedback.v2` | tag(person) ‖ nudge id (UTF-8) | sealed JSON [`super::FeedbackEntry`]: one answer per nudge, the latest (databases written before this held tag ‖ seq u64 BE keys; read alike, swept by age) |
+//! | `tombstones.v2` | tag(person) | erased at, i64 BE Unix ms: refuses the person's older records until the retention window ends |
 //!
 //! Layout 1 (migrated on open): the same trees without the `.v2` suffix,
 //! keyed by the ids in the clear, values in plain JSON, and `decisions`
@@ -40,6 +41,7 @@ pub const DECISIONS: &str = "decisions.v2";
 pub const DECISION_BY_NUDGE: &str = "decision_by_nudge.v2";
 pub const VISITS: &str = "visits.v2";
 pub const FEEDBACK: &str = "feedback.v2";
+pub const TOMBSTONES: &str = "tombstones.v2";
 
 /// Layout 1's trees, read only by the migration.
 pub mod v1 {
@@ -83,6 +85,13 @@ pub fn decision(person: &Tag, seq: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(person);
     key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn feedback(person: &Tag, nudge_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + nudge_id.len());
+    key.extend_from_slice(person);
+    key.extend_from_slice(nudge_id.as_bytes());
     key
 }
 

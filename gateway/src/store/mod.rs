@@ -156,6 +156,7 @@ pub struct Store {
     decision_by_nudge: sled::Tree,
     visits: sled::Tree,
     feedback: sled::Tree,
+    tombstones: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
     /// Every sequence number below this is on disk. The outbox shows
     /// delivery only those: a reservation committed but not yet flushed
@@ -370,6 +371,7 @@ impl Store {
             decision_by_nudge: db.open_tree(keys::DECISION_BY_NUDGE)?,
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
+            tombstones: db.open_tree(keys::TOMBSTONES)?,
             group_commit: Arc::default(),
             durable_below: Arc::default(),
             db,
@@ -866,13 +868,6 @@ impl Store {
         Ok(outcomes)
     }
 
-    fn next_seq(&self) -> Result<u64, StoreError> {
-        let previous = self.meta.fetch_and_update(keys::META_NEXT_SEQ, |old| {
-            Some((seq_value(old) + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(seq_value(previous.as_deref()))
-    }
-
     pub fn decisions_for(&self, person: &str) -> Result<Vec<DecisionEntry>, StoreError> {
         let tag = self.person_tag(person);
         let Some(sealer) = self.sealer_for_tag(tag) else {
@@ -995,16 +990,17 @@ impl Store {
         Ok(number)
     }
 
-    /// Keep a feedback answer, sealed under the person's key.
+    /// Keep a feedback answer, sealed under the person's key: one per
+    /// nudge, a later answer replacing the earlier (an app that sends the
+    /// same answer a thousand times stores one).
     pub fn save_feedback(
         &self,
         person: &PersonId,
         entry: &FeedbackEntry,
     ) -> Result<(), StoreError> {
         let sealer = self.sealer(person.as_str())?;
-        let seq = self.next_seq()?;
         self.feedback.insert(
-            keys::decision(&sealer.tag, seq),
+            keys::feedback(&sealer.tag, &entry.nudge_id),
             sealer.seal(&json(entry), &vault::nonce()?),
         )?;
         self.flush()
@@ -1021,13 +1017,24 @@ impl Store {
             .collect()
     }
 
-    /// Erase a person: remove them from every tree, flush, then destroy
-    /// their key in the vault, so that the copies sled keeps in its segment
-    /// files can never be read again (crypto-shredding). Returns how many
-    /// entries went.
-    pub fn forget_person(&self, id: &str) -> Result<usize, StoreError> {
+    /// When the person was last erased, if within the retention window.
+    pub fn tombstone(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tombstones
+            .get(self.person_tag(id))?
+            .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+    }
+
+    /// Erase a person: remove them from every tree, leave a tombstone (the
+    /// keyed tag and `erased_at_ms`, nothing else) that refuses their
+    /// older records, flush, then destroy their key in the vault, so that
+    /// the copies sled keeps in its segment files can never be read again
+    /// (crypto-shredding). Returns how many entries went.
+    pub fn forget_person(&self, id: &str, erased_at_ms: i64) -> Result<usize, StoreError> {
         let tag = self.person_tag(id);
         let mut removed = 0;
+        let erased_at_ms = self.tombstone(id)?.map_or(erased_at_ms, |t| t.max(erased_at_ms));
+        self.tombstones.insert(tag, &erased_at_ms.to_be_bytes())?;
         if let Some(record) = self.person_by_tag(tag)? {
             removed += usize::from(
                 self.recipients
@@ -1074,6 +1081,34 @@ impl Store {
                 removed += 1;
             }
         }
+        Ok(removed)
+    }
+
+    /// Retention: delete decision-log entries, feedback answers and
+    /// tombstones older than `cutoff_ms` (and any entry whose person was
+    /// erased). Returns how many.
+    pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let mut removed = self.sweep_decisions(cutoff_ms)?;
+        for item in self.feedback.iter() {
+            let (key, value) = item?;
+            let entry = match self.sealer_for_tag(tag_of(&key, keys::FEEDBACK)?) {
+                Some(sealer) => Some(sealer.open::<FeedbackEntry>(keys::FEEDBACK, &value)?),
+                None => None,
+            };
+            if entry.is_none_or(|e| e.at_ms < cutoff_ms) {
+                self.feedback.remove(&key)?;
+                removed += 1;
+            }
+        }
+        for item in self.tombstones.iter() {
+            let (key, value) = item?;
+            let erased_at = i64::from_be_bytes(value.as_ref().try_into().unwrap_or([0; 8]));
+            if erased_at < cutoff_ms {
+                self.tombstones.remove(&key)?;
+                removed += 1;
+            }
+        }
+        self.flush()?;
         Ok(removed)
     }
 

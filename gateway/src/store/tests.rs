@@ -203,7 +203,7 @@ fn forgetting_a_person_leaves_no_key_in_any_tree() {
             },
         )
         .unwrap();
-    assert!(store.forget_person("p-1").unwrap() >= 5);
+    assert!(store.forget_person("p-1", 0).unwrap() >= 5);
     for name in store.db.tree_names() {
         let tree = store.db.open_tree(&name).unwrap();
         for item in tree.iter() {
@@ -328,7 +328,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
                 );
             }
         }
-        assert!(store.forget_person("p-1001").unwrap() >= 6);
+        assert!(store.forget_person("p-1001", 0).unwrap() >= 6);
         assert!(store.person("p-1001").unwrap().is_none());
         key
     };
