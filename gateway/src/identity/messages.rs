@@ -468,7 +468,7 @@ mod tests {
     }
 
     /// 2026-11-23T10:20:00Z, after every `at` below.
-    const NOW_MS: i64 = 1_795_170_000_000;
+    const NOW_MS: i64 = 1_795_429_200_000;
 
     #[test]
     fn design_consent_example_withdraws_offers() {

@@ -16,3 +16,6 @@ pub use messages::{
 pub use person::{Consent, Identity, PersonId, PersonRecord, Purpose, RecordError, Stamps};
 pub use rotating::{interval_of, rotating_id, rpik};
 pub use table::RotatingIdTable;
+
+#[cfg(test)]
+mod newest_word_tests;

@@ -243,6 +243,44 @@ fn a_database_from_a_newer_gateway_is_refused() {
 }
 
 #[test]
+fn one_answer_per_nudge_is_kept_and_retention_sweeps_answers_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    let p1 = PersonId::from("p-1");
+    let answer = |nudge: &str, answer: &str, at_ms: i64| FeedbackEntry {
+        nudge_id: nudge.into(),
+        answer: answer.into(),
+        comment: None,
+        at_ms,
+    };
+    // A flood of answers to one nudge keeps one: the latest.
+    for i in 0..100 {
+        store
+            .save_feedback(&p1, &answer("n-1", if i == 99 { "yes" } else { "no" }, 1_000 + i))
+            .unwrap();
+    }
+    store
+        .save_feedback(&p1, &answer("n-2", "no", 90 * 86_400_000))
+        .unwrap();
+    let kept = store.feedback_for("p-1").unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().any(|e| e.nudge_id == "n-1" && e.answer == "yes"));
+
+    store.forget_person("p-9", 2_000).unwrap();
+    store.forget_person("p-8", 95 * 86_400_000).unwrap();
+    assert_eq!(store.tombstone("p-9").unwrap(), Some(2_000));
+    // A later erasure moves the tombstone on, an earlier one never back.
+    store.forget_person("p-9", 1_500).unwrap();
+    assert_eq!(store.tombstone("p-9").unwrap(), Some(2_000));
+
+    assert_eq!(store.sweep(30 * 86_400_000).unwrap(), 2, "n-1's answer and p-9's tombstone");
+    assert_eq!(store.feedback_for("p-1").unwrap().len(), 1);
+    assert_eq!(store.tombstone("p-9").unwrap(), None);
+    assert_eq!(store.tombstone("p-8").unwrap(), Some(95 * 86_400_000));
+}
+
+#[test]
 fn retention_sweeps_old_decisions_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = reopen(dir.path()).unwrap();
