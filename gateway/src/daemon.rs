@@ -544,7 +544,7 @@ impl Pipeline {
         let sighting = item.sighting;
         if !self
             .clock
-            .observe(sighting.at_ms, self.config.max_future_skew_ms)
+            .observe(sighting.at_ms, wall_ms(), self.config.max_future_skew_ms)
         {
             events::sighting_rejected(
                 &self.telemetry,
@@ -1200,12 +1200,13 @@ impl Pipeline {
                 ));
             }
         };
-        if !self
-            .clock
-            .observe(checkin.at_ms, self.config.max_future_skew_ms)
-        {
+        // A phone's word never moves the decision clock: its time is only
+        // checked against the wall clock, and a reading dated ahead of the
+        // clock counts as now.
+        if checkin.at_ms > wall_ms().saturating_add(self.config.max_future_skew_ms) {
             return Err(rejection("at_ms", "too far ahead of the gateway's clock"));
         }
+        let at_ms = checkin.at_ms.min(self.clock.now_ms());
         if self.recognise(&checkin.rotating_id).is_none() {
             return Ok(());
         }
@@ -1217,11 +1218,11 @@ impl Pipeline {
                 &person,
                 &scanner,
                 beacon.rssi as i16,
-                checkin.at_ms,
+                at_ms,
                 &mut events,
             );
         }
-        self.touch_visit(&person, checkin.at_ms);
+        self.touch_visit(&person, at_ms);
         self.handle_events(&events).await;
         self.events = events;
         self.telemetry.count("checkins_total", &[], 1);

@@ -106,6 +106,10 @@ per_day = 3
 per_week = 7
 min_gap_s = 1200
 
+[presence]
+# The twin runs faster than real time, ahead of the wall clock.
+max_future_skew_ms = 86400000
+
 [admin]
 listen = ""
 "#,

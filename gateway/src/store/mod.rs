@@ -232,6 +232,9 @@ impl BatchTrees<'_> {
                 e.insert((ledger, false))
             }
         };
+        if ledger.clamp_future(candidate.now_ms) {
+            *changed = true;
+        }
         if !job.enabled {
             return Ok(Err(SkipReason::KillSwitch));
         }
