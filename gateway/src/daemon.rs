@@ -103,6 +103,14 @@ pub async fn run(
             .await
             .expect("store open task does not panic")?
     };
+    // Person hashes in the logs: salted per gateway (GATEWAY_LOG_SALT lets
+    // a chain's operators share one, to follow a hash across stores).
+    let salt = std::env::var("GATEWAY_LOG_SALT")
+        .map(String::into_bytes)
+        .unwrap_or_else(|_| store.log_salt().to_vec());
+    if !crate::privacy::install_salt(&salt) {
+        tracing::warn!("log hashes were made before the gateway's salt was installed");
+    }
     let telemetry = Arc::new(Telemetry::new());
 
     let mut udp_sockets = Vec::new();
@@ -523,6 +531,14 @@ impl Pipeline {
     async fn sweep(&mut self, now_ms: i64) {
         let cutoff = now_ms - self.config.retention.as_millis() as i64;
         let store = self.store.clone();
+        if let Some(recorder) = &mut self.recorder {
+            match recorder.expire(cutoff) {
+                Ok(dropped) => self
+                    .telemetry
+                    .count("retention_swept_total", &[], dropped as u64),
+                Err(e) => events::source_failed(&self.telemetry, "record", &e),
+            }
+        }
         match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(removed)) => {
                 self.telemetry

@@ -72,6 +72,9 @@ pub const VAULT_FILE: &str = "keys.vault";
 
 pub const TAG_PERSON: &str = "person";
 pub const TAG_RECIPIENT: &str = "recipient";
+/// The log salt is the tag of this kind (and an empty id) under the site
+/// secret: random per gateway, kept with the vault, nothing more to store.
+pub const TAG_LOG_SALT: &str = "log-salt";
 
 pub fn outbox(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()

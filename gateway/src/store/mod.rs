@@ -400,6 +400,12 @@ impl Store {
         self.vault().tag(keys::TAG_PERSON, id)
     }
 
+    /// The salt of the person hashes in this gateway's logs (see
+    /// `privacy::install_salt`).
+    pub fn log_salt(&self) -> Tag {
+        self.vault().tag(keys::TAG_LOG_SALT, "")
+    }
+
     fn recipient_tag(&self, recipient: &str) -> Tag {
         self.vault().tag(keys::TAG_RECIPIENT, recipient)
     }

@@ -281,6 +281,14 @@ fn one_answer_per_nudge_is_kept_and_retention_sweeps_answers_and_tombstones() {
 }
 
 #[test]
+fn the_log_salt_is_random_per_gateway_and_kept_across_restarts() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let salt_a = reopen(a.path()).unwrap().log_salt();
+    assert_eq!(reopen(a.path()).unwrap().log_salt(), salt_a);
+    assert_ne!(reopen(b.path()).unwrap().log_salt(), salt_a);
+}
+
+#[test]
 fn retention_sweeps_old_decisions_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = reopen(dir.path()).unwrap();
