@@ -1168,12 +1168,12 @@ impl Pipeline {
         if !record.consent.allows(crate::identity::Purpose::Feedback) {
             return Err(rejection("consent", "no consent for feedback"));
         }
-        let (store, nudge_id) = (self.store.clone(), feedback.nudge_id.clone());
-        let decision = tokio::task::spawn_blocking(move || store.decision_by_nudge(&nudge_id))
-            .await
-            .expect("lookup does not panic");
+        let (person, nudge_id) = (record.person.to_string(), feedback.nudge_id.clone());
+        let decision = self
+            .blocking(move |store| store.decision_of(&person, &nudge_id))
+            .await;
         match decision {
-            Ok(Some(d)) if d.person == record.person.as_str() => {}
+            Ok(Some(d)) if d.outcome == crate::store::DecisionOutcome::Sent => {}
             Ok(_) => return Err(rejection("nudge_id", "not a nudge sent to this recipient")),
             Err(e) => {
                 events::storage_error(&self.telemetry, "feedback", &e);
@@ -1230,13 +1230,8 @@ impl Pipeline {
         events.clear();
         for beacon in &checkin.beacons {
             let scanner = beacon_scanner_id(&beacon.uuid, beacon.major, beacon.minor);
-            self.presence.observe(
-                &person,
-                &scanner,
-                beacon.rssi as i16,
-                at_ms,
-                &mut events,
-            );
+            self.presence
+                .observe(&person, &scanner, beacon.rssi as i16, at_ms, &mut events);
         }
         self.touch_visit(&person, at_ms);
         self.handle_events(&events).await;

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use crate::identity::{
-    Consent, Identity, IdentityChanges, Stamps, IdentityIndex, MovedIdentity, PersonId, PersonRecord,
-    RotatingIdTable,
+    Consent, Identity, IdentityChanges, IdentityIndex, MovedIdentity, PersonId, PersonRecord,
+    RotatingIdTable, Stamps,
 };
 
 /// One person as kept in memory: a [`PersonRecord`] without spare capacity,

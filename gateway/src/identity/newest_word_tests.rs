@@ -121,7 +121,10 @@ fn change(at_ms: i64, words: Vec<(Purpose, bool)>, interests: Option<Vec<String>
 }
 
 fn interests() -> impl Strategy<Value = Vec<String>> {
-    proptest::sample::subsequence(vec!["laptops".to_string(), "tv".into(), "audio".into()], 0..3)
+    proptest::sample::subsequence(
+        vec!["laptops".to_string(), "tv".into(), "audio".into()],
+        0..3,
+    )
 }
 
 fn purpose() -> impl Strategy<Value = Purpose> {
@@ -208,7 +211,10 @@ fn a_republished_record_does_not_undo_a_withdrawal() {
     let withdraw = change(2_000, vec![(Purpose::Offers, false)], None);
     let held = Held::run([&enrol, &withdraw, &enrol, &enrol]);
     let record = held.record.expect("still enrolled");
-    assert!(!record.consent.offers, "the old record did not switch it back on");
+    assert!(
+        !record.consent.offers,
+        "the old record did not switch it back on"
+    );
     assert!(record.consent.product_info);
     assert_eq!(record.stamps.consent_at(Purpose::Offers), 2_000);
 }

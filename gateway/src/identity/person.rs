@@ -450,7 +450,8 @@ impl PersonRecord {
             {
                 obj.insert(
                     "updated_at".into(),
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        .into(),
                 );
             }
         }
