@@ -633,11 +633,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     // rumqttc refuses keep-alives under 5 s.
     let keep_alive_s: u64 = p.int("mqtt.keep_alive_s", raw.mqtt.keep_alive_s as i64, 5);
-    let client_id = raw
-        .mqtt
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("gateway-{store_id}"));
+    // The user name by default: a broker that ties client ids to user names
+    // (Mosquitto's `use_username_as_clientid`, as deploy/ ships it) uses it
+    // anyway, and an id only the gateway's password opens cannot be taken
+    // over by somebody who guessed it. `gateway-<store>` only for brokers
+    // without accounts (development).
+    let client_id = raw.mqtt.client_id.clone().unwrap_or_else(|| {
+        username
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{store_id}"))
+    });
     p.id("mqtt.client_id", &client_id);
 
     if raw.storage.path.trim().is_empty() {
