@@ -289,6 +289,17 @@ pub mod events {
         }
     }
 
+    /// A message larger than the broker accepts (`what`: nudge or other); dropped.
+    pub fn publish_too_large(t: &Telemetry, what: &'static str, bytes: usize) {
+        t.count("publishes_too_large_total", &[("what", what)], 1);
+        tracing::error!(
+            what,
+            bytes,
+            limit = crate::io::mqtt::MAX_OUTGOING_BYTES,
+            "message too large for the broker; dropped"
+        );
+    }
+
     /// A file holding a secret that others than the gateway's user may read.
     pub fn secret_file_exposed(t: &Telemetry, field: &'static str, mode: u32) {
         t.count("secret_files_exposed_total", &[("field", field)], 1);

@@ -740,7 +740,11 @@ async fn shipped_mosquitto_conf_starts_and_admits_the_gateway_over_tls() -> anyh
     let conf = include_str!("../../deploy/mosquitto/mosquitto.conf")
         .replace("/etc/mosquitto/gateway/", &etc)
         .replace("/var/lib/mosquitto/", &etc)
-        .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace(
+            "listener 1883 127.0.0.1",
+            &format!("listener {} 127.0.0.1", e2e::free_tcp_port()?),
+        );
     // Running as root here: stay root so the temp dir stays writable.
     let conf = format!("user root\nlog_dest file {etc}mosquitto.log\nlog_type all\n{conf}");
     dir.write("mosquitto.conf", &conf)?;

@@ -56,6 +56,9 @@ pub struct RawMqtt {
     pub username: Option<String>,
     /// File holding the password (first line).
     pub password_file: Option<String>,
+    /// Name of a systemd credential (`LoadCredential=<name>:<file>`) holding
+    /// the password: read from `$CREDENTIALS_DIRECTORY/<name>`.
+    pub password_credential: Option<String>,
     /// Only meant to come from `GATEWAY__MQTT__PASSWORD`; masked in Debug
     /// (and so kept out of the config hash).
     pub password: Option<super::Secret>,

@@ -268,3 +268,32 @@ body = "Thanks"
         "thanks never on dwell: {paths:?}"
     );
 }
+
+#[test]
+fn credentials_come_from_the_systemd_credentials_directory_and_urls_are_masked() {
+    use std::ffi::OsString;
+    assert_eq!(
+        super::credential_path(
+            "mqtt-password",
+            Some(OsString::from("/run/credentials/gateway.service"))
+        ),
+        Ok(std::path::PathBuf::from(
+            "/run/credentials/gateway.service/mqtt-password"
+        ))
+    );
+    for bad in ["", ".", "..", "a/b", "../pw"] {
+        let e = super::credential_path(bad, Some(OsString::from("/run/c"))).unwrap_err();
+        assert!(e.contains("credential name"), "{bad}: {e}");
+    }
+    let e = super::credential_path("mqtt-password", None).unwrap_err();
+    assert!(
+        e.contains("CREDENTIALS_DIRECTORY") && e.contains("LoadCredential=mqtt-password"),
+        "{e}"
+    );
+    assert_eq!(
+        super::mask_userinfo("mqtt://u:pw@h:1883"),
+        "mqtt://***@h:1883"
+    );
+    assert_eq!(super::mask_userinfo("u:pw@h"), "***@h");
+    assert_eq!(super::mask_userinfo("mqtts://h:8883"), "mqtts://h:8883");
+}

@@ -42,6 +42,13 @@ const LINK_EVENTS: usize = 1024;
 /// ones for us (spec: it must not send them).
 pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
 const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
+/// Largest payload we publish: the shipped broker's `message_size_limit`
+/// (deploy/mosquitto/mosquitto.conf). A broker refuses a larger one with
+/// PUBACK 0x95, a code rumqttc 0.25 cannot parse: it drops the connection
+/// and sends the message again on the next, for ever. Refusing it here
+/// keeps delivery going.
+pub const MAX_OUTGOING_BYTES: usize = 16 * 1024;
+
 /// How long the broker keeps our session (and our subscriptions) while we
 /// are away.
 const SESSION_EXPIRY_S: u32 = 3600;
@@ -311,6 +318,19 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
         )));
     }
     Ok(opts)
+}
+
+/// Warns (log and metric) when a secret file is readable by group or others:
+/// with `DynamicUser=` it would have to be, which is why the unit passes the
+/// password as a credential instead.
+pub fn check_secret_file(telemetry: &Telemetry, field: &'static str, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            events::secret_file_exposed(telemetry, field, mode);
+        }
+    }
 }
 
 /// A short, stable label for why a connection attempt failed, for the
@@ -621,6 +641,10 @@ impl Pump {
     }
 
     fn publish_other(&mut self, message: OutgoingMessage) {
+        if message.payload.len() > MAX_OUTGOING_BYTES {
+            events::publish_too_large(&self.telemetry, "other", message.payload.len());
+            return;
+        }
         let properties = PublishProperties {
             correlation_data: message.correlation_data.map(Into::into),
             content_type: Some("application/json".into()),
@@ -662,6 +686,14 @@ impl Pump {
             }
         }
         for (seq, entry) in to_send {
+            if entry.payload.len() > MAX_OUTGOING_BYTES {
+                if let Err(e) = self.store.outbox_remove(seq) {
+                    events::storage_error(&self.telemetry, "outbox_remove", &e);
+                }
+                events::publish_too_large(&self.telemetry, "nudge", entry.payload.len());
+                self.cursor = seq + 1;
+                continue;
+            }
             if entry.expires_at_ms <= now_ms {
                 if let Err(e) = self.store.outbox_remove(seq) {
                     events::storage_error(&self.telemetry, "outbox_expire", &e);
@@ -786,6 +818,9 @@ impl Delivery {
         ));
         telemetry.set_gauge("mqtt_connected", 0);
         events::subscriptions_refused_now(&telemetry, 0);
+        if let Some(path) = &config.mqtt.password_file {
+            check_secret_file(&telemetry, "mqtt.password_file", path);
+        }
         let mut pump = Pump {
             subscriptions,
             subscribe_pending: false,
@@ -1045,6 +1080,26 @@ mod tests {
             &[],
         ));
         assert!(e.contains("mqtt.password_file"), "{e}");
+        // Credentials in the URL: refused, and never echoed (with or
+        // without a port after them).
+        for url in [
+            "mqtt://gateway:s3cret-in-url@h",
+            "mqtt://gateway:s3cret-in-url@h:1883",
+            "mqtts://s3cret-in-url@h",
+            "mqtt://gateway:s3cret:in-url@h:x",
+        ] {
+            let e = problems(load(&format!("[mqtt]\nurl = \"{url}\"\n"), &[]));
+            assert!(e.contains("mqtt.url: must not hold credentials"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        let e = problems(load("[mqtt]\nurl = \"mqtt://h:s3cret\"\n", &[]));
+        assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+        // A systemd credential outside systemd: a clear error naming the field.
+        let e = problems(load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\npassword_credential = \"../pw\"\n",
+            &[],
+        ));
+        assert!(e.contains("mqtt.password_credential"), "{e}");
         // A numeric password is converted by the env loader: refused, not echoed.
         let e = problems(load(
             "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\n",
