@@ -501,21 +501,22 @@ fn a_password_in_the_url_never_reaches_the_output() -> anyhow::Result<()> {
     );
     assert_ne!(text, EXAMPLE_SITE);
     let site = dir.write("site.toml", text)?;
-    for args in [
+    for (i, args) in [
         vec!["check-config", site.to_str().unwrap()],
         vec!["--config", site.to_str().unwrap(), "config", "show"],
         vec!["--config", site.to_str().unwrap(), "run"],
-    ] {
-        let out = Command::new(e2e::gateway_bin()?)
-            .args(&args)
-            .env("GATEWAY__STORAGE__PATH", dir.join("db"))
-            .output()?;
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{args:?}: {all}");
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cmd = Command::new(e2e::gateway_bin()?);
+        cmd.args(&args)
+            .env("GATEWAY__STORAGE__PATH", dir.join("db"));
+        // Guarded and bounded: a `run` that wrongly starts is stopped.
+        let mut child = spawn_guarded_in(cmd, dir.path(), &format!("gateway-{i}"))?;
+        let status = child.wait_exit(T);
+        let all = child.logs();
+        assert!(status.is_ok_and(|s| !s.success()), "{args:?}: {all}");
         assert!(all.contains("mqtt.url"), "{args:?}: {all}");
         assert!(!all.contains("hunter2"), "{args:?}: {all}");
     }
