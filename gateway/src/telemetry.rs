@@ -280,6 +280,14 @@ pub mod events {
         t.set_gauge("mqtt_subscriptions_refused", refused as i64);
     }
 
+    /// The broker answered our SUBSCRIBE (once per connect): from here on
+    /// what it granted is heard.
+    pub fn subscribed(t: &Telemetry, refused: usize) {
+        t.count("mqtt_subacks_total", &[], 1);
+        subscriptions_refused_now(t, refused);
+        tracing::debug!(refused, "subscriptions answered by the broker");
+    }
+
     /// A retained copy on a topic that carries requests (consent, check-in,
     /// feedback, purchase, sightings): left there by a client, not acted on.
     pub fn retained_message_ignored(t: &Telemetry, kind: &'static str) {

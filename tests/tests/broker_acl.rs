@@ -430,7 +430,7 @@ async fn the_example_site_runs_against_the_shipped_broker_and_ignores_a_retained
     );
     let gateway = site.start()?;
     wait_until(Duration::from_secs(20), || {
-        site.metric("gateway_mqtt_connected") == 1
+        site.metric("gateway_mqtt_subacks_total") >= 1
             && site.admin_get("/readyz").starts_with("HTTP/1.1 200")
     })
     .await

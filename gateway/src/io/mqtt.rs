@@ -620,7 +620,7 @@ impl Pump {
         for (kind, code) in &refused {
             events::subscription_refused(&self.telemetry, kind, *code);
         }
-        events::subscriptions_refused_now(&self.telemetry, refused.len());
+        events::subscribed(&self.telemetry, refused.len());
         let kinds: Vec<&'static str> = refused.into_iter().map(|(kind, _)| kind).collect();
         self.refused.send_if_modified(|current| {
             let changed = *current != kinds;
