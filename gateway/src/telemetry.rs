@@ -298,12 +298,12 @@ pub mod events {
     }
 
     /// A message larger than the broker accepts (`what`: nudge or other); dropped.
-    pub fn publish_too_large(t: &Telemetry, what: &'static str, bytes: usize) {
+    pub fn publish_too_large(t: &Telemetry, what: &'static str, bytes: usize, limit: usize) {
         t.count("publishes_too_large_total", &[("what", what)], 1);
         tracing::error!(
             what,
             bytes,
-            limit = crate::io::mqtt::MAX_OUTGOING_BYTES,
+            limit,
             "message too large for the broker; dropped"
         );
     }

@@ -69,6 +69,8 @@ pub struct MqttSettings {
     pub port: u16,
     pub prefix: String,
     pub keep_alive: Duration,
+    /// Largest payload published (the broker's `message_size_limit`).
+    pub max_publish_bytes: usize,
     pub client_id: String,
     /// `Some` for an `mqtts://` URL: TLS with server certificate verification.
     pub tls: Option<TlsSettings>,
@@ -702,6 +704,17 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     // rumqttc refuses keep-alives under 5 s.
     let keep_alive_s: u64 = p.int("mqtt.keep_alive_s", raw.mqtt.keep_alive_s as i64, 5);
+    let max_publish_bytes: usize = p.int(
+        "mqtt.max_publish_bytes",
+        i64::try_from(raw.mqtt.max_publish_bytes).unwrap_or(i64::MAX),
+        1024,
+    );
+    if max_publish_bytes > crate::io::mqtt::MAX_INCOMING_PACKET_BYTES as usize {
+        p.add(
+            "mqtt.max_publish_bytes",
+            format!("must be <= {}", crate::io::mqtt::MAX_INCOMING_PACKET_BYTES),
+        );
+    }
     // The user name by default: a broker that ties client ids to user names
     // (Mosquitto's `use_username_as_clientid`, as deploy/ ships it) uses it
     // anyway, and an id only the gateway's password opens cannot be taken
@@ -1065,6 +1078,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             port,
             prefix,
             keep_alive: Duration::from_secs(keep_alive_s),
+            max_publish_bytes,
             client_id,
             tls,
             username,

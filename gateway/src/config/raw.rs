@@ -46,6 +46,7 @@ pub struct RawMqtt {
     pub url: String,
     pub prefix: String,
     pub keep_alive_s: u64,
+    pub max_publish_bytes: u64,
     pub client_id: Option<String>,
     /// PEM CA bundle that signed the broker's certificate (mqtts:// only);
     /// without it the system trust store is used.

@@ -297,3 +297,15 @@ fn credentials_come_from_the_systemd_credentials_directory_and_urls_are_masked()
     assert_eq!(super::mask_userinfo("u:pw@h"), "***@h");
     assert_eq!(super::mask_userinfo("mqtts://h:8883"), "mqtts://h:8883");
 }
+
+#[test]
+fn the_publish_limit_defaults_to_the_shipped_brokers_and_is_bounded() {
+    let c = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(c.mqtt.max_publish_bytes, 16 * 1024);
+    for bad in ["100", "1000000"] {
+        let e = load(MINIMAL_SITE, &[("GATEWAY__MQTT__MAX_PUBLISH_BYTES", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.max_publish_bytes"), "{bad}: {e}");
+    }
+}

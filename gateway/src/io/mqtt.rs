@@ -42,12 +42,11 @@ const LINK_EVENTS: usize = 1024;
 /// ones for us (spec: it must not send them).
 pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
 const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
-/// Largest payload we publish: the shipped broker's `message_size_limit`
-/// (deploy/mosquitto/mosquitto.conf). A broker refuses a larger one with
-/// PUBACK 0x95, a code rumqttc 0.25 cannot parse: it drops the connection
-/// and sends the message again on the next, for ever. Refusing it here
-/// keeps delivery going.
-pub const MAX_OUTGOING_BYTES: usize = 16 * 1024;
+// The largest payload we publish is `mqtt.max_publish_bytes`, the
+// broker's `message_size_limit`: a broker refuses a larger one with PUBACK
+// 0x95, a code rumqttc 0.25 cannot parse, so it would drop the connection
+// and send the message again on the next, for ever. Refusing it here keeps
+// delivery going.
 
 /// How long the broker keeps our session (and our subscriptions) while we
 /// are away.
@@ -641,8 +640,9 @@ impl Pump {
     }
 
     fn publish_other(&mut self, message: OutgoingMessage) {
-        if message.payload.len() > MAX_OUTGOING_BYTES {
-            events::publish_too_large(&self.telemetry, "other", message.payload.len());
+        let limit = self.config.mqtt.max_publish_bytes;
+        if message.payload.len() > limit {
+            events::publish_too_large(&self.telemetry, "other", message.payload.len(), limit);
             return;
         }
         let properties = PublishProperties {
@@ -686,11 +686,12 @@ impl Pump {
             }
         }
         for (seq, entry) in to_send {
-            if entry.payload.len() > MAX_OUTGOING_BYTES {
+            let limit = self.config.mqtt.max_publish_bytes;
+            if entry.payload.len() > limit {
                 if let Err(e) = self.store.outbox_remove(seq) {
                     events::storage_error(&self.telemetry, "outbox_remove", &e);
                 }
-                events::publish_too_large(&self.telemetry, "nudge", entry.payload.len());
+                events::publish_too_large(&self.telemetry, "nudge", entry.payload.len(), limit);
                 self.cursor = seq + 1;
                 continue;
             }
