@@ -139,6 +139,7 @@ pub async fn run(
     let (incoming_tx, incoming_rx) = mpsc::channel::<IncomingMessage>(INCOMING_QUEUE);
     let (outgoing_tx, outgoing_rx) = mpsc::channel::<OutgoingMessage>(OUTGOING_QUEUE);
     let (connected_tx, connected_rx) = watch::channel(false);
+    let (refused_tx, refused_rx) = watch::channel(Vec::<&'static str>::new());
     let outbox_ready = Arc::new(Notify::new());
     let latency_stamps = mqtt::LatencyStamps::default();
     let (reservations, decider) = reservations::stage(
@@ -256,6 +257,7 @@ pub async fn run(
             mqtt_connected: connected_rx,
             sources_running: sources_running.clone(),
             storage_open: Arc::new(AtomicBool::new(true)),
+            refused_subscriptions: refused_rx,
         };
         tasks.spawn(admin::serve(
             listener,
@@ -275,11 +277,9 @@ pub async fn run(
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
             outgoing: outgoing_rx,
-            subscriptions: topics::subscriptions(&config)
-                .into_iter()
-                .chain(topics::scanner_subscriptions(&config))
-                .collect(),
+            subscriptions: topics::all_subscriptions(&config),
             connected: connected_tx,
+            refused_subscriptions: refused_tx,
             config_updates: config_rx.clone(),
             latency_stamps,
         }

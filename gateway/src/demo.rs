@@ -398,8 +398,10 @@ pub async fn run(
                 .filter(|p| person.consent.get(*p))
                 .map(|p| p.as_str())
                 .collect();
+            // The app key is a secret: never in a URL (history, logs,
+            // Referer); the page takes it from its settings form.
             say(format!(
-                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&key={key}&consent={}\n",
+                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&consent={}\n      app key, for the page's connection settings: {key}\n",
                 person.recipient,
                 person.recipient,
                 consent.join(",")
