@@ -305,12 +305,10 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
     );
     assert!(shown.contains(r#""product_info": true"#), "{shown}");
 
-    // A fresh gateway session: the retained record arrives again, still old.
     gateway = site.start()?;
     e2e::wait_until(Duration::from_secs(10), || {
-        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
-            .unwrap_or(0)
-            >= 1
+        site.admin_get("/readyz")
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
     })
     .await
     .map_err(|e| e.context(gateway.logs()))?;
@@ -349,7 +347,17 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
         "the forgotten person came back"
     );
 
-    // Another fresh session: the retained record is refused again.
+    // A fresh session (a new client id: the broker holds no session for
+    // it): the broker hands over the retained record, still old, refused.
+    let text = std::fs::read_to_string(&site.config_path)?;
+    std::fs::write(
+        &site.config_path,
+        text.replacen(
+            "keep_alive_s = 5",
+            "keep_alive_s = 5\nclient_id = \"gateway-fresh\"",
+            1,
+        ),
+    )?;
     gateway = site.start()?;
     e2e::wait_until(Duration::from_secs(10), || {
         site.metric("gateway_people_refused_erased_total")
