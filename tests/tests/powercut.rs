@@ -157,6 +157,43 @@ os.write(old, b" and more")
     Ok(())
 }
 
+/// A new store: the first import creates sled's files and the key vault,
+/// and says "imported" only once they, their names and the directory's
+/// are on disk.
+#[test]
+fn an_import_into_a_new_store_survives_a_power_cut_right_after_it() -> anyhow::Result<()> {
+    let site = Site::new(1, &e2e::site::laptop_site())?;
+    let power = PowerCut::new(&site.dir.join("db"))?;
+    let scenario = Scenario::new(3)
+        .with_shopper(Shopper::new(1, 3).with_interests(&["laptops"]))
+        .with_shopper(Shopper::new(2, 3).with_interests(&["laptops"]));
+    let people = site.dir.write("people.jsonl", scenario.people_jsonl())?;
+    let out = std::process::Command::new(e2e::gateway_bin()?)
+        .arg("--config")
+        .arg(&site.config_path)
+        .args(["people", "import"])
+        .arg(&people)
+        .env("GATEWAY_LOG", "warn")
+        .envs(power.env())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    power.cut()?;
+    for n in [1, 2] {
+        let show = site.cli(&["people", "show", &format!("p-{n}")])?;
+        assert!(
+            show.status.success(),
+            "p-{n} lost by a power cut after the import said so:\n{}{}",
+            String::from_utf8_lossy(&show.stdout),
+            String::from_utf8_lossy(&show.stderr)
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_under_load_lose_nothing_acknowledged() -> anyhow::Result<()> {
     let cycles = env_u64("POWERCUT_CYCLES", 20) as u32;
