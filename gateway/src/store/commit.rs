@@ -69,12 +69,14 @@ impl GroupCommit {
 
 /// The fsyncs a sled flush leaves out, for a database directory.
 ///
-/// sled 0.34 keeps its log in `db` (appended with `pwrite`, "flushed" with
-/// `sync_file_range`), its settings in `conf` and its snapshot in `snap.*`
-/// (both written only while opening), and values too large for a log
-/// segment (about 128 KiB; this gateway writes none that big) in files of
-/// their own under `blobs/`, none of them fsynced. A directory entry is on
-/// disk only once the directory itself is fsynced.
+/// sled 0.34 keeps its log in `db` (written with `pwrite`, "flushed" with
+/// `sync_file_range`; a background thread fsyncs it every 500 ms, too late
+/// for an acknowledgement), its settings in `conf` and its snapshot in
+/// `snap.*` (both written only while opening; `conf` never fsynced, the
+/// snapshot fsynced but then renamed into place), and values too large for
+/// a log segment (over 128 KiB; this gateway's values are far smaller) in
+/// files of their own under `blobs/`, never fsynced. It fsyncs no
+/// directory, and a directory entry is on disk only once its directory is.
 pub struct FileSync {
     dir: PathBuf,
     /// A handle of our own on sled's log: fsync works on the file, not on

@@ -2,9 +2,9 @@
 //! of fixed-size slots that is overwritten in place (and synced) when a
 //! person is erased. sled never deletes old bytes from its segment files
 //! (a removed value's bytes were still found in them after heavy rewrites),
-//! so everything personal
-//! in sled is sealed under the person's key: destroying the key makes every
-//! copy sled still holds unreadable. This is crypto-shredding.
+//! so everything personal in sled is sealed under the person's key:
+//! destroying the key makes every copy sled still holds unreadable. This is
+//! crypto-shredding.
 //!
 //! The vault also holds the site secret used to turn ids into the opaque
 //! tags sled uses as keys, so that no id appears in sled in the clear.
