@@ -29,6 +29,7 @@
 pub mod bins;
 pub mod mosquitto;
 pub mod phone;
+pub mod powercut;
 pub mod process;
 pub mod site;
 pub mod util;

@@ -157,6 +157,8 @@ pub struct Store {
     feedback: sled::Tree,
     tombstones: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
+    /// The fsyncs that make a flush survive a power cut, not only a crash.
+    files: Arc<commit::FileSync>,
     /// Every sequence number below this is on disk. The outbox shows
     /// delivery only those: a reservation committed but not yet flushed
     /// (its batch's flush still running) is never published, so a crash
@@ -372,6 +374,7 @@ impl Store {
         // The vault is opened only once sled holds its lock, so two
         // processes never write it at once.
         let vault = Vault::open(&path.join(keys::VAULT_FILE))?;
+        let files = commit::FileSync::open(path).map_err(|e| open_err(e.to_string()))?;
         let store = Store {
             vault: Arc::new(Mutex::new(vault)),
             meta: db.open_tree(keys::META)?,
@@ -384,10 +387,12 @@ impl Store {
             feedback: db.open_tree(keys::FEEDBACK)?,
             tombstones: db.open_tree(keys::TOMBSTONES)?,
             group_commit: Arc::default(),
+            files: Arc::new(files),
             durable_below: Arc::default(),
             db,
         };
         store.migrate()?;
+        store.flush()?;
         // Whatever was found on disk is durable.
         let last_outbox = match store.outbox.last()? {
             Some((key, _)) => keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)),
@@ -596,15 +601,20 @@ impl Store {
         Ok(seq_value(self.meta.get(keys::META_NEXT_SEQ)?.as_deref()))
     }
 
-    /// Make everything written so far survive a process crash. Concurrent
-    /// callers share flushes (group commit). Outbox entries committed
-    /// before the call become visible to [`Store::outbox_from`].
+    /// Make everything written so far survive a process crash and a power
+    /// cut: sled's flush, then the fsyncs it leaves out. Concurrent callers
+    /// share both (group commit). Outbox entries committed before the call
+    /// become visible to [`Store::outbox_from`].
     pub fn flush(&self) -> Result<(), StoreError> {
         // Read before the flush that covers us starts: all sequence
         // numbers below it were committed by then.
         let committed = self.committed_next_seq()?;
-        self.group_commit
-            .wait_durable(|| self.db.flush().map(|_| ()))?;
+        self.group_commit.wait_durable(|| {
+            self.db.flush()?;
+            self.files
+                .sync()
+                .map_err(|e| StoreError::Flush(format!("fsync: {e}")))
+        })?;
         self.durable_below.fetch_max(committed, Ordering::SeqCst);
         Ok(())
     }
