@@ -3,7 +3,7 @@
 `theengsdecoder`, the decoder behind OpenMQTTGateway and Theengs Gateway)
 against this gateway's decoder, on the same frames, in the same run.
 
-Frames: the published vectors in shared/vectors/ble_adverts.json plus
+Frames: the published vectors in vectors/ble_adverts.json plus
 generated iBeacon, Eddystone UID/URL/TLM and AltBeacon adverts.
 
 Timed:
@@ -175,7 +175,7 @@ def main():
 
     rng = random.Random(7)
     frames = []  # (label, adv bytes)
-    vectors = json.load(open(ROOT.parent / "shared" / "vectors" / "ble_adverts.json"))
+    vectors = json.load(open(ROOT / "vectors" / "ble_adverts.json"))
     for case in vectors["cases"]:
         try:
             frames.append(("vector: " + case["name"], bytes.fromhex(case["adv"])))

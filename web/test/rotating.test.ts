@@ -1,13 +1,13 @@
 // The rotating identifier against the published Exposure Notification
-// vectors the gateway's Rust code is tested with (shared/vectors).
+// vectors the gateway's Rust code is tested with (vectors/ at the root).
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 
 import { deriveRpik, fromHex, intervalEndMs, intervalOf, rotatingId, toHex } from "../src/rotating";
 
-// web/ is in the repo root; the shared vectors sit beside the repo
-// (`../shared/vectors` from the root), unless ROTATING_ID_VECTORS says where.
-const path = process.env.ROTATING_ID_VECTORS ?? new URL("../../../shared/vectors/rotating_id.json", import.meta.url);
+// One copy of the vectors for every consumer, Rust and TypeScript alike;
+// ROTATING_ID_VECTORS can point at another set.
+const path = process.env.ROTATING_ID_VECTORS ?? new URL("../../vectors/rotating_id.json", import.meta.url);
 const vectors = JSON.parse(readFileSync(path, "utf8")) as { key: string; start_interval: number; rpik: string; rpis: string[] };
 
 describe("rotating identifier (DESIGN §5)", () => {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 const VECTORS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/ble_adverts.json"
+    "/../vectors/ble_adverts.json"
 ));
 
 fn opts() -> DecodeOptions {

@@ -61,12 +61,11 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/rotating_id.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("shared vectors present"))
-            .unwrap()
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/rotating_id.json");
+        serde_json::from_str(
+            &std::fs::read_to_string(path).expect("vectors/rotating_id.json present"),
+        )
+        .unwrap()
     }
 
     #[test]
