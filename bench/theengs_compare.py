@@ -3,7 +3,7 @@
 `theengsdecoder`, the decoder behind OpenMQTTGateway and Theengs Gateway)
 against this gateway's decoder, on the same frames, in the same run.
 
-Frames: the published vectors in vectors/ble_adverts.json plus
+Frames: the cases of vectors/ble_adverts.json plus
 generated iBeacon, Eddystone UID/URL/TLM and AltBeacon adverts.
 
 Timed:

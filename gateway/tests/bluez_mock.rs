@@ -1,5 +1,5 @@
 //! The BlueZ source against python-dbusmock's bluez5 template on a private
-//! D-Bus, no radio needed (shared notes: bluez-without-a-radio.md).
+//! D-Bus, no radio needed (docs/notes/bluez-without-a-radio.md).
 //!
 //! `run_bluez` connects to the bus named by `DBUS_SYSTEM_BUS_ADDRESS`. Setting
 //! that in this process would be `unsafe` (Rust 2024) and leak into other

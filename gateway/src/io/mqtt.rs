@@ -1,7 +1,7 @@
 //! MQTT v5 delivery: the outbox pump, the retained status with its last
 //! will, and incoming subscriptions.
 //!
-//! rumqttc facts that shape this (shared/notes/mqtt-rumqttc-rumqttd.md):
+//! rumqttc facts that shape this (docs/notes/mqtt-rumqttc-rumqttd.md):
 //! it reconnects only inside `poll()` and without backoff, so the event
 //! loop task sleeps (jittered, growing) after errors; when the broker comes
 //! back without our session rumqttc silently drops in-flight publishes, so

@@ -1,5 +1,5 @@
-//! `--record`: sighting records appended to a JSON Lines capture (DESIGN
-//! §7), in the format `replay` reads.
+//! `--record`: sighting records appended to a JSON Lines capture
+//! (docs/design.md §7), in the format `replay` reads.
 //!
 //! Nothing about strangers (DESIGN §4.3): the caller says, per sighting,
 //! whether it may be written — only adverts of the store's own beacons or

@@ -1,7 +1,7 @@
 //! A minimal WebSocket-to-TCP bridge for MQTT over WebSockets.
 //!
 //! Browsers can only speak MQTT over WebSockets, and Debian's Mosquitto is
-//! built without its websockets listener (see `shared/notes/
+//! built without its websockets listener (see `docs/notes/
 //! mqtt-over-websockets.md`). This bridge accepts a WebSocket upgrade that
 //! offers the `mqtt` subprotocol, opens one plain TCP connection to the
 //! broker per WebSocket, and copies binary frames both ways. It does not

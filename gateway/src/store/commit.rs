@@ -6,7 +6,8 @@
 //! started) or it waits for the one running now and then the next.
 //! Measured on this machine kind: acknowledging right after commit loses
 //! thousands of decisions per SIGKILL under load; waiting for a flush that
-//! started after the commit lost none in 20 kills.
+//! started after the commit lost none in 20 kills
+//! (docs/notes/sled-durability-and-erasure.md).
 //!
 //! A flush alone survives a killed process, not a power cut: on Linux
 //! sled's `flush` ends in `sync_file_range`, which starts writeback of the

@@ -1,7 +1,8 @@
 //! The key vault: one AES-256 key per person, kept outside sled in a file
 //! of fixed-size slots that is overwritten in place (and synced) when a
 //! person is erased. sled never deletes old bytes from its segment files
-//! (a removed value's bytes were still found in them after heavy rewrites),
+//! (a removed value's bytes were still found in them after heavy rewrites:
+//! docs/notes/sled-durability-and-erasure.md),
 //! so everything personal in sled is sealed under the person's key:
 //! destroying the key makes every copy sled still holds unreadable. This is
 //! crypto-shredding.
