@@ -136,6 +136,7 @@ fn main() {
             consent,
             interests: vec!["laptops".into()],
             owns: Vec::new(),
+            stamps: Default::default(),
         })
         .collect();
     let with_records = resident_bytes();

@@ -167,6 +167,7 @@ pub fn records() -> Vec<PersonRecord> {
             consent,
             interests: vec!["laptops".into()],
             owns: Vec::new(),
+            stamps: Default::default(),
         })
         .collect()
 }

@@ -41,5 +41,7 @@ pub fn enrolled(i: u64, person: PersonId, recipient: String) -> PersonRecord {
         },
         interests: Vec::new(),
         owns: Vec::new(),
+        // Enrolled before anything is said about them: any later word wins.
+        stamps: Default::default(),
     }
 }
