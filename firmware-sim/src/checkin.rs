@@ -1,4 +1,4 @@
-//! iOS check-ins (DESIGN §5, §6): an iOS app cannot advertise in the
+//! iOS check-ins (docs/design.md §5, §6): an iOS app cannot advertise in the
 //! background, so when the phone hears a store iBeacon the app sends its
 //! current rotating identifier and the beacons it hears over MQTT to
 //! `<prefix>/<store>/checkin/<recipient>`.
@@ -23,7 +23,7 @@ pub struct HeardBeacon {
     pub rssi: i16,
 }
 
-/// The check-in payload, exactly the DESIGN §5 shape.
+/// The check-in payload, exactly the docs/design.md §5 shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckIn {

@@ -7,7 +7,7 @@
 //! stable. App tokens are not converted: they are manufacturer data under
 //! a test company id, so ESPresense would report them by random address
 //! only, and the rotating identifier (the whole point) would be lost —
-//! DESIGN §6 says the same.
+//! docs/design.md §6 says the same.
 //!
 //! Per room and device the distance is smoothed (exponential moving
 //! average) and a report goes out when it moved by more than

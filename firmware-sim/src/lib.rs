@@ -4,7 +4,7 @@
 //! A [`StoreSpec`] describes the floor (zones, scanners, beacons, radio); a
 //! [`Scenario`] describes who walks in (opted-in [`Shopper`]s with app keys,
 //! and [`Stranger`]s who must never be recognised); a [`Simulation`] turns
-//! both into [`SightingRecord`]s (DESIGN §7) in simulated time, plus the
+//! both into [`SightingRecord`]s (docs/design.md §7) in simulated time, plus the
 //! [`GroundTruth`] of where every advertiser really was. [`output`] writes
 //! them to JSON Lines files, sends them over UDP or publishes over MQTT.
 //!
@@ -58,7 +58,7 @@
 //! iOS shoppers do not advertise the app token. While their phone hears a
 //! store iBeacon they check in (at most once per 30 s of sim time) with a
 //! [`CheckInRecord`]: recipient, topic suffix `checkin/<recipient>` and the
-//! DESIGN §5 payload `{"rotating_id", "at_ms", "beacons": [...]}`.
+//! docs/design.md §5 payload `{"rotating_id", "at_ms", "beacons": [...]}`.
 //! [`Simulation::next_batch_with_checkins`] returns them beside the
 //! sightings, from a random stream of their own (sightings are unchanged).
 //! [`output::publish_checkins`] publishes them over MQTT v5 (QoS 1) to

@@ -55,7 +55,7 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         truth: Option<PathBuf>,
-        /// `sightings`: sighting records (DESIGN §7); `espresense`: what
+        /// `sightings`: sighting records (docs/design.md §7); `espresense`: what
         /// ESPresense room nodes would publish, `{"topic", "at_ms", "payload"}`.
         #[arg(long, value_enum, default_value_t = Format::Sightings)]
         format: Format,

@@ -66,7 +66,7 @@ pub fn write_jsonl_file<T: Serialize>(
     write_jsonl(BufWriter::new(file), items).map_err(file_error)
 }
 
-/// A capture file: one sighting record a line (DESIGN §7).
+/// A capture file: one sighting record a line (docs/design.md §7).
 pub fn write_capture_file(
     path: &Path,
     records: impl IntoIterator<Item = SightingRecord>,
@@ -79,7 +79,7 @@ pub fn write_truth_file(path: &Path, truth: &[GroundTruth]) -> Result<usize, Out
     write_jsonl_file(path, truth)
 }
 
-/// The scenario's person records, one a line (DESIGN §5).
+/// The scenario's person records, one a line (docs/design.md §5).
 pub fn write_people_file(path: &Path, scenario: &Scenario) -> Result<usize, OutputError> {
     write_jsonl_file(path, scenario.people())
 }
@@ -311,7 +311,7 @@ pub fn espresense_messages(
         .collect()
 }
 
-/// Publish iOS check-ins (DESIGN §5) to `<prefix>/<store>/checkin/<recipient>`
+/// Publish iOS check-ins (docs/design.md §5) to `<prefix>/<store>/checkin/<recipient>`
 /// over MQTT v5, QoS 1, paced by their `at_ms` at `speed`.
 pub async fn publish_checkins(
     records: impl IntoIterator<Item = CheckInRecord>,

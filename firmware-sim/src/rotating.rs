@@ -1,4 +1,4 @@
-//! Rotating identifier of the app token (DESIGN §5).
+//! Rotating identifier of the app token (docs/design.md §5).
 //!
 //! This is an independent implementation of the Exposure Notification
 //! "Rolling Proximity Identifier" derivation, kept separate from the

@@ -21,7 +21,7 @@ pub enum Platform {
     Ios,
 }
 
-/// Consent purposes of DESIGN §5. Anything not given is no.
+/// Consent purposes of docs/design.md §5. Anything not given is no.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consent {
     pub proximity: bool,
@@ -154,7 +154,7 @@ impl Shopper {
         self
     }
 
-    /// The person record the CRM would publish for this shopper (DESIGN §5).
+    /// The person record the CRM would publish for this shopper (docs/design.md §5).
     pub fn person_record(&self) -> PersonRecord {
         PersonRecord {
             person: self.person.clone(),
@@ -183,7 +183,7 @@ pub fn derive_app_key(seed: u64, person: &str) -> [u8; 16] {
     key
 }
 
-/// A person record, exactly the shape of DESIGN §5 (fields in that order).
+/// A person record, exactly the shape of docs/design.md §5 (fields in that order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersonRecord {

@@ -33,7 +33,7 @@ pub const APP_TX_POWER_1M: i8 = -59;
 /// iPhones and junk devices change their random address about every 15 min.
 const JUNK_ROTATION_MS: i64 = 15 * 60 * 1000;
 
-/// One advert heard by one scanner (DESIGN §7).
+/// One advert heard by one scanner (docs/design.md §7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SightingRecord {
@@ -47,7 +47,7 @@ pub struct SightingRecord {
     pub at_ms: i64,
 }
 
-/// Where an advertiser address really was (DESIGN §8 truth format).
+/// Where an advertiser address really was (docs/design.md §8 truth format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroundTruth {

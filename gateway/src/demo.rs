@@ -51,7 +51,7 @@ pub struct DemoSummary {
 const STORE_ID: &str = "demo-store";
 
 /// The demo store's site file: the twin's zones, two dwell rules, the caps
-/// of DESIGN §7's minimal site file. Also what dry-run tests use.
+/// of docs/design.md §7's minimal site file. Also what dry-run tests use.
 pub fn site_toml(broker_port: u16, storage: &std::path::Path) -> String {
     format!(
         r#"

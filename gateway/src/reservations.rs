@@ -12,7 +12,7 @@
 //! queue order), so the disk's wait is not added to every batch.
 //! Jobs are handled in the order they were sent, so one person's decisions
 //! keep their order; caps are checked inside the transaction, so they hold
-//! exactly however the jobs are batched (DESIGN §4 invariant 1).
+//! exactly however the jobs are batched (docs/design.md §4 invariant 1).
 //!
 //! Shutdown: the decider stops when every [`Reservations`] handle is
 //! dropped, after reserving everything still queued. A batch is written

@@ -1,4 +1,4 @@
-//! The sighting record (DESIGN §7): what every source turns an advert into.
+//! The sighting record (docs/design.md §7): what every source turns an advert into.
 //!
 //! Parsing is strict: every problem names the field and the reason, so a bad
 //! UDP datagram or capture line is reported and dropped without touching state.

@@ -1,4 +1,4 @@
-//! Dry run: replay a capture (sighting records, DESIGN §7) through the real
+//! Dry run: replay a capture (sighting records, docs/design.md §7) through the real
 //! decode → rotating-id resolution → presence → decide path, with caps kept
 //! in memory instead of sled, and report what the rules WOULD have sent:
 //! per rule, per kind, per hour of store-local time, and the caps that held

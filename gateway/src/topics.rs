@@ -1,4 +1,4 @@
-//! The MQTT topics of DESIGN §6: what the gateway subscribes to and how an
+//! The MQTT topics of docs/design.md §6: what the gateway subscribes to and how an
 //! incoming topic is classified. Pure.
 
 use crate::config::Config;
@@ -149,7 +149,7 @@ pub struct Subscription {
     pub retained_wanted: bool,
 }
 
-/// Everything the gateway subscribes to: the incoming topics of DESIGN §6
+/// Everything the gateway subscribes to: the incoming topics of docs/design.md §6
 /// and the configured scanner feeds.
 pub fn all_subscriptions(config: &Config) -> Vec<Subscription> {
     let (p, store) = (&config.mqtt.prefix, config.store_topic());

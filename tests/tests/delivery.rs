@@ -1,4 +1,4 @@
-//! Delivery that loses nothing, to the right phone only (DESIGN §4
+//! Delivery that loses nothing, to the right phone only (docs/design.md §4
 //! invariant 4, §6): broker outages with expiry and per-recipient order, a
 //! gateway SIGKILLed with a full outbox, TLS with the right and a wrong CA,
 //! the shipped Mosquitto ACL with real passwords, and junk on every incoming

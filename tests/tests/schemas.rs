@@ -1,6 +1,6 @@
 //! The JSON Schemas in `schemas/` (draft 2020-12) against real payloads: what
 //! a running gateway publishes (nudge, status, receipt, error report), the
-//! DESIGN §5 examples of what it reads, and invalid payloads that both the
+//! docs/design.md §5 examples of what it reads, and invalid payloads that both the
 //! schema and the gateway's own parser must refuse, so the two cannot drift.
 
 use std::path::PathBuf;
@@ -112,7 +112,7 @@ fn every_schema_is_draft_2020_12_compiles_and_has_an_id() {
     }
 }
 
-/// DESIGN §5's examples (the feedback id completed to a real one).
+/// docs/design.md §5's examples (the feedback id completed to a real one).
 fn design_examples() -> Vec<(&'static str, Value)> {
     vec![
         (

@@ -1,7 +1,7 @@
 // One customer's MQTT v5 connection to the store, over WebSockets. No DOM:
 // the page (main.ts) gives it callbacks and calls its methods.
 //
-// What it does on the wire (DESIGN §5, §6):
+// What it does on the wire (docs/design.md §5, §6):
 //   subscribe  <p>/<s>/nudges/<recipient>          nudges, QoS 1
 //   subscribe  <p>/<s>/receipts/<recipient>/#      receipts, on the plain
 //              topic and on our own response topic below it

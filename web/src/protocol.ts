@@ -1,4 +1,4 @@
-// What the phone and the gateway say to each other (DESIGN §5, §6), as
+// What the phone and the gateway say to each other (docs/design.md §5, §6), as
 // plain data and pure functions: no DOM, no MQTT. Copy this file as is.
 
 /** Consent purposes. Anything absent counts as "no". */

@@ -1,4 +1,4 @@
-// The rotating identifier an app install advertises (DESIGN §5), derived
+// The rotating identifier an app install advertises (docs/design.md §5), derived
 // exactly as the Exposure Notification crypto spec derives a Rolling
 // Proximity Identifier, with nothing but the browser's Web Crypto:
 //

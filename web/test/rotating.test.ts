@@ -10,7 +10,7 @@ import { deriveRpik, fromHex, intervalEndMs, intervalOf, rotatingId, toHex } fro
 const path = process.env.ROTATING_ID_VECTORS ?? new URL("../../vectors/rotating_id.json", import.meta.url);
 const vectors = JSON.parse(readFileSync(path, "utf8")) as { key: string; start_interval: number; rpik: string; rpis: string[] };
 
-describe("rotating identifier (DESIGN §5)", () => {
+describe("rotating identifier (docs/design.md §5)", () => {
   it("derives the RPIK with HKDF-SHA256", async () => {
     expect(toHex(await deriveRpik(fromHex(vectors.key)))).toBe(vectors.rpik);
   });

@@ -5,7 +5,7 @@ use gateway::decide::Caps;
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
 
 /// The minimal site file the measured configuration starts from (the
-/// shipped example of DESIGN §7; the example overrides its caps, quiet
+/// shipped example of docs/design.md §7; the example overrides its caps, quiet
 /// hours and kill switch).
 pub const SITE: &str = include_str!("../../../config/example-site.toml");
 

@@ -75,10 +75,10 @@ pub enum Command {
     /// Dry run: what the rules would send on a recorded day (per rule, kind,
     /// hour; caps hit), with in-memory caps. Nothing is stored or sent.
     Simulate {
-        /// Sighting records, JSON Lines (DESIGN §7).
+        /// Sighting records, JSON Lines (docs/design.md §7).
         #[arg(long)]
         capture: PathBuf,
-        /// Person records, JSON Lines (DESIGN §5).
+        /// Person records, JSON Lines (docs/design.md §5).
         #[arg(long)]
         people: PathBuf,
         /// Print the report as JSON instead of a table.
@@ -91,7 +91,7 @@ pub enum Command {
     /// Replay a capture through decode and presence and score zones against
     /// ground truth, beside the naive "strongest scanner wins" baseline.
     EvalPresence {
-        /// Sighting records, JSON Lines (DESIGN §7).
+        /// Sighting records, JSON Lines (docs/design.md §7).
         #[arg(long)]
         capture: PathBuf,
         /// Ground truth, JSON Lines: {"addr", "from_ms", "to_ms", "zone"}.
@@ -115,7 +115,7 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PeopleCommand {
-    /// Import person records (JSON Lines, DESIGN §5). All or nothing unless --partial.
+    /// Import person records (JSON Lines, docs/design.md §5). All or nothing unless --partial.
     Import {
         file: PathBuf,
         /// Apply the valid lines even if some are bad.

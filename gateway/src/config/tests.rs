@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// The minimal site file of DESIGN §7, verbatim.
+/// The minimal site file of docs/design.md §7, verbatim.
 pub const MINIMAL_SITE: &str = r#"
 [store]
 id = "store-042"

@@ -94,7 +94,7 @@ pub enum CatalogError {
 }
 
 /// One row of a comparison, as it goes into the nudge's `items`
-/// (DESIGN §6: name, price, rating, compatible-with).
+/// (docs/design.md §6: name, price, rating, compatible-with).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     pub id: String,

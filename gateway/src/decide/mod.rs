@@ -1,7 +1,7 @@
 //! Deciding: presence events × rules × consent × caps × quiet hours → a
 //! nudge or a reason to stay silent. Pure: `now` and the person's ledger come
 //! in as data; the storage layer runs [`check_caps`] inside the same sled
-//! transaction that reserves the slot (DESIGN §4 invariant 1).
+//! transaction that reserves the slot (docs/design.md §4 invariant 1).
 
 mod caps;
 pub mod catalog;

@@ -1,4 +1,4 @@
-//! The nudge as the phone receives it (DESIGN §6).
+//! The nudge as the phone receives it (docs/design.md §6).
 
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};

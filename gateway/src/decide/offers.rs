@@ -1,6 +1,6 @@
 //! Offers, fairly: a person gets the best offer that ANY of their identities
 //! qualifies for, whichever identity the event came from, and never more
-//! for a dormant identity than the person gets (DESIGN §1, §5). Offers are
+//! for a dormant identity than the person gets (docs/design.md §1, §5). Offers are
 //! only ever sent with `offers` consent (checked by [`super::check_consent`]).
 
 use serde::{Deserialize, Serialize};

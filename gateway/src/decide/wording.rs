@@ -1,4 +1,4 @@
-//! Wording checks for rule texts (DESIGN §1: information, not pressure;
+//! Wording checks for rule texts (docs/design.md §1: information, not pressure;
 //! thanks with nothing asked in return). The config layer calls
 //! [`check_wording`] on every rule's title and body; tests use the same
 //! lists on what the gateway builds.

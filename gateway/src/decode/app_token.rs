@@ -1,4 +1,4 @@
-//! The app token (DESIGN §5): manufacturer-specific data with the configured
+//! The app token (docs/design.md §5): manufacturer-specific data with the configured
 //! company id, then version 0x01, the 16-byte rotating identifier and one
 //! signed byte of calibrated TX power at 1 m.
 

@@ -3,10 +3,10 @@
 //! Never panics on any byte string. A structure too short for the format it
 //! claims is not a frame of that format; a truncated trailing structure is
 //! ignored while the ones before it still decode; a zero length byte is
-//! padding and ends the significant part (DESIGN §8).
+//! padding and ends the significant part (docs/design.md §8).
 //!
 //! Formats, one file each: [`ibeacon`] (Apple), [`altbeacon`] (any
-//! manufacturer, beacon code 0xBEAC), [`app_token`] (our own, DESIGN §5) in
+//! manufacturer, beacon code 0xBEAC), [`app_token`] (our own, docs/design.md §5) in
 //! manufacturer-specific data, and [`eddystone`] (UID, URL, TLM, EID) in
 //! 16-bit-UUID service data. Decoding the frames the gateway sees all the time
 //! (iBeacon, app token, AltBeacon, Eddystone UID/TLM/EID) does not allocate:
@@ -45,7 +45,7 @@ impl Default for DecodeOptions {
     }
 }
 
-/// One recognised frame. Serialised as DESIGN §8's table: a `kind` tag and
+/// One recognised frame. Serialised as docs/design.md §8's table: a `kind` tag and
 /// exactly the fields named there.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -1,8 +1,8 @@
 //! Importing person records from a file (`people import`), as CSV or as JSON
-//! lines. Every row becomes the JSON of DESIGN §5 and goes through
+//! lines. Every row becomes the JSON of docs/design.md §5 and goes through
 //! [`PersonRecord::from_value`], so an imported record is validated exactly
 //! like one from the CRM topic. The whole file is checked before anything is
-//! returned: a bad row rejects the file (DESIGN §4 invariant 5).
+//! returned: a bad row rejects the file (docs/design.md §4 invariant 5).
 //!
 //! # CSV format
 //!

@@ -1,4 +1,4 @@
-//! Messages from the app and the till that concern a person (DESIGN §5, §6):
+//! Messages from the app and the till that concern a person (docs/design.md §5, §6):
 //! consent and preference changes, iOS check-ins, feedback answers and
 //! purchases. Each parser is strict: unknown fields are rejected by name, and
 //! every error names the path of the offending field (`beacons[1].rssi`), so
@@ -92,12 +92,12 @@ pub enum ChangeRequest {
         interests: Option<Vec<String>>,
         owns: Option<Vec<String>>,
     },
-    /// Erase the whole person (DESIGN §4 invariant 2).
+    /// Erase the whole person (docs/design.md §4 invariant 2).
     Forget,
 }
 
 /// A consent or preference change from the app, received on
-/// `<p>/<s>/consent/<recipient>` (DESIGN §5).
+/// `<p>/<s>/consent/<recipient>` (docs/design.md §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsentChange {
     /// The app's id for this change; the receipt carries it back.
@@ -252,7 +252,7 @@ pub struct HeardBeacon {
     pub rssi: i8,
 }
 
-/// An iOS check-in on `<p>/<s>/checkin/<recipient>` (DESIGN §5): the app's
+/// An iOS check-in on `<p>/<s>/checkin/<recipient>` (docs/design.md §5): the app's
 /// current rotating identifier and the store beacons it hears. It resolves
 /// through the same rotating-ID table as an advert; the caller checks that the
 /// resolved person's recipient is the topic's.

@@ -1,4 +1,4 @@
-//! The person record (DESIGN §5) and its validation. The CRM topic, the
+//! The person record (docs/design.md §5) and its validation. The CRM topic, the
 //! import file and the store all go through [`PersonRecord::from_json`].
 
 use std::fmt;
@@ -36,7 +36,7 @@ impl fmt::Debug for PersonId {
     }
 }
 
-/// A purpose a person can consent to (DESIGN §5).
+/// A purpose a person can consent to (docs/design.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {

@@ -1,5 +1,5 @@
 //! Health of the store's own beacons, for the retained `<p>/<s>/ops/beacons`
-//! topic (DESIGN §6): battery, temperature, last seen, missing.
+//! topic (docs/design.md §6): battery, temperature, last seen, missing.
 //!
 //! Pure: [`Fleet::observe`] takes the decoded frames of one sighting and its
 //! time; [`Fleet::report`] takes `now_ms`. A beacon is recognised by its

@@ -1,7 +1,7 @@
 //! `--record`: sighting records appended to a JSON Lines capture
 //! (docs/design.md §7), in the format `replay` reads.
 //!
-//! Nothing about strangers (DESIGN §4.3): the caller says, per sighting,
+//! Nothing about strangers (docs/design.md §4.3): the caller says, per sighting,
 //! whether it may be written — only adverts of the store's own beacons or
 //! of resolved app tokens. Everything else is not written at all, so no
 //! stranger's address ever reaches the file. Buffering is bounded: the

@@ -1,4 +1,4 @@
-//! Sightings from remote scanner nodes over MQTT (DESIGN §6), and the
+//! Sightings from remote scanner nodes over MQTT (docs/design.md §6), and the
 //! advertising-data builder that every source without raw advert bytes uses.
 //!
 //! Pure: parsing takes `now_ms` as an argument and does no I/O, so the daemon
@@ -6,7 +6,7 @@
 //! the projects' own example payloads.
 //!
 //! - [`parse_scanner_record`]: `<p>/<s>/scanners/<node>`, our own scanner-only
-//!   gateways, the DESIGN §7 sighting record as is.
+//!   gateways, the docs/design.md §7 sighting record as is.
 //! - [`parse_openmqttgateway`] + [`AdvertMerger`]: `home/<node>/BTtoMQTT/<mac>`,
 //!   OpenMQTTGateway (with `pubadvdata` on) and Theengs Gateway. They publish
 //!   the parts of an advert as JSON (`manufacturerdata`, `servicedata` +
@@ -278,7 +278,7 @@ fn hex_field(
 // ---------------------------------------------------------------------------
 // Our own scanner-only gateways: <p>/<s>/scanners/<node>
 
-/// A DESIGN §7 sighting record from `<p>/<s>/scanners/<node>`. The record's
+/// A docs/design.md §7 sighting record from `<p>/<s>/scanners/<node>`. The record's
 /// `scanner` must be the topic's node: a node speaks only for itself.
 pub fn parse_scanner_record(topic: &str, payload: &[u8]) -> Result<Sighting, ScannerError> {
     let expected = "<prefix>/<store>/scanners/<node>";

@@ -1,4 +1,4 @@
-//! Sighting sources: UDP datagrams and capture replay (DESIGN §7). Each
+//! Sighting sources: UDP datagrams and capture replay (docs/design.md §7). Each
 //! parses records strictly, counts and drops bad ones with the field and
 //! reason, and never stops on bad input.
 

@@ -1,5 +1,5 @@
 //! Offline evaluation of the presence engine against ground truth
-//! (DESIGN §8, `gateway eval-presence`). Pure: captures and truth in,
+//! (docs/design.md §8, `gateway eval-presence`). Pure: captures and truth in,
 //! scores out; no clock, no I/O.
 //!
 //! # What is scored
@@ -12,7 +12,7 @@
 //! subject after each rotation, exactly as the truth file lists it).
 //!
 //! A subject is scored when its address appears both in the capture and in
-//! the truth. DESIGN §8 makes every advertiser a subject and the simulator
+//! the truth. docs/design.md §8 makes every advertiser a subject and the simulator
 //! writes truth for every advertiser, so by default store beacons and
 //! strangers are scored too: they are what the radio hears, and a beacon
 //! standing in the hall is a fair test of the hall decision. An address
@@ -241,7 +241,7 @@ impl Default for EvalOptions<'_> {
     }
 }
 
-/// The scores of one contender (DESIGN §8).
+/// The scores of one contender (docs/design.md §8).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scores {
     /// Fraction (0..=1) of scored subject-seconds in the right place.

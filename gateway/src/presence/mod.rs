@@ -1,5 +1,5 @@
 //! Presence: noisy RSSI readings in, trustworthy events out. Pure: the caller
-//! passes `at_ms`; no clock, no I/O. Lives in memory only (DESIGN §4 inv. 3).
+//! passes `at_ms`; no clock, no I/O. Lives in memory only (docs/design.md §4 inv. 3).
 //!
 //! Per (person, scanner) the readings go through a small 1-D Kalman filter
 //! (a random-walk level, so the smoothing adapts to how often a phone

@@ -4,7 +4,7 @@ use std::path::Path;
 use super::*;
 use crate::decide::{Caps, NudgeKind, SkipReason};
 
-/// DESIGN §7's minimal site; each test sets the caps it needs.
+/// docs/design.md §7's minimal site; each test sets the caps it needs.
 use crate::config::tests::MINIMAL_SITE as SITE;
 
 const T0_MS: i64 = 1_795_334_400_000;

@@ -1,6 +1,6 @@
 //! Storage: the only module that touches sled. Reservations of cap slots,
 //! the outbox and the decision log are written in one transaction
-//! (DESIGN §4 invariant 1), and flushed before anything is published.
+//! (docs/design.md §4 invariant 1), and flushed before anything is published.
 
 mod commit;
 pub mod keys;
