@@ -1,0 +1,55 @@
+//! What a sender puts in a message never becomes a metric series: 10,000
+//! messages, each with a key and a topic level never seen before, on
+//! every topic the gateway reads, leave `/metrics` as it was.
+
+use e2e::flood::{self, TOPIC_KINDS};
+use e2e::{Mosquitto, MosquittoOptions, Phone, Site, site};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_junk_keys_and_names_leave_the_metrics_as_they_were() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default().flood())?;
+    let mut site = Site::new(
+        broker.port(),
+        &[site::THREE_ZONES, flood::SCANNER_SOURCES].concat(),
+    )?;
+    site.import_people(&flood::people(3))?;
+    let gateway = site.start()?;
+    let sender = Phone::connect_to(broker.port(), "junk-sender", "").await?;
+
+    // A first round makes every series the junk can reach exist already.
+    let warm_up = flood::distinct_junk(&site, 4 * TOPIC_KINDS.len());
+    flood::publish_paced(&site, &sender, warm_up)
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let before = site.admin_get("/metrics")?;
+
+    let junk: Vec<_> = flood::distinct_junk(&site, 10_000 + 4 * TOPIC_KINDS.len())
+        .into_iter()
+        .skip(4 * TOPIC_KINDS.len())
+        .collect();
+    let sent = flood::publish_paced(&site, &sender, junk)
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(sent, 10_000);
+    let after = site.admin_get("/metrics")?;
+
+    let (series_before, series_after) = (flood::series(&before), flood::series(&after));
+    let new: Vec<_> = series_after.difference(&series_before).take(5).collect();
+    assert!(
+        new.is_empty(),
+        "{} new series, e.g. {new:#?}",
+        series_after.len() - series_before.len()
+    );
+    // Only counter values grew (a few more digits each).
+    assert!(
+        after.len() <= before.len() + 1024,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        after.contains("gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"}"),
+        "{after}"
+    );
+    Ok(())
+}
