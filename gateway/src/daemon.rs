@@ -31,7 +31,9 @@ use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
 use crate::reservations::{self, DecisionJob, Reservations};
 use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{
+    MAX_ECHO_CHARS, MAX_REASON_CHARS, MAX_TOPIC_ECHO_CHARS, Telemetry, events, truncated,
+};
 use crate::topics::{self, Incoming, classify};
 
 const SIGHTING_QUEUE: usize = 4096;
@@ -748,8 +750,9 @@ impl Pipeline {
             ) {
                 Ok(content) => content,
                 Err(e) => {
-                    self.telemetry
-                        .count("nudges_not_composed_total", &[("rule", &rule.id)], 1);
+                    // The rule is named in the log, not as a label: labels
+                    // are fixed in the code (telemetry.rs).
+                    self.telemetry.count("nudges_not_composed_total", &[], 1);
                     tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
                     continue;
                 }
@@ -877,16 +880,14 @@ impl Pipeline {
         }
     }
 
-    fn reject(&self, topic: &str, kind: &str, rejected: &Rejection) {
-        self.telemetry.count(
-            "incoming_rejected_total",
-            &[("kind", kind), ("field", &rejected.field)],
-            1,
-        );
-        if self.telemetry.may_warn() {
-            tracing::warn!(kind, field = %rejected.field, reason = %rejected.reason, "incoming message rejected");
-        }
-        let report = serde_json::json!({ "topic": topic, "field": rejected.field, "reason": rejected.reason });
+    fn reject(&self, topic: &str, kind: &'static str, rejected: &Rejection) {
+        events::incoming_rejected(&self.telemetry, kind, &rejected.field, &rejected.reason);
+        // The field may be a key the sender chose: named, but cut short.
+        let report = serde_json::json!({
+            "topic": truncated(topic, MAX_TOPIC_ECHO_CHARS),
+            "field": truncated(&rejected.field, MAX_ECHO_CHARS),
+            "reason": truncated(&rejected.reason, MAX_REASON_CHARS),
+        });
         self.send(OutgoingMessage {
             topic: topics::errors(&self.config),
             payload: report.to_string().into_bytes(),

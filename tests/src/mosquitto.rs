@@ -203,6 +203,11 @@ impl Mosquitto {
         let _ = writeln!(c, "set_tcp_nodelay true");
         if self.opts.flood {
             let _ = writeln!(c, "persistence false");
+            // The flood publisher keeps at most ~600 messages ahead of what
+            // the gateway counted as handled, yet with the default (1000)
+            // Mosquitto still dropped some for the gateway (its count of
+            // queued messages is not ours; not investigated further).
+            let _ = writeln!(c, "max_queued_messages 20000");
         } else {
             let _ = writeln!(c, "persistence true");
             let _ = writeln!(c, "persistence_location {dir}/");

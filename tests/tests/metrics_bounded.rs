@@ -34,12 +34,11 @@ async fn ten_thousand_junk_keys_and_names_leave_the_metrics_as_they_were() -> an
     let after = site.admin_get("/metrics")?;
 
     let (series_before, series_after) = (flood::series(&before), flood::series(&after));
-    let new: Vec<_> = series_after.difference(&series_before).take(5).collect();
-    assert!(
-        new.is_empty(),
-        "{} new series, e.g. {new:#?}",
-        series_after.len() - series_before.len()
-    );
+    let new: Vec<_> = series_after.difference(&series_before).collect();
+    // A fixed series may first appear under load (`replies_dropped_total`
+    // when error reports outrun delivery); none may carry what was sent.
+    assert!(new.len() <= 3, "{} new series: {new:#?}", new.len());
+    assert!(!after.contains("junk-"), "a sent name reached /metrics");
     // Only counter values grew (a few more digits each).
     assert!(
         after.len() <= before.len() + 1024,
@@ -50,6 +49,35 @@ async fn ten_thousand_junk_keys_and_names_leave_the_metrics_as_they_were() -> an
     assert!(
         after.contains("gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"}"),
         "{after}"
+    );
+
+    // The report on gateway/errors still names an unknown key, cut short:
+    // a 12 KiB key does not come back whole.
+    let ops = Phone::connect_to(broker.port(), "ops", &site.topic("gateway/errors")).await?;
+    let long_key = "k".repeat(12 * 1024);
+    sender
+        .publish(
+            &site.topic("consent/r-1"),
+            format!(r#"{{"{long_key}": 1}}"#),
+            e2e::QoS::AtLeastOnce,
+            false,
+        )
+        .await?;
+    let reports = ops
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let report = reports[0].json()?;
+    let field = report["field"].as_str().unwrap_or_default();
+    assert!(
+        field.starts_with("kkkk") && field.chars().count() <= 65,
+        "{report}"
+    );
+    assert_eq!(report["reason"], "unknown field");
+    assert!(
+        reports[0].payload.len() < 512,
+        "{} bytes",
+        reports[0].payload.len()
     );
     Ok(())
 }
