@@ -29,6 +29,7 @@ use crate::io::sources::{self, Ingested};
 use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
+use crate::ratelimit::RecipientLimiter;
 use crate::reservations::{self, DecisionJob, Reservations};
 use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
 use crate::telemetry::{
@@ -372,6 +373,8 @@ pub struct Pipeline {
     merger: AdvertMerger,
     /// `--record`: what the sources hear, strangers removed.
     recorder: Option<CaptureRecorder>,
+    /// Per-recipient buckets on the app topics (`ratelimit.rs`).
+    rate_limit: RecipientLimiter,
 }
 
 /// How often the fleet report is published (event time).
@@ -425,6 +428,7 @@ impl Pipeline {
         let fleet = Fleet::new(config.beacons.clone());
         let scanner_filters = topics::scanner_filters(&config);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
+        let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
             config,
             store,
@@ -445,6 +449,7 @@ impl Pipeline {
             scanner_filters,
             merger,
             recorder: None,
+            rate_limit,
         })
     }
 
@@ -482,6 +487,7 @@ impl Pipeline {
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config);
+        self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
 
@@ -811,6 +817,20 @@ impl Pipeline {
         let label = kind.kind();
         self.telemetry
             .count("incoming_total", &[("kind", label)], 1);
+        if let Incoming::Consent(recipient)
+        | Incoming::CheckIn(recipient)
+        | Incoming::Feedback(recipient) = kind
+            && !self.rate_limit.allow(label, recipient)
+        {
+            // Unread and unreported (a report per message would be the
+            // flood again, on gateway/errors), but acked: unacked, it
+            // would hold one of the broker's in-flight slots for good.
+            events::incoming_rate_limited(&self.telemetry, label);
+            if let Some(ack) = message.ack {
+                ack.ack();
+            }
+            return;
+        }
         let result = if message.payload.len() > MAX_INCOMING_BYTES {
             Err(rejection(
                 "payload",

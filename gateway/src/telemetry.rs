@@ -21,10 +21,35 @@ pub struct Telemetry {
     gauges: Mutex<BTreeMap<&'static str, i64>>,
     /// Latency samples per summary name: the most recent ones only.
     summaries: Mutex<BTreeMap<&'static str, Summary>>,
-    /// Start of the current one-second window for rate-limited warnings.
-    warn_window_s: AtomicI64,
-    warn_count: AtomicU64,
+    /// Warnings about bad input.
+    warnings: LogBudget,
+    /// Messages dropped for their recipient's rate: a budget of their own,
+    /// so a flood of bad input cannot hide a flood over the rate.
+    rate_limited_log: LogBudget,
 }
+
+/// A per-second allowance of log lines.
+#[derive(Default)]
+struct LogBudget {
+    /// Start of the current one-second window.
+    window_s: AtomicI64,
+    count: AtomicU64,
+}
+
+impl LogBudget {
+    fn may(&self, per_second: u64) -> bool {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if self.window_s.swap(now_s, Ordering::Relaxed) != now_s {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < per_second
+    }
+}
+
+/// Log lines a second about messages over their recipient's rate.
+const RATE_LIMITED_LOGS_PER_SECOND: u64 = 5;
 
 /// Warnings about bad input are capped per second so that a flood of
 /// garbage cannot flood the log; every occurrence is still counted.
@@ -119,13 +144,7 @@ impl Telemetry {
 
     /// Whether a rate-limited warning may be logged now.
     pub fn may_warn(&self) -> bool {
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if self.warn_window_s.swap(now_s, Ordering::Relaxed) != now_s {
-            self.warn_count.store(0, Ordering::Relaxed);
-        }
-        self.warn_count.fetch_add(1, Ordering::Relaxed) < WARNINGS_PER_SECOND
+        self.warnings.may(WARNINGS_PER_SECOND)
     }
 
     /// Prometheus text exposition format.
@@ -355,7 +374,7 @@ pub mod events {
     /// acked, so the broker does not send it again).
     pub fn incoming_rate_limited(t: &Telemetry, kind: &'static str) {
         t.count("incoming_rate_limited_total", &[("kind", kind)], 1);
-        if t.may_warn() {
+        if t.rate_limited_log.may(super::RATE_LIMITED_LOGS_PER_SECOND) {
             tracing::warn!(kind, "incoming message over its recipient's rate; dropped");
         }
     }

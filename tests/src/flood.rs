@@ -86,6 +86,29 @@ pub async fn publish_paced(
     Ok(sent)
 }
 
+/// Returns once the gateway reads every topic kind: "gateway running" is
+/// logged before its subscriptions are in place, and a message published
+/// before then is lost for it (and for [`publish_paced`]'s count).
+pub async fn wait_subscribed(site: &Site, publisher: &Phone) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let base = handled(&site.admin_get("/metrics")?);
+        for kind in TOPIC_KINDS {
+            publisher
+                .publish(&kind.topic(site, "probe"), "probe", QoS::AtLeastOnce, false)
+                .await?;
+        }
+        let round = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < round {
+            if handled(&site.admin_get("/metrics")?) >= base + TOPIC_KINDS.len() as u64 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    bail!("the gateway did not read every topic kind within 20 s")
+}
+
 async fn catch_up(site: &Site, base: u64, target: u64) -> Result<()> {
     let deadline = Instant::now() + STALL;
     loop {

@@ -15,6 +15,9 @@ async fn ten_thousand_junk_keys_and_names_leave_the_metrics_as_they_were() -> an
     site.import_people(&flood::people(3))?;
     let gateway = site.start()?;
     let sender = Phone::connect_to(broker.port(), "junk-sender", "").await?;
+    flood::wait_subscribed(&site, &sender)
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
 
     // A first round makes every series the junk can reach exist already.
     let warm_up = flood::distinct_junk(&site, 4 * TOPIC_KINDS.len());

@@ -11,12 +11,18 @@ async fn a_recipient_flooding_feedback_is_held_to_its_rate_and_another_is_not() 
 {
     let broker = Mosquitto::start(MosquittoOptions::default().flood())?;
     // The defaults: 60 a minute, a burst of 20.
-    let mut site = Site::new(broker.port(), site::THREE_ZONES)?;
+    let mut site = Site::new(
+        broker.port(),
+        &[site::THREE_ZONES, flood::SCANNER_SOURCES].concat(),
+    )?;
     site.import_people(&flood::people(2))?;
     let gateway = site.start()?;
-    let ops = Phone::connect_to(broker.port(), "ops", &site.topic("gateway/errors")).await?;
     let flooder = Phone::connect_to(broker.port(), "flooder", "").await?;
     let app = Phone::connect_to(broker.port(), "app-r-2", "").await?;
+    flood::wait_subscribed(&site, &app)
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let ops = Phone::connect_to(broker.port(), "ops", &site.topic("gateway/errors")).await?;
 
     // Feedback for nudges never sent: each one read is refused by field.
     let feedback = |i: usize| format!(r#"{{"nudge_id": "n-{i}", "answer": "yes"}}"#);
@@ -52,17 +58,22 @@ async fn a_recipient_flooding_feedback_is_held_to_its_rate_and_another_is_not() 
         read_for_r1 >= 20 && read_for_r1 <= 20 + elapsed_s,
         "{read_for_r1} of r-1's 300 read in {elapsed_s} s"
     );
-    // Every message that was read got its report; r-2 all of its own.
-    let reports = ops
-        .wait_for(read_for_r1 as usize + 5, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.context(gateway.logs()))?;
-    let for_r2 = reports
-        .iter()
-        .filter(|r| r.payload_str().contains("feedback/r-2"))
-        .count();
-    assert_eq!(for_r2, 5);
-    for r in &reports {
+    // Every message that was read got its report (or, when the gateway's
+    // MQTT queue was full, counted as dropped); r-2 all of its own.
+    let of = |reports: &[e2e::Received], recipient: &str| {
+        reports
+            .iter()
+            .filter(|r| r.payload_str().contains(&format!("feedback/{recipient}\"")))
+            .count() as u64
+    };
+    e2e::wait_until(Duration::from_secs(10), || {
+        let reports = ops.received();
+        of(&reports, "r-2") == 5
+            && of(&reports, "r-1") + metric("gateway_replies_dropped_total") >= read_for_r1
+    })
+    .await
+    .map_err(|e| e.context(format!("{:#?}", ops.received().len())))?;
+    for r in ops.received() {
         assert_eq!(r.json()?["field"], "nudge_id", "{}", r.payload_str());
     }
     // Logged, at a bounded rate.
@@ -70,9 +81,6 @@ async fn a_recipient_flooding_feedback_is_held_to_its_rate_and_another_is_not() 
         .stderr()
         .matches("over its recipient's rate")
         .count() as u64;
-    assert!(
-        logged >= 1 && logged <= 20 * elapsed_s,
-        "{logged} log lines"
-    );
+    assert!(logged >= 1 && logged <= 5 * elapsed_s, "{logged} log lines");
     Ok(())
 }
