@@ -355,9 +355,16 @@ pub mod events {
     /// by the fixed label of its field; the log names the field itself,
     /// cut short.
     pub fn incoming_rejected(t: &Telemetry, kind: &'static str, field: &str, reason: &str) {
+        // A key the parser did not expect counts as such even when it is
+        // the name of another message's field (`answer` in a check-in).
+        let label = if reason == "unknown field" {
+            "unknown_field"
+        } else {
+            super::field_label(field)
+        };
         t.count(
             "incoming_rejected_total",
-            &[("kind", kind), ("field", super::field_label(field))],
+            &[("kind", kind), ("field", label)],
             1,
         );
         if t.may_warn() {
@@ -453,11 +460,15 @@ mod tests {
         for i in 0..1000 {
             events::incoming_rejected(&t, "consent", &format!("junk-{i}"), "unknown field");
         }
+        events::incoming_rejected(&t, "consent", "answer", "unknown field");
         events::incoming_rejected(&t, "consent", "consent.spam", "unknown purpose");
         let text = t.render();
         assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains("gateway_incoming_rejected_total{kind=\"consent\",field=\"consent\"} 1")
+        );
         assert!(text.contains(
-            "gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"} 1000"
+            "gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"} 1001"
         ));
     }
 

@@ -285,13 +285,19 @@ impl<'a> Fuzzer<'a> {
                 }
             }
             2 => format!("r-{}", self.rng.next_u64()),
-            // A topic level may hold any UTF-8 but the wildcards, `/` and NUL.
+            // Any UTF-8 a broker lets through in a topic level: not the
+            // wildcards, `/`, or control characters (Mosquitto refuses
+            // those and drops the publisher).
             _ => {
                 let len = 1 + self.rng.below(80);
                 (0..len)
                     .map(|_| {
                         let c = char::from_u32(0x20 + self.rng.below(0x2000) as u32).unwrap_or('x');
-                        if matches!(c, '+' | '#' | '/') { '_' } else { c }
+                        if matches!(c, '+' | '#' | '/') || c.is_control() {
+                            '_'
+                        } else {
+                            c
+                        }
                     })
                     .collect()
             }
@@ -452,4 +458,170 @@ impl Iterator for Fuzzer<'_> {
         payload.truncate(MAX_FUZZ_BYTES);
         Some((kind.topic(self.site, &name), payload))
     }
+}
+
+/// A fuzz site: the twin's zones, every scanner feed, and a per-recipient
+/// rate high enough that the parsers, not the buckets, see the messages
+/// (the buckets have their own test, `rate_limit.rs`).
+pub const FUZZ_SITE_REST: &str = r#"
+[incoming]
+per_recipient_per_minute = 60000000
+per_recipient_burst = 1000
+"#;
+
+/// What a fuzz run measured. RSS is the gateway's resident set
+/// (`VmRSS`), read from outside; "before" is taken once it reads every
+/// topic, before the first fuzz message.
+#[derive(Debug, Clone)]
+pub struct FuzzReport {
+    pub messages: u64,
+    pub seconds: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub rss_max_kib: u64,
+    pub metrics_bytes_before: usize,
+    pub metrics_bytes_after: usize,
+    pub series_before: usize,
+    pub series_after: usize,
+    pub handled: u64,
+    pub rejected: u64,
+    pub replies_dropped: u64,
+    /// The `/metrics` text at the end of the fuzz.
+    pub metrics_after: String,
+}
+
+impl std::fmt::Display for FuzzReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} messages in {:.1} s: {:.0} messages/s; the gateway handled {} (rejected {}, replies dropped {})",
+            self.messages,
+            self.seconds,
+            self.messages as f64 / self.seconds.max(1e-9),
+            self.handled,
+            self.rejected,
+            self.replies_dropped
+        )?;
+        writeln!(
+            f,
+            "gateway VmRSS (resident, read from /proc): {} KiB before, {} KiB after, {} KiB at most",
+            self.rss_before_kib, self.rss_after_kib, self.rss_max_kib
+        )?;
+        write!(
+            f,
+            "/metrics: {} bytes / {} series before, {} bytes / {} series after",
+            self.metrics_bytes_before,
+            self.series_before,
+            self.metrics_bytes_after,
+            self.series_after
+        )
+    }
+}
+
+fn counter_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// Starts a broker and a gateway (five enrolled people), sends `messages`
+/// fuzz messages over every topic kind, and checks that the gateway is
+/// alive and still answers a valid consent change. Returns what it
+/// measured; bounds are the caller's to assert.
+pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
+    let broker = crate::Mosquitto::start(crate::MosquittoOptions::default().flood())?;
+    let mut site = Site::new(
+        broker.port(),
+        &[crate::site::THREE_ZONES, SCANNER_SOURCES, FUZZ_SITE_REST].concat(),
+    )?;
+    site.import_people(&people(5))?;
+    let mut gateway = site.start()?;
+    let fuzzer = Phone::connect_to(broker.port(), "fuzzer", "").await?;
+    wait_subscribed(&site, &fuzzer)
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let pid = gateway.pid();
+    let before = site.admin_get("/metrics")?;
+    let rss_before_kib = vm_rss_kib(pid)?;
+    let mut rss_max_kib = rss_before_kib;
+
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut batch = Vec::with_capacity(10_000);
+    let mut all = Fuzzer::new(&site, seed, messages);
+    loop {
+        batch.clear();
+        batch.extend(all.by_ref().take(10_000));
+        if batch.is_empty() {
+            break;
+        }
+        sent += publish_paced(&site, &fuzzer, batch.drain(..))
+            .await
+            .map_err(|e| e.context(format!("after {sent} messages")))
+            .map_err(|e| e.context(gateway.logs()))?;
+        rss_max_kib = rss_max_kib.max(vm_rss_kib(pid)?);
+        if !gateway.is_running() {
+            bail!(
+                "the gateway died after {sent} messages:\n{}",
+                gateway.logs()
+            );
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = site.admin_get("/metrics")?;
+    let rss_after_kib = vm_rss_kib(pid)?;
+
+    // Still reading and answering: the CRM record (the fuzz may have
+    // changed or erased p-1) and a consent change with its receipt.
+    let app = Phone::connect_to(broker.port(), "app-r-1", &site.topic("receipts/r-1")).await?;
+    app.publish_acked(
+        &TopicKind::CrmPerson.topic(&site, "p-1"),
+        person_record(1),
+        false,
+        Default::default(),
+    )
+    .await?;
+    app.publish(
+        &site.topic("consent/r-1"),
+        r#"{"id": "after-fuzz", "consent": {"offers": true}}"#,
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    let receipts = app
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let receipt = receipts[0].json()?;
+    if receipt["id"] != "after-fuzz" || receipt["status"] != "saved" {
+        bail!("unexpected receipt after the fuzz run: {receipt}");
+    }
+    if !gateway.is_running() {
+        bail!("the gateway died:\n{}", gateway.logs());
+    }
+    let panicked = gateway.stderr().contains("panicked");
+    if panicked {
+        bail!("the gateway logged a panic:\n{}", gateway.logs());
+    }
+    Ok(FuzzReport {
+        messages: sent,
+        seconds,
+        rss_before_kib,
+        rss_after_kib,
+        rss_max_kib,
+        metrics_bytes_before: before.len(),
+        metrics_bytes_after: after.len(),
+        series_before: series(&before).len(),
+        series_after: series(&after).len(),
+        handled: handled(&after) - handled(&before),
+        rejected: counter_sum(&after, "gateway_incoming_rejected_total")
+            + counter_sum(&after, "gateway_sightings_rejected_total")
+            - counter_sum(&before, "gateway_incoming_rejected_total")
+            - counter_sum(&before, "gateway_sightings_rejected_total"),
+        replies_dropped: counter_sum(&after, "gateway_replies_dropped_total")
+            - counter_sum(&before, "gateway_replies_dropped_total"),
+        metrics_after: after,
+    })
 }
