@@ -29,7 +29,7 @@ use crate::io::sources::{self, Ingested};
 use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
-use crate::ratelimit::RecipientLimiter;
+use crate::ratelimit::{PerSecond, RecipientLimiter};
 use crate::reservations::{self, DecisionJob, Reservations};
 use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
 use crate::telemetry::{
@@ -375,7 +375,13 @@ pub struct Pipeline {
     recorder: Option<CaptureRecorder>,
     /// Per-recipient buckets on the app topics (`ratelimit.rs`).
     rate_limit: RecipientLimiter,
+    /// Error reports on gateway/errors, per second (`ratelimit::PerSecond`).
+    error_reports: PerSecond,
 }
+
+/// Error reports published per second at most; the rest are counted
+/// (`error_reports_suppressed_total`). Far above what real mistakes make.
+const ERROR_REPORTS_PER_SECOND: u32 = 100;
 
 /// How often the fleet report is published (event time).
 const FLEET_REPORT_EVERY_MS: i64 = 30_000;
@@ -450,6 +456,7 @@ impl Pipeline {
             merger,
             recorder: None,
             rate_limit,
+            error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
         })
     }
 
@@ -900,8 +907,13 @@ impl Pipeline {
         }
     }
 
-    fn reject(&self, topic: &str, kind: &'static str, rejected: &Rejection) {
+    fn reject(&mut self, topic: &str, kind: &'static str, rejected: &Rejection) {
         events::incoming_rejected(&self.telemetry, kind, &rejected.field, &rejected.reason);
+        if !self.error_reports.allow_at(wall_ms() / 1000) {
+            self.telemetry
+                .count("error_reports_suppressed_total", &[], 1);
+            return;
+        }
         // The field may be a key the sender chose: named, but cut short.
         let report = serde_json::json!({
             "topic": truncated(topic, MAX_TOPIC_ECHO_CHARS),

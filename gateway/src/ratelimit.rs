@@ -152,9 +152,54 @@ impl RecipientLimiter {
     }
 }
 
+/// At most `max` events per wall-clock second, for the whole gateway: the
+/// error reports on `gateway/errors`. Each one is a QoS 1 publish; a flood
+/// of junk on many topics made one per message, and the gateway's acks to
+/// the broker queued behind them (the broker then held the unacked
+/// messages, the gateway a pending ack for each).
+#[derive(Clone, Copy, Debug)]
+pub struct PerSecond {
+    max: u32,
+    second: i64,
+    used: u32,
+}
+
+impl PerSecond {
+    pub fn new(max: u32) -> PerSecond {
+        PerSecond {
+            max,
+            second: i64::MIN,
+            used: 0,
+        }
+    }
+
+    /// Whether one more event fits in the second `now_s`.
+    pub fn allow_at(&mut self, now_s: i64) -> bool {
+        if now_s != self.second {
+            self.second = now_s;
+            self.used = 0;
+        }
+        if self.used < self.max {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_second_allows_max_in_each_second() {
+        let mut p = PerSecond::new(3);
+        assert_eq!((0..10).filter(|_| p.allow_at(5)).count(), 3);
+        assert_eq!((0..10).filter(|_| p.allow_at(6)).count(), 3);
+        // A step back is a new second too: never more than max in a row.
+        assert_eq!((0..10).filter(|_| p.allow_at(5)).count(), 3);
+    }
 
     fn limiter(per_minute: u32, burst: u32, max_recipients: usize) -> RecipientLimiter {
         RecipientLimiter::new(RateLimit {
