@@ -15,9 +15,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Label names and values, all written in the code (see the module doc).
+type Labels = Vec<(&'static str, &'static str)>;
+
 #[derive(Default)]
 pub struct Telemetry {
-    counters: Mutex<BTreeMap<(&'static str, Vec<(&'static str, &'static str)>), u64>>,
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     gauges: Mutex<BTreeMap<&'static str, i64>>,
     /// Latency samples per summary name: the most recent ones only.
     summaries: Mutex<BTreeMap<&'static str, Summary>>,

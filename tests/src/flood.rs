@@ -72,19 +72,35 @@ pub async fn publish_paced(
     publisher: &Phone,
     messages: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) -> Result<u64> {
-    let base = handled(&site.admin_get("/metrics")?);
+    let base = handled(&metrics_retrying(site).await?);
     let mut sent = 0u64;
     for (topic, payload) in messages {
         publisher
             .publish(&topic, payload, QoS::AtLeastOnce, false)
             .await?;
         sent += 1;
-        if sent % CHUNK == 0 {
+        if sent.is_multiple_of(CHUNK) {
             catch_up(site, base, sent.saturating_sub(MAX_LAG)).await?;
         }
     }
     catch_up(site, base, sent).await?;
     Ok(sent)
+}
+
+/// `/metrics`, asked again (for up to [`STALL`]) when a busy gateway does
+/// not answer within the harness's 5 s.
+async fn metrics_retrying(site: &Site) -> Result<String> {
+    let deadline = Instant::now() + STALL;
+    loop {
+        match site.admin_get("/metrics") {
+            Ok(text) => return Ok(text),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                METRICS_FAILURES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Returns once the gateway reads every topic kind: "gateway running" is
@@ -585,7 +601,7 @@ pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
             .map_err(|e| e.context(format!("after {sent} messages")))
             .map_err(|e| e.context(tail(&gateway, &broker)))?;
         rss_max_kib = rss_max_kib.max(vm_rss_kib(pid)?);
-        if sent % 100_000 == 0 {
+        if sent.is_multiple_of(100_000) {
             eprintln!(
                 "{sent} messages, {:.0} s, gateway VmRSS {} KiB",
                 started.elapsed().as_secs_f64(),
