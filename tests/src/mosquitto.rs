@@ -204,12 +204,11 @@ impl Mosquitto {
         if self.opts.flood {
             let _ = writeln!(c, "persistence false");
             // The flood publisher keeps at most ~600 messages ahead of what
-            // the gateway counted as handled, yet Mosquitto 2.0.11 still
-            // dropped messages for the gateway "over the queue limit",
-            // at the default 1000 within seconds and at 20000 after
-            // ~400,000 messages: its count of queued messages is not the
-            // real queue (not investigated further). No limit: the pacing
-            // is the bound.
+            // the gateway counted as handled, but Mosquitto counts what the
+            // gateway has not acked yet: when its acks lagged (see
+            // ERROR_REPORTS_PER_SECOND in daemon.rs) the broker dropped
+            // messages "over the queue limit" at 1000 and at 20000. No
+            // limit: the pacing is the bound, and a lag shows as memory.
             let _ = writeln!(c, "max_queued_messages 0");
         } else {
             let _ = writeln!(c, "persistence true");
