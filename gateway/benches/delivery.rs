@@ -192,6 +192,7 @@ fn start_delivery(
         outgoing: outgoing_rx,
         subscriptions: Vec::new(),
         connected,
+        refused_subscriptions: watch::channel(Vec::new()).0,
     };
     rt.spawn(async move { while incoming_rx.recv().await.is_some() {} });
     let handle = rt.spawn(delivery.run(cancel.clone()));

@@ -2,7 +2,12 @@
 //! that a capture or a simulator running N× faster than real time is judged
 //! as it happened; between sightings the clock advances with the wall clock,
 //! so people still leave when the radio goes quiet. It never runs backwards
-//! on a late datagram; a sighting stamped too far ahead is refused.
+//! on a late datagram. A sighting is believed only up to `max_skew` ahead
+//! of the gateway's own *wall* clock, never of the time it last saw: a
+//! device on the store's network cannot walk the clock forward datagram by
+//! datagram (which would make every real phone's rotating id look stale
+//! and close every open visit). A simulation that runs faster than real
+//! time says so with a large `max_future_skew_ms`.
 
 use std::time::Instant;
 
@@ -26,13 +31,12 @@ impl EventClock {
     }
 
     /// Take a sighting's time into account. Returns false (and changes
-    /// nothing) when it is more than `max_skew_ms` ahead of the clock.
-    pub fn observe(&mut self, at_ms: i64, max_skew_ms: i64) -> bool {
-        let now = self.now_ms();
-        if at_ms > now.saturating_add(max_skew_ms) {
+    /// nothing) when it is more than `max_skew_ms` ahead of `wall_now_ms`.
+    pub fn observe(&mut self, at_ms: i64, wall_now_ms: i64, max_skew_ms: i64) -> bool {
+        if at_ms > wall_now_ms.saturating_add(max_skew_ms) {
             return false;
         }
-        if at_ms > now {
+        if at_ms > self.now_ms() {
             self.latest_ms = at_ms;
             self.at = Instant::now();
         }
@@ -52,15 +56,31 @@ mod tests {
 
     #[test]
     fn follows_sightings_forward_never_back_and_refuses_far_future() {
-        let mut clock = EventClock::starting_at(1_000_000);
-        assert!(clock.observe(1_060_000, 600_000));
+        let wall = 1_000_000;
+        let mut clock = EventClock::starting_at(wall);
+        assert!(clock.observe(1_060_000, wall, 600_000));
         assert!(clock.now_ms() >= 1_060_000);
-        assert!(clock.observe(1_000_000, 600_000));
+        assert!(clock.observe(1_000_000, wall, 600_000));
         assert!(
             clock.now_ms() >= 1_060_000,
             "a late sighting does not move time back"
         );
-        assert!(!clock.observe(9_000_000_000, 600_000));
+        assert!(!clock.observe(9_000_000_000, wall, 600_000));
         assert!(clock.now_ms() < 2_000_000);
+    }
+
+    #[test]
+    fn forged_sightings_cannot_walk_the_clock_past_the_wall_clock_bound() {
+        let wall = 1_000_000;
+        let skew = 5_000;
+        let mut clock = EventClock::starting_at(wall);
+        // Each datagram just inside the bound of the clock it moved: under
+        // the old rule (skew from the event clock) three of these moved it
+        // three skews ahead.
+        for _ in 0..3 {
+            let next = clock.now_ms() + skew;
+            clock.observe(next, wall, skew);
+        }
+        assert!(clock.now_ms() <= wall + skew + 100, "{}", clock.now_ms());
     }
 }

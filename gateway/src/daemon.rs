@@ -106,6 +106,14 @@ pub async fn run(
             .await
             .expect("store open task does not panic")?
     };
+    // Person hashes in the logs: salted per gateway (GATEWAY_LOG_SALT lets
+    // a chain's operators share one, to follow a hash across stores).
+    let salt = std::env::var("GATEWAY_LOG_SALT")
+        .map(String::into_bytes)
+        .unwrap_or_else(|_| store.log_salt().to_vec());
+    if !crate::privacy::install_salt(&salt) {
+        tracing::warn!("log hashes were made before the gateway's salt was installed");
+    }
     let telemetry = Arc::new(Telemetry::new());
 
     let mut udp_sockets = Vec::new();
@@ -134,6 +142,7 @@ pub async fn run(
     let (incoming_tx, incoming_rx) = mpsc::channel::<IncomingMessage>(INCOMING_QUEUE);
     let (outgoing_tx, outgoing_rx) = mpsc::channel::<OutgoingMessage>(OUTGOING_QUEUE);
     let (connected_tx, connected_rx) = watch::channel(false);
+    let (refused_tx, refused_rx) = watch::channel(Vec::<&'static str>::new());
     let outbox_ready = Arc::new(Notify::new());
     let latency_stamps = mqtt::LatencyStamps::default();
     let (reservations, decider) = reservations::stage(
@@ -251,6 +260,7 @@ pub async fn run(
             mqtt_connected: connected_rx,
             sources_running: sources_running.clone(),
             storage_open: Arc::new(AtomicBool::new(true)),
+            refused_subscriptions: refused_rx,
         };
         tasks.spawn(admin::serve(
             listener,
@@ -270,11 +280,9 @@ pub async fn run(
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
             outgoing: outgoing_rx,
-            subscriptions: topics::subscriptions(&config)
-                .into_iter()
-                .chain(topics::scanner_subscriptions(&config))
-                .collect(),
+            subscriptions: topics::all_subscriptions(&config),
             connected: connected_tx,
+            refused_subscriptions: refused_tx,
             config_updates: config_rx.clone(),
             latency_stamps,
         }
@@ -538,7 +546,15 @@ impl Pipeline {
     async fn sweep(&mut self, now_ms: i64) {
         let cutoff = now_ms - self.config.retention.as_millis() as i64;
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep_decisions(cutoff)).await {
+        if let Some(recorder) = &mut self.recorder {
+            match recorder.expire(cutoff) {
+                Ok(dropped) => self
+                    .telemetry
+                    .count("retention_swept_total", &[], dropped as u64),
+                Err(e) => events::source_failed(&self.telemetry, "record", &e),
+            }
+        }
+        match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(removed)) => {
                 self.telemetry
                     .count("retention_swept_total", &[], removed as u64);
@@ -559,7 +575,7 @@ impl Pipeline {
         let sighting = item.sighting;
         if !self
             .clock
-            .observe(sighting.at_ms, self.config.max_future_skew_ms)
+            .observe(sighting.at_ms, wall_ms(), self.config.max_future_skew_ms)
         {
             events::sighting_rejected(
                 &self.telemetry,
@@ -945,16 +961,28 @@ impl Pipeline {
     }
 
     /// A person record from the CRM (retained); an empty payload erases.
+    /// The record comes again after every fresh session and republish, in
+    /// any order with the app's changes: it is folded in part by part, and
+    /// only the parts it said later than what is held change (the newest
+    /// word wins; an old record never switches a withdrawn purpose back
+    /// on). A record not later than the person's erasure is refused.
     async fn on_person(&mut self, person: &str, payload: &[u8]) -> Result<(), Rejection> {
+        let now = wall_ms();
         if payload.is_empty() {
-            return self.erase(&PersonId::from(person)).await;
+            return self.erase(&PersonId::from(person), now).await;
         }
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let record = PersonRecord::from_json(text)?;
         if record.person.as_str() != person {
             return Err(rejection("person", "does not match the topic"));
         }
-        self.upsert(record).await
+        let erased_at = self.store.tombstone(person).map_err(|e| {
+            events::storage_error(&self.telemetry, "tombstone", &e);
+            rejection("storage", "could not be checked; nothing changed")
+        })?;
+        let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
+            .inspect_err(|_| self.telemetry.count("people_refused_erased_total", &[], 1))?;
+        self.upsert(merged).await
     }
 
     async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
@@ -1015,11 +1043,16 @@ impl Pipeline {
         self.recognised.remove(person);
     }
 
-    async fn erase(&mut self, person: &PersonId) -> Result<(), Rejection> {
+    /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
+    /// that refuses their older records (the CRM's retained one above all).
+    async fn erase(&mut self, person: &PersonId, erased_at_ms: i64) -> Result<(), Rejection> {
         // A queued decision must not write the person back after this.
         self.settle_decisions().await;
         let id = person.as_str().to_string();
-        match self.blocking(move |store| store.forget_person(&id)).await {
+        match self
+            .blocking(move |store| store.forget_person(&id, erased_at_ms))
+            .await
+        {
             Ok(_) => {
                 self.people.remove(person);
                 self.forget_presence(person);
@@ -1049,9 +1082,23 @@ impl Pipeline {
             .by_recipient(recipient)
             .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
         let mut updated = record.clone();
-        let status = match change.apply(&mut updated) {
+        let now = wall_ms();
+        let status = match change.apply(&mut updated, change.said_at_ms(now)) {
             Applied::Forget => {
-                self.erase(&record.person).await?;
+                self.erase(&record.person, now).await?;
+                // The back office keeps the person's retained record: tell
+                // it, so that it clears it (the tombstone refuses it here
+                // meanwhile).
+                let notice = serde_json::json!({
+                    "person": record.person.as_str(),
+                    "erased_at": rfc3339_ms(now),
+                });
+                self.send(OutgoingMessage {
+                    topic: topics::erasures(&self.config),
+                    payload: notice.to_string().into_bytes(),
+                    correlation_data: None,
+                    retain: false,
+                });
                 "forgotten"
             }
             Applied::Updated { withdrawn } => {
@@ -1154,12 +1201,12 @@ impl Pipeline {
         if !record.consent.allows(crate::identity::Purpose::Feedback) {
             return Err(rejection("consent", "no consent for feedback"));
         }
-        let (store, nudge_id) = (self.store.clone(), feedback.nudge_id.clone());
-        let decision = tokio::task::spawn_blocking(move || store.decision_by_nudge(&nudge_id))
-            .await
-            .expect("lookup does not panic");
+        let (person, nudge_id) = (record.person.to_string(), feedback.nudge_id.clone());
+        let decision = self
+            .blocking(move |store| store.decision_of(&person, &nudge_id))
+            .await;
         match decision {
-            Ok(Some(d)) if d.person == record.person.as_str() => {}
+            Ok(Some(d)) if d.outcome == crate::store::DecisionOutcome::Sent => {}
             Ok(_) => return Err(rejection("nudge_id", "not a nudge sent to this recipient")),
             Err(e) => {
                 events::storage_error(&self.telemetry, "feedback", &e);
@@ -1202,12 +1249,13 @@ impl Pipeline {
                 ));
             }
         };
-        if !self
-            .clock
-            .observe(checkin.at_ms, self.config.max_future_skew_ms)
-        {
+        // A phone's word never moves the decision clock: its time is only
+        // checked against the wall clock, and a reading dated ahead of the
+        // clock counts as now.
+        if checkin.at_ms > wall_ms().saturating_add(self.config.max_future_skew_ms) {
             return Err(rejection("at_ms", "too far ahead of the gateway's clock"));
         }
+        let at_ms = checkin.at_ms.min(self.clock.now_ms());
         if self.recognise(&checkin.rotating_id).is_none() {
             return Ok(());
         }
@@ -1215,20 +1263,21 @@ impl Pipeline {
         events.clear();
         for beacon in &checkin.beacons {
             let scanner = beacon_scanner_id(&beacon.uuid, beacon.major, beacon.minor);
-            self.presence.observe(
-                &person,
-                &scanner,
-                beacon.rssi as i16,
-                checkin.at_ms,
-                &mut events,
-            );
+            self.presence
+                .observe(&person, &scanner, beacon.rssi as i16, at_ms, &mut events);
         }
-        self.touch_visit(&person, checkin.at_ms);
+        self.touch_visit(&person, at_ms);
         self.handle_events(&events).await;
         self.events = events;
         self.telemetry.count("checkins_total", &[], 1);
         Ok(())
     }
+}
+
+fn rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn scanner_merge_window(config: &Config) -> i64 {

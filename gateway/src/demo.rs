@@ -106,6 +106,10 @@ per_day = 3
 per_week = 7
 min_gap_s = 1200
 
+[presence]
+# The twin runs faster than real time, ahead of the wall clock.
+max_future_skew_ms = 86400000
+
 [admin]
 listen = ""
 "#,
@@ -394,8 +398,10 @@ pub async fn run(
                 .filter(|p| person.consent.get(*p))
                 .map(|p| p.as_str())
                 .collect();
+            // The app key is a secret: never in a URL (history, logs,
+            // Referer); the page takes it from its settings form.
             say(format!(
-                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&key={key}&consent={}\n",
+                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&consent={}\n      app key, for the page's connection settings: {key}\n",
                 person.recipient,
                 person.recipient,
                 consent.join(",")

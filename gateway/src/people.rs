@@ -18,7 +18,7 @@ use hashbrown::HashTable;
 
 use crate::identity::{
     Consent, Identity, IdentityChanges, IdentityIndex, MovedIdentity, PersonId, PersonRecord,
-    RotatingIdTable,
+    RotatingIdTable, Stamps,
 };
 
 /// One person as kept in memory: a [`PersonRecord`] without spare capacity,
@@ -31,6 +31,7 @@ struct Entry {
     consent: Consent,
     interests: Box<[Arc<str>]>,
     owns: Box<[Arc<str>]>,
+    stamps: Stamps,
 }
 
 impl Entry {
@@ -44,6 +45,7 @@ impl Entry {
             consent: self.consent,
             interests: strings(&self.interests),
             owns: strings(&self.owns),
+            stamps: self.stamps,
         }
     }
 
@@ -336,6 +338,7 @@ impl People {
             consent: record.consent,
             interests: self.strings.intern_all(record.interests),
             owns: self.strings.intern_all(record.owns),
+            stamps: record.stamps,
         };
         // Released after the new entry took its copies: a string both hold
         // stays.
@@ -584,6 +587,7 @@ mod tests {
                                 consent: Consent { proximity, ..Consent::default() },
                                 interests: interests.iter().map(|&i| WORDS[i].to_string()).collect(),
                                 owns: owns.iter().map(|&i| WORDS[i].to_string()).collect(),
+                                stamps: Default::default(),
                             };
                             let taken = model.iter().any(|(q, r)| *q != p && r.recipient == record.recipient);
                             let got = people.upsert(record.clone());

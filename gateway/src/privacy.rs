@@ -4,7 +4,9 @@
 use sha2::{Digest, Sha256};
 
 /// A stable, short, non-reversible tag for a personal identifier, for logs.
-/// Salted so a log reader cannot confirm a guessed id by hashing it.
+/// Salted so a log reader cannot confirm a guessed id by hashing it: logs
+/// outlive an erasure, and an unsalted hash of a guessed id would still
+/// find the person in them.
 pub fn hashed(id: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"gateway-log-v1\0");
@@ -13,12 +15,27 @@ pub fn hashed(id: &str) -> String {
     hex::encode(&h.finalize()[..6])
 }
 
+static SALT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// The salt for the rest of the process: the daemon installs the one kept
+/// in its state directory (made at random on first start, so hashes stay
+/// comparable across restarts of one gateway and nowhere else) before it
+/// logs anyone. Returns false if hashes were already made with another.
+pub fn install_salt(salt: &[u8]) -> bool {
+    SALT.set(salt.to_vec()).is_ok() || SALT.get().is_some_and(|s| s == salt)
+}
+
+/// Without an installed salt (a CLI command, a test), a random one for
+/// this process: never none.
 fn salt() -> &'static [u8] {
-    static SALT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     SALT.get_or_init(|| {
-        std::env::var("GATEWAY_LOG_SALT")
-            .map(String::into_bytes)
-            .unwrap_or_default()
+        let mut salt = vec![0u8; 16];
+        if getrandom::getrandom(&mut salt).is_err() {
+            // No randomness at all: the time still keeps hashes from
+            // matching another process's.
+            salt = format!("{:?}", std::time::SystemTime::now()).into_bytes();
+        }
+        salt
     })
 }
 

@@ -389,6 +389,60 @@ pub mod events {
         }
     }
 
+    /// The broker refused one of our subscriptions (`kind` is the fixed
+    /// label of the filter, never the filter: it may come from config).
+    pub fn subscription_refused(t: &Telemetry, kind: &'static str, code: u8) {
+        t.count("mqtt_subscriptions_refused_total", &[("kind", kind)], 1);
+        tracing::error!(
+            kind,
+            code = format_args!("{code:#04x}"),
+            "subscription refused by the broker (check the gateway's ACL); not ready"
+        );
+    }
+
+    /// How many of our subscriptions the broker's last SUBACK refused.
+    pub fn subscriptions_refused_now(t: &Telemetry, refused: usize) {
+        t.set_gauge("mqtt_subscriptions_refused", refused as i64);
+    }
+
+    /// The broker answered our SUBSCRIBE (once per connect): from here on
+    /// what it granted is heard.
+    pub fn subscribed(t: &Telemetry, refused: usize) {
+        t.count("mqtt_subacks_total", &[], 1);
+        subscriptions_refused_now(t, refused);
+        tracing::debug!(refused, "subscriptions answered by the broker");
+    }
+
+    /// A retained copy on a topic that carries requests (consent, check-in,
+    /// feedback, purchase, sightings): left there by a client, not acted on.
+    pub fn retained_message_ignored(t: &Telemetry, kind: &'static str) {
+        t.count("incoming_retained_ignored_total", &[("kind", kind)], 1);
+        if t.may_warn() {
+            tracing::warn!(kind, "ignored a retained message on a request topic");
+        }
+    }
+
+    /// A message larger than the broker accepts (`what`: nudge or other); dropped.
+    pub fn publish_too_large(t: &Telemetry, what: &'static str, bytes: usize, limit: usize) {
+        t.count("publishes_too_large_total", &[("what", what)], 1);
+        tracing::error!(
+            what,
+            bytes,
+            limit,
+            "message too large for the broker; dropped"
+        );
+    }
+
+    /// A file holding a secret that others than the gateway's user may read.
+    pub fn secret_file_exposed(t: &Telemetry, field: &'static str, mode: u32) {
+        t.count("secret_files_exposed_total", &[("field", field)], 1);
+        tracing::warn!(
+            field,
+            mode = format_args!("{mode:o}"),
+            "a secret file is readable by group or others; chmod 600 it or use LoadCredential="
+        );
+    }
+
     pub fn storage_error(t: &Telemetry, during: &'static str, error: &dyn std::fmt::Display) {
         t.count("storage_errors_total", &[("during", during)], 1);
         tracing::error!(during, %error, "storage error");

@@ -135,6 +135,68 @@ pub fn scanner_feed(filters: &ScannerFilters, topic: &str) -> Option<ScannerFeed
         .map(|(feed, _)| *feed)
 }
 
+/// One filter the gateway subscribes to, with a label from a fixed set
+/// (for metrics and logs: never the filter itself, which may come from
+/// config) and whether the broker's retained copies are wanted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    pub kind: &'static str,
+    /// Only the CRM's person records are meant to be retained. Anything
+    /// else a broker holds retained was left by a client (a phone may set
+    /// the retain flag: Mosquitto cannot forbid it per user) and would come
+    /// back as if new after every subscribe.
+    pub retained_wanted: bool,
+}
+
+/// Everything the gateway subscribes to: the incoming topics of DESIGN §6
+/// and the configured scanner feeds.
+pub fn all_subscriptions(config: &Config) -> Vec<Subscription> {
+    let (p, store) = (&config.mqtt.prefix, config.store_topic());
+    let mut all = vec![
+        Subscription {
+            filter: format!("{p}/crm/people/+"),
+            kind: Incoming::Person("").kind(),
+            retained_wanted: true,
+        },
+        Subscription {
+            filter: format!("{store}/consent/+"),
+            kind: Incoming::Consent("").kind(),
+            retained_wanted: false,
+        },
+        Subscription {
+            filter: format!("{store}/checkin/+"),
+            kind: Incoming::CheckIn("").kind(),
+            retained_wanted: false,
+        },
+        Subscription {
+            filter: format!("{store}/feedback/+"),
+            kind: Incoming::Feedback("").kind(),
+            retained_wanted: false,
+        },
+        Subscription {
+            filter: format!("{store}/purchases"),
+            kind: Incoming::Purchase.kind(),
+            retained_wanted: false,
+        },
+    ];
+    all.extend(
+        scanner_filters(config)
+            .into_iter()
+            .map(|(feed, filter)| Subscription {
+                filter,
+                kind: feed.label(),
+                retained_wanted: false,
+            }),
+    );
+    all
+}
+
+/// The subscription a received topic arrived on (the first that matches).
+pub fn subscription_of<'a>(all: &'a [Subscription], topic: &str) -> Option<&'a Subscription> {
+    all.iter().find(|s| matches(&s.filter, topic))
+}
+
 pub fn receipts(config: &Config, recipient: &str) -> String {
     format!("{}/receipts/{recipient}", config.store_topic())
 }
@@ -145,6 +207,12 @@ pub fn beacons(config: &Config) -> String {
 
 pub fn errors(config: &Config) -> String {
     format!("{}/gateway/errors", config.store_topic())
+}
+
+/// Erasures done at a customer's request, for the back office to clear
+/// its retained record of the person.
+pub fn erasures(config: &Config) -> String {
+    format!("{}/erasures", config.store_topic())
 }
 
 /// A v5 response topic is honoured only inside the sender's own receipts
@@ -235,6 +303,20 @@ mod tests {
             assert_eq!(classify(&c, other), Incoming::Unknown, "{other}");
         }
         assert_eq!(subscriptions(&c).len(), 5);
+        let all = all_subscriptions(&c);
+        assert_eq!(
+            all.iter().map(|s| s.filter.clone()).collect::<Vec<_>>(),
+            subscriptions(&c)
+        );
+        let retained: Vec<&str> = all
+            .iter()
+            .filter(|s| s.retained_wanted)
+            .map(|s| s.kind)
+            .collect();
+        assert_eq!(retained, ["crm_person"]);
+        let consent = subscription_of(&all, "retail/s1/consent/r-1").unwrap();
+        assert_eq!(consent.kind, "consent");
+        assert!(subscription_of(&all, "retail/s2/consent/r-1").is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod bins;
 pub mod flood;
 pub mod mosquitto;
 pub mod phone;
+pub mod powercut;
 pub mod process;
 pub mod site;
 pub mod util;

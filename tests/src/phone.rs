@@ -83,6 +83,9 @@ pub struct PhoneOptions {
     pub resubscribe: bool,
     /// Bound for [`Phone::connect`] (CONNACK and every SUBACK), default 10 s.
     pub connect_timeout: Duration,
+    /// Largest packet accepted (and advertised in CONNECT); `None`: rumqttc's
+    /// 10 KiB, past which the connection fails.
+    pub max_packet_size: Option<u32>,
 }
 
 impl PhoneOptions {
@@ -105,6 +108,7 @@ impl PhoneOptions {
             credentials: None,
             resubscribe: true,
             connect_timeout: Duration::from_secs(10),
+            max_packet_size: None,
         }
     }
 
@@ -118,6 +122,11 @@ impl PhoneOptions {
 
     pub fn filter(mut self, filter: impl Into<String>) -> Self {
         self.filters.push(filter.into());
+        self
+    }
+
+    pub fn max_packet_size(mut self, bytes: u32) -> Self {
+        self.max_packet_size = Some(bytes);
         self
     }
 
@@ -163,6 +172,9 @@ impl Phone {
         mqtt.set_keep_alive(opts.keep_alive.max(Duration::from_secs(5)));
         mqtt.set_clean_start(opts.clean_start);
         mqtt.set_session_expiry_interval(opts.session_expiry);
+        if opts.max_packet_size.is_some() {
+            mqtt.set_max_packet_size(opts.max_packet_size);
+        }
         if let Some((user, password)) = &opts.credentials {
             mqtt.set_credentials(user.clone(), password.clone());
         }

@@ -159,13 +159,28 @@ listen = "{admin}"
 
     /// Start `gateway run <extra args>` and wait until it is running.
     pub fn start_with(&mut self, extra: &[&str]) -> Result<ChildGuard> {
+        self.start_with_env(extra, Vec::<(&str, &str)>::new())
+    }
+
+    /// Like [`Site::start_with`], with extra environment variables (e.g.
+    /// the power-cut shim's).
+    pub fn start_with_env<K, V>(
+        &mut self,
+        extra: &[&str],
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<ChildGuard>
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         self.starts += 1;
         let mut cmd = Command::new(gateway_bin()?);
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("run")
             .args(extra)
-            .env("GATEWAY_LOG", "info,rumqttc=warn");
+            .env("GATEWAY_LOG", "info,rumqttc=warn")
+            .envs(env);
         let guard = spawn_guarded_in(cmd, self.dir.path(), &format!("gateway-{}", self.starts))?;
         let ready = wait_until_blocking(Duration::from_secs(20), || {
             guard.stderr().contains("gateway running")

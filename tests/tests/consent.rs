@@ -217,3 +217,166 @@ async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused
     );
     Ok(())
 }
+
+/// "Newest word wins, and a withdrawal sticks": the CRM's retained record
+/// comes again after every republish and every fresh session. It must not
+/// switch a withdrawn purpose back on, nor bring a forgotten person back;
+/// a re-enrolment dated after the erasure is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the_forgotten()
+-> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let mut site = Site::new(broker.port(), &site::laptop_site())?;
+    let stamp = |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339();
+    let record_at = |at: chrono::DateTime<chrono::Utc>| {
+        format!(
+            r#"{{"person": "p-1", "recipient": "r-1", "updated_at": "{}", "identities": [{{"kind": "email", "value": "ana@example.com"}}],
+                "consent": {{"proximity": true, "product_info": true, "offers": true, "thanks": true, "feedback": true}}}}"#,
+            stamp(at)
+        )
+    };
+    let old_record = record_at(chrono::Utc::now() - chrono::Duration::hours(1));
+    let mut gateway = site.start()?;
+    let app = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "app-r-1",
+        site.topic("receipts/r-1"),
+    ))
+    .await?;
+    let ops = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("gateway/errors"),
+    ))
+    .await?;
+    let back_office = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "back-office",
+        site.topic("erasures"),
+    ))
+    .await?;
+    let crm = Phone::connect(PhoneOptions::new(broker.port(), "crm", "")).await?;
+    let publish_record = |payload: String| {
+        let crm = &crm;
+        async move {
+            crm.publish_acked(
+                "retail/crm/people/p-1",
+                payload.as_bytes(),
+                true,
+                PublishProperties::default(),
+            )
+            .await
+        }
+    };
+
+    publish_record(old_record.clone()).await?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
+            .unwrap_or(0)
+            >= 1
+    })
+    .await?;
+    app.publish(
+        &site.topic("consent/r-1"),
+        br#"{"id": "c-1", "consent": {"offers": false}}"#.to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    app.wait_for(1, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+
+    // The routine republish of the same (older) record.
+    publish_record(old_record.clone()).await?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
+            .unwrap_or(0)
+            >= 2
+    })
+    .await?;
+    drop(gateway);
+    let show = site.cli(&["people", "show", "p-1"])?;
+    let shown = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(show.status.success(), "{shown}");
+    assert!(
+        shown.contains(r#""offers": false"#),
+        "the republished record switched offers back on: {shown}"
+    );
+    assert!(shown.contains(r#""product_info": true"#), "{shown}");
+
+    gateway = site.start()?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.admin_get("/readyz")
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    app.publish(
+        &site.topic("consent/r-1"),
+        br#"{"id": "c-9", "forget": true}"#.to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await?;
+    let receipts = app
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    assert_eq!(receipts[1].json()?["status"], "forgotten");
+    let notices = back_office.wait_for(1, Duration::from_secs(10)).await?;
+    let notice = notices[0].json()?;
+    assert_eq!(notice["person"], "p-1");
+    assert!(notice["erased_at"].as_str().is_some(), "{notice}");
+
+    // The back office has not cleared its record yet and republishes it.
+    publish_record(old_record.clone()).await?;
+    let errors = ops
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context(gateway.logs()))?;
+    let error = errors[0].json()?;
+    assert_eq!(error["field"], "updated_at", "{error}");
+    assert!(
+        !errors[0].payload_str().contains("ana@example.com"),
+        "no content in the report"
+    );
+    drop(gateway);
+    assert!(
+        !site.cli(&["people", "show", "p-1"])?.status.success(),
+        "the forgotten person came back"
+    );
+
+    // A fresh session (a new client id: the broker holds no session for
+    // it): the broker hands over the retained record, still old, refused.
+    let text = std::fs::read_to_string(&site.config_path)?;
+    std::fs::write(
+        &site.config_path,
+        text.replacen(
+            "keep_alive_s = 5",
+            "keep_alive_s = 5\nclient_id = \"gateway-fresh\"",
+            1,
+        ),
+    )?;
+    gateway = site.start()?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_people_refused_erased_total")
+            .unwrap_or(0)
+            >= 1
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    // A re-enrolment, dated after the erasure, is taken.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish_record(record_at(chrono::Utc::now())).await?;
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
+            .unwrap_or(0)
+            >= 2
+    })
+    .await?;
+    drop(gateway);
+    let show = site.cli(&["people", "show", "p-1"])?;
+    assert!(show.status.success(), "the re-enrolment was refused");
+    Ok(())
+}

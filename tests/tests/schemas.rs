@@ -10,8 +10,9 @@ use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, PublishProperties, Q
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 use serde_json::{Value, json};
 
-const SCHEMAS: [&str; 10] = [
+const SCHEMAS: [&str; 11] = [
     "nudge",
+    "erasure-notice",
     "status",
     "receipt",
     "error-report",
@@ -123,6 +124,12 @@ fn design_examples() -> Vec<(&'static str, Value)> {
                          "thanks": true, "feedback": true},
              "interests": ["laptops", "headphones"],
              "owns": ["phone:pixel-8"]}),
+        ),
+        (
+            "person-record",
+            json!({"person": "p-1001", "recipient": "r-5f2c9a",
+             "updated_at": "2026-11-23T09:00:00Z",
+             "consent": {"proximity": true}}),
         ),
         (
             "consent-change",
@@ -380,6 +387,7 @@ async fn everything_a_running_gateway_publishes_matches_its_schema() -> anyhow::
     let nudges = watch("phones", site.topic("nudges/+")).await?;
     let status = watch("ops-status", site.topic("gateway/status")).await?;
     let receipts = watch("app", site.topic("receipts/+")).await?;
+    let erasures = watch("back-office", site.topic("erasures")).await?;
     let errors_seen = watch("ops-errors", site.topic("gateway/errors")).await?;
 
     let start = now_ms();
@@ -429,6 +437,8 @@ async fn everything_a_running_gateway_publishes_matches_its_schema() -> anyhow::
         statuses.contains(&"\"forgotten\"".to_string()),
         "{statuses:?}"
     );
+    let notices = erasures.wait_for(1, Duration::from_secs(10)).await?;
+    assert_valid("erasure-notice", &notices[0].json()?);
 
     receipts
         .publish(

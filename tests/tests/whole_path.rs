@@ -44,7 +44,10 @@ async fn opted_in_dweller_gets_exactly_the_expected_nudge_and_no_one_else_does()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     let caps = "[caps]\nper_visit = 2\nper_day = 3\nper_week = 7\nmin_gap_s = 1200\n";
-    let mut site = Site::new(broker.port(), &format!("{}{caps}", laptop_rule()))?;
+    let mut site = Site::new(
+        broker.port(),
+        &format!("{}{caps}{}", laptop_rule(), e2e::site::SIM_CLOCK),
+    )?;
     let path = || {
         vec![
             Stop::new("entrance", 5),

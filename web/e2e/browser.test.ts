@@ -107,19 +107,31 @@ let failed = false;
 const topic = (rest: string) => `${PREFIX}/${STORE}/${rest}`;
 const shot = (page: Page, name: string) => page.screenshot({ path: join(RESULTS, `${name}.png`), fullPage: true });
 
+/** Only what is not secret: the app key goes in through the form. */
 function pageUrl(p: Person): string {
-  const key = p.identities.find((i) => i.kind === "app")?.key ?? "";
   const consent = Object.entries(p.consent).filter(([, v]) => v).map(([k]) => k).join(",");
-  const q = new URLSearchParams({ broker: bridgeUrl, prefix: PREFIX, store: STORE, recipient: p.recipient, key, consent });
+  const q = new URLSearchParams({ broker: bridgeUrl, prefix: PREFIX, store: STORE, recipient: p.recipient, consent });
   return `${site.url}?${q}`;
 }
 
 async function openCustomer(p: Person, name: string): Promise<Page> {
+  const key = p.identities.find((i) => i.kind === "app")?.key ?? "";
   const context = await browser.newContext({ viewport: { width: 480, height: 900 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
-  await page.goto(pageUrl(p));
+  // A key in the address is not used, and leaves the address bar at once.
+  await page.goto(`${pageUrl(p)}&key=${key}`);
+  await expect.poll(() => page.locator("#settings-note").textContent()).toContain("Not used: key");
+  expect(page.url()).not.toContain(key);
+  expect(await page.locator("#rotating-id").textContent()).toBe("no app key given");
+  // The form is where it goes; it stays out of every URL.
+  await page.getByText("Connection settings").click();
+  await page.getByLabel("App key (32 hex digits)").fill(key);
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.waitForURL((url) => !url.search.includes("recipient="));
+  expect(page.url()).not.toContain(key);
   await expect.poll(() => page.locator("#status").textContent(), { timeout: 15_000 }).toBe("Connected");
+  await expect.poll(() => page.locator("#rotating-id").textContent()).not.toBe("no app key given");
   return page;
 }
 

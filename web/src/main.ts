@@ -1,4 +1,4 @@
-// The page: reads its settings from the URL, connects as one customer and
+// The page: reads its settings (src/settings.ts), connects as one customer and
 // keeps the screen in step. Everything from the network goes into the DOM
 // with textContent, never innerHTML: a nudge cannot inject markup.
 
@@ -7,6 +7,7 @@ import type { Status } from "./customer";
 import { Inbox, PURPOSE_LABELS, PURPOSES } from "./protocol";
 import type { CompareItem, Nudge, Purpose } from "./protocol";
 import { fromHex, intervalEndMs, intervalOf, rotatingId, toHex } from "./rotating";
+import { FIELDS, SECRET_FIELDS, STORAGE_KEY, parseStored, queryWithout, resolveSettings } from "./settings";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -27,24 +28,37 @@ function el<K extends keyof HTMLElementTagNameMap>(
 
 // ---------------------------------------------------------------------------
 // Settings: ?broker=ws://…&prefix=retail&store=…&recipient=…&username=…
-//           &password=…&key=<32 hex>&consent=proximity,product_info
+//           &consent=proximity,product_info in the URL; the password and the
+//           app key only through the form (kept in this tab's sessionStorage)
 // ---------------------------------------------------------------------------
 
 const query = new URLSearchParams(location.search);
-const settings = {
-  broker: query.get("broker") ?? `ws://${location.hostname || "127.0.0.1"}:9001/mqtt`,
-  prefix: query.get("prefix") ?? "retail",
-  store: query.get("store") ?? "",
-  recipient: query.get("recipient") ?? "",
-  username: query.get("username") ?? "",
-  password: query.get("password") ?? "",
-  key: query.get("key") ?? "",
-};
+const { settings, ignored } = resolveSettings(query, parseStored(sessionStorage.getItem(STORAGE_KEY)), {
+  broker: `ws://${location.hostname || "127.0.0.1"}:9001/mqtt`,
+  prefix: "retail",
+});
+if (ignored.length > 0) {
+  // Out of the address bar (and this tab's history entry) at once.
+  history.replaceState(null, "", `${location.pathname}${queryWithout(query, SECRET_FIELDS)}`);
+  $("settings-note").textContent = `Not used: ${ignored.join(" and ")} in the address. Enter them below instead.`;
+}
 const form = $<HTMLFormElement>("settings");
 for (const [name, value] of Object.entries(settings)) {
   const input = form.elements.namedItem(name);
   if (input instanceof HTMLInputElement) input.value = value;
 }
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const values: Record<string, string> = {};
+  for (const field of FIELDS) {
+    const input = form.elements.namedItem(field);
+    if (input instanceof HTMLInputElement) values[field] = input.value;
+  }
+  sessionStorage.setItem(STORAGE_KEY, JSON.stringify(values));
+  // Reload with what the form now holds; the query keeps only what the
+  // form does not ask for (consent).
+  location.replace(`${location.pathname}${queryWithout(query, FIELDS)}`);
+});
 
 // ---------------------------------------------------------------------------
 // Connection status

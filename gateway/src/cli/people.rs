@@ -89,6 +89,28 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         )));
     }
     let store = open(config)?;
+    // The same rule as the CRM topic: each part of a held person changes
+    // only for a newer word, and an erased person's older record is refused.
+    let now = crate::clock::wall_ms();
+    let mut errors = errors;
+    let mut folded = Vec::with_capacity(records.len());
+    for record in records {
+        let id = record.person.to_string();
+        let held = store.person(&id).map_err(store_err)?;
+        let erased_at = store.tombstone(&id).map_err(store_err)?;
+        match PersonRecord::fold(held, record, erased_at, now) {
+            Ok(record) => folded.push(record),
+            Err(e) => errors.push(format!("{}: person {id}: {e}", path.display())),
+        }
+    }
+    if !errors.is_empty() && !partial {
+        return Err(CliError::new(format!(
+            "{}\n{} refused record(s); nothing imported",
+            errors.join("\n"),
+            errors.len()
+        )));
+    }
+    let records = folded;
     store.upsert_people(&records).map_err(store_err)?;
     let mut report = format!(
         "imported {} person record(s) into {}",
@@ -181,7 +203,9 @@ pub fn forget(config: &Config, person: &str) -> Result<String, CliError> {
     if store.person(person).map_err(store_err)?.is_none() {
         return Err(CliError::new(format!("no person {person:?}")));
     }
-    let removed = store.forget_person(person).map_err(store_err)?;
+    let removed = store
+        .forget_person(person, crate::clock::wall_ms())
+        .map_err(store_err)?;
     Ok(format!(
         "forgot {person}: {removed} entries removed and flushed"
     ))

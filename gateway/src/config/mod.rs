@@ -71,6 +71,8 @@ pub struct MqttSettings {
     pub port: u16,
     pub prefix: String,
     pub keep_alive: Duration,
+    /// Largest payload published (the broker's `message_size_limit`).
+    pub max_publish_bytes: usize,
     pub client_id: String,
     /// `Some` for an `mqtts://` URL: TLS with server certificate verification.
     pub tls: Option<TlsSettings>,
@@ -78,6 +80,8 @@ pub struct MqttSettings {
     /// From `mqtt.password_file` or `GATEWAY__MQTT__PASSWORD`; never from
     /// the command line. Debug prints `***`.
     pub password: Option<Secret>,
+    /// The file the password was read from, to warn when others can read it.
+    pub password_file: Option<PathBuf>,
 }
 
 /// TLS to the broker. The files are read (and checked) when the config is
@@ -312,12 +316,25 @@ fn is_secret(key: &str) -> bool {
     key.contains("password") || key.contains("secret") || key == "token"
 }
 
+/// `scheme://user:pass@host` → `scheme://***@host`: a URL may carry a
+/// password even though validation refuses one there.
+fn mask_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.rsplit_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("***@{host}"),
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 fn mask(value: &mut toml::Value) {
     match value {
         toml::Value::Table(table) => {
             for (key, v) in table.iter_mut() {
                 if is_secret(key) {
                     *v = toml::Value::String("***".into());
+                } else if let (true, toml::Value::String(url)) = (key == "url", &mut *v) {
+                    *url = mask_userinfo(url);
                 } else {
                     mask(v);
                 }
@@ -412,12 +429,25 @@ fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16, bool) {
         return (String::new(), 0, false);
     };
     let rest = rest.trim_end_matches('/');
+    // `user:password@host`: refused without echoing any of it (the text
+    // before the '@' is a secret, and so may be anything after it that
+    // looks like a port).
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => {
+            problems.add(
+                "mqtt.url",
+                "must not hold credentials: use mqtt.username and mqtt.password_file (or password_credential)",
+            );
+            host
+        }
+        None => rest,
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
             match port.parse::<u16>() {
                 Ok(p) if p > 0 => (host, p),
                 _ => {
-                    problems.add("mqtt.url", format!("bad port {port:?}"));
+                    problems.add("mqtt.url", "the port must be a number from 1 to 65535");
                     (host, 0)
                 }
             }
@@ -427,7 +457,7 @@ fn parse_mqtt_url(problems: &mut Problems, url: &str) -> (String, u16, bool) {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         problems.add("mqtt.url", "missing host");
-    } else if host.contains(['/', '@', '?', '#']) {
+    } else if host.contains(['/', '?', '#']) {
         problems.add(
             "mqtt.url",
             "host must be a name or an address (credentials go in mqtt.username / mqtt.password_file)",
@@ -444,7 +474,12 @@ fn validate_mqtt_security(
     raw: &raw::RawMqtt,
     tls: bool,
     host: &str,
-) -> (Option<TlsSettings>, Option<String>, Option<Secret>) {
+) -> (
+    Option<TlsSettings>,
+    Option<String>,
+    Option<Secret>,
+    Option<PathBuf>,
+) {
     let path_of = |p: &mut Problems, field: &str, value: &Option<String>| -> Option<PathBuf> {
         match value.as_deref() {
             None => None,
@@ -497,11 +532,27 @@ fn validate_mqtt_security(
         }
         Some(u) => Some(u.to_string()),
     };
-    let password = match (&raw.password_file, &raw.password) {
+    let credential_file = raw.password_credential.as_deref().and_then(|name| {
+        credential_path(name, std::env::var_os("CREDENTIALS_DIRECTORY"))
+            .map_err(|reason| p.add("mqtt.password_credential", reason))
+            .ok()
+    });
+    let file = match (&raw.password_file, credential_file) {
         (Some(_), Some(_)) => {
             p.add(
                 "mqtt.password_file",
-                "set either mqtt.password_file or GATEWAY__MQTT__PASSWORD, not both",
+                "set either mqtt.password_file or mqtt.password_credential, not both",
+            );
+            None
+        }
+        (Some(file), None) => Some(PathBuf::from(file)),
+        (None, credential) => credential,
+    };
+    let password = match (&file, &raw.password) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "mqtt.password_file",
+                "set either a password file (mqtt.password_file, mqtt.password_credential) or GATEWAY__MQTT__PASSWORD, not both",
             );
             None
         }
@@ -509,14 +560,14 @@ fn validate_mqtt_security(
             Ok(text) => {
                 let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
                 if first.is_empty() {
-                    p.add("mqtt.password_file", format!("{file}: empty"));
+                    p.add("mqtt.password_file", format!("{}: empty", file.display()));
                     None
                 } else {
                     Some(Secret::new(first))
                 }
             }
             Err(e) => {
-                p.add("mqtt.password_file", format!("{file}: {e}"));
+                p.add("mqtt.password_file", format!("{}: {e}", file.display()));
                 None
             }
         },
@@ -526,10 +577,29 @@ fn validate_mqtt_security(
     if password.is_some() && username.is_none() {
         p.add("mqtt.username", "a password needs a username");
     }
-    if password.is_some() && !tls {
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if password.is_some() && !tls && !loopback {
         tracing::warn!("mqtt: a password over plain mqtt:// travels in the clear; use mqtts://");
     }
-    (tls_settings, username, password)
+    let password_file = file.filter(|_| password.is_some());
+    (tls_settings, username, password, password_file)
+}
+
+/// `$CREDENTIALS_DIRECTORY/<name>`: where systemd puts a `LoadCredential=`
+/// file, readable by the service's (dynamic) user only.
+fn credential_path(name: &str, directory: Option<std::ffi::OsString>) -> Result<PathBuf, String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err("must be a credential name (a file name, no '/')".into());
+    }
+    match directory {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join(name)),
+        _ => Err(format!(
+            "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential={name}:<file> (deploy/systemd/gateway.service), or use mqtt.password_file"
+        )),
+    }
 }
 
 fn hex_bytes<const N: usize>(p: &mut Problems, path: String, text: Option<&String>) -> [u8; N] {
@@ -621,7 +691,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     });
 
     let (host, port, tls) = parse_mqtt_url(&mut p, &raw.mqtt.url);
-    let (tls, username, password) = validate_mqtt_security(&mut p, &raw.mqtt, tls, &host);
+    let (tls, username, password, password_file) =
+        validate_mqtt_security(&mut p, &raw.mqtt, tls, &host);
     let prefix = raw.mqtt.prefix.clone();
     if prefix.is_empty()
         || prefix.starts_with('/')
@@ -635,11 +706,27 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     // rumqttc refuses keep-alives under 5 s.
     let keep_alive_s: u64 = p.int("mqtt.keep_alive_s", raw.mqtt.keep_alive_s as i64, 5);
-    let client_id = raw
-        .mqtt
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("gateway-{store_id}"));
+    let max_publish_bytes: usize = p.int(
+        "mqtt.max_publish_bytes",
+        i64::try_from(raw.mqtt.max_publish_bytes).unwrap_or(i64::MAX),
+        1024,
+    );
+    if max_publish_bytes > crate::io::mqtt::MAX_INCOMING_PACKET_BYTES as usize {
+        p.add(
+            "mqtt.max_publish_bytes",
+            format!("must be <= {}", crate::io::mqtt::MAX_INCOMING_PACKET_BYTES),
+        );
+    }
+    // The user name by default: a broker that ties client ids to user names
+    // (Mosquitto's `use_username_as_clientid`, as deploy/ ships it) uses it
+    // anyway, and an id only the gateway's password opens cannot be taken
+    // over by somebody who guessed it. `gateway-<store>` only for brokers
+    // without accounts (development).
+    let client_id = raw.mqtt.client_id.clone().unwrap_or_else(|| {
+        username
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{store_id}"))
+    });
     p.id("mqtt.client_id", &client_id);
 
     if raw.storage.path.trim().is_empty() {
@@ -1006,10 +1093,12 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             port,
             prefix,
             keep_alive: Duration::from_secs(keep_alive_s),
+            max_publish_bytes,
             client_id,
             tls,
             username,
             password,
+            password_file,
         },
         storage_path: PathBuf::from(&raw.storage.path),
         sources,

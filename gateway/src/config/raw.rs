@@ -47,6 +47,7 @@ pub struct RawMqtt {
     pub url: String,
     pub prefix: String,
     pub keep_alive_s: u64,
+    pub max_publish_bytes: u64,
     pub client_id: Option<String>,
     /// PEM CA bundle that signed the broker's certificate (mqtts:// only);
     /// without it the system trust store is used.
@@ -57,6 +58,9 @@ pub struct RawMqtt {
     pub username: Option<String>,
     /// File holding the password (first line).
     pub password_file: Option<String>,
+    /// Name of a systemd credential (`LoadCredential=<name>:<file>`) holding
+    /// the password: read from `$CREDENTIALS_DIRECTORY/<name>`.
+    pub password_credential: Option<String>,
     /// Only meant to come from `GATEWAY__MQTT__PASSWORD`; masked in Debug
     /// (and so kept out of the config hash).
     pub password: Option<super::Secret>,

@@ -305,3 +305,44 @@ fn the_per_recipient_rate_has_defaults_and_is_checked_with_its_path() {
     .to_string();
     assert!(err.contains("per_second"), "{err}");
 }
+
+#[test]
+fn credentials_come_from_the_systemd_credentials_directory_and_urls_are_masked() {
+    use std::ffi::OsString;
+    assert_eq!(
+        super::credential_path(
+            "mqtt-password",
+            Some(OsString::from("/run/credentials/gateway.service"))
+        ),
+        Ok(std::path::PathBuf::from(
+            "/run/credentials/gateway.service/mqtt-password"
+        ))
+    );
+    for bad in ["", ".", "..", "a/b", "../pw"] {
+        let e = super::credential_path(bad, Some(OsString::from("/run/c"))).unwrap_err();
+        assert!(e.contains("credential name"), "{bad}: {e}");
+    }
+    let e = super::credential_path("mqtt-password", None).unwrap_err();
+    assert!(
+        e.contains("CREDENTIALS_DIRECTORY") && e.contains("LoadCredential=mqtt-password"),
+        "{e}"
+    );
+    assert_eq!(
+        super::mask_userinfo("mqtt://u:pw@h:1883"),
+        "mqtt://***@h:1883"
+    );
+    assert_eq!(super::mask_userinfo("u:pw@h"), "***@h");
+    assert_eq!(super::mask_userinfo("mqtts://h:8883"), "mqtts://h:8883");
+}
+
+#[test]
+fn the_publish_limit_defaults_to_the_shipped_brokers_and_is_bounded() {
+    let c = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(c.mqtt.max_publish_bytes, 16 * 1024);
+    for bad in ["100", "1000000"] {
+        let e = load(MINIMAL_SITE, &[("GATEWAY__MQTT__MAX_PUBLISH_BYTES", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.max_publish_bytes"), "{bad}: {e}");
+    }
+}

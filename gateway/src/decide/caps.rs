@@ -80,7 +80,29 @@ impl Ledger {
     pub fn prune(&mut self, now_ms: i64) {
         self.sent.retain(|s| now_ms - s.at_ms <= KEEP_MS);
     }
+
+    /// Entries dated more than [`FUTURE_TOLERANCE_MS`] ahead of `now_ms`
+    /// cannot come from a clock that merely stepped back (a forged
+    /// sighting moved an old gateway's clock, or the box's clock was far
+    /// off): they are re-dated to `now_ms`, so that each counts once, as
+    /// sent now, and then ages, instead of filling today and this week
+    /// until that date. Smaller steps back keep their dates (conservative).
+    /// Returns whether anything changed (the ledger must then be written).
+    pub fn clamp_future(&mut self, now_ms: i64) -> bool {
+        let mut changed = false;
+        for sent in &mut self.sent {
+            if sent.at_ms > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+                sent.at_ms = now_ms;
+                changed = true;
+            }
+        }
+        changed
+    }
 }
+
+/// How far ahead of the decision clock a recorded send may be dated and
+/// still be taken as a clock step back (see [`Ledger::clamp_future`]).
+pub const FUTURE_TOLERANCE_MS: i64 = 3_600_000;
 
 /// Store-wide send times of the last minute.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,6 +77,27 @@ fn each_cap_holds_back_with_its_reason() {
 }
 
 #[test]
+fn a_send_dated_far_ahead_counts_once_as_now_then_ages() {
+    let t = ms(2026, 11, 23, 10, 0);
+    let mut ledger = Ledger::default();
+    // Left by a clock that a forged sighting pushed a year ahead.
+    ledger.record(sent(ms(2027, 11, 23, 10, 0), 1));
+    assert!(ledger.clamp_future(t));
+    assert_eq!(ledger.sent[0].at_ms, t);
+    assert!(!ledger.clamp_future(t), "re-dated once");
+    // It still counts now (the gap), and then ages like any send.
+    assert_eq!(
+        check(&ledger, &caps(), 2, t + 60_000),
+        Err(SkipReason::MinGap { gap_s: 1200 })
+    );
+    assert_eq!(check(&ledger, &caps(), 2, t + 1_300_000), Ok(()));
+    // A small step back (within the tolerance) keeps its date: conservative.
+    let mut stepped = Ledger::default();
+    stepped.record(sent(t + 600_000, 1));
+    assert!(!stepped.clamp_future(t));
+}
+
+#[test]
 fn a_clock_step_backwards_does_not_reopen_a_day_or_the_gap() {
     let tomorrow = ms(2026, 11, 24, 10, 0);
     let mut ledger = Ledger::default();

@@ -203,6 +203,7 @@ mod tests {
             consent: Consent::default(),
             interests: vec![],
             owns: vec![],
+            stamps: Default::default(),
         }
     }
 

@@ -203,28 +203,28 @@ impl ConsentChange {
         })
     }
 
-    /// Applies the change to `record`. The caller checks beforehand that
-    /// `record.recipient` is this change's recipient.
-    pub fn apply(&self, record: &mut PersonRecord) -> Applied {
+    /// When the change counts as said: the app's `at`, but never later
+    /// than the gateway's wall clock (a phone cannot date its word ahead
+    /// to outrank the back office's next record), and now if it gave none.
+    pub fn said_at_ms(&self, wall_now_ms: i64) -> i64 {
+        self.at
+            .map_or(wall_now_ms, |at| at.timestamp_millis().min(wall_now_ms))
+    }
+
+    /// Applies the change to `record`, as said at `at_ms` (see
+    /// [`ConsentChange::said_at_ms`]): each purpose and the preference
+    /// lists change only if this is the newest word on them. The caller
+    /// checks beforehand that `record.recipient` is this change's
+    /// recipient.
+    pub fn apply(&self, record: &mut PersonRecord, at_ms: i64) -> Applied {
         match &self.request {
             ChangeRequest::Update {
                 consent,
                 interests,
                 owns,
             } => {
-                let mut withdrawn = Vec::new();
-                for &(purpose, on) in consent {
-                    if record.consent.get(purpose) && !on && !withdrawn.contains(&purpose) {
-                        withdrawn.push(purpose);
-                    }
-                    record.consent.set(purpose, on);
-                }
-                if let Some(list) = interests {
-                    record.interests.clone_from(list);
-                }
-                if let Some(list) = owns {
-                    record.owns.clone_from(list);
-                }
+                let withdrawn = record.set_consent(consent, at_ms);
+                record.set_prefs(interests.as_ref(), owns.as_ref(), at_ms);
                 Applied::Updated { withdrawn }
             }
             ChangeRequest::Forget => {
@@ -463,8 +463,12 @@ mod tests {
             },
             interests: vec!["laptops".into()],
             owns: vec![],
+            stamps: Default::default(),
         }
     }
+
+    /// 2026-11-23T10:20:00Z, after every `at` below.
+    const NOW_MS: i64 = 1_795_429_200_000;
 
     #[test]
     fn design_consent_example_withdraws_offers() {
@@ -479,7 +483,7 @@ mod tests {
             Some("2026-11-23T10:15:00+00:00".to_string())
         );
         let mut r = record();
-        let applied = change.apply(&mut r);
+        let applied = change.apply(&mut r, change.said_at_ms(NOW_MS));
         assert_eq!(
             applied,
             Applied::Updated {
@@ -500,10 +504,43 @@ mod tests {
         )
         .unwrap();
         let mut r = record();
-        assert_eq!(change.apply(&mut r), Applied::Updated { withdrawn: vec![] });
+        assert_eq!(
+            change.apply(&mut r, NOW_MS),
+            Applied::Updated { withdrawn: vec![] }
+        );
         assert!(r.consent.thanks);
         assert_eq!(r.interests, vec!["tv".to_string()]);
         assert!(r.owns.is_empty());
+    }
+
+    #[test]
+    fn an_older_word_changes_nothing_and_a_phone_cannot_date_ahead() {
+        let mut r = record();
+        r.stamps = crate::identity::person::Stamps::all_at(NOW_MS - 1_000);
+        // Said before the record's time: neither the purpose nor the list moves.
+        let stale = ConsentChange::from_json(
+            r#"{"id": "c-2", "consent": {"offers": false}, "interests": ["tv"],
+                "at": "2026-11-23T10:15:00Z"}"#,
+            "r-1",
+        )
+        .unwrap();
+        let at = stale.said_at_ms(NOW_MS);
+        assert_eq!(
+            stale.apply(&mut r, at),
+            Applied::Updated { withdrawn: vec![] }
+        );
+        assert!(r.consent.offers);
+        assert_eq!(r.interests, vec!["laptops".to_string()]);
+        // Dated a year ahead: counts as now, so the next record still wins.
+        let ahead = ConsentChange::from_json(
+            r#"{"id": "c-3", "consent": {"offers": false}, "at": "2027-11-23T10:15:00Z"}"#,
+            "r-1",
+        )
+        .unwrap();
+        assert_eq!(ahead.said_at_ms(NOW_MS), NOW_MS);
+        let _ = ahead.apply(&mut r, NOW_MS);
+        assert!(!r.consent.offers);
+        assert_eq!(r.stamps.consent_at(Purpose::Offers), NOW_MS);
     }
 
     #[test]
@@ -512,7 +549,7 @@ mod tests {
             ConsentChange::from_json(r#"{"id": "c-8a01", "forget": true}"#, "r-1").unwrap();
         assert_eq!(change.request, ChangeRequest::Forget);
         let mut r = record();
-        assert_eq!(change.apply(&mut r), Applied::Forget);
+        assert_eq!(change.apply(&mut r, NOW_MS), Applied::Forget);
         assert!(Purpose::ALL.iter().all(|p| !r.consent.get(*p)));
         assert!(r.interests.is_empty());
     }

@@ -13,6 +13,9 @@ pub use index::{IdentityChanges, IdentityIndex, MovedIdentity};
 pub use messages::{
     Applied, Buyer, ChangeRequest, CheckIn, ConsentChange, Feedback, HeardBeacon, Purchase,
 };
-pub use person::{Consent, Identity, PersonId, PersonRecord, Purpose, RecordError};
+pub use person::{Consent, Identity, PersonId, PersonRecord, Purpose, RecordError, Stamps};
 pub use rotating::{interval_of, rotating_id, rpik};
 pub use table::RotatingIdTable;
+
+#[cfg(test)]
+mod newest_word_tests;

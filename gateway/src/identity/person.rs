@@ -69,6 +69,11 @@ impl Purpose {
     pub fn parse(s: &str) -> Option<Purpose> {
         Purpose::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// Its position in [`Purpose::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Consent per purpose. Anything absent is no.
@@ -145,6 +150,153 @@ pub struct PersonRecord {
     pub consent: Consent,
     pub interests: Vec<String>,
     pub owns: Vec<String>,
+    /// When each part was last set. Records stored before stamps existed
+    /// read as older than anything (`Stamps::default`).
+    #[serde(default)]
+    pub stamps: Stamps,
+}
+
+/// When each part of a person's record was last set, in Unix ms
+/// (docs: "newest word wins"). The CRM and the app both write a person;
+/// their messages arrive in any order (a retained record comes again after
+/// every reconnect), so a part changes only for a newer word, never
+/// because a message arrived later. `i64::MIN` is "older than anything":
+/// a CRM record without `updated_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamps {
+    /// Recipient, time zone and identities: written by the CRM only.
+    pub record_ms: i64,
+    /// Interests and owned products: the CRM and the app.
+    pub prefs_ms: i64,
+    /// Each purpose of [`Purpose::ALL`], in that order.
+    pub consent_ms: [i64; 5],
+}
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Stamps::all_at(i64::MIN)
+    }
+}
+
+impl Stamps {
+    pub fn all_at(at_ms: i64) -> Self {
+        Stamps {
+            record_ms: at_ms,
+            prefs_ms: at_ms,
+            consent_ms: [at_ms; 5],
+        }
+    }
+
+    pub fn consent_at(&self, purpose: Purpose) -> i64 {
+        self.consent_ms[purpose.index()]
+    }
+
+    /// The newest time any part was set.
+    pub fn newest(&self) -> i64 {
+        self.consent_ms
+            .into_iter()
+            .fold(self.record_ms.max(self.prefs_ms), i64::max)
+    }
+}
+
+/// Whether a word said at `at_ms` replaces a purpose held as `held` since
+/// `held_ms`. Newer wins; at the same instant "no" wins, so that the
+/// outcome does not depend on which of the two arrived first.
+pub fn consent_word_wins(at_ms: i64, on: bool, held_ms: i64, held: bool) -> bool {
+    at_ms > held_ms || (at_ms == held_ms && held && !on)
+}
+
+impl PersonRecord {
+    /// What the gateway holds after a CRM record (or an imported one)
+    /// arrives: the held record with `incoming` folded in (see
+    /// [`PersonRecord::merge_record`]), or the refusal of a record that is
+    /// not later than the person's erasure. A record dated ahead of the
+    /// wall clock counts as said now, so that it cannot outrank the
+    /// customer's next word.
+    pub fn fold(
+        held: Option<PersonRecord>,
+        mut incoming: PersonRecord,
+        erased_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<PersonRecord, RecordError> {
+        if incoming.stamps.newest() > now_ms {
+            incoming.stamps = Stamps::all_at(now_ms);
+        }
+        if erased_at_ms.is_some_and(|erased| incoming.stamps.record_ms <= erased) {
+            return Err(err(
+                "updated_at",
+                "not later than the person's erasure: refused (a re-enrolment must be dated after it)",
+            ));
+        }
+        Ok(match held {
+            Some(mut held) => {
+                let _ = held.merge_record(&incoming);
+                held
+            }
+            None => incoming,
+        })
+    }
+
+    /// Fold a newer or older CRM record for the same person into this
+    /// one, part by part: each part takes `incoming`'s value only if
+    /// `incoming` said it later. Returns the purposes switched off.
+    pub fn merge_record(&mut self, incoming: &PersonRecord) -> Vec<Purpose> {
+        let at = incoming.stamps.record_ms;
+        if at > self.stamps.record_ms {
+            self.recipient.clone_from(&incoming.recipient);
+            self.timezone.clone_from(&incoming.timezone);
+            self.identities.clone_from(&incoming.identities);
+            self.stamps.record_ms = at;
+        }
+        if at > self.stamps.prefs_ms {
+            self.interests.clone_from(&incoming.interests);
+            self.owns.clone_from(&incoming.owns);
+            self.stamps.prefs_ms = at;
+        }
+        let words: Vec<(Purpose, bool)> = Purpose::ALL
+            .into_iter()
+            .map(|p| (p, incoming.consent.get(p)))
+            .collect();
+        self.set_consent(&words, at)
+    }
+
+    /// Set purposes said at `at_ms`, each only if that word is the newest.
+    /// Returns the purposes that went from yes to no.
+    pub fn set_consent(&mut self, words: &[(Purpose, bool)], at_ms: i64) -> Vec<Purpose> {
+        let mut withdrawn = Vec::new();
+        for &(purpose, on) in words {
+            let i = purpose.index();
+            let held = self.consent.get(purpose);
+            if !consent_word_wins(at_ms, on, self.stamps.consent_ms[i], held) {
+                continue;
+            }
+            if held && !on && !withdrawn.contains(&purpose) {
+                withdrawn.push(purpose);
+            }
+            self.consent.set(purpose, on);
+            self.stamps.consent_ms[i] = at_ms;
+        }
+        withdrawn
+    }
+
+    /// Replace interests and owned products said at `at_ms`, if newest.
+    pub fn set_prefs(
+        &mut self,
+        interests: Option<&Vec<String>>,
+        owns: Option<&Vec<String>>,
+        at_ms: i64,
+    ) {
+        if at_ms <= self.stamps.prefs_ms || (interests.is_none() && owns.is_none()) {
+            return;
+        }
+        if let Some(list) = interests {
+            self.interests.clone_from(list);
+        }
+        if let Some(list) = owns {
+            self.owns.clone_from(list);
+        }
+        self.stamps.prefs_ms = at_ms;
+    }
 }
 
 /// Why a record was rejected: the field path and the reason.
@@ -205,8 +357,9 @@ impl PersonRecord {
         let obj = value
             .as_object()
             .ok_or_else(|| err("record", "must be a JSON object"))?;
-        const FIELDS: [&str; 7] = [
+        const FIELDS: [&str; 8] = [
             "person",
+            "updated_at",
             "recipient",
             "timezone",
             "identities",
@@ -259,6 +412,13 @@ impl PersonRecord {
                 },
             ),
         };
+        let updated_at_ms = match obj.get("updated_at") {
+            None | Some(serde_json::Value::Null) => i64::MIN,
+            Some(serde_json::Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| err("updated_at", format!("not an RFC 3339 time: {e}")))?
+                .timestamp_millis(),
+            Some(_) => return Err(err("updated_at", "must be an RFC 3339 time as a string")),
+        };
         Ok(PersonRecord {
             person: PersonId::from(person),
             recipient: recipient.to_string(),
@@ -267,6 +427,7 @@ impl PersonRecord {
             consent,
             interests: string_list(obj, "interests")?,
             owns: string_list(obj, "owns")?,
+            stamps: Stamps::all_at(updated_at_ms),
         })
     }
 
@@ -277,8 +438,24 @@ impl PersonRecord {
         })
     }
 
+    /// The record in the CRM's form (what `from_json` reads): `updated_at`
+    /// is the time of the record's own parts; per-purpose times are kept
+    /// only in storage.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a person record always serialises")
+        let mut value = serde_json::to_value(self).expect("a person record always serialises");
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("stamps");
+            if let Some(at) = chrono::DateTime::from_timestamp_millis(self.stamps.record_ms)
+                .filter(|_| self.stamps.record_ms != i64::MIN)
+            {
+                obj.insert(
+                    "updated_at".into(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        .into(),
+                );
+            }
+        }
+        value.to_string()
     }
 }
 

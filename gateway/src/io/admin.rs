@@ -21,18 +21,25 @@ pub struct Readiness {
     /// Sources currently running.
     pub sources_running: Arc<AtomicUsize>,
     pub storage_open: Arc<std::sync::atomic::AtomicBool>,
+    /// Kinds of the subscriptions the broker refused (fixed labels).
+    pub refused_subscriptions: watch::Receiver<Vec<&'static str>>,
 }
 
 impl Readiness {
-    /// Ready = storage open, at least one source running, and the broker
-    /// connected or the outbox accepting (it accepts while storage is open).
+    /// Ready = storage open, at least one source running, the broker
+    /// connected or the outbox accepting (it accepts while storage is open),
+    /// and no subscription refused: a gateway that cannot hear consent
+    /// withdrawals must not look healthy.
     pub fn check(&self) -> Result<String, String> {
         let storage = self.storage_open.load(Ordering::Relaxed);
         let sources = self.sources_running.load(Ordering::Relaxed);
         let mqtt = *self.mqtt_connected.borrow();
-        let detail =
-            format!("storage_open={storage} sources_running={sources} mqtt_connected={mqtt}\n");
-        if storage && sources > 0 {
+        let refused = self.refused_subscriptions.borrow().join(",");
+        let detail = format!(
+            "storage_open={storage} sources_running={sources} mqtt_connected={mqtt} subscriptions_refused={}\n",
+            if refused.is_empty() { "none" } else { &refused }
+        );
+        if storage && sources > 0 && refused.is_empty() {
             Ok(detail)
         } else {
             Err(detail)
@@ -136,10 +143,12 @@ mod tests {
         let telemetry = Arc::new(Telemetry::new());
         telemetry.count("sightings_total", &[("source", "udp")], 3);
         let (_tx, rx) = watch::channel(false);
+        let (refused_tx, refused_rx) = watch::channel(Vec::new());
         let readiness = Readiness {
             mqtt_connected: rx,
             sources_running: Arc::new(AtomicUsize::new(0)),
             storage_open: Arc::new(true.into()),
+            refused_subscriptions: refused_rx,
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(serve(
@@ -156,6 +165,15 @@ mod tests {
         assert!(get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         readiness.sources_running.store(1, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        refused_tx.send_replace(vec!["consent"]);
+        let refused = get(addr, "/readyz").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(
+            refused.contains("subscriptions_refused=consent"),
+            "{refused}"
+        );
+        refused_tx.send_replace(Vec::new());
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         cancel.cancel();

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, LastWill, Packet, PublishProperties, RetainForwardRule, SubscribeReasonCode,
+};
 use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, TlsSettings};
 use crate::store::Store;
 use crate::telemetry::{Telemetry, events};
+use crate::topics::{Subscription, subscription_of};
 
 /// At most this many of our publishes await a PUBACK at once; well under
 /// rumqttc's request channel and in-flight window so `try_publish` rarely
@@ -39,6 +42,12 @@ const LINK_EVENTS: usize = 1024;
 /// ones for us (spec: it must not send them).
 pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
 const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
+// The largest payload we publish is `mqtt.max_publish_bytes`, the
+// broker's `message_size_limit`: a broker refuses a larger one with PUBACK
+// 0x95, a code rumqttc 0.25 cannot parse, so it would drop the connection
+// and send the message again on the next, for ever. Refusing it here keeps
+// delivery going.
+
 /// How long the broker keeps our session (and our subscriptions) while we
 /// are away.
 const SESSION_EXPIRY_S: u32 = 3600;
@@ -90,10 +99,84 @@ pub struct OutgoingMessage {
 
 #[derive(Debug)]
 enum LinkEvent {
-    Connected { session_present: bool },
-    Disconnected { kind: &'static str, reason: String },
-    Sent { pkid: u16 },
-    Acked { pkid: u16, ok: bool },
+    Connected {
+        session_present: bool,
+    },
+    Disconnected {
+        kind: &'static str,
+        reason: String,
+    },
+    Sent {
+        pkid: u16,
+    },
+    Acked {
+        pkid: u16,
+        ok: bool,
+    },
+    /// The broker's answer to our SUBSCRIBE, one code per filter, in order.
+    SubAcked {
+        codes: Vec<SubscribeReasonCode>,
+    },
+}
+
+/// A SUBACK code as the broker sent it, for the log (MQTT v5 §3.9.3).
+fn suback_code(code: &SubscribeReasonCode) -> u8 {
+    use SubscribeReasonCode as C;
+    match code {
+        C::Success(qos) => *qos as u8,
+        C::Failure | C::Unspecified => 0x80,
+        C::ImplementationSpecific => 0x83,
+        C::NotAuthorized => 0x87,
+        C::TopicFilterInvalid => 0x8F,
+        C::PkidInUse => 0x91,
+        C::QuotaExceeded => 0x97,
+        C::SharedSubscriptionsNotSupported => 0x9E,
+        C::SubscriptionIdNotSupported => 0xA1,
+        C::WildcardSubscriptionsNotSupported => 0xA2,
+    }
+}
+
+/// The kinds of the filters a SUBACK refused, in subscription order, or
+/// `None` when the SUBACK does not answer our subscription list.
+pub fn refused_kinds(
+    subscriptions: &[Subscription],
+    codes: &[SubscribeReasonCode],
+) -> Option<Vec<(&'static str, u8)>> {
+    if codes.len() != subscriptions.len() {
+        return None;
+    }
+    Some(
+        subscriptions
+            .iter()
+            .zip(codes)
+            .filter(|(_, code)| !matches!(code, SubscribeReasonCode::Success(_)))
+            .map(|(s, code)| (s.kind, suback_code(code)))
+            .collect(),
+    )
+}
+
+/// The SUBSCRIBE filters: QoS 1, and no retained copies except where
+/// retained messages are the protocol (the CRM's records, and only when the
+/// subscription is new: a resumed session already has them).
+fn filters(subscriptions: &[Subscription]) -> Vec<Filter> {
+    subscriptions
+        .iter()
+        .map(|s| {
+            let mut filter = Filter::new(s.filter.clone(), QoS::AtLeastOnce);
+            filter.retain_forward_rule = if s.retained_wanted {
+                RetainForwardRule::OnNewSubscribe
+            } else {
+                RetainForwardRule::Never
+            };
+            filter
+        })
+        .collect()
+}
+
+/// Whether a received message is a retained copy nobody should act on:
+/// retained on a topic whose messages are requests, not state.
+pub fn ignore_retained(subscription: Option<&Subscription>, retain: bool) -> bool {
+    retain && !subscription.is_some_and(|s| s.retained_wanted)
 }
 
 pub fn status_payload(config: &Config, online: bool) -> String {
@@ -236,6 +319,19 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
     Ok(opts)
 }
 
+/// Warns (log and metric) when a secret file is readable by group or others:
+/// with `DynamicUser=` it would have to be, which is why the unit passes the
+/// password as a credential instead.
+pub fn check_secret_file(telemetry: &Telemetry, field: &'static str, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            events::secret_file_exposed(telemetry, field, mode);
+        }
+    }
+}
+
 /// A short, stable label for why a connection attempt failed, for the
 /// `mqtt_connect_errors_total{reason}` counter.
 fn error_kind(error: &rumqttc::v5::ConnectionError) -> &'static str {
@@ -269,6 +365,8 @@ async fn drive_event_loop(
     mut eventloop: EventLoop,
     link: mpsc::Sender<LinkEvent>,
     incoming: mpsc::Sender<IncomingMessage>,
+    subscriptions: Arc<Vec<Subscription>>,
+    telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -292,7 +390,26 @@ async fn drive_event_loop(
                 );
                 Some(LinkEvent::Acked { pkid: ack.pkid, ok })
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => Some(LinkEvent::SubAcked {
+                codes: ack.return_codes,
+            }),
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                let subscription = subscription_of(&subscriptions, &topic);
+                if ignore_retained(subscription, publish.retain) {
+                    events::retained_message_ignored(
+                        &telemetry,
+                        subscription.map_or("unknown", |s| s.kind),
+                    );
+                    if publish.qos != QoS::AtMostOnce {
+                        Acker {
+                            client: client.clone(),
+                            publish,
+                        }
+                        .ack();
+                    }
+                    continue;
+                }
                 let (response_topic, correlation_data) = match &publish.properties {
                     Some(p) => (
                         p.response_topic.clone(),
@@ -301,7 +418,7 @@ async fn drive_event_loop(
                     None => (None, None),
                 };
                 let message = IncomingMessage {
-                    topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                    topic,
                     payload: publish.payload.to_vec(),
                     retain: publish.retain,
                     response_topic,
@@ -379,6 +496,12 @@ struct Pump {
     in_flight: HashMap<u16, Pending>,
     /// Next outbox sequence to look at.
     cursor: u64,
+    subscriptions: Arc<Vec<Subscription>>,
+    /// Our SUBSCRIBE still has to be handed to rumqttc (after a connect,
+    /// when its request channel was full).
+    subscribe_pending: bool,
+    /// Kinds of the filters the broker last refused, for `/readyz`.
+    refused: watch::Sender<Vec<&'static str>>,
 }
 
 impl Pump {
@@ -399,9 +522,13 @@ impl Pump {
                     },
                 );
                 self.connected = true;
+                // Every time, session or not: whoever held our client id
+                // in between may have unsubscribed us, and a resumed
+                // session would then silently hear nothing.
+                self.subscribe_pending = true;
                 if !session_present {
                     // rumqttc dropped what was in flight: send it again, from
-                    // the oldest, and renew our subscriptions.
+                    // the oldest.
                     let mut lost: Vec<u64> = self
                         .in_flight
                         .drain()
@@ -433,6 +560,7 @@ impl Pump {
                 }
                 self.connected = false;
             }
+            LinkEvent::SubAcked { codes } => self.on_suback(&codes),
             LinkEvent::Sent { pkid } => {
                 // A packet id we already track is rumqttc retransmitting.
                 if !self.in_flight.contains_key(&pkid) {
@@ -464,6 +592,42 @@ impl Pump {
         }
     }
 
+    fn subscribe(&mut self) {
+        if !self.connected || !self.subscribe_pending || self.subscriptions.is_empty() {
+            return;
+        }
+        match self.client.try_subscribe_many(filters(&self.subscriptions)) {
+            Ok(()) => self.subscribe_pending = false,
+            // Full: the next turn of the loop tries again.
+            Err(ClientError::TryRequest(_)) => {}
+            Err(e) => {
+                self.subscribe_pending = false;
+                tracing::error!(error = %e, "subscribe request refused by the MQTT client");
+            }
+        }
+    }
+
+    fn on_suback(&mut self, codes: &[SubscribeReasonCode]) {
+        let Some(refused) = refused_kinds(&self.subscriptions, codes) else {
+            tracing::warn!(
+                codes = codes.len(),
+                filters = self.subscriptions.len(),
+                "a SUBACK that does not answer our subscriptions; ignored"
+            );
+            return;
+        };
+        for (kind, code) in &refused {
+            events::subscription_refused(&self.telemetry, kind, *code);
+        }
+        events::subscribed(&self.telemetry, refused.len());
+        let kinds: Vec<&'static str> = refused.into_iter().map(|(kind, _)| kind).collect();
+        self.refused.send_if_modified(|current| {
+            let changed = *current != kinds;
+            *current = kinds;
+            changed
+        });
+    }
+
     fn publish_status(&mut self, online: bool) {
         let payload = status_payload(&self.config, online);
         if self
@@ -476,6 +640,11 @@ impl Pump {
     }
 
     fn publish_other(&mut self, message: OutgoingMessage) {
+        let limit = self.config.mqtt.max_publish_bytes;
+        if message.payload.len() > limit {
+            events::publish_too_large(&self.telemetry, "other", message.payload.len(), limit);
+            return;
+        }
         let properties = PublishProperties {
             correlation_data: message.correlation_data.map(Into::into),
             content_type: Some("application/json".into()),
@@ -501,6 +670,7 @@ impl Pump {
         if !self.connected {
             return;
         }
+        self.subscribe();
         let now_ms = now_ms();
         let mut to_send = Vec::new();
         for item in self.store.outbox_from(self.cursor) {
@@ -516,6 +686,15 @@ impl Pump {
             }
         }
         for (seq, entry) in to_send {
+            let limit = self.config.mqtt.max_publish_bytes;
+            if entry.payload.len() > limit {
+                if let Err(e) = self.store.outbox_remove(seq) {
+                    events::storage_error(&self.telemetry, "outbox_remove", &e);
+                }
+                events::publish_too_large(&self.telemetry, "nudge", entry.payload.len(), limit);
+                self.cursor = seq + 1;
+                continue;
+            }
             if entry.expires_at_ms <= now_ms {
                 if let Err(e) = self.store.outbox_remove(seq) {
                     events::storage_error(&self.telemetry, "outbox_expire", &e);
@@ -579,9 +758,11 @@ pub struct Delivery {
     pub incoming: mpsc::Sender<IncomingMessage>,
     /// Receipts and error reports to publish (QoS 1, not retained).
     pub outgoing: mpsc::Receiver<OutgoingMessage>,
-    pub subscriptions: Vec<String>,
+    pub subscriptions: Vec<Subscription>,
     /// The link state, for `/readyz` and the demo.
     pub connected: watch::Sender<bool>,
+    /// The kinds of subscriptions the broker refused, for `/readyz`.
+    pub refused_subscriptions: watch::Sender<Vec<&'static str>>,
     /// Reloaded configurations: the retained status names the config hash.
     pub config_updates: watch::Receiver<Arc<Config>>,
     /// Arrival times of the sightings behind reserved nudges.
@@ -602,7 +783,9 @@ impl Delivery {
             mut outgoing,
             subscriptions,
             connected,
+            refused_subscriptions,
         } = self;
+        let subscriptions = Arc::new(subscriptions);
         let opts = match options(&config) {
             Ok(opts) => opts,
             Err(problem) => {
@@ -630,10 +813,19 @@ impl Delivery {
             eventloop,
             link_tx,
             incoming,
+            subscriptions.clone(),
+            telemetry.clone(),
             stop_loop.clone(),
         ));
         telemetry.set_gauge("mqtt_connected", 0);
+        events::subscriptions_refused_now(&telemetry, 0);
+        if let Some(path) = &config.mqtt.password_file {
+            check_secret_file(&telemetry, "mqtt.password_file", path);
+        }
         let mut pump = Pump {
+            subscriptions,
+            subscribe_pending: false,
+            refused: refused_subscriptions,
             stamps: latency_stamps,
             timing: HashMap::new(),
             config: config.clone(),
@@ -652,13 +844,7 @@ impl Delivery {
                 event = link_rx.recv() => match event {
                     Some(event) => {
                         let was_connected = pump.connected;
-                        let resubscribe = matches!(event, LinkEvent::Connected { session_present: false });
                         pump.on_link(event);
-                        if resubscribe {
-                            for topic in &subscriptions {
-                                let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                            }
-                        }
                         if was_connected != pump.connected {
                             let _ = connected.send(pump.connected);
                         }
@@ -723,6 +909,39 @@ mod tests {
         }
         assert!(backoff(30) <= Duration::from_millis(12_500));
     }
+    #[test]
+    fn a_suback_names_the_refused_kinds_and_retained_requests_are_ignored() {
+        let c = load("[mqtt]\nurl = \"mqtt://h\"\n", &[]).unwrap();
+        let subs = crate::topics::all_subscriptions(&c);
+        let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); subs.len()];
+        assert_eq!(refused_kinds(&subs, &codes), Some(vec![]));
+        codes[1] = SubscribeReasonCode::NotAuthorized;
+        codes[4] = SubscribeReasonCode::Unspecified;
+        assert_eq!(
+            refused_kinds(&subs, &codes),
+            Some(vec![("consent", 0x87), ("purchase", 0x80)])
+        );
+        // Not an answer to our list: ignored rather than misread.
+        assert_eq!(refused_kinds(&subs, &codes[..2]), None);
+
+        let sent = filters(&subs);
+        assert_eq!(
+            sent[0].retain_forward_rule,
+            RetainForwardRule::OnNewSubscribe
+        );
+        assert!(
+            sent[1..]
+                .iter()
+                .all(|f| f.retain_forward_rule == RetainForwardRule::Never)
+        );
+        let person = subscription_of(&subs, "retail/crm/people/p-1");
+        let consent = subscription_of(&subs, "retail/s1/consent/r-1");
+        assert!(!ignore_retained(person, true));
+        assert!(ignore_retained(consent, true));
+        assert!(!ignore_retained(consent, false));
+        assert!(ignore_retained(None, true));
+    }
+
     fn load(site: &str, env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
         let text = format!("[store]\nid = \"s1\"\n{site}");
         crate::config::from_layers(
@@ -862,6 +1081,26 @@ mod tests {
             &[],
         ));
         assert!(e.contains("mqtt.password_file"), "{e}");
+        // Credentials in the URL: refused, and never echoed (with or
+        // without a port after them).
+        for url in [
+            "mqtt://gateway:s3cret-in-url@h",
+            "mqtt://gateway:s3cret-in-url@h:1883",
+            "mqtts://s3cret-in-url@h",
+            "mqtt://gateway:s3cret:in-url@h:x",
+        ] {
+            let e = problems(load(&format!("[mqtt]\nurl = \"{url}\"\n"), &[]));
+            assert!(e.contains("mqtt.url: must not hold credentials"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        let e = problems(load("[mqtt]\nurl = \"mqtt://h:s3cret\"\n", &[]));
+        assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+        // A systemd credential outside systemd: a clear error naming the field.
+        let e = problems(load(
+            "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\npassword_credential = \"../pw\"\n",
+            &[],
+        ));
+        assert!(e.contains("mqtt.password_credential"), "{e}");
         // A numeric password is converted by the env loader: refused, not echoed.
         let e = problems(load(
             "[mqtt]\nurl = \"mqtt://h\"\nusername = \"g\"\n",

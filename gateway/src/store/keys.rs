@@ -2,7 +2,7 @@
 //! layout version. Change a layout here, bump [`LAYOUT_VERSION`] and add a
 //! step to `super::migrate`.
 //!
-//! Layout 2 (current). `tag(kind, id)` is an HMAC of the id under the site
+//! Layout 3 (current). `tag(kind, id)` is an HMAC of the id under the site
 //! secret kept in the key vault (`keys.vault`, beside the sled files), so no
 //! person id or recipient appears in sled in the clear; `sealed` is
 //! AES-256-GCM under the person's key from the vault, bound to the tag
@@ -15,13 +15,21 @@
 //! | `meta` | `next_seq` | u64 BE: next outbox / decision sequence |
 //! | `meta` | `store_rate` | JSON [`crate::decide::StoreRateLedger`] |
 //! | `people.v2` | tag(person) | sealed JSON [`crate::identity::PersonRecord`] |
-//! | `recipients.v2` | tag(recipient) | tag(person) |
-//! | `ledgers.v2` | tag(person) | JSON [`crate::decide::Ledger`]: times, kinds, rule ids — what caps need |
+//! | `recipients.v2` | tag(recipient) | tag(person), sealed: says only whether the recipient is taken, and by whom to whoever holds that person's key |
+//! | `ledgers.v2` | tag(person) | sealed JSON [`crate::decide::Ledger`]: times, kinds, rule ids — what caps need |
 //! | `outbox.v2` | seq u64 BE | tag(person) ‖ sealed JSON [`super::OutboxEntry`] |
 //! | `decisions.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::DecisionEntry`] |
-//! | `decision_by_nudge.v2` | nudge id (random UUID) | key in `decisions.v2` |
 //! | `visits.v2` | tag(person) | sealed JSON (person id, visit id, last seen) |
-//! | `feedback.v2` | tag(person) ‖ seq u64 BE | sealed JSON [`super::FeedbackEntry`] |
+//! | `feedback.v2` | tag(person) ‖ nudge id (UTF-8) | sealed JSON [`super::FeedbackEntry`]: one answer per nudge, the latest (databases written before this held tag ‖ seq u64 BE keys; read alike, swept by age) |
+//! | `tombstones.v2` | tag(person) | erased at, i64 BE Unix ms: refuses the person's older records until the retention window ends |
+//!
+//! After an erasure nothing in these trees links to the person: every value
+//! that says something about them is sealed under the key the erasure
+//! destroys, and no index maps a nudge id, a recipient or a time to their
+//! tag (a nudge's decision is found by scanning the person's own log).
+//!
+//! Layout 2 (migrated on open): ledgers and recipients' owners in the
+//! clear, and `decision_by_nudge.v2` (nudge id → key in `decisions.v2`).
 //!
 //! Layout 1 (migrated on open): the same trees without the `.v2` suffix,
 //! keyed by the ids in the clear, values in plain JSON, and `decisions`
@@ -29,7 +37,7 @@
 
 use super::vault::Tag;
 
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const META: &str = "meta";
 pub const PEOPLE: &str = "people.v2";
@@ -37,9 +45,14 @@ pub const RECIPIENTS: &str = "recipients.v2";
 pub const LEDGERS: &str = "ledgers.v2";
 pub const OUTBOX: &str = "outbox.v2";
 pub const DECISIONS: &str = "decisions.v2";
-pub const DECISION_BY_NUDGE: &str = "decision_by_nudge.v2";
 pub const VISITS: &str = "visits.v2";
 pub const FEEDBACK: &str = "feedback.v2";
+pub const TOMBSTONES: &str = "tombstones.v2";
+
+/// Layout 2's trees that layout 3 dropped.
+pub mod v2 {
+    pub const DECISION_BY_NUDGE: &str = "decision_by_nudge.v2";
+}
 
 /// Layout 1's trees, read only by the migration.
 pub mod v1 {
@@ -70,6 +83,9 @@ pub const VAULT_FILE: &str = "keys.vault";
 
 pub const TAG_PERSON: &str = "person";
 pub const TAG_RECIPIENT: &str = "recipient";
+/// The log salt is the tag of this kind (and an empty id) under the site
+/// secret: random per gateway, kept with the vault, nothing more to store.
+pub const TAG_LOG_SALT: &str = "log-salt";
 
 pub fn outbox(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -83,6 +99,13 @@ pub fn decision(person: &Tag, seq: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(person);
     key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn feedback(person: &Tag, nudge_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + nudge_id.len());
+    key.extend_from_slice(person);
+    key.extend_from_slice(nudge_id.as_bytes());
     key
 }
 

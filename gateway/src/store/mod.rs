@@ -153,10 +153,12 @@ pub struct Store {
     ledgers: sled::Tree,
     outbox: sled::Tree,
     decisions: sled::Tree,
-    decision_by_nudge: sled::Tree,
     visits: sled::Tree,
     feedback: sled::Tree,
+    tombstones: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
+    /// The fsyncs that make a flush survive a power cut, not only a crash.
+    files: Arc<commit::FileSync>,
     /// Every sequence number below this is on disk. The outbox shows
     /// delivery only those: a reservation committed but not yet flushed
     /// (its batch's flush still running) is never published, so a crash
@@ -191,10 +193,11 @@ fn tx_parse<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> T
 }
 
 /// What one reservation batch carries from candidate to candidate inside
-/// its transaction: each person's ledger (read once; `true` once changed),
-/// the store-wide rate ledger and the next sequence number.
+/// its transaction: each person's ledger by the index of their sealer
+/// (read once; `true` once changed), the store-wide rate ledger and the
+/// next sequence number.
 struct BatchState {
-    ledgers: HashMap<Tag, (Ledger, bool)>,
+    ledgers: HashMap<usize, (Ledger, bool)>,
     rate: StoreRateLedger,
     rate_changed: bool,
     seq: u64,
@@ -205,32 +208,38 @@ struct BatchTrees<'t> {
     ledgers: &'t sled::transaction::TransactionalTree,
     outbox: &'t sled::transaction::TransactionalTree,
     decisions: &'t sled::transaction::TransactionalTree,
-    by_nudge: &'t sled::transaction::TransactionalTree,
 }
 
 impl BatchTrees<'_> {
     /// Check one candidate against the person's caps; if they allow it,
     /// take the slot in the ledger (and the store rate) and put the sealed
     /// nudge in the outbox under `seq`.
+    #[allow(clippy::too_many_arguments)]
     fn try_reserve(
         &self,
         batch: &mut BatchState,
         job: &ReserveJob<'_>,
-        tag: Tag,
+        sealer: &Sealer,
+        sealer_index: usize,
         candidate: &ReserveCandidate,
         sealed_outbox: &[u8],
         seq: u64,
     ) -> TxResult<Result<(), SkipReason>> {
-        let (ledger, changed) = match batch.ledgers.entry(tag) {
+        let (ledger, changed) = match batch.ledgers.entry(sealer_index) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let ledger = match self.ledgers.get(tag)? {
-                    Some(v) => tx_parse(keys::LEDGERS, &v)?,
+                let ledger = match self.ledgers.get(sealer.tag)? {
+                    Some(v) => sealer
+                        .open(keys::LEDGERS, &v)
+                        .map_err(ConflictableTransactionError::Abort)?,
                     None => Ledger::default(),
                 };
                 e.insert((ledger, false))
             }
         };
+        if ledger.clamp_future(candidate.now_ms) {
+            *changed = true;
+        }
         if !job.enabled {
             return Ok(Err(SkipReason::KillSwitch));
         }
@@ -288,11 +297,10 @@ impl BatchTrees<'_> {
             },
             reason: verdict.clone().err(),
         };
-        let decision_key = keys::decision(&sealer.tag, seq);
-        self.decisions
-            .insert(&decision_key, sealer.seal(&json(&entry), nonce))?;
-        self.by_nudge
-            .insert(candidate.nudge_id.as_bytes(), &decision_key)?;
+        self.decisions.insert(
+            &keys::decision(&sealer.tag, seq),
+            sealer.seal(&json(&entry), nonce),
+        )?;
         Ok(())
     }
 }
@@ -320,6 +328,13 @@ struct Sealer {
 impl Sealer {
     fn seal(&self, plaintext: &[u8], nonce: &[u8; 12]) -> Vec<u8> {
         vault::seal(&self.key, &self.tag, nonce, plaintext)
+    }
+
+    /// Whether a `recipients` value names this person: their tag, sealed
+    /// under their key (so that nothing links a recipient to a person
+    /// once the key is destroyed).
+    fn owns(&self, sealed_owner: &[u8]) -> bool {
+        vault::open(&self.key, &self.tag, sealed_owner).is_some_and(|tag| tag == self.tag)
     }
 
     fn open<T: for<'de> Deserialize<'de>>(
@@ -359,6 +374,7 @@ impl Store {
         // The vault is opened only once sled holds its lock, so two
         // processes never write it at once.
         let vault = Vault::open(&path.join(keys::VAULT_FILE))?;
+        let files = commit::FileSync::open(path).map_err(|e| open_err(e.to_string()))?;
         let store = Store {
             vault: Arc::new(Mutex::new(vault)),
             meta: db.open_tree(keys::META)?,
@@ -367,14 +383,16 @@ impl Store {
             ledgers: db.open_tree(keys::LEDGERS)?,
             outbox: db.open_tree(keys::OUTBOX)?,
             decisions: db.open_tree(keys::DECISIONS)?,
-            decision_by_nudge: db.open_tree(keys::DECISION_BY_NUDGE)?,
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
+            tombstones: db.open_tree(keys::TOMBSTONES)?,
             group_commit: Arc::default(),
+            files: Arc::new(files),
             durable_below: Arc::default(),
             db,
         };
         store.migrate()?;
+        store.flush()?;
         // Whatever was found on disk is durable.
         let last_outbox = match store.outbox.last()? {
             Some((key, _)) => keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)),
@@ -393,6 +411,12 @@ impl Store {
 
     fn person_tag(&self, id: &str) -> Tag {
         self.vault().tag(keys::TAG_PERSON, id)
+    }
+
+    /// The salt of the person hashes in this gateway's logs (see
+    /// `privacy::install_salt`).
+    pub fn log_salt(&self) -> Tag {
+        self.vault().tag(keys::TAG_LOG_SALT, "")
     }
 
     fn recipient_tag(&self, recipient: &str) -> Tag {
@@ -431,6 +455,9 @@ impl Store {
         if found == 1 {
             self.migrate_from_v1()?;
         }
+        if found == 1 || found == 2 {
+            self.migrate_from_v2()?;
+        }
         // Version 0 is a new, empty database.
         if found < keys::LAYOUT_VERSION {
             self.meta.insert(
@@ -440,12 +467,54 @@ impl Store {
             self.db.flush()?;
         }
         if found == 1 {
-            // Only once version 2 is on disk: the clear-text trees go.
+            // Only once the new version is on disk: the clear-text trees go.
             for name in keys::v1::ALL {
                 self.db.drop_tree(name)?;
             }
-            self.db.flush()?;
         }
+        if found == 1 || found == 2 {
+            self.db.drop_tree(keys::v2::DECISION_BY_NUDGE)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Layout 2 → 3: seal the cap ledgers and the recipients' owners under
+    /// each person's key (an erased person's are dropped). The nudge-id
+    /// index is dropped by the caller once version 3 is on disk. Safe to
+    /// re-run after a crash: a value that is already sealed is left alone.
+    fn migrate_from_v2(&self) -> Result<(), StoreError> {
+        for item in self.ledgers.iter() {
+            let (key, value) = item?;
+            let Ok(ledger) = serde_json::from_slice::<Ledger>(&value) else {
+                continue;
+            };
+            match self.sealer_for_tag(tag_of(&key, keys::LEDGERS)?) {
+                Some(sealer) => {
+                    self.ledgers
+                        .insert(&key, sealer.seal(&json(&ledger), &vault::nonce()?))?;
+                }
+                None => {
+                    self.ledgers.remove(&key)?;
+                }
+            }
+        }
+        for item in self.recipients.iter() {
+            let (key, value) = item?;
+            if value.len() != 16 {
+                continue;
+            }
+            match self.sealer_for_tag(tag_of(&value, keys::RECIPIENTS)?) {
+                Some(sealer) => {
+                    self.recipients
+                        .insert(&key, sealer.seal(&sealer.tag, &vault::nonce()?))?;
+                }
+                None => {
+                    self.recipients.remove(&key)?;
+                }
+            }
+        }
+        self.db.flush()?;
         Ok(())
     }
 
@@ -459,7 +528,6 @@ impl Store {
             &self.ledgers,
             &self.outbox,
             &self.decisions,
-            &self.decision_by_nudge,
             &self.visits,
         ] {
             tree.clear()?;
@@ -510,8 +578,6 @@ impl Store {
             let new_key = keys::decision(&sealer.tag, seq);
             self.decisions
                 .insert(new_key, sealer.seal(&json(&entry), &vault::nonce()?))?;
-            self.decision_by_nudge
-                .insert(entry.nudge_id.as_bytes(), &new_key[..])?;
         }
         self.db.flush()?;
         Ok(())
@@ -535,15 +601,20 @@ impl Store {
         Ok(seq_value(self.meta.get(keys::META_NEXT_SEQ)?.as_deref()))
     }
 
-    /// Make everything written so far survive a process crash. Concurrent
-    /// callers share flushes (group commit). Outbox entries committed
-    /// before the call become visible to [`Store::outbox_from`].
+    /// Make everything written so far survive a process crash and a power
+    /// cut: sled's flush, then the fsyncs it leaves out. Concurrent callers
+    /// share both (group commit). Outbox entries committed before the call
+    /// become visible to [`Store::outbox_from`].
     pub fn flush(&self) -> Result<(), StoreError> {
         // Read before the flush that covers us starts: all sequence
         // numbers below it were committed by then.
         let committed = self.committed_next_seq()?;
-        self.group_commit
-            .wait_durable(|| self.db.flush().map(|_| ()))?;
+        self.group_commit.wait_durable(|| {
+            self.db.flush()?;
+            self.files
+                .sync()
+                .map_err(|e| StoreError::Flush(format!("fsync: {e}")))
+        })?;
         self.durable_below.fetch_max(committed, Ordering::SeqCst);
         Ok(())
     }
@@ -573,19 +644,23 @@ impl Store {
         for record in records {
             let sealer = self.sealer(record.person.as_str())?;
             let sealed = sealer.seal(&json(record), &vault::nonce()?);
+            let owner = sealer.seal(&sealer.tag, &vault::nonce()?);
             prepared.push((
                 record,
                 self.recipient_tag(&record.recipient),
                 sealer,
                 sealed,
+                owner,
             ));
         }
         let previous = unwrap_tx((&self.people, &self.recipients).transaction(
             |(people, recipients)| {
                 let mut previous = Vec::with_capacity(prepared.len());
-                for (record, recipient_tag, sealer, sealed) in &prepared {
-                    if let Some(owner) = recipients.get(recipient_tag)? {
-                        if owner.as_ref() != sealer.tag {
+                for (record, recipient_tag, sealer, sealed, owner) in &prepared {
+                    if let Some(held) = recipients.get(recipient_tag)? {
+                        // Sealed under the owner's key: it opens with ours
+                        // only if the recipient is already ours.
+                        if !sealer.owns(&held) {
                             return Err(ConflictableTransactionError::Abort(
                                 StoreError::RecipientTaken {
                                     recipient: record.recipient.clone(),
@@ -607,7 +682,7 @@ impl Store {
                             recipients.remove(&self.recipient_tag(&old.recipient))?;
                         }
                     }
-                    recipients.insert(recipient_tag, &sealer.tag)?;
+                    recipients.insert(recipient_tag, owner.as_slice())?;
                     previous.push(old);
                 }
                 Ok(previous)
@@ -632,11 +707,25 @@ impl Store {
         self.person_by_tag(self.person_tag(id))
     }
 
+    /// The person a recipient belongs to. The `recipients` index says only
+    /// whether a recipient is taken (its owner is sealed), so this scans
+    /// the people: for tools and tests, not the hot path (the daemon holds
+    /// the recipient index in memory).
     pub fn person_by_recipient(&self, recipient: &str) -> Result<Option<PersonRecord>, StoreError> {
-        match self.recipients.get(self.recipient_tag(recipient))? {
-            Some(tag) => self.person_by_tag(tag_of(&tag, keys::RECIPIENTS)?),
-            None => Ok(None),
+        if self
+            .recipients
+            .get(self.recipient_tag(recipient))?
+            .is_none()
+        {
+            return Ok(None);
         }
+        for record in self.people() {
+            let record = record?;
+            if record.recipient == recipient {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
     }
 
     pub fn people(&self) -> impl Iterator<Item = Result<PersonRecord, StoreError>> + '_ {
@@ -656,12 +745,11 @@ impl Store {
     }
 
     pub fn ledger(&self, person: &str) -> Result<Ledger, StoreError> {
-        Ok(self
-            .ledgers
-            .get(self.person_tag(person))?
-            .map(|v| parse(keys::LEDGERS, &v))
-            .transpose()?
-            .unwrap_or_default())
+        let tag = self.person_tag(person);
+        match (self.ledgers.get(tag)?, self.sealer_for_tag(tag)) {
+            (Some(sealed), Some(sealer)) => sealer.open(keys::LEDGERS, &sealed),
+            _ => Ok(Ledger::default()),
+        }
     }
 
     /// Check caps and, if they allow, reserve the slot and put the nudge in
@@ -780,20 +868,18 @@ impl Store {
             }
             prepared.push((sealer, candidates));
         }
+        // One nonce per person for their ledger, written once per batch.
+        let ledger_nonces = sealers
+            .iter()
+            .map(|_| vault::nonce())
+            .collect::<Result<Vec<_>, _>>()?;
         let outcomes = unwrap_tx(
-            (
-                &self.ledgers,
-                &self.outbox,
-                &self.decisions,
-                &self.decision_by_nudge,
-                &self.meta,
-            )
-                .transaction(|(ledgers, outbox, decisions, by_nudge, meta)| {
+            (&self.ledgers, &self.outbox, &self.decisions, &self.meta).transaction(
+                |(ledgers, outbox, decisions, meta)| {
                     let trees = BatchTrees {
                         ledgers,
                         outbox,
                         decisions,
-                        by_nudge,
                     };
                     let mut batch = BatchState {
                         ledgers: HashMap::new(),
@@ -806,8 +892,8 @@ impl Store {
                     };
                     let first_seq = batch.seq;
                     let mut outcomes = Vec::with_capacity(jobs.len());
-                    for (job, (sealer, prepared)) in jobs.iter().zip(&prepared) {
-                        let sealer = &sealers[*sealer];
+                    for (job, (sealer_index, prepared)) in jobs.iter().zip(&prepared) {
+                        let sealer = &sealers[*sealer_index];
                         let mut tried = Vec::with_capacity(1);
                         for (candidate, (sealed_outbox, decision_nonce)) in
                             job.candidates.iter().zip(prepared)
@@ -819,7 +905,8 @@ impl Store {
                                 None => trees.try_reserve(
                                     &mut batch,
                                     job,
-                                    sealer.tag,
+                                    sealer,
+                                    *sealer_index,
                                     candidate,
                                     sealed_outbox,
                                     seq,
@@ -849,9 +936,13 @@ impl Store {
                         }
                         outcomes.push(tried);
                     }
-                    for (tag, (ledger, changed)) in &batch.ledgers {
+                    for (&i, (ledger, changed)) in &batch.ledgers {
                         if *changed {
-                            ledgers.insert(&tag[..], json(ledger))?;
+                            let sealer = &sealers[i];
+                            ledgers.insert(
+                                &sealer.tag[..],
+                                sealer.seal(&json(ledger), &ledger_nonces[i]),
+                            )?;
                         }
                     }
                     if batch.rate_changed {
@@ -861,16 +952,10 @@ impl Store {
                         meta.insert(keys::META_NEXT_SEQ, &batch.seq.to_be_bytes())?;
                     }
                     Ok(outcomes)
-                }),
+                },
+            ),
         )?;
         Ok(outcomes)
-    }
-
-    fn next_seq(&self) -> Result<u64, StoreError> {
-        let previous = self.meta.fetch_and_update(keys::META_NEXT_SEQ, |old| {
-            Some((seq_value(old) + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(seq_value(previous.as_deref()))
     }
 
     pub fn decisions_for(&self, person: &str) -> Result<Vec<DecisionEntry>, StoreError> {
@@ -884,17 +969,34 @@ impl Store {
             .collect()
     }
 
+    /// The decision about a nudge, if it was the person's. Scans their own
+    /// log (a few entries a day under the caps): no index links nudge ids
+    /// to people, so nothing does after an erasure.
+    pub fn decision_of(
+        &self,
+        person: &str,
+        nudge_id: &str,
+    ) -> Result<Option<DecisionEntry>, StoreError> {
+        Ok(self
+            .decisions_for(person)?
+            .into_iter()
+            .find(|d| d.nudge_id == nudge_id))
+    }
+
+    /// The decision about a nudge, whoever's it was: scans every readable
+    /// decision (for `explain`, an operator's look-up, not the hot path).
     pub fn decision_by_nudge(&self, nudge_id: &str) -> Result<Option<DecisionEntry>, StoreError> {
-        let Some(key) = self.decision_by_nudge.get(nudge_id.as_bytes())? else {
-            return Ok(None);
-        };
-        let Some(sealed) = self.decisions.get(&key)? else {
-            return Ok(None);
-        };
-        match self.sealer_for_tag(tag_of(&key, keys::DECISIONS)?) {
-            Some(sealer) => sealer.open(keys::DECISIONS, &sealed).map(Some),
-            None => Ok(None),
+        for item in self.decisions.iter() {
+            let (key, value) = item?;
+            let Some(sealer) = self.sealer_for_tag(tag_of(&key, keys::DECISIONS)?) else {
+                continue;
+            };
+            let entry: DecisionEntry = sealer.open(keys::DECISIONS, &value)?;
+            if entry.nudge_id == nudge_id {
+                return Ok(Some(entry));
+            }
         }
+        Ok(None)
     }
 
     fn open_outbox(&self, value: &[u8]) -> Result<Option<OutboxEntry>, StoreError> {
@@ -982,29 +1084,47 @@ impl Store {
 
     /// Count the start of a visit; returns the person's visit number (1 = first).
     pub fn count_visit(&self, person: &PersonId) -> Result<u32, StoreError> {
-        let tag = self.person_tag(person.as_str());
+        let sealer = self.sealer(person.as_str())?;
         let mut number = 0;
-        self.ledgers.fetch_and_update(tag, |old| {
-            let mut ledger: Ledger = old
-                .and_then(|v| serde_json::from_slice(v).ok())
-                .unwrap_or_default();
+        let mut failed = None;
+        self.ledgers.fetch_and_update(sealer.tag, |old| {
+            let mut ledger: Ledger = match old.map(|v| sealer.open(keys::LEDGERS, v)) {
+                Some(Ok(ledger)) => ledger,
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    return old.map(<[u8]>::to_vec);
+                }
+                None => Ledger::default(),
+            };
             ledger.visits = ledger.visits.saturating_add(1);
             number = ledger.visits;
-            Some(json(&ledger))
+            // A fresh nonce on every try: the update may be retried, and a
+            // nonce must never seal two different ledgers.
+            match vault::nonce() {
+                Ok(nonce) => Some(sealer.seal(&json(&ledger), &nonce)),
+                Err(e) => {
+                    failed = Some(e.into());
+                    old.map(<[u8]>::to_vec)
+                }
+            }
         })?;
-        Ok(number)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(number),
+        }
     }
 
-    /// Keep a feedback answer, sealed under the person's key.
+    /// Keep a feedback answer, sealed under the person's key: one per
+    /// nudge, a later answer replacing the earlier (an app that sends the
+    /// same answer a thousand times stores one).
     pub fn save_feedback(
         &self,
         person: &PersonId,
         entry: &FeedbackEntry,
     ) -> Result<(), StoreError> {
         let sealer = self.sealer(person.as_str())?;
-        let seq = self.next_seq()?;
         self.feedback.insert(
-            keys::decision(&sealer.tag, seq),
+            keys::feedback(&sealer.tag, &entry.nudge_id),
             sealer.seal(&json(entry), &vault::nonce()?),
         )?;
         self.flush()
@@ -1021,13 +1141,26 @@ impl Store {
             .collect()
     }
 
-    /// Erase a person: remove them from every tree, flush, then destroy
-    /// their key in the vault, so that the copies sled keeps in its segment
-    /// files can never be read again (crypto-shredding). Returns how many
-    /// entries went.
-    pub fn forget_person(&self, id: &str) -> Result<usize, StoreError> {
+    /// When the person was last erased, if within the retention window.
+    pub fn tombstone(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tombstones
+            .get(self.person_tag(id))?
+            .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+    }
+
+    /// Erase a person: remove them from every tree, leave a tombstone (the
+    /// keyed tag and `erased_at_ms`, nothing else) that refuses their
+    /// older records, flush, then destroy their key in the vault, so that
+    /// the copies sled keeps in its segment files can never be read again
+    /// (crypto-shredding). Returns how many entries went.
+    pub fn forget_person(&self, id: &str, erased_at_ms: i64) -> Result<usize, StoreError> {
         let tag = self.person_tag(id);
         let mut removed = 0;
+        let erased_at_ms = self
+            .tombstone(id)?
+            .map_or(erased_at_ms, |t| t.max(erased_at_ms));
+        self.tombstones.insert(tag, &erased_at_ms.to_be_bytes())?;
         if let Some(record) = self.person_by_tag(tag)? {
             removed += usize::from(
                 self.recipients
@@ -1038,16 +1171,8 @@ impl Store {
         removed += usize::from(self.people.remove(tag)?.is_some());
         removed += usize::from(self.ledgers.remove(tag)?.is_some());
         removed += usize::from(self.visits.remove(tag)?.is_some());
-        let sealer = self.sealer_for_tag(tag);
         for item in self.decisions.scan_prefix(tag) {
-            let (key, value) = item?;
-            if let Some(entry) = sealer
-                .as_ref()
-                .and_then(|s| s.open::<DecisionEntry>(keys::DECISIONS, &value).ok())
-            {
-                self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
-            }
-            self.decisions.remove(key)?;
+            self.decisions.remove(item?.0)?;
             removed += 1;
         }
         for item in self.feedback.scan_prefix(tag) {
@@ -1077,6 +1202,34 @@ impl Store {
         Ok(removed)
     }
 
+    /// Retention: delete decision-log entries, feedback answers and
+    /// tombstones older than `cutoff_ms` (and any entry whose person was
+    /// erased). Returns how many.
+    pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let mut removed = self.sweep_decisions(cutoff_ms)?;
+        for item in self.feedback.iter() {
+            let (key, value) = item?;
+            let entry = match self.sealer_for_tag(tag_of(&key, keys::FEEDBACK)?) {
+                Some(sealer) => Some(sealer.open::<FeedbackEntry>(keys::FEEDBACK, &value)?),
+                None => None,
+            };
+            if entry.is_none_or(|e| e.at_ms < cutoff_ms) {
+                self.feedback.remove(&key)?;
+                removed += 1;
+            }
+        }
+        for item in self.tombstones.iter() {
+            let (key, value) = item?;
+            let erased_at = i64::from_be_bytes(value.as_ref().try_into().unwrap_or([0; 8]));
+            if erased_at < cutoff_ms {
+                self.tombstones.remove(&key)?;
+                removed += 1;
+            }
+        }
+        self.flush()?;
+        Ok(removed)
+    }
+
     /// Delete decision-log entries older than `cutoff_ms` (and any whose
     /// person was erased). Returns how many.
     pub fn sweep_decisions(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
@@ -1087,11 +1240,8 @@ impl Store {
                 Some(sealer) => Some(sealer.open::<DecisionEntry>(keys::DECISIONS, &value)?),
                 None => None,
             };
-            if entry.as_ref().is_none_or(|e| e.at_ms < cutoff_ms) {
+            if entry.is_none_or(|e| e.at_ms < cutoff_ms) {
                 self.decisions.remove(&key)?;
-                if let Some(entry) = entry {
-                    self.decision_by_nudge.remove(entry.nudge_id.as_bytes())?;
-                }
                 removed += 1;
             }
         }

@@ -203,7 +203,7 @@ fn forgetting_a_person_leaves_no_key_in_any_tree() {
             },
         )
         .unwrap();
-    assert!(store.forget_person("p-1").unwrap() >= 5);
+    assert!(store.forget_person("p-1", 0).unwrap() >= 5);
     for name in store.db.tree_names() {
         let tree = store.db.open_tree(&name).unwrap();
         for item in tree.iter() {
@@ -240,6 +240,62 @@ fn a_database_from_a_newer_gateway_is_refused() {
         reopen(dir.path()),
         Err(StoreError::TooNew { found: 99, .. })
     ));
+}
+
+#[test]
+fn one_answer_per_nudge_is_kept_and_retention_sweeps_answers_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    let p1 = PersonId::from("p-1");
+    let answer = |nudge: &str, answer: &str, at_ms: i64| FeedbackEntry {
+        nudge_id: nudge.into(),
+        answer: answer.into(),
+        comment: None,
+        at_ms,
+    };
+    // A flood of answers to one nudge keeps one: the latest.
+    for i in 0..100 {
+        store
+            .save_feedback(
+                &p1,
+                &answer("n-1", if i == 99 { "yes" } else { "no" }, 1_000 + i),
+            )
+            .unwrap();
+    }
+    store
+        .save_feedback(&p1, &answer("n-2", "no", 90 * 86_400_000))
+        .unwrap();
+    let kept = store.feedback_for("p-1").unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.iter()
+            .any(|e| e.nudge_id == "n-1" && e.answer == "yes")
+    );
+
+    store.forget_person("p-9", 2_000).unwrap();
+    store.forget_person("p-8", 95 * 86_400_000).unwrap();
+    assert_eq!(store.tombstone("p-9").unwrap(), Some(2_000));
+    // A later erasure moves the tombstone on, an earlier one never back.
+    store.forget_person("p-9", 1_500).unwrap();
+    assert_eq!(store.tombstone("p-9").unwrap(), Some(2_000));
+
+    assert_eq!(
+        store.sweep(30 * 86_400_000).unwrap(),
+        2,
+        "n-1's answer and p-9's tombstone"
+    );
+    assert_eq!(store.feedback_for("p-1").unwrap().len(), 1);
+    assert_eq!(store.tombstone("p-9").unwrap(), None);
+    assert_eq!(store.tombstone("p-8").unwrap(), Some(95 * 86_400_000));
+}
+
+#[test]
+fn the_log_salt_is_random_per_gateway_and_kept_across_restarts() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let salt_a = reopen(a.path()).unwrap().log_salt();
+    assert_eq!(reopen(a.path()).unwrap().log_salt(), salt_a);
+    assert_ne!(reopen(b.path()).unwrap().log_salt(), salt_a);
 }
 
 #[test]
@@ -296,7 +352,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
     let data_key = {
         let store = reopen(dir.path()).unwrap();
         store.upsert_person(&record).unwrap();
-        let mut req = request(&person, &caps, &tz, 1, 0, "n-1");
+        let mut req = request(&person, &caps, &tz, 1, 0, "nudge-4f1c9e2a-77aa");
         req.recipient = "r-5f2c9a";
         store.reserve(&req).unwrap();
         store
@@ -320,6 +376,10 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
                 &raw_key,
                 b"p-1001",
                 b"r-5f2c9a",
+                // The cap ledger's rule ids and the nudge's id: no index
+                // or ledger holds them in the clear.
+                b"laptop-compare",
+                b"nudge-4f1c9e2a-77aa",
             ] {
                 assert!(
                     !contains(&bytes, needle),
@@ -328,7 +388,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
                 );
             }
         }
-        assert!(store.forget_person("p-1001").unwrap() >= 6);
+        assert!(store.forget_person("p-1001", 0).unwrap() >= 6);
         assert!(store.person("p-1001").unwrap().is_none());
         key
     };
@@ -344,6 +404,69 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
     assert_eq!(store.people().count(), 0);
     assert_eq!(store.outbox_len(), 0);
     assert!(store.decisions_for("p-1001").unwrap().is_empty());
+}
+
+#[test]
+fn a_layout_2_database_gets_its_ledgers_and_recipients_sealed_and_its_nudge_index_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = PersonId::from("p-1");
+    {
+        let store = reopen(dir.path()).unwrap();
+        store.upsert_person(&record("p-1", "r-1")).unwrap();
+        // Write what layout 2 held: a clear ledger, a clear owner, the index.
+        let tag = store.person_tag("p-1");
+        let ledger = Ledger {
+            sent: vec![SentNudge {
+                at_ms: 5,
+                kind: NudgeKind::Compare,
+                rule: "rule-in-the-clear".into(),
+                visit: 1,
+            }],
+            visits: 4,
+        };
+        store.ledgers.insert(tag, json(&ledger)).unwrap();
+        store
+            .recipients
+            .insert(store.recipient_tag("r-1"), &tag)
+            .unwrap();
+        store
+            .db
+            .open_tree(keys::v2::DECISION_BY_NUDGE)
+            .unwrap()
+            .insert("n-1", &tag)
+            .unwrap();
+        store
+            .meta
+            .insert(keys::META_LAYOUT_VERSION, &2u32.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.layout_version().unwrap(), keys::LAYOUT_VERSION);
+    let ledger = store.ledger("p-1").unwrap();
+    assert_eq!((ledger.visits, ledger.sent.len()), (4, 1));
+    let raw = store.ledgers.get(store.person_tag("p-1")).unwrap().unwrap();
+    assert!(
+        serde_json::from_slice::<Ledger>(&raw).is_err(),
+        "sealed now"
+    );
+    assert_eq!(store.count_visit(&p1).unwrap(), 5);
+    assert_eq!(
+        store.person_by_recipient("r-1").unwrap().unwrap().person,
+        p1
+    );
+    assert!(matches!(
+        store.upsert_person(&record("p-2", "r-1")),
+        Err(StoreError::RecipientTaken { .. })
+    ));
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    assert!(
+        !store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == keys::v2::DECISION_BY_NUDGE.as_bytes())
+    );
 }
 
 #[test]

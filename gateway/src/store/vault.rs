@@ -1,12 +1,20 @@
 //! The key vault: one AES-256 key per person, kept outside sled in a file
 //! of fixed-size slots that is overwritten in place (and synced) when a
 //! person is erased. sled never deletes old bytes from its segment files
-//! (shared/notes/sled-durability-and-erasure.md), so everything personal
-//! in sled is sealed under the person's key: destroying the key makes every
-//! copy sled still holds unreadable. This is crypto-shredding.
+//! (a removed value's bytes were still found in them after heavy rewrites),
+//! so everything personal in sled is sealed under the person's key:
+//! destroying the key makes every copy sled still holds unreadable. This is
+//! crypto-shredding.
 //!
 //! The vault also holds the site secret used to turn ids into the opaque
 //! tags sled uses as keys, so that no id appears in sled in the clear.
+//!
+//! Every change is fsynced before it returns, not in the store's group
+//! commit: a new key must be on disk before anything sealed with it can be
+//! (sled's writeback may put sealed values on disk at any moment, and a
+//! value whose key is lost reads as damaged), and an erasure is
+//! acknowledged only once the zeroed slot is on disk. Keys are made once
+//! per person and erasures are rare, so these syncs are few.
 //!
 //! File layout: a 64-byte header (`GWVAULT1`, the 32-byte site secret,
 //! padding), then 64-byte slots: `used` (1), tag (16), key (32), padding.
@@ -75,6 +83,12 @@ impl Vault {
             header[8..40].copy_from_slice(&secret);
             file.write_all(&header).map_err(io)?;
             file.sync_all().map_err(io)?;
+            // The new file's name is on disk only once its directory is:
+            // without it a power cut would lose the site secret, and every
+            // tag in sled with it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
             bytes = header.to_vec();
         }
         let corrupt = |reason: &str| VaultError::Corrupt {
