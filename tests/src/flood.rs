@@ -619,19 +619,20 @@ pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
     let after = site.admin_get("/metrics")?;
     let rss_after_kib = vm_rss_kib(pid)?;
 
-    // Still reading and answering: the CRM record (the fuzz may have
-    // changed or erased p-1) and a consent change with its receipt. A
+    // Still reading and answering: a new person from the CRM (one the fuzz
+    // never named: it may have erased p-1 … p-5, and an erased person's
+    // records are refused) and a consent change with its receipt. A
     // receipt is not kept for a retry (the app resends, same id) and may
     // be dropped while the error reports of the fuzz still fill the
     // gateway's MQTT queue: resent a few times.
     let app = Phone::connect(
-        crate::PhoneOptions::new(broker.port(), "app-r-1", site.topic("receipts/r-1"))
+        crate::PhoneOptions::new(broker.port(), "app-r-77", site.topic("receipts/r-77"))
             .filter(site.topic("gateway/errors")),
     )
     .await?;
     app.publish_acked(
-        &TopicKind::CrmPerson.topic(&site, "p-1"),
-        person_record(1),
+        &TopicKind::CrmPerson.topic(&site, "p-77"),
+        person_record(77),
         false,
         Default::default(),
     )
@@ -639,7 +640,7 @@ pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
     let mut receipt = None;
     for _ in 0..6 {
         app.publish(
-            &site.topic("consent/r-1"),
+            &site.topic("consent/r-77"),
             r#"{"id": "after-fuzz", "consent": {"offers": true}}"#,
             QoS::AtLeastOnce,
             false,
@@ -650,7 +651,7 @@ pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
             receipt = app
                 .received()
                 .into_iter()
-                .find(|r| r.topic.ends_with("receipts/r-1"));
+                .find(|r| r.topic.ends_with("receipts/r-77"));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if receipt.is_some() {
@@ -662,7 +663,7 @@ pub async fn fuzz_run(messages: u64, seed: u64) -> Result<FuzzReport> {
             .received()
             .iter()
             .map(|r| r.payload_str())
-            .filter(|p| p.contains("/r-1") || p.contains("p-1"))
+            .filter(|p| p.contains("/r-77") || p.contains("p-77"))
             .collect();
         bail!(
             "no receipt for a valid consent change after the fuzz; its errors: {errors:#?}\n{}",
