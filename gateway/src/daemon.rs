@@ -29,9 +29,12 @@ use crate::io::sources::{self, Ingested};
 use crate::people::People;
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
+use crate::ratelimit::{PerSecond, RecipientLimiter};
 use crate::reservations::{self, DecisionJob, Reservations};
 use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{
+    MAX_ECHO_CHARS, MAX_REASON_CHARS, MAX_TOPIC_ECHO_CHARS, Telemetry, events, truncated,
+};
 use crate::topics::{self, Incoming, classify};
 
 const SIGHTING_QUEUE: usize = 4096;
@@ -378,7 +381,15 @@ pub struct Pipeline {
     merger: AdvertMerger,
     /// `--record`: what the sources hear, strangers removed.
     recorder: Option<CaptureRecorder>,
+    /// Per-recipient buckets on the app topics (`ratelimit.rs`).
+    rate_limit: RecipientLimiter,
+    /// Error reports on gateway/errors, per second (`ratelimit::PerSecond`).
+    error_reports: PerSecond,
 }
+
+/// Error reports published per second at most; the rest are counted
+/// (`error_reports_suppressed_total`). Far above what real mistakes make.
+const ERROR_REPORTS_PER_SECOND: u32 = 100;
 
 /// How often the fleet report is published (event time).
 const FLEET_REPORT_EVERY_MS: i64 = 30_000;
@@ -431,6 +442,7 @@ impl Pipeline {
         let fleet = Fleet::new(config.beacons.clone());
         let scanner_filters = topics::scanner_filters(&config);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
+        let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
             config,
             store,
@@ -451,6 +463,8 @@ impl Pipeline {
             scanner_filters,
             merger,
             recorder: None,
+            rate_limit,
+            error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
         })
     }
 
@@ -488,6 +502,7 @@ impl Pipeline {
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config);
+        self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
 
@@ -764,8 +779,9 @@ impl Pipeline {
             ) {
                 Ok(content) => content,
                 Err(e) => {
-                    self.telemetry
-                        .count("nudges_not_composed_total", &[("rule", &rule.id)], 1);
+                    // The rule is named in the log, not as a label: labels
+                    // are fixed in the code (telemetry.rs).
+                    self.telemetry.count("nudges_not_composed_total", &[], 1);
                     tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
                     continue;
                 }
@@ -824,6 +840,20 @@ impl Pipeline {
         let label = kind.kind();
         self.telemetry
             .count("incoming_total", &[("kind", label)], 1);
+        if let Incoming::Consent(recipient)
+        | Incoming::CheckIn(recipient)
+        | Incoming::Feedback(recipient) = kind
+            && !self.rate_limit.allow(label, recipient)
+        {
+            // Unread and unreported (a report per message would be the
+            // flood again, on gateway/errors), but acked: unacked, it
+            // would hold one of the broker's in-flight slots for good.
+            events::incoming_rate_limited(&self.telemetry, label);
+            if let Some(ack) = message.ack {
+                ack.ack();
+            }
+            return;
+        }
         let result = if message.payload.len() > MAX_INCOMING_BYTES {
             Err(rejection(
                 "payload",
@@ -893,16 +923,19 @@ impl Pipeline {
         }
     }
 
-    fn reject(&self, topic: &str, kind: &str, rejected: &Rejection) {
-        self.telemetry.count(
-            "incoming_rejected_total",
-            &[("kind", kind), ("field", &rejected.field)],
-            1,
-        );
-        if self.telemetry.may_warn() {
-            tracing::warn!(kind, field = %rejected.field, reason = %rejected.reason, "incoming message rejected");
+    fn reject(&mut self, topic: &str, kind: &'static str, rejected: &Rejection) {
+        events::incoming_rejected(&self.telemetry, kind, &rejected.field, &rejected.reason);
+        if !self.error_reports.allow_at(wall_ms() / 1000) {
+            self.telemetry
+                .count("error_reports_suppressed_total", &[], 1);
+            return;
         }
-        let report = serde_json::json!({ "topic": topic, "field": rejected.field, "reason": rejected.reason });
+        // The field may be a key the sender chose: named, but cut short.
+        let report = serde_json::json!({
+            "topic": truncated(topic, MAX_TOPIC_ECHO_CHARS),
+            "field": truncated(&rejected.field, MAX_ECHO_CHARS),
+            "reason": truncated(&rejected.reason, MAX_REASON_CHARS),
+        });
         self.send(OutgoingMessage {
             topic: topics::errors(&self.config),
             payload: report.to_string().into_bytes(),

@@ -18,6 +18,7 @@ pub mod io;
 pub mod people;
 pub mod presence;
 pub mod privacy;
+pub mod ratelimit;
 pub mod reload;
 pub mod reservations;
 pub mod sighting;

@@ -2,6 +2,12 @@
 //! notable events that both log and count (like vector's internal events):
 //! each event is one function here, so its log line and its counter can not
 //! drift apart.
+//!
+//! Every label value is a `&'static str`: a series exists only for a value
+//! written in the code, so nothing that arrives (a topic, a JSON key, a
+//! scanner's name) can add a series, and `/metrics` stays the size the code
+//! gives it. Input that must be counted by name goes through a fixed table
+//! first ([`field_label`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +15,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-type Labels = Vec<(&'static str, String)>;
+/// Label names and values, all written in the code (see the module doc).
+type Labels = Vec<(&'static str, &'static str)>;
 
 #[derive(Default)]
 pub struct Telemetry {
@@ -17,10 +24,35 @@ pub struct Telemetry {
     gauges: Mutex<BTreeMap<&'static str, i64>>,
     /// Latency samples per summary name: the most recent ones only.
     summaries: Mutex<BTreeMap<&'static str, Summary>>,
-    /// Start of the current one-second window for rate-limited warnings.
-    warn_window_s: AtomicI64,
-    warn_count: AtomicU64,
+    /// Warnings about bad input.
+    warnings: LogBudget,
+    /// Messages dropped for their recipient's rate: a budget of their own,
+    /// so a flood of bad input cannot hide a flood over the rate.
+    rate_limited_log: LogBudget,
 }
+
+/// A per-second allowance of log lines.
+#[derive(Default)]
+struct LogBudget {
+    /// Start of the current one-second window.
+    window_s: AtomicI64,
+    count: AtomicU64,
+}
+
+impl LogBudget {
+    fn may(&self, per_second: u64) -> bool {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if self.window_s.swap(now_s, Ordering::Relaxed) != now_s {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < per_second
+    }
+}
+
+/// Log lines a second about messages over their recipient's rate.
+const RATE_LIMITED_LOGS_PER_SECOND: u64 = 5;
 
 /// Warnings about bad input are capped per second so that a flood of
 /// garbage cannot flood the log; every occurrence is still counted.
@@ -72,11 +104,8 @@ impl Telemetry {
         Some([0.5, 0.99, 0.999].map(|q| Summary::quantile(&sorted, q)))
     }
 
-    pub fn count(&self, name: &'static str, labels: &[(&'static str, &str)], by: u64) {
-        let key = (
-            name,
-            labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-        );
+    pub fn count(&self, name: &'static str, labels: &[(&'static str, &'static str)], by: u64) {
+        let key = (name, labels.to_vec());
         *self
             .counters
             .lock()
@@ -118,13 +147,7 @@ impl Telemetry {
 
     /// Whether a rate-limited warning may be logged now.
     pub fn may_warn(&self) -> bool {
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if self.warn_window_s.swap(now_s, Ordering::Relaxed) != now_s {
-            self.warn_count.store(0, Ordering::Relaxed);
-        }
-        self.warn_count.fetch_add(1, Ordering::Relaxed) < WARNINGS_PER_SECOND
+        self.warnings.may(WARNINGS_PER_SECOND)
     }
 
     /// Prometheus text exposition format.
@@ -168,7 +191,7 @@ impl Telemetry {
     }
 }
 
-fn render_labels(labels: &Labels) -> String {
+fn render_labels(labels: &[(&'static str, &'static str)]) -> String {
     if labels.is_empty() {
         return String::new();
     }
@@ -186,16 +209,83 @@ fn render_labels(labels: &Labels) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// The fields an incoming message can be refused for, as metric labels:
+/// the top-level names the parsers of `identity/` and the pipeline
+/// report. A path inside a known field counts under that field
+/// (`beacons[2].rssi` is `beacons`); anything else, an unknown key above
+/// all, is `unknown_field`, so a sender choosing keys cannot choose series.
+pub const INCOMING_FIELDS: &[&str] = &[
+    "answer",
+    "at",
+    "at_ms",
+    "beacons",
+    "comment",
+    "consent",
+    "forget",
+    "id",
+    "identities",
+    "identity",
+    "interests",
+    "items",
+    "message",
+    "nudge_id",
+    "owns",
+    "payload",
+    "person",
+    "recipient",
+    "record",
+    "rotating_id",
+    "storage",
+    "timezone",
+    "topic",
+    "topic recipient",
+];
+
+/// See [`INCOMING_FIELDS`].
+pub fn field_label(field: &str) -> &'static str {
+    let top = field.split(['.', '[']).next().unwrap_or(field);
+    INCOMING_FIELDS
+        .iter()
+        .find(|known| **known == top)
+        .copied()
+        .unwrap_or("unknown_field")
+}
+
+/// What of a sender's text (a field name, a reason quoting a value) may go
+/// back out in an error report or a log line: enough to recognise it, never
+/// the 16 KiB it may be.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// A topic's last level is the sender's too; a real one is far shorter.
+pub const MAX_TOPIC_ECHO_CHARS: usize = 200;
+
+/// A reason may quote a value (`unknown IANA time zone "…"`): cut too.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// `text` cut to `max` characters (marked with `…` when cut).
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..at])),
+    }
+}
+
 /// The events. Personal data never reaches these: callers pass hashed ids.
 pub mod events {
     use super::Telemetry;
 
-    pub fn sighting_received(t: &Telemetry, source: &str) {
+    pub fn sighting_received(t: &Telemetry, source: &'static str) {
         t.count("sightings_total", &[("source", source)], 1);
     }
 
     /// A record that could not be parsed: named by field, never by content.
-    pub fn sighting_rejected(t: &Telemetry, source: &str, origin: &str, field: &str, reason: &str) {
+    pub fn sighting_rejected(
+        t: &Telemetry,
+        source: &'static str,
+        origin: &str,
+        field: &'static str,
+        reason: &str,
+    ) {
         t.count(
             "sightings_rejected_total",
             &[("source", source), ("field", field)],
@@ -206,7 +296,7 @@ pub mod events {
         }
     }
 
-    pub fn advert_undecodable(t: &Telemetry, source: &str) {
+    pub fn advert_undecodable(t: &Telemetry, source: &'static str) {
         t.count("adverts_undecodable_total", &[("source", source)], 1);
     }
 
@@ -224,14 +314,14 @@ pub mod events {
         t: &Telemetry,
         person_hash: &str,
         rule: &str,
-        kind: &str,
+        kind: &'static str,
         nudge_id: &str,
     ) {
         t.count("nudges_reserved_total", &[("kind", kind)], 1);
         tracing::info!(person = person_hash, rule, kind, nudge_id, "nudge reserved");
     }
 
-    pub fn nudge_held(t: &Telemetry, person_hash: &str, rule: &str, reason: &str) {
+    pub fn nudge_held(t: &Telemetry, person_hash: &str, rule: &str, reason: &'static str) {
         t.count("nudges_held_total", &[("reason", reason)], 1);
         tracing::info!(person = person_hash, rule, reason, "nudge held back");
     }
@@ -261,6 +351,41 @@ pub mod events {
             tracing::info!(detail, "connected to the MQTT broker");
         } else {
             tracing::warn!(detail, "MQTT connection lost; retrying with backoff");
+        }
+    }
+
+    /// An incoming app or CRM message refused: counted by topic kind and
+    /// by the fixed label of its field; the log names the field itself,
+    /// cut short.
+    pub fn incoming_rejected(t: &Telemetry, kind: &'static str, field: &str, reason: &str) {
+        // A key the parser did not expect counts as such even when it is
+        // the name of another message's field (`answer` in a check-in).
+        let label = if reason == "unknown field" {
+            "unknown_field"
+        } else {
+            super::field_label(field)
+        };
+        t.count(
+            "incoming_rejected_total",
+            &[("kind", kind), ("field", label)],
+            1,
+        );
+        if t.may_warn() {
+            tracing::warn!(
+                kind,
+                field = %super::truncated(field, super::MAX_ECHO_CHARS),
+                reason = %super::truncated(reason, super::MAX_REASON_CHARS),
+                "incoming message rejected"
+            );
+        }
+    }
+
+    /// An app message over its recipient's rate: dropped unread (and
+    /// acked, so the broker does not send it again).
+    pub fn incoming_rate_limited(t: &Telemetry, kind: &'static str) {
+        t.count("incoming_rate_limited_total", &[("kind", kind)], 1);
+        if t.rate_limited_log.may(super::RATE_LIMITED_LOGS_PER_SECOND) {
+            tracing::warn!(kind, "incoming message over its recipient's rate; dropped");
         }
     }
 
@@ -318,12 +443,12 @@ pub mod events {
         );
     }
 
-    pub fn storage_error(t: &Telemetry, during: &str, error: &dyn std::fmt::Display) {
+    pub fn storage_error(t: &Telemetry, during: &'static str, error: &dyn std::fmt::Display) {
         t.count("storage_errors_total", &[("during", during)], 1);
         tracing::error!(during, %error, "storage error");
     }
 
-    pub fn source_failed(t: &Telemetry, source: &str, error: &dyn std::fmt::Display) {
+    pub fn source_failed(t: &Telemetry, source: &'static str, error: &dyn std::fmt::Display) {
         t.count("source_failures_total", &[("source", source)], 1);
         tracing::error!(source, %error, "source failed");
     }
@@ -377,5 +502,39 @@ mod tests {
         assert!(text.contains("gateway_odd_total{x=\"a\\\"b\"} 1"));
         assert!(text.contains("# TYPE gateway_outbox_depth gauge\ngateway_outbox_depth 4"));
         assert_eq!(t.counter("sightings_total", &[("source", "udp")]), 2);
+    }
+
+    #[test]
+    fn rejected_fields_count_under_a_fixed_set_of_labels() {
+        assert_eq!(field_label("nudge_id"), "nudge_id");
+        assert_eq!(field_label("beacons[2].rssi"), "beacons");
+        assert_eq!(field_label("consent.spam"), "consent");
+        assert_eq!(field_label("topic recipient"), "topic recipient");
+        assert_eq!(field_label("junk-123"), "unknown_field");
+        assert_eq!(field_label(""), "unknown_field");
+        assert_eq!(field_label(&"x".repeat(16 * 1024)), "unknown_field");
+        let t = Telemetry::new();
+        for i in 0..1000 {
+            events::incoming_rejected(&t, "consent", &format!("junk-{i}"), "unknown field");
+        }
+        events::incoming_rejected(&t, "consent", "answer", "unknown field");
+        events::incoming_rejected(&t, "consent", "consent.spam", "unknown purpose");
+        let text = t.render();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains("gateway_incoming_rejected_total{kind=\"consent\",field=\"consent\"} 1")
+        );
+        assert!(text.contains(
+            "gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"} 1001"
+        ));
+    }
+
+    #[test]
+    fn echoed_text_is_cut_on_a_character_boundary() {
+        assert_eq!(truncated("short", 64), "short");
+        let long = "é".repeat(100);
+        let cut = truncated(&long, 64);
+        assert_eq!(cut.chars().count(), 65);
+        assert!(cut.ends_with('…'));
     }
 }

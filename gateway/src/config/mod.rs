@@ -59,6 +59,8 @@ pub struct Config {
     pub nudges_enabled: bool,
     pub retention: Duration,
     pub admin_listen: Option<SocketAddr>,
+    /// Per-recipient token buckets on the app topics (`ratelimit.rs`).
+    pub incoming_rate: crate::ratelimit::RateLimit,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
 }
@@ -1053,6 +1055,19 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let app_company_id: u16 = p.int("decode.app_company_id", raw.decode.app_company_id, 0);
     let expiry_s: u64 = p.int("nudges.expiry_s", raw.nudges.expiry_s, 1);
     let retention_days: u64 = p.int("retention.days", raw.retention.days, 1);
+    let incoming_rate = crate::ratelimit::RateLimit {
+        per_minute: p.int(
+            "incoming.per_recipient_per_minute",
+            raw.incoming.per_recipient_per_minute,
+            1,
+        ),
+        burst: p.int(
+            "incoming.per_recipient_burst",
+            raw.incoming.per_recipient_burst,
+            1,
+        ),
+        max_recipients: p.int("incoming.max_recipients", raw.incoming.max_recipients, 1),
+    };
     let admin_listen = match raw.admin.listen.as_deref() {
         None | Some("") => None,
         Some(text) => match text.parse::<SocketAddr>() {
@@ -1102,6 +1117,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         nudges_enabled: raw.nudges.enabled,
         retention: Duration::from_secs(retention_days * 86_400),
         admin_listen,
+        incoming_rate,
         hash,
     })
 }

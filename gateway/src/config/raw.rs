@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub nudges: RawNudges,
     pub retention: RawRetention,
     pub admin: RawAdmin,
+    pub incoming: RawIncoming,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +205,15 @@ pub struct RawNudges {
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     pub days: i64,
+}
+
+/// Per-recipient limits on the app topics (consent, checkin, feedback).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncoming {
+    pub per_recipient_per_minute: i64,
+    pub per_recipient_burst: i64,
+    pub max_recipients: i64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -270,6 +270,43 @@ body = "Thanks"
 }
 
 #[test]
+fn the_per_recipient_rate_has_defaults_and_is_checked_with_its_path() {
+    let c = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(c.incoming_rate, crate::ratelimit::RateLimit::default());
+    let c = load(
+        &format!("{MINIMAL_SITE}\n[incoming]\nper_recipient_per_minute = 6\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.incoming_rate.per_minute, 6);
+    assert_eq!(c.incoming_rate.burst, 20);
+    let text = format!(
+        "{MINIMAL_SITE}\n[incoming]\nper_recipient_per_minute = 0\nper_recipient_burst = -1\nmax_recipients = 0\n"
+    );
+    let ConfigError::Invalid { problems, .. } = load(&text, &[]).unwrap_err() else {
+        panic!("expected validation problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "incoming.per_recipient_per_minute",
+        "incoming.per_recipient_burst",
+        "incoming.max_recipients",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    let err = load(
+        &format!("{MINIMAL_SITE}\n[incoming]\nper_second = 1\n"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("per_second"), "{err}");
+}
+
+#[test]
 fn credentials_come_from_the_systemd_credentials_directory_and_urls_are_masked() {
     use std::ffi::OsString;
     assert_eq!(
