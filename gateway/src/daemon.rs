@@ -969,7 +969,14 @@ impl Pipeline {
     async fn on_person(&mut self, person: &str, payload: &[u8]) -> Result<(), Rejection> {
         let now = wall_ms();
         if payload.is_empty() {
-            return self.erase(&PersonId::from(person), now).await;
+            let person = PersonId::from(person);
+            // The back office clearing a record the gateway does not hold
+            // (one it erased already, or a person of another store): there
+            // is nothing to erase, and no tombstone to write.
+            if self.people.consent(&person).is_none() {
+                return Ok(());
+            }
+            return self.erase(&person, now).await;
         }
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let record = PersonRecord::from_json(text)?;

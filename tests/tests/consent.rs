@@ -198,6 +198,14 @@ async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused
         .map_err(|e| e.context(gateway.logs()))?;
     assert_eq!(errors[0].json()?["field"], "person");
 
+    // Clearing a record the gateway never held erases nobody.
+    crm.publish_acked(
+        "retail/crm/people/p-404",
+        b"",
+        true,
+        PublishProperties::default(),
+    )
+    .await?;
     crm.publish_acked(
         "retail/crm/people/p-1",
         b"",
@@ -209,6 +217,7 @@ async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused
         site.metric("gateway_people_erased_total").unwrap_or(0) >= 1
     })
     .await?;
+    assert_eq!(site.metric("gateway_people_erased_total")?, 1);
     drop(gateway);
     assert!(!site.cli(&["people", "show", "p-1"])?.status.success());
     assert!(
