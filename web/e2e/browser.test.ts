@@ -79,6 +79,10 @@ per_visit = 5
 per_day = 5
 per_week = 10
 min_gap_s = 0
+
+# The twin runs faster than real time, ahead of the wall clock.
+[presence]
+max_future_skew_ms = 86400000
 `;
 
 interface Person {
