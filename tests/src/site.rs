@@ -53,6 +53,40 @@ min_gap_s = 0
 rule_cooldown_s = 0
 "#;
 
+/// Two rules for laptop fans (a compare at the laptops, an info at the
+/// headphones), tight caps and `min_gap_s`: the crash and power-cut runs,
+/// where every shopper is decided on twice a visit.
+pub fn laptop_and_headphone_rules(min_gap_s: u32) -> String {
+    format!(
+        r#"
+[[rules]]
+id = "laptop-compare"
+zone = "laptops"
+dwell_s = 15
+interest = "laptops"
+kind = "compare"
+title = "Comparing laptops?"
+body = "Side-by-side specs, reviews and prices for the models on this table."
+
+[[rules]]
+id = "headphones-info"
+zone = "headphones"
+dwell_s = 15
+interest = "laptops"
+kind = "info"
+title = "Headphones that work with your laptop"
+body = "Battery life, noise cancelling and comfort scores for every model on this wall."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = {min_gap_s}
+rule_cooldown_s = 0
+"#
+    )
+}
+
 /// The twin's clock runs ahead of the wall clock: let its sightings in.
 pub const SIM_CLOCK: &str = r#"
 [presence]

@@ -10,33 +10,6 @@ use std::time::Duration;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const SITE_REST: &str = r#"
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 15
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
-
-[[rules]]
-id = "headphones-info"
-zone = "headphones"
-dwell_s = 15
-interest = "laptops"
-kind = "info"
-title = "Headphones that work with your laptop"
-body = "Battery life, noise cancelling and comfort scores for every model on this wall."
-
-[caps]
-per_visit = 2
-per_day = 3
-per_week = 7
-min_gap_s = 60
-rule_cooldown_s = 0
-"#;
-
 const SHOPPERS: u32 = 12;
 
 /// The test site's timezone (`e2e::Site`'s `[store] timezone`).
@@ -61,7 +34,12 @@ fn a_minute_before_the_stores_next_midnight_ms() -> i64 {
 async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let site_text = [e2e::site::THREE_ZONES, SITE_REST, e2e::site::SIM_CLOCK].concat();
+    let site_text = [
+        e2e::site::THREE_ZONES,
+        &e2e::site::laptop_and_headphone_rules(60),
+        e2e::site::SIM_CLOCK,
+    ]
+    .concat();
     let mut site = Site::new(broker.port(), &site_text)?;
     let mut scenario = Scenario::new(17);
     for n in 1..=SHOPPERS {

@@ -19,33 +19,6 @@ use e2e::powercut::PowerCut;
 use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, QoS, Site};
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 
-const SITE_REST: &str = r#"
-[[rules]]
-id = "laptop-compare"
-zone = "laptops"
-dwell_s = 15
-interest = "laptops"
-kind = "compare"
-title = "Comparing laptops?"
-body = "Side-by-side specs, reviews and prices for the models on this table."
-
-[[rules]]
-id = "headphones-info"
-zone = "headphones"
-dwell_s = 15
-interest = "laptops"
-kind = "info"
-title = "Headphones that work with your laptop"
-body = "Battery life, noise cancelling and comfort scores for every model on this wall."
-
-[caps]
-per_visit = 2
-per_day = 3
-per_week = 7
-min_gap_s = 10
-rule_cooldown_s = 0
-"#;
-
 /// Event time the twin plays per cycle, and how fast.
 const WINDOW_MS: i64 = 60_000;
 const SPEED: f64 = 30.0;
@@ -207,7 +180,12 @@ async fn power_cuts_under_load_lose_nothing_acknowledged() -> anyhow::Result<()>
     let mut moments = Moments(seed);
 
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let site_text = [e2e::site::THREE_ZONES, SITE_REST, e2e::site::SIM_CLOCK].concat();
+    let site_text = [
+        e2e::site::THREE_ZONES,
+        &e2e::site::laptop_and_headphone_rules(10),
+        e2e::site::SIM_CLOCK,
+    ]
+    .concat();
     let mut site = Site::new(broker.port(), &site_text)?;
 
     // Enough shoppers for every window of the run plus the ones ahead.
