@@ -1051,6 +1051,81 @@ mod tests {
         }
         assert!(backoff(30) <= Duration::from_millis(12_500));
     }
+    fn message(n: u16) -> IncomingMessage {
+        IncomingMessage {
+            topic: format!("t/{n}"),
+            payload: vec![0; 1000],
+            retain: false,
+            response_topic: None,
+            correlation_data: None,
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn at_most_receive_maximum_messages_wait_for_the_pipeline() {
+        let mut intake = Intake::new();
+        for n in 0..RECEIVE_MAXIMUM {
+            assert!(intake.has_room(), "stopped reading at {n}");
+            intake.waiting.push_back(message(n));
+        }
+        // Full: the event loop is not polled for more until the pipeline
+        // takes some, which needs no polling.
+        assert!(!intake.has_room());
+        let (pipeline, mut taken) = mpsc::channel(10);
+        assert!(intake.forward_messages(&pipeline).is_ok());
+        assert_eq!(intake.waiting.len(), RECEIVE_MAXIMUM as usize - 10);
+        assert!(intake.has_room());
+        assert_eq!(taken.try_recv().unwrap().topic, "t/0");
+        drop(taken);
+        assert!(intake.forward_messages(&pipeline).is_err());
+    }
+
+    #[test]
+    fn acks_never_wait_and_reach_rumqttc_in_order_as_it_has_room() {
+        let mut intake = Intake::new();
+        let ackers: Vec<Acker> = (1..=10u16)
+            .map(|pkid| {
+                let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
+                    "t",
+                    QoS::AtLeastOnce,
+                    vec![0u8; 30_000],
+                    None,
+                );
+                publish.pkid = pkid;
+                intake.acker(&publish).expect("QoS 1 is acked")
+            })
+            .collect();
+        let qos0 = rumqttc::v5::mqttbytes::v5::Publish::new("t", QoS::AtMostOnce, "x", None);
+        assert!(intake.acker(&qos0).is_none());
+        // What an ack keeps is the packet id, not the message.
+        assert!(std::mem::size_of::<Acker>() < 64);
+        for acker in ackers {
+            acker.ack();
+        }
+        // rumqttc's request channel has room for 4: the fifth is held, the
+        // rest stay queued, in order.
+        let opts = MqttOptions::new("t", "localhost", 1883);
+        let (small, _eventloop) = AsyncClient::new(opts.clone(), 4);
+        intake.forward_acks(&small);
+        assert_eq!(intake.held.map(|a| a.pkid), Some(5));
+        assert_eq!(intake.acks.len(), 5);
+        intake.forward_acks(&small);
+        assert_eq!(intake.held.map(|a| a.pkid), Some(5));
+        // Room again: the held one first, then the queue.
+        let (roomy, _eventloop) = AsyncClient::new(opts, 100);
+        intake.forward_acks(&roomy);
+        assert_eq!(intake.held, None);
+        assert!(intake.acks.is_empty());
+        // After the connection task has gone, acking is a no-op.
+        let mut publish =
+            rumqttc::v5::mqttbytes::v5::Publish::new("t", QoS::AtLeastOnce, "x", None);
+        publish.pkid = 11;
+        let late = intake.acker(&publish).unwrap();
+        drop(intake);
+        late.ack();
+    }
+
     #[test]
     fn a_suback_names_the_refused_kinds_and_retained_requests_are_ignored() {
         let c = load("[mqtt]\nurl = \"mqtt://h\"\n", &[]).unwrap();
