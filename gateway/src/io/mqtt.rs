@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -32,6 +33,15 @@ use crate::topics::{Subscription, subscription_of};
 /// finds them full.
 const MAX_IN_FLIGHT: usize = 32;
 const REQUEST_CHANNEL: usize = 64;
+/// Receive Maximum we advertise in CONNECT (MQTT v5 §3.1.2.11.3): the
+/// broker sends at most this many QoS 1 messages we have not acknowledged.
+/// It bounds everything between the socket and the pipeline: the messages
+/// waiting for room in the pipeline's channel and the acks waiting for room
+/// in rumqttc's request channel. Without it Mosquitto kept sending (65,535
+/// unacknowledged by default, more with no limit configured).
+pub const RECEIVE_MAXIMUM: u16 = 64;
+/// Acks waiting for rumqttc's request channel: one per packet id at most.
+pub const ACK_QUEUE: usize = u16::MAX as usize;
 const LINK_EVENTS: usize = 1024;
 /// Largest packet we accept, advertised to the broker in CONNECT (MQTT v5
 /// Maximum Packet Size). rumqttc's own default is 10 KiB and is *not*
@@ -68,21 +78,41 @@ pub struct IncomingMessage {
 }
 
 /// The PUBACK for one received QoS 1 message, sent when [`Acker::ack`] is called.
+///
+/// Acks go, in order, through a bounded channel to the task that polls the
+/// MQTT event loop, which hands them to rumqttc as its request channel has
+/// room. Nothing here waits or spawns, and a queued ack is a packet id, not
+/// the message: the channel holds [`ACK_QUEUE`] of them, as many as there
+/// are packet ids, so it is never full (the broker cannot have more QoS 1
+/// messages unacknowledged, whether or not it keeps to our Receive Maximum).
 #[derive(Clone, Debug)]
 pub struct Acker {
-    client: AsyncClient,
-    publish: rumqttc::v5::mqttbytes::v5::Publish,
+    acks: mpsc::Sender<PendingAck>,
+    ack: PendingAck,
+}
+
+/// What a PUBACK needs: the packet id and QoS, not the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingAck {
+    pkid: u16,
+    qos: QoS,
+}
+
+impl PendingAck {
+    fn request(self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        let mut publish =
+            rumqttc::v5::mqttbytes::v5::Publish::new("", self.qos, Vec::<u8>::new(), None);
+        publish.pkid = self.pkid;
+        publish
+    }
 }
 
 impl Acker {
     pub fn ack(self) {
-        // Never wait here: the request channel may be full, and the event
-        // loop that drains it must not wait on us.
-        if let Err(ClientError::TryRequest(_)) = self.client.try_ack(&self.publish) {
-            tokio::spawn(async move {
-                let _ = self.client.ack(&self.publish).await;
-            });
-        }
+        // Never wait here. Full cannot happen (one entry per packet id);
+        // closed means the connection task has stopped: the broker delivers
+        // the message again to the next one.
+        let _ = self.acks.try_send(self.ack);
     }
 }
 
@@ -294,6 +324,7 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
     opts.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
     opts.set_manual_acks(true);
     opts.set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES));
+    opts.set_receive_maximum(Some(RECEIVE_MAXIMUM));
     opts.set_last_will(LastWill::new(
         config.status_topic(),
         status_payload(config, false),
@@ -358,30 +389,159 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base as i64 + jitter).max(1) as u64)
 }
 
+/// The rumqttc event loop as a stream. `StreamExt::next` on it is
+/// cancel-safe: a `poll()` in progress is kept, not dropped, when another
+/// branch of a `select!` wins (dropping one half-way could lose a packet it
+/// had taken from the socket or the request channel). After an error the
+/// next poll waits a backoff first.
+fn events(
+    eventloop: EventLoop,
+) -> impl futures_util::Stream<Item = Result<Event, rumqttc::v5::ConnectionError>> {
+    futures_util::stream::unfold(
+        (eventloop, 0u32, false),
+        |(mut eventloop, mut failures, failed)| async move {
+            if failed {
+                tokio::time::sleep(backoff(failures)).await;
+                failures = failures.saturating_add(1);
+            }
+            let event = eventloop.poll().await;
+            match &event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                Ok(_) => {}
+                Err(_) => return Some((event, (eventloop, failures, true))),
+            }
+            Some((event, (eventloop, failures, false)))
+        },
+    )
+}
+
+/// Messages received and not yet in the pipeline's channel, and acks from
+/// the pipeline not yet in rumqttc's request channel. The event loop is not
+/// polled while [`RECEIVE_MAXIMUM`] messages wait (a broker that keeps to
+/// it never makes us stop); acks are bounded by the packet id space.
+struct Intake {
+    waiting: VecDeque<IncomingMessage>,
+    acks_tx: mpsc::Sender<PendingAck>,
+    acks: mpsc::Receiver<PendingAck>,
+    /// An ack taken from `acks` that rumqttc's request channel had no room for.
+    held: Option<PendingAck>,
+}
+
+impl Intake {
+    fn new() -> Intake {
+        let (acks_tx, acks) = mpsc::channel(ACK_QUEUE);
+        Intake {
+            waiting: VecDeque::new(),
+            acks_tx,
+            acks,
+            held: None,
+        }
+    }
+
+    fn acker(&self, publish: &rumqttc::v5::mqttbytes::v5::Publish) -> Option<Acker> {
+        (publish.qos != QoS::AtMostOnce).then(|| Acker {
+            acks: self.acks_tx.clone(),
+            ack: PendingAck {
+                pkid: publish.pkid,
+                qos: publish.qos,
+            },
+        })
+    }
+
+    /// Whether the event loop may be polled for more.
+    fn has_room(&self) -> bool {
+        self.waiting.len() < RECEIVE_MAXIMUM as usize
+    }
+
+    /// Hands queued acks to rumqttc, in order, while its request channel
+    /// has room. Never waits.
+    fn forward_acks(&mut self, client: &AsyncClient) {
+        loop {
+            let ack = match self.held.take() {
+                Some(ack) => ack,
+                None => match self.acks.try_recv() {
+                    Ok(ack) => ack,
+                    Err(_) => return,
+                },
+            };
+            match client.try_ack(&ack.request()) {
+                Ok(()) => {}
+                Err(ClientError::TryRequest(_)) => {
+                    self.held = Some(ack);
+                    return;
+                }
+                // The event loop is gone: we are stopping.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Moves waiting messages into the pipeline's channel while it has room.
+    /// Err when the pipeline is gone.
+    fn forward_messages(&mut self, incoming: &mpsc::Sender<IncomingMessage>) -> Result<(), ()> {
+        while let Some(message) = self.waiting.pop_front() {
+            match incoming.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    self.waiting.push_front(message);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Poll the event loop until told to stop, turning what matters into
 /// `LinkEvent`s and incoming messages.
+///
+/// The event loop keeps being polled while received messages wait for room
+/// in the pipeline's channel (up to [`RECEIVE_MAXIMUM`] of them), so the
+/// acks the pipeline sends meanwhile go out: awaiting the pipeline here
+/// instead stalled the acks, which piled up behind rumqttc's full request
+/// channel while the broker kept sending.
 async fn drive_event_loop(
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     link: mpsc::Sender<LinkEvent>,
     incoming: mpsc::Sender<IncomingMessage>,
     subscriptions: Arc<Vec<Subscription>>,
     telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
-    let mut failures = 0u32;
+    let events = events(eventloop);
+    tokio::pin!(events);
+    let mut intake = Intake::new();
     loop {
+        intake.forward_acks(&client);
+        if intake.forward_messages(&incoming).is_err() {
+            return;
+        }
         let event = tokio::select! {
             _ = stop.cancelled() => return,
-            event = eventloop.poll() => event,
+            // Room in the pipeline: the front waiting message goes in.
+            permit = incoming.reserve(), if !intake.waiting.is_empty() => {
+                let Ok(permit) = permit else { return };
+                if let Some(message) = intake.waiting.pop_front() {
+                    permit.send(message);
+                }
+                continue;
+            }
+            // An ack from the pipeline (at most one held back at a time).
+            ack = intake.acks.recv(), if intake.held.is_none() => {
+                intake.held = ack;
+                continue;
+            }
+            event = events.next(), if intake.has_room() => match event {
+                Some(event) => event,
+                None => return,
+            },
         };
         let link_event = match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
-                Some(LinkEvent::Connected {
-                    session_present: ack.session_present,
-                })
-            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(LinkEvent::Connected {
+                session_present: ack.session_present,
+            }),
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 use rumqttc::v5::mqttbytes::v5::PubAckReason;
                 let ok = matches!(
@@ -401,12 +561,8 @@ async fn drive_event_loop(
                         &telemetry,
                         subscription.map_or("unknown", |s| s.kind),
                     );
-                    if publish.qos != QoS::AtMostOnce {
-                        Acker {
-                            client: client.clone(),
-                            publish,
-                        }
-                        .ack();
+                    if let Some(acker) = intake.acker(&publish) {
+                        acker.ack();
                     }
                     continue;
                 }
@@ -417,20 +573,14 @@ async fn drive_event_loop(
                     ),
                     None => (None, None),
                 };
-                let message = IncomingMessage {
+                intake.waiting.push_back(IncomingMessage {
                     topic,
                     payload: publish.payload.to_vec(),
                     retain: publish.retain,
                     response_topic,
                     correlation_data,
-                    ack: (publish.qos != QoS::AtMostOnce).then(|| Acker {
-                        client: client.clone(),
-                        publish: publish.clone(),
-                    }),
-                };
-                if incoming.send(message).await.is_err() {
-                    return;
-                }
+                    ack: intake.acker(&publish),
+                });
                 None
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
@@ -438,25 +588,17 @@ async fn drive_event_loop(
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => None,
-            Err(error) => {
-                let _ = link
-                    .send(LinkEvent::Disconnected {
-                        kind: error_kind(&error),
-                        reason: error.to_string(),
-                    })
-                    .await;
-                let delay = backoff(failures);
-                failures = failures.saturating_add(1);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                None
-            }
+            Err(error) => Some(LinkEvent::Disconnected {
+                kind: error_kind(&error),
+                reason: error.to_string(),
+            }),
         };
         if let Some(link_event) = link_event {
-            if link.send(link_event).await.is_err() {
-                return;
+            // Delivery reads link events all the time; a full channel is
+            // a moment's wait, and stopping cancels it.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                sent = link.send(link_event) => if sent.is_err() { return },
             }
         }
     }
@@ -909,6 +1051,81 @@ mod tests {
         }
         assert!(backoff(30) <= Duration::from_millis(12_500));
     }
+    fn message(n: u16) -> IncomingMessage {
+        IncomingMessage {
+            topic: format!("t/{n}"),
+            payload: vec![0; 1000],
+            retain: false,
+            response_topic: None,
+            correlation_data: None,
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn at_most_receive_maximum_messages_wait_for_the_pipeline() {
+        let mut intake = Intake::new();
+        for n in 0..RECEIVE_MAXIMUM {
+            assert!(intake.has_room(), "stopped reading at {n}");
+            intake.waiting.push_back(message(n));
+        }
+        // Full: the event loop is not polled for more until the pipeline
+        // takes some, which needs no polling.
+        assert!(!intake.has_room());
+        let (pipeline, mut taken) = mpsc::channel(10);
+        assert!(intake.forward_messages(&pipeline).is_ok());
+        assert_eq!(intake.waiting.len(), RECEIVE_MAXIMUM as usize - 10);
+        assert!(intake.has_room());
+        assert_eq!(taken.try_recv().unwrap().topic, "t/0");
+        drop(taken);
+        assert!(intake.forward_messages(&pipeline).is_err());
+    }
+
+    #[test]
+    fn acks_never_wait_and_reach_rumqttc_in_order_as_it_has_room() {
+        let mut intake = Intake::new();
+        let ackers: Vec<Acker> = (1..=10u16)
+            .map(|pkid| {
+                let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
+                    "t",
+                    QoS::AtLeastOnce,
+                    vec![0u8; 30_000],
+                    None,
+                );
+                publish.pkid = pkid;
+                intake.acker(&publish).expect("QoS 1 is acked")
+            })
+            .collect();
+        let qos0 = rumqttc::v5::mqttbytes::v5::Publish::new("t", QoS::AtMostOnce, "x", None);
+        assert!(intake.acker(&qos0).is_none());
+        // What an ack keeps is the packet id, not the message.
+        assert!(std::mem::size_of::<Acker>() < 64);
+        for acker in ackers {
+            acker.ack();
+        }
+        // rumqttc's request channel has room for 4: the fifth is held, the
+        // rest stay queued, in order.
+        let opts = MqttOptions::new("t", "localhost", 1883);
+        let (small, _eventloop) = AsyncClient::new(opts.clone(), 4);
+        intake.forward_acks(&small);
+        assert_eq!(intake.held.map(|a| a.pkid), Some(5));
+        assert_eq!(intake.acks.len(), 5);
+        intake.forward_acks(&small);
+        assert_eq!(intake.held.map(|a| a.pkid), Some(5));
+        // Room again: the held one first, then the queue.
+        let (roomy, _eventloop) = AsyncClient::new(opts, 100);
+        intake.forward_acks(&roomy);
+        assert_eq!(intake.held, None);
+        assert!(intake.acks.is_empty());
+        // After the connection task has gone, acking is a no-op.
+        let mut publish =
+            rumqttc::v5::mqttbytes::v5::Publish::new("t", QoS::AtLeastOnce, "x", None);
+        publish.pkid = 11;
+        let late = intake.acker(&publish).unwrap();
+        drop(intake);
+        late.ack();
+    }
+
     #[test]
     fn a_suback_names_the_refused_kinds_and_retained_requests_are_ignored() {
         let c = load("[mqtt]\nurl = \"mqtt://h\"\n", &[]).unwrap();
