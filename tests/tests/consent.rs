@@ -246,25 +246,11 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
     };
     let old_record = record_at(chrono::Utc::now() - chrono::Duration::hours(1));
     let mut gateway = site.start()?;
-    let app = Phone::connect(PhoneOptions::new(
-        broker.port(),
-        "app-r-1",
-        site.topic("receipts/r-1"),
-    ))
-    .await?;
-    let ops = Phone::connect(PhoneOptions::new(
-        broker.port(),
-        "ops",
-        site.topic("gateway/errors"),
-    ))
-    .await?;
-    let back_office = Phone::connect(PhoneOptions::new(
-        broker.port(),
-        "back-office",
-        site.topic("erasures"),
-    ))
-    .await?;
-    let crm = Phone::connect(PhoneOptions::new(broker.port(), "crm", "")).await?;
+    let app = Phone::connect_to(broker.port(), "app-r-1", &site.topic("receipts/r-1")).await?;
+    let ops = Phone::connect_to(broker.port(), "ops", &site.topic("gateway/errors")).await?;
+    let back_office =
+        Phone::connect_to(broker.port(), "back-office", &site.topic("erasures")).await?;
+    let crm = Phone::connect_to(broker.port(), "crm", "").await?;
     let publish_record = |payload: String| {
         let crm = &crm;
         async move {
