@@ -988,7 +988,9 @@ impl Pipeline {
             rejection("storage", "could not be checked; nothing changed")
         })?;
         let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
-            .inspect_err(|_| self.telemetry.count("people_refused_erased_total", &[], 1))?;
+            .inspect_err(|_| {
+                events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
+            })?;
         self.upsert(merged).await
     }
 
@@ -1063,8 +1065,7 @@ impl Pipeline {
             Ok(_) => {
                 self.people.remove(person);
                 self.forget_presence(person);
-                self.telemetry.count("people_erased_total", &[], 1);
-                tracing::info!(person = %hashed(person.as_str()), "person erased");
+                events::person_erased(&self.telemetry, &hashed(person.as_str()));
                 Ok(())
             }
             Err(e) => {

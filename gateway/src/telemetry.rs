@@ -305,6 +305,22 @@ pub mod events {
         t.count("strangers_dropped_total", &[], 1);
     }
 
+    /// A CRM record not dated after the person's erasure (their retained
+    /// record, republished or handed over on a fresh session).
+    pub fn person_record_refused_after_erasure(t: &Telemetry, person_hash: &str) {
+        t.count("people_refused_erased_total", &[], 1);
+        tracing::info!(
+            person = person_hash,
+            "person record refused: not later than the person's erasure"
+        );
+    }
+
+    /// A person erased (at their request, the back office's or an operator's).
+    pub fn person_erased(t: &Telemetry, person_hash: &str) {
+        t.count("people_erased_total", &[], 1);
+        tracing::info!(person = person_hash, "person erased");
+    }
+
     pub fn person_recognised(t: &Telemetry, person_hash: &str) {
         t.count("people_recognised_total", &[], 1);
         tracing::debug!(person = person_hash, "person recognised");
