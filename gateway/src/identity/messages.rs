@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::person::{
     PersonId, PersonRecord, Purpose, RecordError, err, parse_consent_changes, parse_identity,
-    parse_key, required_str, string_list, validate_topic_id,
+    parse_key, required_str, string_list, unknown_field, validate_topic_id,
 };
 use super::{Identity, rotating};
 
@@ -26,7 +26,7 @@ fn parse_object(text: &str) -> Result<Object, RecordError> {
 /// Rejects the first field of `obj` that is not in `known`, naming it.
 fn reject_unknown(path: &str, obj: &Object, known: &[&str]) -> Result<(), RecordError> {
     match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(err(join(path, unknown), "unknown field")),
+        Some(unknown) => Err(unknown_field(path, unknown)),
         None => Ok(()),
     }
 }
@@ -541,6 +541,20 @@ mod tests {
         let _ = ahead.apply(&mut r, NOW_MS);
         assert!(!r.consent.offers);
         assert_eq!(r.stamps.consent_at(Purpose::Offers), NOW_MS);
+    }
+
+    #[test]
+    fn an_empty_key_is_named_too() {
+        // Found by gateway/tests/parsers_fuzz.rs: the error named no field.
+        let e =
+            ConsentChange::from_json(r#"{"id":"-2","":"-2","forget": true}"#, "r-1").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("\"\"", "unknown field")
+        );
+        let e =
+            PersonRecord::from_json(r#"{"person": "p-1", "recipient": "r-1", "": 1}"#).unwrap_err();
+        assert_eq!(e.field, "\"\"");
     }
 
     #[test]

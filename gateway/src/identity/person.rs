@@ -307,6 +307,19 @@ pub struct RecordError {
     pub reason: String,
 }
 
+/// An object key the format does not have, named by its path. The empty
+/// key is a key too (`{"": 1}`): it is named `""`, so that every error
+/// names a field.
+pub(super) fn unknown_field(path: &str, key: &str) -> RecordError {
+    let key = if key.is_empty() { "\"\"" } else { key };
+    let field = if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    };
+    err(field, "unknown field")
+}
+
 pub(super) fn err(field: impl Into<String>, reason: impl Into<String>) -> RecordError {
     RecordError {
         field: field.into(),
@@ -368,7 +381,7 @@ impl PersonRecord {
             "owns",
         ];
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(err(unknown.clone(), "unknown field"));
+            return Err(unknown_field("", unknown));
         }
         let person = required_str(obj, "person")?;
         validate_topic_id("person", person)?;
@@ -517,7 +530,7 @@ pub(super) fn parse_identity(
             .keys()
             .find(|k| k.as_str() != "kind" && k.as_str() != name)
         {
-            return Err(err(format!("{path}.{unknown}"), "unknown field"));
+            return Err(unknown_field(path, unknown));
         }
         match obj.get(name) {
             Some(serde_json::Value::String(s)) => Ok(s),
