@@ -53,10 +53,19 @@ min_gap_s = 0
 rule_cooldown_s = 0
 "#;
 
-/// Two rules for laptop fans (a compare at the laptops, an info at the
-/// headphones), tight caps and `min_gap_s`: the crash and power-cut runs,
-/// where every shopper is decided on twice a visit.
-pub fn laptop_and_headphone_rules(min_gap_s: u32) -> String {
+/// The twin's zones and clock, two rules for laptop fans (a compare at the
+/// laptops, an info at the headphones), tight caps and `min_gap_s`: the
+/// crash and power-cut runs, where every shopper is decided on twice a visit.
+pub fn laptop_and_headphone_site(min_gap_s: u32) -> String {
+    [
+        THREE_ZONES,
+        &laptop_and_headphone_rules(min_gap_s),
+        SIM_CLOCK,
+    ]
+    .concat()
+}
+
+fn laptop_and_headphone_rules(min_gap_s: u32) -> String {
     format!(
         r#"
 [[rules]]

@@ -227,6 +227,16 @@ async fn an_empty_retained_crm_message_erases_and_a_mismatched_record_is_refused
     Ok(())
 }
 
+/// Wait until the running gateway has read `n` CRM records.
+async fn records_seen(site: &Site, n: u64) -> anyhow::Result<()> {
+    e2e::wait_until(Duration::from_secs(10), || {
+        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
+            .unwrap_or(0)
+            >= n
+    })
+    .await
+}
+
 /// "Newest word wins, and a withdrawal sticks": the CRM's retained record
 /// comes again after every republish and every fresh session. It must not
 /// switch a withdrawn purpose back on, nor bring a forgotten person back;
@@ -265,12 +275,7 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
     };
 
     publish_record(old_record.clone()).await?;
-    e2e::wait_until(Duration::from_secs(10), || {
-        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
-            .unwrap_or(0)
-            >= 1
-    })
-    .await?;
+    records_seen(&site, 1).await?;
     app.publish(
         &site.topic("consent/r-1"),
         br#"{"id": "c-1", "consent": {"offers": false}}"#.to_vec(),
@@ -284,12 +289,7 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
 
     // The routine republish of the same (older) record.
     publish_record(old_record.clone()).await?;
-    e2e::wait_until(Duration::from_secs(10), || {
-        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
-            .unwrap_or(0)
-            >= 2
-    })
-    .await?;
+    records_seen(&site, 2).await?;
     drop(gateway);
     let show = site.cli(&["people", "show", "p-1"])?;
     let shown = String::from_utf8_lossy(&show.stdout).to_string();
@@ -364,12 +364,7 @@ async fn a_republished_crm_record_neither_undoes_a_withdrawal_nor_resurrects_the
     // A re-enrolment, dated after the erasure, is taken.
     tokio::time::sleep(Duration::from_millis(20)).await;
     publish_record(record_at(chrono::Utc::now())).await?;
-    e2e::wait_until(Duration::from_secs(10), || {
-        site.metric("gateway_incoming_total{kind=\"crm_person\"}")
-            .unwrap_or(0)
-            >= 2
-    })
-    .await?;
+    records_seen(&site, 2).await?;
     drop(gateway);
     let show = site.cli(&["people", "show", "p-1"])?;
     assert!(show.status.success(), "the re-enrolment was refused");

@@ -34,13 +34,7 @@ fn a_minute_before_the_stores_next_midnight_ms() -> i64 {
 async fn sigkill_and_sigterm_under_load_exceed_no_cap_and_lose_no_reserved_nudge()
 -> anyhow::Result<()> {
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let site_text = [
-        e2e::site::THREE_ZONES,
-        &e2e::site::laptop_and_headphone_rules(60),
-        e2e::site::SIM_CLOCK,
-    ]
-    .concat();
-    let mut site = Site::new(broker.port(), &site_text)?;
+    let mut site = Site::new(broker.port(), &e2e::site::laptop_and_headphone_site(60))?;
     let mut scenario = Scenario::new(17);
     for n in 1..=SHOPPERS {
         let mut path = vec![Stop::new("entrance", 5)];

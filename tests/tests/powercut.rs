@@ -180,13 +180,7 @@ async fn power_cuts_under_load_lose_nothing_acknowledged() -> anyhow::Result<()>
     let mut moments = Moments(seed);
 
     let broker = Mosquitto::start(MosquittoOptions::default())?;
-    let site_text = [
-        e2e::site::THREE_ZONES,
-        &e2e::site::laptop_and_headphone_rules(10),
-        e2e::site::SIM_CLOCK,
-    ]
-    .concat();
-    let mut site = Site::new(broker.port(), &site_text)?;
+    let mut site = Site::new(broker.port(), &e2e::site::laptop_and_headphone_site(10))?;
 
     // Enough shoppers for every window of the run plus the ones ahead.
     let shoppers = shopper_arriving_in(cycles + AHEAD_WINDOWS + 1);
