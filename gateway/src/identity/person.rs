@@ -30,9 +30,15 @@ impl fmt::Display for PersonId {
     }
 }
 
+/// The salted hash once the salt is installed (`privacy::install_salt`, at
+/// daemon start), else only a placeholder: Debug itself never makes a salt
+/// (no randomness, clock or environment in formatting a value).
 impl fmt::Debug for PersonId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PersonId({})", crate::privacy::hashed(self.as_str()))
+        match crate::privacy::hashed_if_salted(self.as_str()) {
+            Some(hash) => write!(f, "PersonId({hash})"),
+            None => f.write_str("PersonId(***)"),
+        }
     }
 }
 
