@@ -280,7 +280,7 @@ pub async fn run(
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
             outgoing: outgoing_rx,
-            subscriptions: topics::all_subscriptions(&config),
+            subscriptions: topics::all_subscriptions(&config.topics),
             connected: connected_tx,
             refused_subscriptions: refused_tx,
             config_updates: config_rx.clone(),
@@ -401,6 +401,7 @@ const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 const SWEEP_EVERY_MS: i64 = 3_600_000;
 /// Largest incoming payload accepted on any topic.
 pub const MAX_INCOMING_BYTES: usize = 16 * 1024;
+const _: () = assert!(mqtt::MAX_INCOMING_PACKET_BYTES as usize > 2 * MAX_INCOMING_BYTES);
 
 /// A rejected incoming message: reported by kind and reason, never by content.
 struct Rejection {
@@ -440,7 +441,7 @@ impl Pipeline {
             presence.seed_visit(person, seed);
         }
         let fleet = Fleet::new(config.beacons.clone());
-        let scanner_filters = topics::scanner_filters(&config);
+        let scanner_filters = topics::scanner_filters(&config.topics);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
@@ -501,7 +502,7 @@ impl Pipeline {
     /// apply from the next event; who is present and the outbox stay.
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
-        self.scanner_filters = topics::scanner_filters(&config);
+        self.scanner_filters = topics::scanner_filters(&config.topics);
         self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
@@ -530,7 +531,7 @@ impl Pipeline {
             self.last_fleet_report_ms = now;
             let report = self.fleet.report(now).to_string().into_bytes();
             self.send(OutgoingMessage {
-                topic: topics::beacons(&self.config),
+                topic: topics::beacons(&self.config.topics),
                 payload: report,
                 correlation_data: None,
                 retain: true,
@@ -836,7 +837,7 @@ impl Pipeline {
             return;
         }
         let topic = message.topic.clone();
-        let kind = classify(&self.config, &topic);
+        let kind = classify(&self.config.topics, &topic);
         let label = kind.kind();
         self.telemetry
             .count("incoming_total", &[("kind", label)], 1);
@@ -937,7 +938,7 @@ impl Pipeline {
             "reason": truncated(&rejected.reason, MAX_REASON_CHARS),
         });
         self.send(OutgoingMessage {
-            topic: topics::errors(&self.config),
+            topic: topics::errors(&self.config.topics),
             payload: report.to_string().into_bytes(),
             correlation_data: None,
             retain: false,
@@ -1102,7 +1103,7 @@ impl Pipeline {
                     "erased_at": rfc3339_ms(now),
                 });
                 self.send(OutgoingMessage {
-                    topic: topics::erasures(&self.config),
+                    topic: topics::erasures(&self.config.topics),
                     payload: notice.to_string().into_bytes(),
                     correlation_data: None,
                     retain: false,
@@ -1142,13 +1143,13 @@ impl Pipeline {
             .to_string()
             .into_bytes();
         self.send(OutgoingMessage {
-            topic: topics::receipts(&self.config, recipient),
+            topic: topics::receipts(&self.config.topics, recipient),
             payload: receipt.clone(),
             correlation_data: None,
             retain: false,
         });
         if let Some(response_topic) = &message.response_topic {
-            if topics::response_topic_allowed(&self.config, recipient, response_topic) {
+            if topics::response_topic_allowed(&self.config.topics, recipient, response_topic) {
                 self.send(OutgoingMessage {
                     topic: response_topic.clone(),
                     payload: receipt,

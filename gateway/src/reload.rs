@@ -51,6 +51,8 @@ pub fn applicable(running: &Config, new: Config) -> Config {
         storage_path: running.storage_path.clone(),
         sources: running.sources.clone(),
         admin_listen: running.admin_listen,
+        // Built from the store id, the prefix and the sources.
+        topics: running.topics.clone(),
         ..new
     }
 }
