@@ -58,9 +58,7 @@ mod tests {
         assert_eq!(h.len(), 12);
         assert!(!h.contains("ana"));
         assert_eq!(h, super::hashed("ana@example.com"));
-        // Once a salt is in place, Debug shows the same hash, never the id.
-        assert_eq!(super::hashed_if_salted("ana@example.com"), Some(h.clone()));
-        let shown = format!("{:?}", crate::identity::PersonId::from("ana@example.com"));
-        assert_eq!(shown, format!("PersonId({h})"));
+        // Once a salt is in place, the pure form gives the same hash.
+        assert_eq!(super::hashed_if_salted("ana@example.com"), Some(h));
     }
 }

@@ -600,6 +600,14 @@ pub fn parse_consent_changes(
 mod tests {
     use super::*;
 
+    #[test]
+    fn debug_shows_the_salted_hash_never_the_id() {
+        let id = PersonId::from("ana@example.com");
+        let hash = crate::privacy::hashed("ana@example.com");
+        assert_eq!(format!("{id:?}"), format!("PersonId({hash})"));
+        assert!(!format!("{:?}", PersonId::from("p-77")).contains("p-77"));
+    }
+
     const DESIGN_EXAMPLE: &str = r#"{"person": "p-1001", "recipient": "r-5f2c9a", "timezone": null,
  "identities": [{"kind": "app", "key": "75c734c6dd1a782de7a965da5eb93125"},
                 {"kind": "email", "value": "ana@example.com"}],
