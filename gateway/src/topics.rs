@@ -293,7 +293,33 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Built from any prefix and store id, the names classify their own
+        /// topics back to the id they carry, and another store's as unknown.
+        #[test]
+        fn topics_built_from_names_classify_back(
+            prefix in "[a-z]{1,8}(/[a-z]{1,8}){0,2}",
+            store in "[a-z0-9-]{1,12}",
+            id in "[a-z0-9-]{1,12}",
+        ) {
+            let names = TopicNames::new(&prefix, &store);
+            prop_assert_eq!(names.store(), format!("{prefix}/{store}"));
+            let topic = format!("{}/consent/{id}", names.store());
+            prop_assert_eq!(classify(&names, &topic), Incoming::Consent(&id));
+            let topic = format!("{prefix}/crm/people/{id}");
+            prop_assert_eq!(classify(&names, &topic), Incoming::Person(&id));
+            let other = format!("{prefix}/{store}x/consent/{id}");
+            prop_assert_eq!(classify(&names, &other), Incoming::Unknown);
+            prop_assert!(response_topic_allowed(&names, &id, &receipts(&names, &id)));
+            for filter in subscriptions(&names) {
+                prop_assert!(validate_filter(&filter).is_ok(), "{}", filter);
+            }
+        }
+    }
 
     fn config() -> TopicNames {
         TopicNames::new("retail", "s1")
