@@ -57,6 +57,8 @@ pub struct Config {
     pub timezone: Tz,
     pub mqtt: MqttSettings,
     pub storage_path: PathBuf,
+    /// The bound on sled's page cache, in bytes (`[storage] cache_mb`).
+    pub storage_cache_bytes: u64,
     pub sources: Vec<SourceSettings>,
     pub zones: Vec<ZoneSettings>,
     /// The store's own beacons, for fleet health (`io::fleet`).
@@ -464,7 +466,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     let store = c.take(sections::store(&raw.store));
     let store_id = raw.store.id.as_deref().unwrap_or_default();
     let mqtt = c.take(sections::mqtt(&raw.mqtt, store_id, inputs));
-    let storage_path = c.take(sections::storage(&raw.storage.path));
+    let storage = c.take(sections::storage(&raw.storage));
     let sources = c.take(sections::sources(&raw.sources));
     let zones = c.take(sections::zones(&raw.zones));
     let beacons = c.take(sections::beacons(&raw.beacons));
@@ -483,7 +485,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     let (
         Some((store_id, timezone)),
         Some(mqtt),
-        Some(storage_path),
+        Some((storage_path, storage_cache_bytes)),
         Some(sources),
         Some(zones),
         Some(beacons),
@@ -501,7 +503,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     ) = (
         store,
         mqtt,
-        storage_path,
+        storage,
         sources,
         zones,
         beacons,
@@ -540,6 +542,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         timezone,
         mqtt,
         storage_path,
+        storage_cache_bytes,
         sources,
         zones: zones.zones,
         beacons,

@@ -15,7 +15,7 @@ use chrono_tz::Tz;
 
 use super::raw::{
     RawAdmin, RawBeacon, RawCaps, RawCatalog, RawDecode, RawIncoming, RawMqtt, RawNudges,
-    RawPresence, RawQuietHours, RawRetention, RawRule, RawSource, RawStore, RawZone,
+    RawPresence, RawQuietHours, RawRetention, RawRule, RawSource, RawStorage, RawStore, RawZone,
 };
 use super::read::Inputs;
 use super::{
@@ -446,13 +446,18 @@ pub(super) fn credential_path(
     }
 }
 
-/// `[storage]`.
-pub fn storage(path: &str) -> Checked<PathBuf> {
+/// `[storage]`: the database's directory and the bound on sled's page
+/// cache, in bytes.
+pub fn storage(raw: &RawStorage) -> Checked<(PathBuf, u64)> {
     let mut p = Problems::default();
-    if path.trim().is_empty() {
+    if raw.path.trim().is_empty() {
         p.add("storage.path", "must not be empty");
     }
-    p.finish(PathBuf::from(path))
+    if !(1..=4096).contains(&raw.cache_mb) {
+        p.add("storage.cache_mb", "must be between 1 and 4096 (MiB)");
+    }
+    let cache_bytes = raw.cache_mb.clamp(1, 4096) * 1024 * 1024;
+    p.finish((PathBuf::from(&raw.path), cache_bytes))
 }
 
 /// `[[sources]]`.

@@ -180,6 +180,7 @@ fn problems_in_many_sections_are_all_reported_in_file_order() {
     let mut site = raw("");
     site.store.timezone = "Mars/Olympus".into();
     site.mqtt.prefix = "#".into();
+    site.storage.cache_mb = 0;
     site.caps.per_day = -1;
     site.presence.window_ms = 0;
     site.admin.listen = Some("nowhere".into());
@@ -189,6 +190,7 @@ fn problems_in_many_sections_are_all_reported_in_file_order() {
         [
             "store.timezone",
             "mqtt.prefix",
+            "storage.cache_mb",
             "caps.per_day",
             "presence.window_ms",
             "admin.listen"
