@@ -299,3 +299,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_password_travels_in_the_clear_only_over_plain_tcp_to_another_host() {
+    let inputs = Inputs::default().with_file("/pw", "secret\n");
+    let mut site = raw("");
+    site.mqtt.username = Some("g".into());
+    site.mqtt.password_file = Some("/pw".into());
+    for (url, clear) in [
+        ("mqtt://broker.example", true),
+        ("mqtt://127.0.0.1:1883", false),
+        ("mqtt://localhost", false),
+        ("mqtt://[::1]:1883", false),
+    ] {
+        site.mqtt.url = url.into();
+        let mqtt = sections::mqtt(&site.mqtt, "s", &inputs).unwrap();
+        assert_eq!(mqtt.password_in_clear(), clear, "{url}");
+    }
+    site.mqtt.url = "mqtts://broker.example".into();
+    let mqtt = sections::mqtt(&site.mqtt, "s", &inputs).unwrap();
+    assert!(!mqtt.password_in_clear());
+    site.mqtt.password_file = None;
+    site.mqtt.url = "mqtt://broker.example".into();
+    let mqtt = sections::mqtt(&site.mqtt, "s", &inputs).unwrap();
+    assert!(!mqtt.password_in_clear());
+}
