@@ -155,6 +155,7 @@ pub async fn run(
     );
     // People and visits are loaded before anything listens, so that the
     // first sighting already resolves.
+    let homeassistant_outgoing = outgoing_tx.clone();
     let mut pipeline = {
         let (config, store, telemetry) = (config.clone(), store.clone(), telemetry.clone());
         tokio::task::spawn_blocking(move || {
@@ -271,6 +272,12 @@ pub async fn run(
     }
 
     let (config_tx, config_rx) = watch::channel(config.clone());
+    tasks.spawn(crate::io::homeassistant::run(
+        config_rx.clone(),
+        telemetry.clone(),
+        homeassistant_outgoing,
+        cancel.clone(),
+    ));
     let delivery_cancel = CancellationToken::new();
     let delivery = tokio::spawn(
         mqtt::Delivery {
@@ -912,11 +919,9 @@ impl Pipeline {
                     .await;
                 }
             }
-            Err(e) if e.ignored => self.telemetry.count(
-                "scanner_messages_ignored_total",
-                &[("source", source), ("field", e.field)],
-                1,
-            ),
+            Err(e) if e.ignored => {
+                events::scanner_message_ignored(&self.telemetry, source, e.field)
+            }
             Err(e) => {
                 events::sighting_rejected(&self.telemetry, source, "mqtt", e.field, &e.reason)
             }

@@ -61,8 +61,69 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Per-recipient token buckets on the app topics (`ratelimit.rs`).
     pub incoming_rate: crate::ratelimit::RateLimit,
+    /// Home Assistant MQTT discovery; `None`: off.
+    pub homeassistant: Option<HomeAssistantSettings>,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
+}
+
+/// `[homeassistant]`: Home Assistant MQTT discovery of the store's beacons
+/// and the gateway itself (`io/homeassistant.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeAssistantSettings {
+    pub discovery_prefix: String,
+    pub node_id: String,
+    pub state_every: Duration,
+}
+
+/// Home Assistant's default discovery prefix.
+pub const HOMEASSISTANT_DEFAULT_PREFIX: &str = "homeassistant";
+
+/// `[homeassistant]`, checked on its own: `None` when absent or disabled.
+fn validate_homeassistant(
+    p: &mut Problems,
+    raw: Option<&raw::RawHomeAssistant>,
+    store_id: &str,
+) -> Option<HomeAssistantSettings> {
+    let raw = raw.filter(|r| r.enabled)?;
+    let discovery_prefix = raw
+        .discovery_prefix
+        .clone()
+        .unwrap_or_else(|| HOMEASSISTANT_DEFAULT_PREFIX.to_string());
+    if discovery_prefix.is_empty()
+        || discovery_prefix.len() > 64
+        || discovery_prefix.starts_with('/')
+        || discovery_prefix.ends_with('/')
+        || discovery_prefix.contains(['+', '#', '\0'])
+        || discovery_prefix.split('/').any(str::is_empty)
+    {
+        p.add(
+            "homeassistant.discovery_prefix",
+            "must be 1 to 64 characters of MQTT topic levels, without wildcards or empty levels",
+        );
+    }
+    // Home Assistant allows [a-zA-Z0-9_-] in node and object ids.
+    let node_id = raw.node_id.clone().unwrap_or_else(|| store_id.to_string());
+    if node_id.is_empty()
+        || node_id.len() > 64
+        || !node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        p.add(
+            "homeassistant.node_id",
+            "must be 1 to 64 of the characters a-z A-Z 0-9 _ - (Home Assistant's node id)",
+        );
+    }
+    let every = raw.state_every_s.unwrap_or(30);
+    if !(1..=3600).contains(&every) {
+        p.add("homeassistant.state_every_s", "must be in 1..=3600");
+    }
+    Some(HomeAssistantSettings {
+        discovery_prefix,
+        node_id,
+        state_every: Duration::from_secs(every),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1081,6 +1142,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             }
         },
     };
+    let homeassistant = validate_homeassistant(&mut p, raw.homeassistant.as_ref(), &store_id);
 
     if !p.0.is_empty() {
         return Err(p.0);
@@ -1118,6 +1180,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         retention: Duration::from_secs(retention_days * 86_400),
         admin_listen,
         incoming_rate,
+        homeassistant,
         hash,
     })
 }
