@@ -379,7 +379,13 @@ pub const ESPRESENSE_ALTBEACON_COMPANY: u16 = 0xBEAC;
 
 /// An AltBeacon advert: flags, then manufacturer data `company`, BE AC,
 /// the 20-byte beacon id (`id1`, `id2`, `id3`), reference RSSI, reserved 0.
-pub fn altbeacon_advert(company: u16, id1: [u8; 16], id2: u16, id3: u16, rssi_at_1m: i8) -> Vec<u8> {
+pub fn altbeacon_advert(
+    company: u16,
+    id1: [u8; 16],
+    id2: u16,
+    id3: u16,
+    rssi_at_1m: i8,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(crate::decode::altbeacon::BODY_LEN);
     body.extend_from_slice(&crate::decode::altbeacon::BEACON_CODE);
     body.extend_from_slice(&id1);
@@ -504,8 +510,9 @@ pub fn parse_espresense_report(
         Some(v) => Some(
             whole_number(v)
                 .filter(|a| (-100..=100).contains(a))
-                .ok_or_else(|| ScannerError::bad("rxAdj", "must be a whole number in -100..=100 dB"))?
-                as i8,
+                .ok_or_else(|| {
+                    ScannerError::bad("rxAdj", "must be a whole number in -100..=100 dB")
+                })? as i8,
         ),
     };
     let power = match obj.get("rssi@1m") {
@@ -530,8 +537,9 @@ pub fn parse_espresense_report(
         }
         Beacon::Eddystone(namespace, instance) => {
             let at_0m = i16::from(power) - ESPRESENSE_EDDYSTONE_ADD_1M;
-            let at_0m = i8::try_from(at_0m)
-                .map_err(|_| ScannerError::bad("rssi@1m", "too high for an Eddystone power at 0 m"))?;
+            let at_0m = i8::try_from(at_0m).map_err(|_| {
+                ScannerError::bad("rssi@1m", "too high for an Eddystone power at 0 m")
+            })?;
             eddystone_uid_advert(namespace, instance, at_0m)
         }
     };
@@ -684,14 +692,23 @@ pub fn parse_openmqttgateway(
 fn decoded_ibeacon(
     obj: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<Vec<u8>>, ScannerError> {
-    let says_ibeacon = matches!(obj.get("model_id"), Some(serde_json::Value::String(m)) if m == "IBEACON");
-    let has_fields = ["uuid", "major", "minor"].iter().all(|k| obj.contains_key(*k));
+    let says_ibeacon =
+        matches!(obj.get("model_id"), Some(serde_json::Value::String(m)) if m == "IBEACON");
+    let has_fields = ["uuid", "major", "minor"]
+        .iter()
+        .all(|k| obj.contains_key(*k));
     if !says_ibeacon && !has_fields {
         return Ok(None);
     }
     if let Some(mfid) = obj.get("mfid") {
-        if mfid.as_str().is_none_or(|m| !m.eq_ignore_ascii_case("4c00")) {
-            return Err(ScannerError::bad("mfid", "an iBeacon's must be \"4c00\" (Apple)"));
+        if mfid
+            .as_str()
+            .is_none_or(|m| !m.eq_ignore_ascii_case("4c00"))
+        {
+            return Err(ScannerError::bad(
+                "mfid",
+                "an iBeacon's must be \"4c00\" (Apple)",
+            ));
         }
     }
     let uuid_text = obj
@@ -710,7 +727,9 @@ fn decoded_ibeacon(
         (Some(p), _) => {
             let p = whole_number(p)
                 .filter(|p| (-128..=127).contains(p))
-                .ok_or_else(|| ScannerError::bad("txpower", "must be a whole number in -128..=127 dBm"))?;
+                .ok_or_else(|| {
+                    ScannerError::bad("txpower", "must be a whole number in -128..=127 dBm")
+                })?;
             p as i8
         }
         (None, Some(v)) => {
@@ -1383,7 +1402,13 @@ mod tests {
         let t = "home/gw/BTtoMQTT/58782076BC24";
         for (edit, field) in [
             ((r#","major":0"#, ""), "major"),
-            ((r#""uuid":"1de4b189115e45f6b44e509352269977""#, r#""uuid":"1de4""#), "uuid"),
+            (
+                (
+                    r#""uuid":"1de4b189115e45f6b44e509352269977""#,
+                    r#""uuid":"1de4""#,
+                ),
+                "uuid",
+            ),
             ((r#","txpower":-66"#, ""), "txpower"),
             ((r#""txpower":-66"#, r#""txpower":"loud""#), "txpower"),
             ((r#""minor":0"#, r#""minor":70000"#), "minor"),
@@ -1453,8 +1478,12 @@ mod tests {
         assert_eq!(frames(&s2.adv), frames(&s.adv));
         // 11 bytes without the repeat is not ESPresense's output: not guessed.
         let odd = "eddy:0001020304ff0506070809-0a0b0c0d0e0f";
-        let e = parse_espresense(&format!("espresense/devices/{odd}/hall"), br#"{"rssi":-70}"#, 0)
-            .unwrap_err();
+        let e = parse_espresense(
+            &format!("espresense/devices/{odd}/hall"),
+            br#"{"rssi":-70}"#,
+            0,
+        )
+        .unwrap_err();
         assert!(e.ignored && e.field == "id");
     }
 
@@ -1540,7 +1569,10 @@ mod tests {
             ));
             seen.insert(s.scanner);
         }
-        assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), rooms.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            seen.iter().map(String::as_str).collect::<Vec<_>>(),
+            rooms.into_iter().collect::<Vec<_>>()
+        );
     }
 
     proptest::proptest! {
