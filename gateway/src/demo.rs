@@ -386,6 +386,14 @@ pub async fn run(
             web_cancel.clone(),
         ));
         tokio::spawn(serve_web(page, web_dist(), web_cancel.clone()));
+        // Which WebSocket path the phones take, said once at start. The
+        // demo's embedded broker (rumqttd) has no MQTT v5 websockets
+        // listener, so this is always the bridge here; a store's Mosquitto
+        // serves websockets itself (deploy/README.md).
+        tracing::info!(bridge = %bridge_addr, "websockets: the gateway's bridge (the demo broker has no MQTT v5 websockets listener)");
+        say(format!(
+            "demo: phones connect over WebSockets through the gateway's bridge on {bridge_addr} (the embedded demo broker has no MQTT v5 websockets listener; a store's Mosquitto serves them itself, deploy/README.md)\n"
+        ));
         say("demo: each shopper's phone in a browser (open one before their visit: nudges are not kept for phones that are away):\n".to_string());
         for person in &people {
             let key = person
