@@ -92,9 +92,10 @@ fn check_discovery(topic: &str, payload: &Value, node: &str) -> Result<(), Strin
         }
     }
     for key in ["name", "unique_id", "state_topic"] {
-        if !obj
+        if obj
             .get(key)
-            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
         {
             return Err(format!("{topic}: {key} missing or not a string"));
         }
@@ -154,13 +155,13 @@ fn check_discovery(topic: &str, payload: &Value, node: &str) -> Result<(), Strin
             return Err(format!("{topic}: enum sensor without options"));
         }
     }
-    if let Some(sc) = obj.get("state_class") {
-        if !matches!(
+    if let Some(sc) = obj.get("state_class")
+        && !matches!(
             sc.as_str(),
             Some("measurement" | "total" | "total_increasing")
-        ) {
-            return Err(format!("{topic}: state_class {sc}"));
-        }
+        )
+    {
+        return Err(format!("{topic}: state_class {sc}"));
     }
     Ok(())
 }

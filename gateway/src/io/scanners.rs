@@ -487,17 +487,17 @@ pub fn parse_espresense_report(
         }
         Some(_) => return Err(ScannerError::bad("id", "must be a string")),
     };
-    enum Beacon {
+    enum Ids {
         IBeacon([u8; 16], u16, u16),
         AltBeacon([u8; 16], u16, u16),
         Eddystone([u8; 10], [u8; 6]),
     }
     let beacon = if let Some((u, ma, mi)) = parse_espresense_uuid_id(id, "iBeacon:") {
-        Beacon::IBeacon(u, ma, mi)
+        Ids::IBeacon(u, ma, mi)
     } else if let Some((u, ma, mi)) = parse_espresense_uuid_id(id, "altBeacon:") {
-        Beacon::AltBeacon(u, ma, mi)
+        Ids::AltBeacon(u, ma, mi)
     } else if let Some((ns, inst)) = parse_espresense_eddystone_id(id) {
-        Beacon::Eddystone(ns, inst)
+        Ids::Eddystone(ns, inst)
     } else {
         return Err(ScannerError::ignored(
             "id",
@@ -531,11 +531,11 @@ pub fn parse_espresense_report(
         })?,
     };
     let adv = match beacon {
-        Beacon::IBeacon(uuid, major, minor) => ibeacon_advert(uuid, major, minor, power),
-        Beacon::AltBeacon(id1, id2, id3) => {
+        Ids::IBeacon(uuid, major, minor) => ibeacon_advert(uuid, major, minor, power),
+        Ids::AltBeacon(id1, id2, id3) => {
             altbeacon_advert(ESPRESENSE_ALTBEACON_COMPANY, id1, id2, id3, power)
         }
-        Beacon::Eddystone(namespace, instance) => {
+        Ids::Eddystone(namespace, instance) => {
             let at_0m = i16::from(power) - ESPRESENSE_EDDYSTONE_ADD_1M;
             let at_0m = i8::try_from(at_0m).map_err(|_| {
                 ScannerError::bad("rssi@1m", "too high for an Eddystone power at 0 m")
