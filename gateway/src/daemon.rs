@@ -386,6 +386,8 @@ pub struct Pipeline {
     scanner_filters: topics::ScannerFilters,
     /// OpenMQTTGateway sends one advert in parts; they are joined here.
     merger: AdvertMerger,
+    /// Scanner messages per configured node and field, for the fleet report.
+    scanner_nodes: scanners::NodeTally,
     /// `--record`: what the sources hear, strangers removed.
     recorder: Option<CaptureRecorder>,
     /// Per-recipient buckets on the app topics (`ratelimit.rs`).
@@ -449,6 +451,7 @@ impl Pipeline {
         let fleet = Fleet::new(config.beacons.clone());
         let scanner_filters = topics::scanner_filters(&config);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
+        let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
             config,
@@ -469,6 +472,7 @@ impl Pipeline {
             current_arrival: None,
             scanner_filters,
             merger,
+            scanner_nodes,
             recorder: None,
             rate_limit,
             error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
@@ -509,6 +513,7 @@ impl Pipeline {
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config);
+        self.scanner_nodes.set_known(zone_scanners(&config));
         self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
@@ -535,7 +540,9 @@ impl Pipeline {
             && now.saturating_sub(self.last_fleet_report_ms) >= FLEET_REPORT_EVERY_MS
         {
             self.last_fleet_report_ms = now;
-            let report = self.fleet.report(now).to_string().into_bytes();
+            let mut report = self.fleet.report(now);
+            report["scanner_nodes"] = self.scanner_nodes.report();
+            let report = report.to_string().into_bytes();
             self.send(OutgoingMessage {
                 topic: topics::beacons(&self.config),
                 payload: report,
@@ -897,17 +904,27 @@ impl Pipeline {
         events::sighting_received(&self.telemetry, source);
         let now = self.clock.now_ms();
         let parsed = match feed {
-            ScannerFeed::Own => {
-                scanners::parse_scanner_record(&message.topic, &message.payload).map(|s| vec![s])
-            }
+            ScannerFeed::Own => scanners::parse_scanner_record(&message.topic, &message.payload)
+                .map(|s| {
+                    self.scanner_nodes.accepted(&message.topic, None);
+                    vec![s]
+                }),
             ScannerFeed::Espresense => {
-                scanners::parse_espresense(&message.topic, &message.payload, now).map(|s| vec![s])
+                scanners::parse_espresense_report(&message.topic, &message.payload, now).map(|r| {
+                    self.scanner_nodes.accepted(&message.topic, r.rx_adj);
+                    vec![r.sighting]
+                })
             }
             ScannerFeed::OpenMqttGateway => {
-                scanners::parse_openmqttgateway(&message.topic, &message.payload, now)
-                    .map(|p| self.merger.push(p, now))
+                scanners::parse_openmqttgateway(&message.topic, &message.payload, now).map(|p| {
+                    self.scanner_nodes.accepted(&message.topic, None);
+                    self.merger.push(p, now)
+                })
             }
         };
+        if let Err(e) = &parsed {
+            self.scanner_nodes.refused(&message.topic, e);
+        }
         match parsed {
             Ok(sightings) => {
                 for sighting in sightings {
@@ -1304,6 +1321,15 @@ fn scanner_merge_window(config: &Config) -> i64 {
             _ => None,
         })
         .unwrap_or(scanners::MERGE_WINDOW_MS)
+}
+
+/// The scanner nodes the configuration names (zones' `scanners`).
+fn zone_scanners(config: &Config) -> Vec<String> {
+    config
+        .zones
+        .iter()
+        .flat_map(|z| z.scanners.clone())
+        .collect()
 }
 
 /// The scanner id an iOS check-in's beacon counts as: list it in a zone's

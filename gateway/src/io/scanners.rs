@@ -954,6 +954,103 @@ impl AdvertMerger {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Per-node accounting, for the fleet report
+
+/// The node a scanner topic comes from, when the topic has one:
+/// `espresense/devices/<id>/<room>`, `<base>/<node>/BTtoMQTT/<mac>`,
+/// `<p>/<s>/scanners/<node>`.
+pub fn node_of_topic(topic: &str) -> Option<&str> {
+    let segments: Vec<&str> = topic.split('/').collect();
+    match segments[..] {
+        ["espresense", "devices", _, room] => Some(room),
+        [_, node, "BTtoMQTT", _] => Some(node),
+        [.., "scanners", node] => Some(node),
+        _ => None,
+    }
+    .filter(|n| !n.is_empty() && n.len() <= 64)
+}
+
+/// What came of one node's messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCounts {
+    /// Messages that gave (or joined) a sighting.
+    pub accepted: u64,
+    /// Messages of no use here, by field (`id`, `payload`).
+    pub ignored: BTreeMap<&'static str, u64>,
+    /// Messages refused, by the field that was wrong.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// ESPresense's receiver adjustment, as the node last said it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_adj: Option<i8>,
+}
+
+/// Counts per scanner node and field. Bounded by the configuration: only
+/// nodes named in a zone's `scanners` get their own entry; every other
+/// name a message carries (the wire chooses it) is counted under
+/// [`NodeTally::OTHER`], so no input can grow it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTally {
+    known: std::collections::BTreeSet<String>,
+    counts: BTreeMap<String, NodeCounts>,
+}
+
+impl NodeTally {
+    pub const OTHER: &'static str = "(other)";
+
+    pub fn new(known: impl IntoIterator<Item = String>) -> Self {
+        NodeTally {
+            known: known.into_iter().collect(),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// A new configuration: its nodes, the counts of those still in it.
+    pub fn set_known(&mut self, known: impl IntoIterator<Item = String>) {
+        self.known = known.into_iter().collect();
+        let known = &self.known;
+        self.counts
+            .retain(|n, _| n == Self::OTHER || known.contains(n));
+    }
+
+    fn entry(&mut self, topic: &str) -> &mut NodeCounts {
+        let name = match node_of_topic(topic) {
+            Some(n) if self.known.contains(n) => n,
+            _ => Self::OTHER,
+        };
+        if !self.counts.contains_key(name) {
+            self.counts.insert(name.to_string(), NodeCounts::default());
+        }
+        self.counts.get_mut(name).expect("inserted above")
+    }
+
+    pub fn accepted(&mut self, topic: &str, rx_adj: Option<i8>) {
+        let e = self.entry(topic);
+        e.accepted += 1;
+        if rx_adj.is_some() {
+            e.rx_adj = rx_adj;
+        }
+    }
+
+    pub fn refused(&mut self, topic: &str, error: &ScannerError) {
+        let e = self.entry(topic);
+        let by_field = if error.ignored {
+            &mut e.ignored
+        } else {
+            &mut e.rejected
+        };
+        *by_field.entry(error.field).or_insert(0) += 1;
+    }
+
+    pub fn get(&self, node: &str) -> Option<&NodeCounts> {
+        self.counts.get(node)
+    }
+
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::to_value(&self.counts).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1573,6 +1670,26 @@ mod tests {
             seen.iter().map(String::as_str).collect::<Vec<_>>(),
             rooms.into_iter().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn node_tally_counts_per_node_and_field_bounded_by_the_configured_nodes() {
+        let mut t = NodeTally::new(["kitchen".to_string(), "gw1".to_string()]);
+        let bad = ScannerError::bad("minor", "missing");
+        let quiet = ScannerError::ignored("id", "alias");
+        t.refused("home/gw1/BTtoMQTT/AABBCCDDEEFF", &bad);
+        t.refused("espresense/devices/watch:x/kitchen", &quiet);
+        t.accepted("espresense/devices/iBeacon:x-1-2/kitchen", Some(20));
+        for i in 0..100 {
+            t.refused(&format!("espresense/devices/x/room-{i}"), &bad);
+        }
+        assert_eq!(t.get("gw1").unwrap().rejected["minor"], 1);
+        let k = t.get("kitchen").unwrap();
+        assert_eq!((k.accepted, k.ignored["id"], k.rx_adj), (1, 1, Some(20)));
+        assert_eq!(t.get(NodeTally::OTHER).unwrap().rejected["minor"], 100);
+        assert_eq!(t.report().as_object().unwrap().len(), 3, "bounded");
+        t.set_known(["kitchen".to_string()]);
+        assert!(t.get("gw1").is_none());
     }
 
     proptest::proptest! {
