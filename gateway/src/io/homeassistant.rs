@@ -387,6 +387,48 @@ enabled = true
     }
 
     #[test]
+    fn bad_settings_are_refused_by_path_and_off_means_none() {
+        let text = format!(
+            "{}\n[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha/#\"\nnode_id = \"store 42\"\nstate_every_s = 0\n",
+            crate::config::tests::MINIMAL_SITE
+        );
+        let e = crate::config::from_layers("site.toml", Some(&text), Default::default())
+            .unwrap_err()
+            .to_string();
+        for path in [
+            "homeassistant.discovery_prefix",
+            "homeassistant.node_id",
+            "homeassistant.state_every_s",
+        ] {
+            assert!(e.contains(path), "{path}: {e}");
+        }
+        let unknown = format!(
+            "{}\n[homeassistant]\nenabled = true\nprefix = \"x\"\n",
+            crate::config::tests::MINIMAL_SITE
+        );
+        assert!(
+            crate::config::from_layers("site.toml", Some(&unknown), Default::default())
+                .unwrap_err()
+                .to_string()
+                .contains("prefix")
+        );
+        assert!(
+            config("[homeassistant]\nenabled = false\n")
+                .homeassistant
+                .is_none()
+        );
+        assert!(config("").homeassistant.is_none());
+        let custom = config(
+            "[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha\"\nnode_id = \"shop_1\"\n",
+        );
+        let ha = custom.homeassistant.unwrap();
+        assert_eq!(
+            (ha.discovery_prefix.as_str(), ha.node_id.as_str()),
+            ("ha", "shop_1")
+        );
+    }
+
+    #[test]
     fn object_ids_are_what_home_assistant_accepts() {
         assert_eq!(object_id("door-left_2"), "door-left_2");
         let odd = object_id("door.left");
