@@ -1515,7 +1515,9 @@ mod tests {
             let e = parse_openmqttgateway(t, msg.as_bytes(), 0).unwrap_err();
             assert_eq!((e.field, e.ignored), (field, false), "{msg}: {e}");
         }
-        // Another decoded device (no iBeacon fields): a quiet drop.
+        // Another decoded device (no iBeacon fields): a quiet drop. Theengs
+        // Gateway's documented example payload (docs/use/use.md), shortened:
+        // its "name" (an advert part of its own) and some readings left out.
         let e = parse_openmqttgateway(
             t,
             br#"{"id":"F3:52:85","rssi":-82,"brand":"BlueMaestro","model":"TempoDisc","model_id":"BM_V23","tempc":24.1}"#,
