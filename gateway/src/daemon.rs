@@ -155,6 +155,7 @@ pub async fn run(
     );
     // People and visits are loaded before anything listens, so that the
     // first sighting already resolves.
+    let homeassistant_outgoing = outgoing_tx.clone();
     let mut pipeline = {
         let (config, store, telemetry) = (config.clone(), store.clone(), telemetry.clone());
         tokio::task::spawn_blocking(move || {
@@ -271,6 +272,12 @@ pub async fn run(
     }
 
     let (config_tx, config_rx) = watch::channel(config.clone());
+    tasks.spawn(crate::io::homeassistant::run(
+        config_rx.clone(),
+        telemetry.clone(),
+        homeassistant_outgoing,
+        cancel.clone(),
+    ));
     let delivery_cancel = CancellationToken::new();
     let delivery = tokio::spawn(
         mqtt::Delivery {
@@ -379,6 +386,8 @@ pub struct Pipeline {
     scanner_filters: topics::ScannerFilters,
     /// OpenMQTTGateway sends one advert in parts; they are joined here.
     merger: AdvertMerger,
+    /// Scanner messages per configured node and field, for the fleet report.
+    scanner_nodes: scanners::NodeTally,
     /// `--record`: what the sources hear, strangers removed.
     recorder: Option<CaptureRecorder>,
     /// Per-recipient buckets on the app topics (`ratelimit.rs`).
@@ -443,6 +452,7 @@ impl Pipeline {
         let fleet = Fleet::new(config.beacons.clone());
         let scanner_filters = topics::scanner_filters(&config.topics);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
+        let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
             config,
@@ -463,6 +473,7 @@ impl Pipeline {
             current_arrival: None,
             scanner_filters,
             merger,
+            scanner_nodes,
             recorder: None,
             rate_limit,
             error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
@@ -503,6 +514,7 @@ impl Pipeline {
     fn apply_config(&mut self, config: Arc<Config>) {
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config.topics);
+        self.scanner_nodes.set_known(zone_scanners(&config));
         self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
@@ -529,7 +541,9 @@ impl Pipeline {
             && now.saturating_sub(self.last_fleet_report_ms) >= FLEET_REPORT_EVERY_MS
         {
             self.last_fleet_report_ms = now;
-            let report = self.fleet.report(now).to_string().into_bytes();
+            let mut report = self.fleet.report(now);
+            report["scanner_nodes"] = self.scanner_nodes.report();
+            let report = report.to_string().into_bytes();
             self.send(OutgoingMessage {
                 topic: topics::beacons(&self.config.topics),
                 payload: report,
@@ -891,17 +905,27 @@ impl Pipeline {
         events::sighting_received(&self.telemetry, source);
         let now = self.clock.now_ms();
         let parsed = match feed {
-            ScannerFeed::Own => {
-                scanners::parse_scanner_record(&message.topic, &message.payload).map(|s| vec![s])
-            }
+            ScannerFeed::Own => scanners::parse_scanner_record(&message.topic, &message.payload)
+                .map(|s| {
+                    self.scanner_nodes.accepted(&message.topic, None);
+                    vec![s]
+                }),
             ScannerFeed::Espresense => {
-                scanners::parse_espresense(&message.topic, &message.payload, now).map(|s| vec![s])
+                scanners::parse_espresense_report(&message.topic, &message.payload, now).map(|r| {
+                    self.scanner_nodes.accepted(&message.topic, r.rx_adj);
+                    vec![r.sighting]
+                })
             }
             ScannerFeed::OpenMqttGateway => {
-                scanners::parse_openmqttgateway(&message.topic, &message.payload, now)
-                    .map(|p| self.merger.push(p, now))
+                scanners::parse_openmqttgateway(&message.topic, &message.payload, now).map(|p| {
+                    self.scanner_nodes.accepted(&message.topic, None);
+                    self.merger.push(p, now)
+                })
             }
         };
+        if let Err(e) = &parsed {
+            self.scanner_nodes.refused(&message.topic, e);
+        }
         match parsed {
             Ok(sightings) => {
                 for sighting in sightings {
@@ -913,11 +937,9 @@ impl Pipeline {
                     .await;
                 }
             }
-            Err(e) if e.ignored => self.telemetry.count(
-                "scanner_messages_ignored_total",
-                &[("source", source), ("field", e.field)],
-                1,
-            ),
+            Err(e) if e.ignored => {
+                events::scanner_message_ignored(&self.telemetry, source, e.field)
+            }
             Err(e) => {
                 events::sighting_rejected(&self.telemetry, source, "mqtt", e.field, &e.reason)
             }
@@ -1300,6 +1322,15 @@ fn scanner_merge_window(config: &Config) -> i64 {
             _ => None,
         })
         .unwrap_or(scanners::MERGE_WINDOW_MS)
+}
+
+/// The scanner nodes the configuration names (zones' `scanners`).
+fn zone_scanners(config: &Config) -> Vec<String> {
+    config
+        .zones
+        .iter()
+        .flat_map(|z| z.scanners.clone())
+        .collect()
 }
 
 /// The scanner id an iOS check-in's beacon counts as: list it in a zone's

@@ -182,6 +182,77 @@ fn start_broker(port: u16) -> Result<(), DemoError> {
     )))
 }
 
+/// The store's broker for the demo when the phones' page is served and the
+/// installed Mosquitto has its own websockets listener: Mosquitto on the
+/// demo's MQTT port plus a websockets listener, both on loopback. Killed
+/// (and its temp dir removed) when dropped.
+struct DemoMosquitto {
+    child: std::process::Child,
+    ws_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DemoMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start Mosquitto with a websockets listener, or say why not (not
+/// installed, or its websockets listener does not open). Mosquitto keeps
+/// running when one listener fails, so the listener itself is checked.
+fn start_mosquitto(port: u16) -> Result<DemoMosquitto, String> {
+    let ws_port = free_port().map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-demo-mosquitto-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\nlistener {port} 127.0.0.1\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut last = String::from("mosquitto not found");
+    for bin in ["mosquitto", "/usr/sbin/mosquitto"] {
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                last = format!("{bin}: {e}");
+                continue;
+            }
+        };
+        let mut broker = DemoMosquitto {
+            child,
+            ws_port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!("mosquitto exited at start ({status})"));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", ws_port)).is_ok()
+            {
+                return Ok(broker);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Err("mosquitto's websockets listener did not open".into());
+    }
+    Err(last)
+}
+
 /// Where `scripts/demo` builds the reference phone client (web/).
 fn web_dist() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist")
@@ -288,7 +359,20 @@ pub async fn run(
         let _ = out.flush();
     };
     let port = free_port()?;
-    start_broker(port)?;
+    // Phones' browsers need MQTT over WebSockets: Mosquitto's own listener
+    // where the installed one has it, else rumqttd and the gateway's bridge.
+    let web = web_dist().join("index.html").exists();
+    let (mosquitto, no_mosquitto) = if web {
+        match start_mosquitto(port) {
+            Ok(m) => (Some(m), String::new()),
+            Err(reason) => (None, reason),
+        }
+    } else {
+        (None, String::new())
+    };
+    if mosquitto.is_none() {
+        start_broker(port)?;
+    }
     let dir = tempfile::Builder::new()
         .prefix("gateway-demo-")
         .tempdir()
@@ -363,28 +447,45 @@ pub async fn run(
         })
     };
 
-    // The reference phone client, when scripts/demo has built it: a
-    // WebSocket bridge to the demo broker and the page on loopback.
+    // The reference phone client, when scripts/demo has built it: the page
+    // on loopback, and MQTT over WebSockets from Mosquitto's own listener
+    // or, failing that, the gateway's bridge in front of rumqttd.
     let web_cancel = CancellationToken::new();
-    if web_dist().join("index.html").exists() {
-        let bridge = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| DemoError::Broker(e.to_string()))?;
+    if web {
         let page = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| DemoError::Broker(e.to_string()))?;
-        let (bridge_addr, page_addr) = (
-            bridge
-                .local_addr()
-                .map_err(|e| DemoError::Broker(e.to_string()))?,
-            page.local_addr()
-                .map_err(|e| DemoError::Broker(e.to_string()))?,
-        );
-        tokio::spawn(crate::io::wsbridge::run(
-            bridge,
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            web_cancel.clone(),
-        ));
+        let page_addr = page
+            .local_addr()
+            .map_err(|e| DemoError::Broker(e.to_string()))?;
+        let ws_url = match &mosquitto {
+            Some(m) => {
+                tracing::info!(port = m.ws_port, "websockets: Mosquitto's own listener");
+                say(format!(
+                    "demo: broker is the installed Mosquitto; phones use its own websockets listener on 127.0.0.1:{}\n",
+                    m.ws_port
+                ));
+                format!("ws://127.0.0.1:{}/mqtt", m.ws_port)
+            }
+            None => {
+                let bridge = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| DemoError::Broker(e.to_string()))?;
+                let bridge_addr = bridge
+                    .local_addr()
+                    .map_err(|e| DemoError::Broker(e.to_string()))?;
+                tokio::spawn(crate::io::wsbridge::run(
+                    bridge,
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    web_cancel.clone(),
+                ));
+                tracing::info!(bridge = %bridge_addr, reason = %no_mosquitto, "websockets: the gateway's bridge");
+                say(format!(
+                    "demo: phones use the gateway's WebSocket bridge on {bridge_addr} in front of the embedded broker ({no_mosquitto})\n"
+                ));
+                format!("ws://{bridge_addr}/mqtt")
+            }
+        };
         tokio::spawn(serve_web(page, web_dist(), web_cancel.clone()));
         say("demo: each shopper's phone in a browser (open one before their visit: nudges are not kept for phones that are away):\n".to_string());
         for person in &people {
@@ -401,7 +502,7 @@ pub async fn run(
             // The app key is a secret: never in a URL (history, logs,
             // Referer); the page takes it from its settings form.
             say(format!(
-                "  {}: http://{page_addr}/?broker=ws://{bridge_addr}/mqtt&prefix=retail&store={STORE_ID}&recipient={}&consent={}\n      app key, for the page's connection settings: {key}\n",
+                "  {}: http://{page_addr}/?broker={ws_url}&prefix=retail&store={STORE_ID}&recipient={}&consent={}\n      app key, for the page's connection settings: {key}\n",
                 person.recipient,
                 person.recipient,
                 consent.join(",")
@@ -479,4 +580,27 @@ pub async fn run(
         delivered,
         people_enrolled: people.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real Mosquitto, when installed: either both listeners answer or
+    /// the reason it cannot serve websockets is given. Stopped on drop.
+    #[test]
+    fn demo_mosquitto_serves_websockets_or_says_why() {
+        let port = free_port().unwrap();
+        match start_mosquitto(port) {
+            Ok(broker) => {
+                assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+                assert!(TcpStream::connect(("127.0.0.1", broker.ws_port)).is_ok());
+                println!("demo: Mosquitto's own websockets listener");
+            }
+            Err(reason) => {
+                assert!(!reason.is_empty());
+                println!("demo falls back to the bridge: {reason}");
+            }
+        }
+    }
 }

@@ -274,6 +274,25 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 pub mod events {
     use super::Telemetry;
 
+    /// Home Assistant discovery published (`entities` configs) and
+    /// entities removed (empty retained configs).
+    pub fn homeassistant_discovery(t: &Telemetry, entities: usize, removed: usize) {
+        t.count("homeassistant_discovery_published_total", &[], 1);
+        t.set_gauge("homeassistant_entities", entities as i64);
+        tracing::info!(entities, removed, "home assistant discovery published");
+    }
+
+    /// A scanner-node message that carries nothing the gateway can use
+    /// (a device ESPresense names by alias, a decoded sensor reading):
+    /// counted by feed and field, never logged with its content.
+    pub fn scanner_message_ignored(t: &Telemetry, source: &'static str, field: &'static str) {
+        t.count(
+            "scanner_messages_ignored_total",
+            &[("source", source), ("field", field)],
+            1,
+        );
+    }
+
     pub fn sighting_received(t: &Telemetry, source: &'static str) {
         t.count("sightings_total", &[("source", source)], 1);
     }

@@ -81,11 +81,25 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Per-recipient token buckets on the app topics (`ratelimit.rs`).
     pub incoming_rate: crate::ratelimit::RateLimit,
+    /// Home Assistant MQTT discovery; `None`: off.
+    pub homeassistant: Option<HomeAssistantSettings>,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
     /// The MQTT topic names: prefix, store, scanner feeds (`topics`).
     pub topics: TopicNames,
 }
+
+/// `[homeassistant]`: Home Assistant MQTT discovery of the store's beacons
+/// and the gateway itself (`io/homeassistant.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeAssistantSettings {
+    pub discovery_prefix: String,
+    pub node_id: String,
+    pub state_every: Duration,
+}
+
+/// Home Assistant's default discovery prefix.
+pub const HOMEASSISTANT_DEFAULT_PREFIX: &str = "homeassistant";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttSettings {
@@ -482,6 +496,10 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     let retention = c.take(sections::retention(&raw.retention));
     let incoming_rate = c.take(sections::incoming(&raw.incoming));
     let admin_listen = c.take(sections::admin(&raw.admin));
+    let homeassistant = c.take(sections::homeassistant(
+        raw.homeassistant.as_ref(),
+        store_id,
+    ));
     let (
         Some((store_id, timezone)),
         Some(mqtt),
@@ -500,6 +518,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(retention),
         Some(incoming_rate),
         Some(admin_listen),
+        Some(homeassistant),
     ) = (
         store,
         mqtt,
@@ -518,6 +537,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         retention,
         incoming_rate,
         admin_listen,
+        homeassistant,
     )
     else {
         return Err(c.0);
@@ -560,6 +580,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         retention,
         admin_listen,
         incoming_rate,
+        homeassistant,
         hash,
         topics,
     })

@@ -32,6 +32,22 @@ pub struct RawConfig {
     pub retention: RawRetention,
     pub admin: RawAdmin,
     pub incoming: RawIncoming,
+    /// Home Assistant MQTT discovery (`io/homeassistant.rs`); absent: off.
+    #[serde(default)]
+    pub homeassistant: Option<RawHomeAssistant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Home Assistant's `discovery_prefix` ("homeassistant" unless changed).
+    pub discovery_prefix: Option<String>,
+    /// The `<node_id>` level of the discovery topics; the store id if unset.
+    pub node_id: Option<String>,
+    /// How often the gateway's own sensors are published.
+    pub state_every_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,13 +14,15 @@ use chrono::NaiveTime;
 use chrono_tz::Tz;
 
 use super::raw::{
-    RawAdmin, RawBeacon, RawCaps, RawCatalog, RawDecode, RawIncoming, RawMqtt, RawNudges,
-    RawPresence, RawQuietHours, RawRetention, RawRule, RawSource, RawStorage, RawStore, RawZone,
+    RawAdmin, RawBeacon, RawCaps, RawCatalog, RawDecode, RawHomeAssistant, RawIncoming, RawMqtt,
+    RawNudges, RawPresence, RawQuietHours, RawRetention, RawRule, RawSource, RawStorage, RawStore,
+    RawZone,
 };
 use super::read::Inputs;
 use super::{
-    BeaconKind, FleetBeacon, MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings,
-    TlsSettings, ZoneSettings, one_line,
+    BeaconKind, FleetBeacon, HOMEASSISTANT_DEFAULT_PREFIX, HomeAssistantSettings,
+    MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings, TlsSettings,
+    ZoneSettings, one_line,
 };
 use crate::decide::{
     Caps, Catalog, NudgeKind, Offer, QuietHours, Rule, Trigger, TriggeredRule, check_wording,
@@ -975,4 +977,53 @@ pub fn admin(raw: &RawAdmin) -> Checked<Option<SocketAddr>> {
         },
     };
     p.finish(admin_listen)
+}
+
+/// `[homeassistant]`, checked on its own: `None` when absent or disabled.
+pub(super) fn homeassistant(
+    raw: Option<&RawHomeAssistant>,
+    store_id: &str,
+) -> Checked<Option<HomeAssistantSettings>> {
+    let mut p = Problems::default();
+    let Some(raw) = raw.filter(|r| r.enabled) else {
+        return Ok(None);
+    };
+    let discovery_prefix = raw
+        .discovery_prefix
+        .clone()
+        .unwrap_or_else(|| HOMEASSISTANT_DEFAULT_PREFIX.to_string());
+    if discovery_prefix.is_empty()
+        || discovery_prefix.len() > 64
+        || discovery_prefix.starts_with('/')
+        || discovery_prefix.ends_with('/')
+        || discovery_prefix.contains(['+', '#', '\0'])
+        || discovery_prefix.split('/').any(str::is_empty)
+    {
+        p.add(
+            "homeassistant.discovery_prefix",
+            "must be 1 to 64 characters of MQTT topic levels, without wildcards or empty levels",
+        );
+    }
+    // Home Assistant allows [a-zA-Z0-9_-] in node and object ids.
+    let node_id = raw.node_id.clone().unwrap_or_else(|| store_id.to_string());
+    if node_id.is_empty()
+        || node_id.len() > 64
+        || !node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        p.add(
+            "homeassistant.node_id",
+            "must be 1 to 64 of the characters a-z A-Z 0-9 _ - (Home Assistant's node id)",
+        );
+    }
+    let every = raw.state_every_s.unwrap_or(30);
+    if !(1..=3600).contains(&every) {
+        p.add("homeassistant.state_every_s", "must be in 1..=3600");
+    }
+    p.finish(Some(HomeAssistantSettings {
+        discovery_prefix,
+        node_id,
+        state_every: Duration::from_secs(every),
+    }))
 }

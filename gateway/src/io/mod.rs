@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod ble;
 pub mod fleet;
+pub mod homeassistant;
 pub mod mqtt;
 pub mod record;
 pub mod scanners;

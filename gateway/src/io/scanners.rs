@@ -326,10 +326,12 @@ pub fn ibeacon_advert(uuid: [u8; 16], major: u16, minor: u16, power_at_1m: i8) -
     adv.finish()
 }
 
-/// `iBeacon:<uuid>-<major>-<minor>` (ESPresense's id for an iBeacon; the
-/// UUID hyphenated, lowercase).
-fn parse_espresense_ibeacon_id(id: &str) -> Option<([u8; 16], u16, u16)> {
-    let rest = id.strip_prefix("iBeacon:")?;
+/// `<prefix><uuid>-<major>-<minor>`: ESPresense's id for an iBeacon
+/// (`iBeacon:`) and an AltBeacon (`altBeacon:`, the first 16 bytes of the
+/// beacon id, then the next two and two as numbers); the UUID hyphenated,
+/// lowercase (`src/BleFingerprint.cpp`).
+fn parse_espresense_uuid_id(id: &str, prefix: &str) -> Option<([u8; 16], u16, u16)> {
+    let rest = id.strip_prefix(prefix)?;
     let mut parts = rest.rsplitn(3, '-');
     let minor = parts.next()?.parse().ok()?;
     let major = parts.next()?.parse().ok()?;
@@ -341,6 +343,80 @@ fn parse_espresense_ibeacon_id(id: &str) -> Option<([u8; 16], u16, u16)> {
     hex::decode_to_slice(&uuid_text, &mut uuid).ok()?;
     Some((uuid, major, minor))
 }
+
+/// `eddy:<namespace>-<instance>`, ESPresense's id for an Eddystone-UID.
+/// ESPresense prints the namespace's fifth byte twice (its format string
+/// repeats `strServiceData[6]`, `src/BleFingerprint.cpp`), so a namespace
+/// of 11 bytes whose fifth and sixth are equal is that output and the
+/// repeat is dropped; 10 bytes are taken as they are; anything else is not
+/// an id this parser knows.
+fn parse_espresense_eddystone_id(id: &str) -> Option<([u8; 10], [u8; 6])> {
+    let rest = id.strip_prefix("eddy:")?;
+    let (ns_text, inst_text) = rest.split_once('-')?;
+    let ns = hex::decode(ns_text).ok()?;
+    let namespace: [u8; 10] = match ns.len() {
+        10 => ns.try_into().ok()?,
+        11 if ns[4] == ns[5] => {
+            let mut out = [0u8; 10];
+            out[..5].copy_from_slice(&ns[..5]);
+            out[5..].copy_from_slice(&ns[6..]);
+            out
+        }
+        _ => return None,
+    };
+    let mut instance = [0u8; 6];
+    if inst_text.len() != 12 {
+        return None;
+    }
+    hex::decode_to_slice(inst_text, &mut instance).ok()?;
+    Some((namespace, instance))
+}
+
+/// The company id ESPresense requires of an AltBeacon: it takes only
+/// manufacturer data whose first two bytes read "beac" as it prints them
+/// (`manuf == "beac"`, `src/BleFingerprint.cpp`).
+pub const ESPRESENSE_ALTBEACON_COMPANY: u16 = 0xBEAC;
+
+/// An AltBeacon advert: flags, then manufacturer data `company`, BE AC,
+/// the 20-byte beacon id (`id1`, `id2`, `id3`), reference RSSI, reserved 0.
+pub fn altbeacon_advert(
+    company: u16,
+    id1: [u8; 16],
+    id2: u16,
+    id3: u16,
+    rssi_at_1m: i8,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(crate::decode::altbeacon::BODY_LEN);
+    body.extend_from_slice(&crate::decode::altbeacon::BEACON_CODE);
+    body.extend_from_slice(&id1);
+    body.extend_from_slice(&id2.to_be_bytes());
+    body.extend_from_slice(&id3.to_be_bytes());
+    body.push(rssi_at_1m as u8);
+    body.push(0);
+    let mut adv = AdBuilder::new();
+    adv.flags(FLAGS_LE_GENERAL_NO_BREDR);
+    adv.manufacturer(company, &body);
+    adv.finish()
+}
+
+/// An Eddystone-UID advert: flags, then 0xFEAA service data: frame 0x00,
+/// the power at 0 m, namespace, instance, two reserved bytes.
+pub fn eddystone_uid_advert(namespace: [u8; 10], instance: [u8; 6], power_at_0m: i8) -> Vec<u8> {
+    let mut data = Vec::with_capacity(crate::decode::eddystone::UID_LEN_WITH_RFU + 1);
+    data.push(crate::decode::eddystone::FRAME_UID);
+    data.push(power_at_0m as u8);
+    data.extend_from_slice(&namespace);
+    data.extend_from_slice(&instance);
+    data.extend_from_slice(&[0, 0]);
+    let mut adv = AdBuilder::new();
+    adv.flags(FLAGS_LE_GENERAL_NO_BREDR);
+    adv.service_data(ServiceUuid::U16(0xFEAA), &data);
+    adv.finish()
+}
+
+/// What ESPresense adds to an Eddystone power at 0 m to report it at 1 m
+/// (`EDDYSTONE_ADD_1M`); the Eddystone specification's 41 dB path loss.
+pub const ESPRESENSE_EDDYSTONE_ADD_1M: i16 = -41;
 
 /// A stable pseudo address for an ESPresense id when the message has no
 /// `mac`: the first six bytes of SHA-256("espresense:" + id), with the
@@ -360,14 +436,42 @@ pub fn pseudo_addr(id: &str) -> BdAddr {
     BdAddr(out)
 }
 
-/// One ESPresense device report. Only iBeacon ids become sightings (the
-/// advert is rebuilt from the id, the power at 1 m from `rssi@1m`); other
-/// ids are `ignored` errors.
+/// One ESPresense device report. The beacon ids become sightings with the
+/// advert rebuilt from the id: `iBeacon:` and `altBeacon:` with the power
+/// at 1 m from `rssi@1m`, `eddy:` (Eddystone-UID) with the power at 0 m
+/// `rssi@1m` + 41 (ESPresense subtracts 41 dB from the beacon's own 0 m
+/// figure). Other ids are `ignored` errors: ESPresense sends no advert
+/// bytes, and nothing is guessed.
+///
+/// RSSI: the node's receiver adjustment is honoured. Since ESPresense 4
+/// (commit 20d09fd3) a node reports `rssi` as heard minus its `rxAdj` and
+/// says so in `rxAdj`; it is the node's calibrated figure and is taken as
+/// it is. Older firmware sends no `rxAdj` and added it to `rssi@1m`
+/// instead, so `rssi@1m` without `rxAdj` may carry it; either way the
+/// difference `rssi - rssi@1m`, which is what distance depends on, is the
+/// node's own.
 pub fn parse_espresense(
     topic: &str,
     payload: &[u8],
     now_ms: i64,
 ) -> Result<Sighting, ScannerError> {
+    parse_espresense_report(topic, payload, now_ms).map(|r| r.sighting)
+}
+
+/// A parsed ESPresense report: the sighting and the node's receiver
+/// adjustment when it said it (for the per-node status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EspresenseReport {
+    pub sighting: Sighting,
+    pub rx_adj: Option<i8>,
+}
+
+/// [`parse_espresense`], keeping the node's `rxAdj`.
+pub fn parse_espresense_report(
+    topic: &str,
+    payload: &[u8],
+    now_ms: i64,
+) -> Result<EspresenseReport, ScannerError> {
     let expected = "espresense/devices/<id>/<room>";
     let segments = topic_segments(topic, expected)?;
     let ["espresense", "devices", topic_id, room] = segments[..] else {
@@ -383,13 +487,34 @@ pub fn parse_espresense(
         }
         Some(_) => return Err(ScannerError::bad("id", "must be a string")),
     };
-    let Some((uuid, major, minor)) = parse_espresense_ibeacon_id(id) else {
+    enum Ids {
+        IBeacon([u8; 16], u16, u16),
+        AltBeacon([u8; 16], u16, u16),
+        Eddystone([u8; 10], [u8; 6]),
+    }
+    let beacon = if let Some((u, ma, mi)) = parse_espresense_uuid_id(id, "iBeacon:") {
+        Ids::IBeacon(u, ma, mi)
+    } else if let Some((u, ma, mi)) = parse_espresense_uuid_id(id, "altBeacon:") {
+        Ids::AltBeacon(u, ma, mi)
+    } else if let Some((ns, inst)) = parse_espresense_eddystone_id(id) {
+        Ids::Eddystone(ns, inst)
+    } else {
         return Err(ScannerError::ignored(
             "id",
-            "not an iBeacon:<uuid>-<major>-<minor> id; ESPresense sends no advert bytes for others",
+            "not an iBeacon:, altBeacon: or eddy: id; ESPresense sends no advert bytes for others",
         ));
     };
     let rssi = rssi_field(&obj, "rssi")?;
+    let rx_adj = match obj.get("rxAdj") {
+        None => None,
+        Some(v) => Some(
+            whole_number(v)
+                .filter(|a| (-100..=100).contains(a))
+                .ok_or_else(|| {
+                    ScannerError::bad("rxAdj", "must be a whole number in -100..=100 dB")
+                })? as i8,
+        ),
+    };
     let power = match obj.get("rssi@1m") {
         None => DEFAULT_RSSI_AT_1M,
         Some(v) => v
@@ -405,12 +530,28 @@ pub fn parse_espresense(
             ScannerError::bad("mac", "must be a MAC address like \"aabbccddeeff\"")
         })?,
     };
-    Ok(Sighting {
-        scanner,
-        addr,
-        rssi,
-        adv: ibeacon_advert(uuid, major, minor, power),
-        at_ms: now_ms,
+    let adv = match beacon {
+        Ids::IBeacon(uuid, major, minor) => ibeacon_advert(uuid, major, minor, power),
+        Ids::AltBeacon(id1, id2, id3) => {
+            altbeacon_advert(ESPRESENSE_ALTBEACON_COMPANY, id1, id2, id3, power)
+        }
+        Ids::Eddystone(namespace, instance) => {
+            let at_0m = i16::from(power) - ESPRESENSE_EDDYSTONE_ADD_1M;
+            let at_0m = i8::try_from(at_0m).map_err(|_| {
+                ScannerError::bad("rssi@1m", "too high for an Eddystone power at 0 m")
+            })?;
+            eddystone_uid_advert(namespace, instance, at_0m)
+        }
+    };
+    Ok(EspresenseReport {
+        sighting: Sighting {
+            scanner,
+            addr,
+            rssi,
+            adv,
+            at_ms: now_ms,
+        },
+        rx_adj,
     })
 }
 
@@ -483,6 +624,11 @@ pub fn parse_openmqttgateway(
             ))
         }
     };
+    // Raw advert data wins; the decoded fields only stand in for it.
+    let manufacturer = match manufacturer {
+        Some(m) => Some(m),
+        None => decoded_ibeacon(&obj)?.map(|body| (ibeacon::APPLE, body)),
+    };
     let service = match (obj.get("servicedata"), obj.get("servicedatauuid")) {
         (None, None) => None,
         (Some(_), None) => {
@@ -519,7 +665,7 @@ pub fn parse_openmqttgateway(
     if manufacturer.is_none() && service.is_none() && name.is_none() {
         return Err(ScannerError::ignored(
             "payload",
-            "no manufacturerdata, servicedata or name (is pubadvdata on?)",
+            "no advert data and no decoded iBeacon (uuid, major, minor); other beacons need pubadvdata on",
         ));
     }
     Ok(Partial {
@@ -531,6 +677,108 @@ pub fn parse_openmqttgateway(
         name,
         at_ms: now_ms,
     })
+}
+
+/// The iBeacon advert the Theengs decoder's fields describe, when a message
+/// carries them instead of the raw advert: OpenMQTTGateway (`pubadvdata`
+/// off, its default) and Theengs Gateway (`publish_advdata` off, its
+/// default) publish `model_id: "IBEACON"`, `mfid`, `uuid`, `major`, `minor`
+/// and the advert's calibrated-power byte either as `txpower` (dBm, when the
+/// byte is negative) or as `volt` (the same byte read as tenths of a volt,
+/// when it is not: `src/devices/iBeacon_json.h` of theengs/decoder).
+/// `major`/`minor` are decoded as signed, so above 32767 they arrive
+/// negative (-1 is 65535). `None` when the message is not a decoded iBeacon;
+/// an error naming the field when it is one with a field missing or wrong.
+fn decoded_ibeacon(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<Vec<u8>>, ScannerError> {
+    let says_ibeacon =
+        matches!(obj.get("model_id"), Some(serde_json::Value::String(m)) if m == "IBEACON");
+    let has_fields = ["uuid", "major", "minor"]
+        .iter()
+        .all(|k| obj.contains_key(*k));
+    if !says_ibeacon && !has_fields {
+        return Ok(None);
+    }
+    if let Some(mfid) = obj.get("mfid") {
+        if mfid
+            .as_str()
+            .is_none_or(|m| !m.eq_ignore_ascii_case("4c00"))
+        {
+            return Err(ScannerError::bad(
+                "mfid",
+                "an iBeacon's must be \"4c00\" (Apple)",
+            ));
+        }
+    }
+    let uuid_text = obj
+        .get("uuid")
+        .ok_or_else(|| ScannerError::bad("uuid", "missing (model_id IBEACON needs it)"))?
+        .as_str()
+        .ok_or_else(|| ScannerError::bad("uuid", "must be a string of 32 hex digits"))?;
+    let uuid_hex: String = uuid_text.chars().filter(|c| *c != '-').collect();
+    let mut uuid = [0u8; 16];
+    if uuid_hex.len() != 32 || hex::decode_to_slice(&uuid_hex, &mut uuid).is_err() {
+        return Err(ScannerError::bad("uuid", "must be 32 hex digits"));
+    }
+    let major = signed_u16(obj, "major")?;
+    let minor = signed_u16(obj, "minor")?;
+    let power = match (obj.get("txpower"), obj.get("volt")) {
+        (Some(p), _) => {
+            let p = whole_number(p)
+                .filter(|p| (-128..=127).contains(p))
+                .ok_or_else(|| {
+                    ScannerError::bad("txpower", "must be a whole number in -128..=127 dBm")
+                })?;
+            p as i8
+        }
+        (None, Some(v)) => {
+            // The byte read as tenths of a volt: 0..=127 (the sign bit clear).
+            let tenths = v
+                .as_f64()
+                .map(|v| (v * 10.0).round())
+                .filter(|t| (0.0..=127.0).contains(t))
+                .ok_or_else(|| ScannerError::bad("volt", "must be a number in 0..=12.7"))?;
+            tenths as i8
+        }
+        (None, None) => {
+            return Err(ScannerError::bad(
+                "txpower",
+                "missing (a decoded iBeacon carries txpower or volt)",
+            ));
+        }
+    };
+    let mut body = Vec::with_capacity(ibeacon::BODY_LEN);
+    body.extend_from_slice(&[0x02, 0x15]);
+    body.extend_from_slice(&uuid);
+    body.extend_from_slice(&major.to_be_bytes());
+    body.extend_from_slice(&minor.to_be_bytes());
+    body.push(power as u8);
+    Ok(Some(body))
+}
+
+/// A JSON number with no fractional part.
+fn whole_number(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    })
+}
+
+/// A 16-bit field the Theengs decoder reports signed (-32768..=65535 taken,
+/// negatives wrapped: -1 is 65535).
+fn signed_u16(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &'static str,
+) -> Result<u16, ScannerError> {
+    let v = obj
+        .get(name)
+        .ok_or_else(|| ScannerError::bad(name, "missing (model_id IBEACON needs it)"))?;
+    let n = whole_number(v)
+        .filter(|n| (-32768..=65535).contains(n))
+        .ok_or_else(|| ScannerError::bad(name, "must be a whole number in -32768..=65535"))?;
+    Ok((n & 0xFFFF) as u16)
 }
 
 /// How long the parts of one advert are waited for.
@@ -703,6 +951,103 @@ impl AdvertMerger {
     /// Adverts emitted before their window passed because of the cap.
     pub fn early_flushes(&self) -> u64 {
         self.early_flushes
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-node accounting, for the fleet report
+
+/// The node a scanner topic comes from, when the topic has one:
+/// `espresense/devices/<id>/<room>`, `<base>/<node>/BTtoMQTT/<mac>`,
+/// `<p>/<s>/scanners/<node>`.
+pub fn node_of_topic(topic: &str) -> Option<&str> {
+    let segments: Vec<&str> = topic.split('/').collect();
+    match segments[..] {
+        ["espresense", "devices", _, room] => Some(room),
+        [_, node, "BTtoMQTT", _] => Some(node),
+        [.., "scanners", node] => Some(node),
+        _ => None,
+    }
+    .filter(|n| !n.is_empty() && n.len() <= 64)
+}
+
+/// What came of one node's messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCounts {
+    /// Messages that gave (or joined) a sighting.
+    pub accepted: u64,
+    /// Messages of no use here, by field (`id`, `payload`).
+    pub ignored: BTreeMap<&'static str, u64>,
+    /// Messages refused, by the field that was wrong.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// ESPresense's receiver adjustment, as the node last said it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_adj: Option<i8>,
+}
+
+/// Counts per scanner node and field. Bounded by the configuration: only
+/// nodes named in a zone's `scanners` get their own entry; every other
+/// name a message carries (the wire chooses it) is counted under
+/// [`NodeTally::OTHER`], so no input can grow it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTally {
+    known: std::collections::BTreeSet<String>,
+    counts: BTreeMap<String, NodeCounts>,
+}
+
+impl NodeTally {
+    pub const OTHER: &'static str = "(other)";
+
+    pub fn new(known: impl IntoIterator<Item = String>) -> Self {
+        NodeTally {
+            known: known.into_iter().collect(),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// A new configuration: its nodes, the counts of those still in it.
+    pub fn set_known(&mut self, known: impl IntoIterator<Item = String>) {
+        self.known = known.into_iter().collect();
+        let known = &self.known;
+        self.counts
+            .retain(|n, _| n == Self::OTHER || known.contains(n));
+    }
+
+    fn entry(&mut self, topic: &str) -> &mut NodeCounts {
+        let name = match node_of_topic(topic) {
+            Some(n) if self.known.contains(n) => n,
+            _ => Self::OTHER,
+        };
+        if !self.counts.contains_key(name) {
+            self.counts.insert(name.to_string(), NodeCounts::default());
+        }
+        self.counts.get_mut(name).expect("inserted above")
+    }
+
+    pub fn accepted(&mut self, topic: &str, rx_adj: Option<i8>) {
+        let e = self.entry(topic);
+        e.accepted += 1;
+        if rx_adj.is_some() {
+            e.rx_adj = rx_adj;
+        }
+    }
+
+    pub fn refused(&mut self, topic: &str, error: &ScannerError) {
+        let e = self.entry(topic);
+        let by_field = if error.ignored {
+            &mut e.ignored
+        } else {
+            &mut e.rejected
+        };
+        *by_field.entry(error.field).or_insert(0) += 1;
+    }
+
+    pub fn get(&self, node: &str) -> Option<&NodeCounts> {
+        self.counts.get(node)
+    }
+
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::to_value(&self.counts).unwrap_or_default()
     }
 }
 
@@ -1052,13 +1397,310 @@ mod tests {
         assert_eq!(e.field, "topic");
     }
 
+    // ---- Decoded messages (pubadvdata / publish_advdata off, the defaults)
+
+    /// Provenance of every payload below: vectors/scanner-nodes/README.md.
+    const OMG_DOC_IBEACON: &str = r#"{"id":"58:78:20:76:BC:24","mac_type":1,"rssi":-79,"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","mfid":"4c00","uuid":"1de4b189115e45f6b44e509352269977","major":0,"minor":0,"txpower":-66}"#;
+
+    fn one_advert(topic: &str, payload: &str) -> Sighting {
+        let p = parse_openmqttgateway(topic, payload.as_bytes(), 5_000).unwrap();
+        let mut m = AdvertMerger::default();
+        assert!(m.push(p, 5_000).is_empty());
+        let mut out = m.flush_due(5_000 + MERGE_WINDOW_MS);
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn openmqttgateway_documented_decoded_ibeacon_is_understood() {
+        // OpenMQTTGateway docs/use/ble.md, the message of issue #22.
+        let s = one_advert(
+            "home/OpenMQTTGateway/BTtoMQTT/58782076BC24",
+            OMG_DOC_IBEACON,
+        );
+        assert_eq!(s.addr.to_string(), "58:78:20:76:bc:24");
+        assert_eq!((s.rssi, s.scanner.as_str()), (-79, "OpenMQTTGateway"));
+        assert_eq!(
+            frames(&s.adv),
+            vec![Frame::IBeacon {
+                uuid: uuid_bytes(UUID),
+                major: 0,
+                minor: 0,
+                measured_power: -66
+            }]
+        );
+    }
+
+    /// The same sighting as the raw advert gives: the decoded fields of the
+    /// Theengs decoder's own test (tests/BLE/test_ble.cpp: input
+    /// manufacturerdata, expected output) rebuild exactly the input bytes.
+    #[test]
+    fn theengs_decoder_test_vectors_rebuild_their_raw_advert() {
+        let cases = [
+            (
+                "4c000215426c7565436861726d426561636f6e730efe1355c5",
+                r#"{"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","type":"BCON","mfid":"4c00","uuid":"426c7565436861726d426561636f6e73","major":3838,"minor":4949,"txpower":-59}"#,
+            ),
+            (
+                "4c000215fda50693a4e24fb1afcfc6eb07647825000100021a",
+                r#"{"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","type":"BCON","mfid":"4c00","uuid":"fda50693a4e24fb1afcfc6eb07647825","major":1,"minor":2,"volt":2.6}"#,
+            ),
+        ];
+        let topic = "home/TheengsGateway/BTtoMQTT/AABBCCDDEEFF";
+        for (raw, decoded) in cases {
+            // The decoder's output has no id and rssi; the gateway adds them.
+            let decoded = decoded.replacen('{', r#"{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"#, 1);
+            let raw_msg =
+                format!(r#"{{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"manufacturerdata":"{raw}"}}"#);
+            let from_decoded = one_advert(topic, &decoded);
+            let from_raw = one_advert(topic, &raw_msg);
+            assert_eq!(from_decoded, from_raw, "{decoded}");
+        }
+    }
+
+    #[test]
+    fn theengs_negative_major_minor_are_the_high_values() {
+        // value_from_hex_data reads major/minor signed: 0x8001 arrives as
+        // -32767, 0xFFFF as -1.
+        let msg = OMG_DOC_IBEACON
+            .replace(r#""major":0"#, r#""major":-32767"#)
+            .replace(r#""minor":0"#, r#""minor":-1"#);
+        let s = one_advert("home/gw/BTtoMQTT/58782076BC24", &msg);
+        assert!(matches!(
+            frames(&s.adv)[..],
+            [Frame::IBeacon {
+                major: 0x8001,
+                minor: 0xFFFF,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn raw_advert_data_wins_over_decoded_fields() {
+        let msg = OMG_DOC_IBEACON.replace(
+            r#""txpower":-66"#,
+            r#""txpower":-66,"manufacturerdata":"4c000215e2c56db5dffb48d2b060d0f5a71096e00007002ac5""#,
+        );
+        let s = one_advert("home/gw/BTtoMQTT/58782076BC24", &msg);
+        assert!(matches!(
+            frames(&s.adv)[..],
+            [Frame::IBeacon {
+                major: 7,
+                minor: 42,
+                measured_power: -59,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn partial_decoded_ibeacons_are_refused_by_field_never_guessed() {
+        let t = "home/gw/BTtoMQTT/58782076BC24";
+        for (edit, field) in [
+            ((r#","major":0"#, ""), "major"),
+            (
+                (
+                    r#""uuid":"1de4b189115e45f6b44e509352269977""#,
+                    r#""uuid":"1de4""#,
+                ),
+                "uuid",
+            ),
+            ((r#","txpower":-66"#, ""), "txpower"),
+            ((r#""txpower":-66"#, r#""txpower":"loud""#), "txpower"),
+            ((r#""minor":0"#, r#""minor":70000"#), "minor"),
+            ((r#""mfid":"4c00""#, r#""mfid":"0600""#), "mfid"),
+        ] {
+            let msg = OMG_DOC_IBEACON.replace(edit.0, edit.1);
+            let e = parse_openmqttgateway(t, msg.as_bytes(), 0).unwrap_err();
+            assert_eq!((e.field, e.ignored), (field, false), "{msg}: {e}");
+        }
+        // Another decoded device (no iBeacon fields): a quiet drop. Theengs
+        // Gateway's documented example payload (docs/use/use.md), shortened:
+        // its "name" (an advert part of its own) and some readings left out.
+        let e = parse_openmqttgateway(
+            t,
+            br#"{"id":"F3:52:85","rssi":-82,"brand":"BlueMaestro","model":"TempoDisc","model_id":"BM_V23","tempc":24.1}"#,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!((e.field, e.ignored), ("payload", true));
+    }
+
+    // ---- ESPresense
+
+    #[test]
+    fn espresense_altbeacon_and_eddystone_ids_become_their_adverts() {
+        let id = "altBeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0-7-42";
+        let s = parse_espresense(
+            &format!("espresense/devices/{id}/hall"),
+            format!(r#"{{"id":"{id}","rssi@1m":-60,"rssi":-71.5,"rxAdj":0}}"#).as_bytes(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            frames(&s.adv),
+            vec![Frame::AltBeacon {
+                manufacturer: ESPRESENSE_ALTBEACON_COMPANY,
+                id1: uuid_bytes("e2c56db5-dffb-48d2-b060-d0f5a71096e0"),
+                id2: 7,
+                id3: 42,
+                reference_rssi: -60,
+                mfg_reserved: 0,
+            }]
+        );
+        // ESPresense prints namespace byte 5 twice: 11 bytes, then instance.
+        let id = "eddy:0001020304040506070809-0a0b0c0d0e0f";
+        let s = parse_espresense(
+            &format!("espresense/devices/{id}/hall"),
+            br#"{"rssi@1m":-61,"rssi":-70}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            frames(&s.adv),
+            vec![Frame::EddystoneUid {
+                namespace: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+                instance: [10, 11, 12, 13, 14, 15],
+                tx_power: -20,
+            }]
+        );
+        assert_eq!(frames(&s.adv)[0].tx_power_at_1m(), Some(-61));
+        // A fixed firmware's 10-byte namespace is taken as it is.
+        let fixed = "eddy:00010203040506070809-0a0b0c0d0e0f";
+        let s2 = parse_espresense(
+            &format!("espresense/devices/{fixed}/hall"),
+            br#"{"rssi@1m":-61,"rssi":-70}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(frames(&s2.adv), frames(&s.adv));
+        // 11 bytes without the repeat is not ESPresense's output: not guessed.
+        let odd = "eddy:0001020304ff0506070809-0a0b0c0d0e0f";
+        let e = parse_espresense(
+            &format!("espresense/devices/{odd}/hall"),
+            br#"{"rssi":-70}"#,
+            0,
+        )
+        .unwrap_err();
+        assert!(e.ignored && e.field == "id");
+    }
+
+    #[test]
+    fn espresense_rx_adj_is_kept_and_checked() {
+        // ESPresense 4 (BleFingerprint::fill): rssi is already raw - rxAdj.
+        let topic = format!("espresense/devices/{ESP_ID}/office");
+        let r = parse_espresense_report(
+            &topic,
+            br#"{"mac":"dd8800003777","rssi@1m":-59,"rssi":-81.10,"rxAdj":20,"rssiVar":7.42,"distance":6.58,"var":4.00,"int":2028}"#,
+            7,
+        )
+        .unwrap();
+        assert_eq!((r.sighting.rssi, r.rx_adj), (-81, Some(20)));
+        assert!(matches!(
+            frames(&r.sighting.adv)[..],
+            [Frame::IBeacon {
+                measured_power: -59,
+                ..
+            }]
+        ));
+        for bad in [r#"{"rssi":-70,"rxAdj":"x"}"#, r#"{"rssi":-70,"rxAdj":300}"#] {
+            let e = parse_espresense_report(&topic, bad.as_bytes(), 0).unwrap_err();
+            assert_eq!((e.field, e.ignored), ("rxAdj", false), "{bad}");
+        }
+    }
+
+    /// A real ESPresense capture (ESPresense-companion's test data, see
+    /// vectors/scanner-nodes/README.md): one device heard by ten rooms.
+    const COMPANION_CAPTURE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../vectors/scanner-nodes/espresense-companion-stationary.jsonp"
+    ));
+
+    fn capture() -> Vec<(String, String)> {
+        COMPANION_CAPTURE
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    v["topic"].as_str().unwrap().to_string(),
+                    v["payload"].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn espresense_capture_replayed_gives_a_sighting_per_room() {
+        let messages = capture();
+        let rooms: std::collections::BTreeSet<&str> = messages
+            .iter()
+            .map(|(t, _)| t.rsplit('/').next().unwrap())
+            .collect();
+        assert!(rooms.len() >= 5, "{rooms:?}");
+        // As captured, the id is a user's alias (watch:darrell): ESPresense
+        // sends no advert for it, so each message is a counted quiet drop.
+        for (topic, payload) in &messages {
+            let e = parse_espresense(topic, payload.as_bytes(), 0).unwrap_err();
+            assert!(e.ignored && e.field == "id", "{topic}: {e}");
+        }
+        // The same capture with the alias replaced by the iBeacon id behind
+        // such an alias (ESPresense's enrollment id, src/Enrollment.cpp):
+        // every message is a sighting from its room's node, with the node's
+        // RSSI and the device's MAC.
+        let id = "iBeacon:e5ca1ade-f007-ba11-0000-000000000000-1-2";
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, (topic, payload)) in messages.iter().enumerate() {
+            let topic = topic.replace("watch:darrell", id);
+            let payload = payload.replace("watch:darrell", id);
+            let s = parse_espresense(&topic, payload.as_bytes(), i as i64).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            assert_eq!(s.scanner, topic.rsplit('/').next().unwrap());
+            assert_eq!(f64::from(s.rssi), v["rssi"].as_f64().unwrap().round());
+            assert_eq!(s.addr.to_string(), "58:b1:29:44:94:d3");
+            assert!(matches!(
+                frames(&s.adv)[..],
+                [Frame::IBeacon {
+                    major: 1,
+                    minor: 2,
+                    ..
+                }]
+            ));
+            seen.insert(s.scanner);
+        }
+        assert_eq!(
+            seen.iter().map(String::as_str).collect::<Vec<_>>(),
+            rooms.into_iter().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn node_tally_counts_per_node_and_field_bounded_by_the_configured_nodes() {
+        let mut t = NodeTally::new(["kitchen".to_string(), "gw1".to_string()]);
+        let bad = ScannerError::bad("minor", "missing");
+        let quiet = ScannerError::ignored("id", "alias");
+        t.refused("home/gw1/BTtoMQTT/AABBCCDDEEFF", &bad);
+        t.refused("espresense/devices/watch:x/kitchen", &quiet);
+        t.accepted("espresense/devices/iBeacon:x-1-2/kitchen", Some(20));
+        for i in 0..100 {
+            t.refused(&format!("espresense/devices/x/room-{i}"), &bad);
+        }
+        assert_eq!(t.get("gw1").unwrap().rejected["minor"], 1);
+        let k = t.get("kitchen").unwrap();
+        assert_eq!((k.accepted, k.ignored["id"], k.rx_adj), (1, 1, Some(20)));
+        assert_eq!(t.get(NodeTally::OTHER).unwrap().rejected["minor"], 100);
+        assert_eq!(t.report().as_object().unwrap().len(), 3, "bounded");
+        t.set_known(["kitchen".to_string()]);
+        assert!(t.get("gw1").is_none());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_input_never_panics(
             topic in "\\PC{0,80}",
             node in "[a-zA-Z0-9:_-]{0,20}",
             payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
-            json_like in "\\{(\"(id|mac|rssi|rssi@1m|manufacturerdata|servicedata|servicedatauuid|name)\":(-?[0-9]{1,4}(\\.[0-9])?|\"[0-9a-fA-F:x-]{0,40}\"|null|\\[\\]),?){0,6}\\}",
+            json_like in "\\{(\"(id|mac|rssi|rssi@1m|rxAdj|manufacturerdata|servicedata|servicedatauuid|name|model_id|mfid|uuid|major|minor|txpower|volt)\":(-?[0-9]{1,4}(\\.[0-9])?|\"[0-9a-fA-F:x-]{0,40}\"|null|\\[\\]),?){0,6}\\}",
             now in proptest::prelude::any::<i64>(),
         ) {
             let topics = [

@@ -1,8 +1,10 @@
 //! A minimal WebSocket-to-TCP bridge for MQTT over WebSockets.
 //!
-//! Browsers can only speak MQTT over WebSockets, and Debian's Mosquitto is
-//! built without its websockets listener (see `docs/notes/
-//! mqtt-over-websockets.md`). This bridge accepts a WebSocket upgrade that
+//! Browsers can only speak MQTT over WebSockets. Where the broker has no
+//! websockets listener of its own (see `docs/notes/mqtt-over-websockets.md`
+//! and deploy/README.md; Debian's Mosquitto has one, next to a plain
+//! listener), and for the demo's embedded broker, this bridge accepts a
+//! WebSocket upgrade that
 //! offers the `mqtt` subprotocol, opens one plain TCP connection to the
 //! broker per WebSocket, and copies binary frames both ways. It does not
 //! parse MQTT at all: authentication and ACLs stay the broker's, so the
