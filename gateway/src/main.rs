@@ -155,6 +155,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(Ok(output)) => {
@@ -171,5 +172,19 @@ fn main() -> ExitCode {
             eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives each thread that allocates under contention its own arena
+/// (up to 8 per core) and keeps their freed memory: with the runtime's
+/// workers and blocking threads that was 12-27 MB of resident memory at
+/// 100,000 people (bench/footprint.sh, BENCHMARKS.md §2) for no speed we
+/// could measure. Two arenas, set before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers; called before any other thread
+    // exists, so no allocation races with the setting.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

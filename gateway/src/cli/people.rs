@@ -112,7 +112,29 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         )));
     }
     let records = folded;
-    store.upsert_people(&records).map_err(store_err)?;
+    if let Some(taken) = recipients_taken(&store, &records).map_err(store_err)? {
+        return Err(CliError::new(format!(
+            "{}: person {}: recipient: {:?} already belongs to another person; nothing imported",
+            path.display(),
+            taken.person,
+            taken.recipient
+        )));
+    }
+    // In chunks, so that a million records do not sit in one transaction's
+    // memory (1.5 GB at 100,000). Everything that could refuse a record was
+    // checked above, while nothing was written; what is left is I/O, and
+    // an import stopped by it (or by a crash) is finished by running it
+    // again: a record already folded in changes nothing the second time.
+    let mut imported = 0;
+    for chunk in records.chunks(IMPORT_CHUNK) {
+        store.upsert_people(chunk).map_err(|e| {
+            CliError::new(format!(
+                "{e}; {imported} of {} record(s) were imported before it: run the same import again to finish",
+                records.len()
+            ))
+        })?;
+        imported += chunk.len();
+    }
     let mut report = format!(
         "imported {} person record(s) into {}",
         records.len(),
@@ -126,6 +148,40 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         );
     }
     Ok(report)
+}
+
+/// Records per transaction of an import.
+const IMPORT_CHUNK: usize = 5_000;
+
+/// The first record whose recipient belongs to a person other than its
+/// own, given the records before it in the file (a recipient one record
+/// gives up, a later one may take).
+fn recipients_taken<'r>(
+    store: &Store,
+    records: &'r [PersonRecord],
+) -> Result<Option<&'r PersonRecord>, crate::store::StoreError> {
+    // Recipients whose owner this file already settled: Some(person) took
+    // it, None gave it up.
+    let mut settled: std::collections::HashMap<String, Option<&str>> =
+        std::collections::HashMap::new();
+    for record in records {
+        let person = record.person.as_str();
+        let taken = match settled.get(&record.recipient) {
+            Some(Some(owner)) => *owner != person,
+            Some(None) => false,
+            None => store.recipient_is_other_persons(&record.recipient, person)?,
+        };
+        if taken {
+            return Ok(Some(record));
+        }
+        if let Some(held) = store.person(person)? {
+            if held.recipient != record.recipient {
+                settled.insert(held.recipient, None);
+            }
+        }
+        settled.insert(record.recipient.clone(), Some(person));
+    }
+    Ok(None)
 }
 
 fn local_time(config: &Config, at_ms: i64) -> String {
@@ -233,6 +289,80 @@ pub fn explain(config: &Config, id: &str) -> Result<String, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A site file in `dir` with its storage there too.
+    fn site_in(dir: &Path) -> Config {
+        let site = dir.join("site.toml");
+        std::fs::write(
+            &site,
+            format!(
+                "[store]\nid = \"s-1\"\n[storage]\npath = {:?}\n",
+                dir.join("db").display().to_string()
+            ),
+        )
+        .unwrap();
+        crate::config::load(Some(&site)).unwrap()
+    }
+
+    fn write(dir: &Path, name: &str, lines: &[&str]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_import_larger_than_a_chunk_lands_whole_and_a_taken_recipient_stops_it_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = site_in(dir.path());
+        let many: Vec<String> = (0..IMPORT_CHUNK + 7)
+            .map(|i| format!(r#"{{"person": "p-{i}", "recipient": "r-{i}"}}"#))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        import(&config, &write(dir.path(), "many.jsonl", &many), false).unwrap();
+        let store = open(&config).unwrap();
+        assert_eq!(store.people().count(), IMPORT_CHUNK + 7);
+        drop(store);
+
+        // p-1 gives r-1 up and q-1 takes it later in the same file: fine.
+        // q-2 takes r-2, which p-2 keeps: refused, and q-1 is not written.
+        let refused = write(
+            dir.path(),
+            "refused.jsonl",
+            &[
+                r#"{"person": "p-1", "recipient": "r-1b", "updated_at": "2030-01-01T00:00:00Z"}"#,
+                r#"{"person": "q-1", "recipient": "r-1"}"#,
+                r#"{"person": "q-2", "recipient": "r-2"}"#,
+            ],
+        );
+        let e = import(&config, &refused, false).unwrap_err();
+        assert!(
+            e.message.contains(
+                "person q-2: recipient: \"r-2\" already belongs to another person; nothing imported"
+            ),
+            "{}",
+            e.message
+        );
+        let store = open(&config).unwrap();
+        assert_eq!(
+            store.person("q-1").unwrap(),
+            None,
+            "nothing of the file was written"
+        );
+        assert_eq!(store.person("p-1").unwrap().unwrap().recipient, "r-1");
+        drop(store);
+
+        let swap = write(
+            dir.path(),
+            "swap.jsonl",
+            &[
+                r#"{"person": "p-1", "recipient": "r-1b", "updated_at": "2030-01-01T00:00:00Z"}"#,
+                r#"{"person": "q-1", "recipient": "r-1"}"#,
+            ],
+        );
+        import(&config, &swap, false).unwrap();
+        let store = open(&config).unwrap();
+        assert_eq!(store.person("q-1").unwrap().unwrap().recipient, "r-1");
+    }
 
     #[test]
     fn import_names_file_line_and_field_and_catches_duplicates() {

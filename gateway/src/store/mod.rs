@@ -739,6 +739,22 @@ impl Store {
     /// whether a recipient is taken (its owner is sealed), so this scans
     /// the people: for tools and tests, not the hot path (the daemon holds
     /// the recipient index in memory).
+    /// Whether `recipient` is free, `person`'s own, or someone else's
+    /// (the recipients tree holds the owner's tag sealed under the owner's
+    /// key, so only "is it this person's" can be asked).
+    pub fn recipient_is_other_persons(
+        &self,
+        recipient: &str,
+        person: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(held) = self.recipients.get(self.recipient_tag(recipient))? else {
+            return Ok(false);
+        };
+        Ok(!self
+            .sealer_for_tag(self.person_tag(person))
+            .is_some_and(|sealer| sealer.owns(&held)))
+    }
+
     pub fn person_by_recipient(&self, recipient: &str) -> Result<Option<PersonRecord>, StoreError> {
         if self
             .recipients
