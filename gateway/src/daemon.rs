@@ -12,10 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{EventClock, wall_ms};
 use crate::config::{Config, SourceSettings};
-use crate::decide::{
-    self, ThanksEvent, best_offer, build_nudge, candidates_for_event, check_consent, compose,
-    thanks_candidates,
-};
+use crate::decide::{self, ContentSources, Happening, NotReady, Prepared, build_nudge};
 use crate::decode::{Frame, decode_into};
 use crate::identity::{
     Applied, Buyer, CheckIn, ConsentChange, Feedback, PersonId, PersonRecord, Purchase,
@@ -624,7 +621,7 @@ impl Pipeline {
         if let Some(recorder) = &mut self.recorder {
             // Only the store's own beacons and people who opted in: a
             // stranger's advert never reaches the file.
-            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.resolve(rotating_id).is_some_and(|p| self.people.consent(p).is_some_and(|c| c.proximity))));
+            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.recognise(rotating_id).is_some()));
             if let Err(e) = recorder.record(&sighting, allowed) {
                 events::source_failed(&self.telemetry, "record", &e);
             }
@@ -637,9 +634,7 @@ impl Pipeline {
     /// The opted-in person behind a rotating identifier, or `None` for a
     /// stranger (someone unknown, or known without proximity consent).
     fn recognise(&mut self, rotating_id: &[u8; 16]) -> Option<PersonId> {
-        let person = self.people.resolve(rotating_id).cloned();
-        let Some(person) = person.filter(|p| self.people.consent(p).is_some_and(|c| c.proximity))
-        else {
+        let Some(person) = self.people.recognise(rotating_id).cloned() else {
             events::stranger_dropped(&self.telemetry);
             return None;
         };
@@ -703,49 +698,49 @@ impl Pipeline {
         let Some(person) = self.people.get(event.person()) else {
             return;
         };
-        let config = self.config.clone();
-        let mut candidates = candidates_for_event(event, &person, &config.triggered);
-        if let PresenceEvent::Entered { visit, at_ms, .. } = event {
-            // Counted on every visit, so a rule added later counts right.
-            let (store, id) = (self.store.clone(), person.person.clone());
-            match tokio::task::spawn_blocking(move || store.count_visit(&id))
-                .await
-                .expect("visit count task does not panic")
-            {
-                Ok(number) => candidates.extend(thanks_candidates(
-                    &ThanksEvent::Visit {
-                        number,
-                        visit: *visit,
-                        at_ms: *at_ms,
-                    },
-                    &person,
-                    &config.triggered,
-                )),
-                Err(e) => events::storage_error(&self.telemetry, "count_visit", &e),
+        let visit_number = match event {
+            PresenceEvent::Entered { .. } => {
+                // Counted on every visit, so a rule added later counts right.
+                let (store, id) = (self.store.clone(), person.person.clone());
+                match tokio::task::spawn_blocking(move || store.count_visit(&id))
+                    .await
+                    .expect("visit count task does not panic")
+                {
+                    Ok(number) => Some(number),
+                    Err(e) => {
+                        events::storage_error(&self.telemetry, "count_visit", &e);
+                        None
+                    }
+                }
             }
-        }
-        self.decide(&person, candidates, &config).await;
+            _ => None,
+        };
+        self.decide(
+            &person,
+            &Happening::Presence {
+                event,
+                visit_number,
+            },
+        )
+        .await;
     }
 
-    /// Consent and content here, in priority order; then the whole
-    /// decision goes to the reservation stage, which checks the caps and
-    /// reserves at most one nudge (`Store::reserve_batch`). The pipeline
-    /// does not wait for the flush: only for room in the stage's queue.
-    async fn decide(
-        &mut self,
-        person: &PersonRecord,
-        mut candidates: Vec<decide::Candidate<'_>>,
-        config: &Arc<Config>,
-    ) {
-        candidates.sort_by(|a, b| {
-            b.rule
-                .priority
-                .cmp(&a.rule.priority)
-                .then_with(|| a.rule.id.cmp(&b.rule.id))
-        });
+    /// Consent and content here (`decide::prepare`, in priority order);
+    /// then the whole decision goes to the reservation stage, which
+    /// chooses under the caps (`decide::choose`) and reserves at most one
+    /// nudge (`Store::reserve_batch`). The pipeline does not wait for the
+    /// flush: only for room in the stage's queue.
+    async fn decide(&mut self, person: &PersonRecord, happening: &Happening<'_>) {
+        let config = self.config.clone();
+        let sources = ContentSources {
+            catalog: config.catalog.as_deref(),
+            offers: &config.offers,
+        };
         let expiry_ms = config.nudge_expiry.as_millis() as i64;
-        let mut prepared = Vec::with_capacity(candidates.len());
-        for candidate in candidates {
+        let mut prepared = Vec::new();
+        for Prepared { candidate, content } in
+            decide::prepare(happening, person, &config.triggered, &sources)
+        {
             let rule = candidate.rule;
             let mut entry = ReserveCandidate {
                 nudge_id: uuid::Uuid::now_v7().to_string(),
@@ -759,43 +754,33 @@ impl Pipeline {
                 expires_at_ms: 0,
                 held: None,
             };
-            if let Err(reason) = check_consent(person, rule.kind) {
-                // Logged (and counted) by the stage if the decision gets
-                // this far; the next candidate may still go.
-                entry.held = Some(reason);
-                prepared.push(entry);
-                continue;
-            }
-            // The best offer any of the person's identities qualifies for:
-            // never a better deal for a dormant one.
-            let offer = (rule.kind == decide::NudgeKind::Offer)
-                .then(|| best_offer(&config.offers, &person.identities, candidate.at_ms))
-                .flatten();
-            let content = match compose(
-                &candidate,
-                person,
-                config.catalog.as_deref(),
-                offer.as_ref(),
-            ) {
-                Ok(content) => content,
-                Err(e) => {
+            match content {
+                Ok(content) => {
+                    let payload = build_nudge(
+                        &candidate,
+                        person,
+                        entry.nudge_id.clone(),
+                        expiry_ms,
+                        content,
+                    );
+                    entry.payload =
+                        serde_json::to_string(&payload).expect("nudge payload serialises");
+                    entry.topic = config.nudge_topic(&person.recipient);
+                    entry.expires_at_ms = wall_ms() + expiry_ms;
+                }
+                Err(NotReady::Consent(reason)) => {
+                    // Logged (and counted) by the stage if the decision
+                    // gets this far; the next candidate may still go.
+                    entry.held = Some(reason);
+                }
+                Err(NotReady::NotComposed(e)) => {
                     // The rule is named in the log, not as a label: labels
                     // are fixed in the code (telemetry.rs).
                     self.telemetry.count("nudges_not_composed_total", &[], 1);
                     tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
                     continue;
                 }
-            };
-            let payload = build_nudge(
-                &candidate,
-                person,
-                entry.nudge_id.clone(),
-                expiry_ms,
-                content,
-            );
-            entry.payload = serde_json::to_string(&payload).expect("nudge payload serialises");
-            entry.topic = config.nudge_topic(&person.recipient);
-            entry.expires_at_ms = wall_ms() + expiry_ms;
+            }
             prepared.push(entry);
         }
         if prepared.is_empty() {
@@ -806,7 +791,7 @@ impl Pipeline {
             person_hash: hashed(person.person.as_str()),
             recipient: person.recipient.clone(),
             candidates: prepared,
-            config: config.clone(),
+            config,
             arrival: self.current_arrival,
             submitted: std::time::Instant::now(),
             reply: None,
@@ -1175,7 +1160,7 @@ impl Pipeline {
         };
         let Some(record) = person
             .and_then(|p| self.people.get(&p))
-            .filter(|r| r.consent.proximity)
+            .filter(|r| r.consent.opted_in_to_proximity())
         else {
             self.telemetry
                 .count("purchases_total", &[("buyer", "unknown")], 1);
@@ -1183,17 +1168,15 @@ impl Pipeline {
         };
         self.telemetry
             .count("purchases_total", &[("buyer", "opted_in")], 1);
-        let config = self.config.clone();
         let visit = self.presence.visit_of(&record.person);
-        let candidates = thanks_candidates(
-            &ThanksEvent::Purchase {
+        self.decide(
+            &record,
+            &Happening::Purchase {
                 purchase: &purchase,
                 visit,
             },
-            &record,
-            &config.triggered,
-        );
-        self.decide(&record, candidates, &config).await;
+        )
+        .await;
         Ok(())
     }
 
