@@ -32,46 +32,14 @@ for bin in "$gateway" "$sim"; do
     [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
 done
 
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 work="$(mktemp -d /tmp/gw-e2e.XXXXXX)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket,sys
-s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM)
-s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"
-}
-
+bench_work="$work"
 broker_port="$(free_port tcp)"
 udp_port="$(free_port udp)"
 admin_port="$(free_port tcp)"
-[ "$broker_port" != 1883 ] || broker_port="$(free_port tcp)"
-
-cat >"$work/mosquitto.conf" <<EOF
-listener $broker_port 127.0.0.1
-allow_anonymous true
-user root
-persistence false
-# As deploy/mosquitto/mosquitto.conf (see there why).
-set_tcp_nodelay true
-log_dest file $work/mosquitto.log
-EOF
-/usr/sbin/mosquitto -c "$work/mosquitto.conf" &
-pids+=($!)
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null && break
-    sleep 0.1
-done
+start_broker "$work" "$broker_port"
 
 cat >"$work/site.toml" <<EOF
 [store]
@@ -125,7 +93,7 @@ GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/peop
 
 GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$work/site.toml" run >"$work/gateway.out" 2>"$work/gateway.err" &
 gw=$!
-pids+=($gw)
+bench_pids+=($gw)
 for _ in $(seq 200); do
     curl -sf "http://127.0.0.1:$admin_port/livez" >/dev/null 2>&1 && break
     kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.err" >&2; exit 1; }
@@ -137,7 +105,6 @@ metric() {
         index($0, s) == 1 { v += $NF } END { printf "%d\n", v + 0 }'
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$gw/stat"; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$gw/status"; }
 udp_drops() {
     # /proc/net/udp: local_address is hex ip:port; drops is the last column.
     local hexport
@@ -159,25 +126,25 @@ for rate in "${rates[@]}"; do
     a0="$(metric 'gateway_nudges_acked_total')"
     d0="$(udp_drops)"; d0="${d0:-0}"
     c0="$(cpu_ticks)"; t0="$(date +%s.%N)"
-    rss0="$(rss_kb)"
+    rss0="$(rss_kb "$gw")"
     peak="$rss0"
     "$sim" load --target "127.0.0.1:$udp_port" --rate "$rate" --devices "$devices" \
         --strangers "$strangers" --duration "${seconds}s" --json >"$work/load-$rate.json" &
     lp=$!
-    pids+=($lp)
+    bench_pids+=($lp)
     if [ -n "${E2E_PERF:-}" ]; then
         # Profile the gateway process during this step (E2E_PERF=file prefix).
         perf record -F 499 -g -p "$gw" -o "${E2E_PERF}-$rate.data" -- sleep "$seconds" >/dev/null 2>&1 &
-        pids+=($!)
+        bench_pids+=($!)
     fi
     while kill -0 "$lp" 2>/dev/null; do
-        r="$(rss_kb)"; [ "$r" -gt "$peak" ] && peak="$r"
+        r="$(rss_kb "$gw")"; [ "$r" -gt "$peak" ] && peak="$r"
         sleep 0.5
     done
     wait "$lp" || true
     sleep 2   # let the gateway drain its channel
     c1="$(cpu_ticks)"; t1="$(date +%s.%N)"
-    r="$(rss_kb)"; [ "$r" -gt "$peak" ] && peak="$r"
+    r="$(rss_kb "$gw")"; [ "$r" -gt "$peak" ] && peak="$r"
     s1="$(metric 'gateway_sightings_total{source="udp"}')"
     r1="$(metric 'gateway_nudges_reserved_total')"
     a1="$(metric 'gateway_nudges_acked_total')"

@@ -98,8 +98,8 @@ pub async fn run(
         return Err(DaemonError::NoSource);
     }
     let store = {
-        let path = config.storage_path.clone();
-        tokio::task::spawn_blocking(move || Store::open(&path))
+        let (path, cache) = (config.storage_path.clone(), config.storage_cache_bytes);
+        tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
             .await
             .expect("store open task does not panic")?
     };

@@ -34,6 +34,9 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     if running.storage_path != new.storage_path {
         changed.push("storage.path");
     }
+    if running.storage_cache_bytes != new.storage_cache_bytes {
+        changed.push("storage.cache_mb");
+    }
     if running.sources != new.sources {
         changed.push("sources");
     }
@@ -49,6 +52,7 @@ pub fn applicable(running: &Config, new: Config) -> Config {
         store_id: running.store_id.clone(),
         mqtt: running.mqtt.clone(),
         storage_path: running.storage_path.clone(),
+        storage_cache_bytes: running.storage_cache_bytes,
         sources: running.sources.clone(),
         admin_listen: running.admin_listen,
         ..new

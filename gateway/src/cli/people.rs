@@ -10,7 +10,8 @@ use crate::identity::PersonRecord;
 use crate::store::{DecisionEntry, DecisionOutcome, Store};
 
 fn open(config: &Config) -> Result<Store, CliError> {
-    Store::open(&config.storage_path).map_err(|e| CliError::new(e.to_string()))
+    Store::open_with_cache(&config.storage_path, config.storage_cache_bytes)
+        .map_err(|e| CliError::new(e.to_string()))
 }
 
 fn store_err(e: crate::store::StoreError) -> CliError {

@@ -39,6 +39,8 @@ pub struct Config {
     pub timezone: Tz,
     pub mqtt: MqttSettings,
     pub storage_path: PathBuf,
+    /// The bound on sled's page cache, in bytes (`[storage] cache_mb`).
+    pub storage_cache_bytes: u64,
     pub sources: Vec<SourceSettings>,
     pub zones: Vec<ZoneSettings>,
     /// The store's own beacons, for fleet health.
@@ -732,6 +734,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if raw.storage.path.trim().is_empty() {
         p.add("storage.path", "must not be empty");
     }
+    let storage_cache_mb = raw
+        .storage
+        .cache_mb
+        .unwrap_or(crate::store::DEFAULT_CACHE_MB);
+    if !(1..=4096).contains(&storage_cache_mb) {
+        p.add("storage.cache_mb", "must be between 1 and 4096 (MiB)");
+    }
 
     let mut sources = Vec::new();
     for (i, source) in raw.sources.iter().enumerate() {
@@ -1101,6 +1110,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             password_file,
         },
         storage_path: PathBuf::from(&raw.storage.path),
+        storage_cache_bytes: storage_cache_mb.clamp(1, 4096) * 1024 * 1024,
         sources,
         zones,
         beacons,

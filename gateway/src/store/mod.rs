@@ -25,6 +25,12 @@ use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
 use vault::{Tag, Vault};
 
+/// The default bound on sled's page cache, in MiB (`[storage] cache_mb`).
+/// sled's own default is 1 GiB, which a gateway holding a million people
+/// fills: the hot set (today's visitors' records and ledgers, the outbox)
+/// fits in far less, and a miss costs one read from the page files.
+pub const DEFAULT_CACHE_MB: u64 = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage at {path}: {reason}")]
@@ -330,6 +336,11 @@ impl Store {
     /// Open (or create) the database directory, readable by its owner only,
     /// with its key vault.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, DEFAULT_CACHE_MB * 1024 * 1024)
+    }
+
+    /// [`Store::open`] with sled's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -341,7 +352,10 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| open_err(e.to_string()))?;
         }
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 open_err("in use by another process (is the gateway running? stop it, or change people over MQTT)".into())
             }
@@ -401,10 +415,23 @@ impl Store {
 
     /// The sealer for a person, creating their key on first use.
     fn sealer(&self, person: &str) -> Result<Sealer, StoreError> {
+        let mut sealers = self.sealers(&[person])?;
+        Ok(sealers.pop().expect("one sealer per person"))
+    }
+
+    /// The sealers of many people at once: their new keys cost one sync.
+    fn sealers(&self, people: &[&str]) -> Result<Vec<Sealer>, StoreError> {
         let mut vault = self.vault();
-        let tag = vault.tag(keys::TAG_PERSON, person);
-        let key = vault.key_or_create(&tag)?;
-        Ok(Sealer { tag, key })
+        let tags: Vec<Tag> = people
+            .iter()
+            .map(|person| vault.tag(keys::TAG_PERSON, person))
+            .collect();
+        let keys = vault.keys_or_create(&tags)?;
+        Ok(tags
+            .into_iter()
+            .zip(keys)
+            .map(|(tag, key)| Sealer { tag, key })
+            .collect())
     }
 
     /// The sealer for a tag, if the person's key still exists.
@@ -616,9 +643,10 @@ impl Store {
         records: &[PersonRecord],
     ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
         // Keys and nonces first: the transaction closure may run twice.
+        let ids: Vec<&str> = records.iter().map(|r| r.person.as_str()).collect();
+        let sealers = self.sealers(&ids)?;
         let mut prepared = Vec::with_capacity(records.len());
-        for record in records {
-            let sealer = self.sealer(record.person.as_str())?;
+        for (record, sealer) in records.iter().zip(sealers) {
             let sealed = sealer.seal(&json(record), &vault::nonce()?);
             let owner = sealer.seal(&sealer.tag, &vault::nonce()?);
             prepared.push((

@@ -147,21 +147,39 @@ impl Vault {
 
     /// The person's key, made (and synced to disk) on first use.
     pub fn key_or_create(&mut self, tag: &Tag) -> Result<[u8; 32], VaultError> {
-        if let Some(key) = self.key(tag) {
-            return Ok(key);
+        let mut keys = self.keys_or_create(std::slice::from_ref(tag))?;
+        Ok(keys.pop().expect("one key per tag"))
+    }
+
+    /// The keys of `tags`, in order, making the missing ones: every new
+    /// slot is written first and the file synced once, so enrolling many
+    /// people (an import) costs one sync, not one per person.
+    pub fn keys_or_create(&mut self, tags: &[Tag]) -> Result<Vec<[u8; 32]>, VaultError> {
+        let mut keys = Vec::with_capacity(tags.len());
+        let mut written = false;
+        for tag in tags {
+            if let Some(key) = self.key(tag) {
+                keys.push(key);
+                continue;
+            }
+            let key: [u8; 32] = random()?;
+            let index = self.free.pop().unwrap_or_else(|| {
+                self.slot_count += 1;
+                self.slot_count - 1
+            });
+            let mut slot = [0u8; SLOT];
+            slot[0] = 1;
+            slot[1..17].copy_from_slice(tag);
+            slot[17..49].copy_from_slice(&key);
+            self.write_slot(index, &slot)?;
+            self.slots.insert(*tag, (index, key));
+            keys.push(key);
+            written = true;
         }
-        let key: [u8; 32] = random()?;
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slot_count += 1;
-            self.slot_count - 1
-        });
-        let mut slot = [0u8; SLOT];
-        slot[0] = 1;
-        slot[1..17].copy_from_slice(tag);
-        slot[17..49].copy_from_slice(&key);
-        self.write_slot(index, &slot)?;
-        self.slots.insert(*tag, (index, key));
-        Ok(key)
+        if written {
+            self.sync()?;
+        }
+        Ok(keys)
     }
 
     /// Overwrite the person's slot with zeros and sync: every value sealed
@@ -171,20 +189,31 @@ impl Vault {
             return Ok(false);
         };
         self.write_slot(index, &[0u8; SLOT])?;
+        self.sync()?;
         self.free.push(index);
         Ok(true)
     }
 
-    fn write_slot(&mut self, index: u32, slot: &[u8; SLOT]) -> Result<(), VaultError> {
-        let io = |e: std::io::Error| VaultError::Io {
+    fn io_error(&self, e: std::io::Error) -> VaultError {
+        VaultError::Io {
             path: self.path.display().to_string(),
             reason: e.to_string(),
-        };
-        self.file
-            .seek(SeekFrom::Start((HEADER + index as usize * SLOT) as u64))
-            .map_err(io)?;
-        self.file.write_all(slot).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        }
+    }
+
+    /// Write one slot in place; not durable until [`Vault::sync`].
+    fn write_slot(&mut self, index: u32, slot: &[u8; SLOT]) -> Result<(), VaultError> {
+        let at = (HEADER + index as usize * SLOT) as u64;
+        let written = self
+            .file
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.file.write_all(slot));
+        written.map_err(|e| self.io_error(e))
+    }
+
+    /// Make every slot written so far durable.
+    fn sync(&mut self) -> Result<(), VaultError> {
+        self.file.sync_data().map_err(|e| self.io_error(e))
     }
 }
 
@@ -268,6 +297,28 @@ mod tests {
             HEADER + SLOT,
             "the freed slot is reused"
         );
+    }
+
+    #[test]
+    fn many_keys_at_once_keep_the_old_ones_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.vault");
+        let mut vault = Vault::open(&path).unwrap();
+        let tags: Vec<Tag> = (0..100)
+            .map(|i| vault.tag("person", &format!("p-{i}")))
+            .collect();
+        let held = vault.key_or_create(&tags[7]).unwrap();
+        let keys = vault.keys_or_create(&tags).unwrap();
+        assert_eq!(keys.len(), tags.len());
+        assert_eq!(keys[7], held, "an existing key is returned, not replaced");
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), tags.len(), "one key per person");
+        drop(vault);
+        let reopened = Vault::open(&path).unwrap();
+        for (tag, key) in tags.iter().zip(&keys) {
+            assert_eq!(reopened.key(tag), Some(*key), "in the order asked");
+        }
+        assert_eq!(std::fs::read(&path).unwrap().len(), HEADER + 100 * SLOT);
     }
 
     #[test]

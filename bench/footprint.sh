@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The gateway's footprint measured from outside, on the real daemon: N
+# people enrolled with `gateway people import` (its wall time and peak
+# resident memory, from /usr/bin/time), then `gateway run` (time until
+# /readyz answers 200, resident memory idle), then P of those people
+# present, heard about once a second each over UDP for S seconds (resident
+# memory at the end and the process's peak, VmHWM). Resident memory is
+# VmRSS of the process as the kernel reports it: sled's page cache, the
+# allocator's retained memory and the runtime included, which an
+# in-process probe (the `memory` bench) does not see.
+#
+# Usage: bench/footprint.sh [--people N] [--present P] [--seconds S]
+#        (defaults 100000, 10000, 30). Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
+#        (a TSV line is appended there), GATEWAY_STORAGE_CACHE_MB (passed
+#        into the site file as [storage] cache_mb when set).
+# Loopback only; bounded; every process it starts is stopped on exit.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+gateway="$target/release/gateway"
+sim="$target/release/firmware-sim"
+people=100000
+present=10000
+seconds=30
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --people) people="$2"; shift 2 ;;
+        --present) present="$2"; shift 2 ;;
+        --seconds) seconds="$2"; shift 2 ;;
+        *) echo "usage: bench/footprint.sh [--people N] [--present P] [--seconds S]" >&2; exit 2 ;;
+    esac
+done
+[ "$present" -le "$people" ] || { echo "--present must not exceed --people" >&2; exit 2; }
+for bin in "$gateway" "$sim"; do
+    [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
+done
+
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+work="$(mktemp -d /tmp/gw-footprint.XXXXXX)"
+bench_work="$work"
+broker_port="$(free_port tcp)"
+udp_port="$(free_port udp)"
+admin_port="$(free_port tcp)"
+start_broker "$work" "$broker_port"
+
+cache_line=""
+[ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || cache_line="cache_mb = $GATEWAY_STORAGE_CACHE_MB"
+cat >"$work/site.toml" <<CONF
+[store]
+id = "store-042"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:$broker_port"
+prefix = "retail"
+
+[storage]
+path = "$work/db"
+$cache_line
+
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:$udp_port"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+
+[[zones]]
+id = "floor"
+scanners = ["entrance", "laptops", "headphones"]
+
+[[rules]]
+id = "welcome"
+zone = "floor"
+dwell_s = 10
+kind = "info"
+title = "Welcome"
+body = "Today's offers are at the entrance."
+CONF
+
+# The present shoppers are the load generator's own (same seed as the run
+# below); the rest of the customer base is made up here, deterministically.
+dummy_port="$(free_port udp)"
+"$sim" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$present" \
+    --strangers 0 --duration 1ms --people "$work/people.jsonl" >/dev/null
+python3 - "$work/people.jsonl" "$((people - present))" <<'PY'
+import json, random, sys
+path, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+with open(path, "a") as out:
+    for i in range(n):
+        out.write(json.dumps({
+            "person": f"f-{i}", "recipient": f"rf-{i}",
+            "identities": [{"kind": "app", "key": "%032x" % rng.getrandbits(128)},
+                           {"kind": "email", "value": f"f{i}@example.com"}],
+            "consent": {"proximity": True, "product_info": True, "offers": False,
+                        "thanks": True, "feedback": True},
+            "interests": ["laptops"], "owns": []}) + "\n")
+PY
+
+/usr/bin/time -f "%e %M" -o "$work/import.time" \
+    env GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/people.jsonl" \
+    >"$work/import.log" 2>&1 || { cat "$work/import.log" >&2; exit 1; }
+read -r import_s import_peak_kb <"$work/import.time"
+
+t0="$(date +%s.%N)"
+GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$work/site.toml" run >"$work/gateway.out" 2>"$work/gateway.err" &
+gw=$!
+bench_pids+=($gw)
+for _ in $(seq 1200); do
+    curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
+    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.err" >&2; exit 1; }
+    sleep 0.05
+done
+ready_s="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)")"
+sleep 5
+idle_kb="$(rss_kb "$gw")"
+
+"$sim" load --target "127.0.0.1:$udp_port" --rate "$present" --devices "$present" \
+    --strangers 0 --duration "${seconds}s" --json >"$work/load.json"
+sleep 2
+present_kb="$(rss_kb "$gw")"
+peak_kb="$(hwm_kb "$gw")"
+heard="$(curl -sf "http://127.0.0.1:$admin_port/metrics" | awk 'index($0, "gateway_sightings_total{source=\"udp\"}") == 1 { v += $NF } END { printf "%d", v }')"
+
+mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+echo "footprint: ${people} enrolled, ${present} present for ${seconds}s (${heard} sightings heard); commit $(git -C "$root" rev-parse --short HEAD)"
+echo "  import:  ${import_s} s, peak resident $(mb "$import_peak_kb") MB"
+echo "  start:   ready on /readyz after ${ready_s} s"
+echo "  run:     resident idle $(mb "$idle_kb") MB, with present $(mb "$present_kb") MB, peak $(mb "$peak_kb") MB (VmRSS/VmHWM of gateway run)"
+if [ -n "${FOOTPRINT_OUT:-}" ]; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$people" "$present" "$import_s" "$(mb "$import_peak_kb")" \
+        "$ready_s" "$(mb "$idle_kb")" "$(mb "$present_kb")" "$(mb "$peak_kb")" >>"$FOOTPRINT_OUT"
+fi

@@ -1,0 +1,55 @@
+# Shared by bench/e2e.sh and bench/footprint.sh (sourced, not run): free
+# loopback ports, a private Mosquitto, process cleanup by pid, and /proc
+# readings of a process. Loopback only; every process started through
+# `spawn` is stopped on exit.
+
+bench_pids=()
+bench_work=""
+bench_cleanup() {
+    for pid in "${bench_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${bench_pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    [ -z "$bench_work" ] || rm -rf "$bench_work"
+}
+trap bench_cleanup EXIT
+
+# A free loopback port: free_port tcp|udp (never 1883, the machine's broker).
+free_port() {
+    local port
+    while :; do
+        port="$(python3 -c 'import socket,sys
+s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM)
+s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1")"
+        [ "$port" != 1883 ] && break
+    done
+    echo "$port"
+}
+
+# start_broker DIR PORT: a private Mosquitto on 127.0.0.1:PORT, waited for.
+start_broker() {
+    cat >"$1/mosquitto.conf" <<CONF
+listener $2 127.0.0.1
+allow_anonymous true
+user root
+persistence false
+# As deploy/mosquitto/mosquitto.conf (see there why).
+set_tcp_nodelay true
+log_dest file $1/mosquitto.log
+CONF
+    /usr/sbin/mosquitto -c "$1/mosquitto.conf" &
+    bench_pids+=($!)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "mosquitto did not start on port $2" >&2
+    return 1
+}
+
+# Resident memory (VmRSS) and its peak (VmHWM) of a pid, in kB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
