@@ -497,6 +497,13 @@ impl Pipeline {
     /// A reloaded configuration: rules, caps, presence tuning and the rest
     /// apply from the next event; who is present and the outbox stay.
     fn apply_config(&mut self, config: Arc<Config>) {
+        if config.beacons != self.config.beacons {
+            // Other beacons: a fleet of the new list (what was heard of
+            // the old one no longer applies), reported at the next tick so
+            // that the retained report does not keep naming removed ones.
+            self.fleet = Fleet::new(config.beacons.clone());
+            self.last_fleet_report_ms = i64::MIN;
+        }
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config);
         self.rate_limit.set_limit(config.incoming_rate);
@@ -1291,4 +1298,71 @@ pub fn beacon_scanner_id(uuid: &[u8; 16], major: u16, minor: u16) -> String {
         "beacon:{}:{major}:{minor}",
         crate::decode::uuid_string(uuid)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(storage: &std::path::Path, beacons: &str) -> Arc<Config> {
+        let site = format!(
+            "{}\n{beacons}",
+            crate::config::tests::MINIMAL_SITE
+                .replace("/var/lib/gateway", &storage.display().to_string())
+        );
+        Arc::new(crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap())
+    }
+
+    fn beacon(id: &str, minor: u16) -> String {
+        format!(
+            "[[beacons]]\nid = \"{id}\"\nkind = \"ibeacon\"\nuuid = \"426c7565436861726d426561636f6e73\"\nmajor = 1\nminor = {minor}\n"
+        )
+    }
+
+    fn reported(pipeline: &Pipeline) -> Vec<String> {
+        pipeline.fleet.report(0)["beacons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_changes_the_beacons_rebuilds_the_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        let first = config(&storage, &beacon("door", 1));
+        let store = Store::open(&storage).unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (reservations, _decider) = reservations::stage(
+            store.clone(),
+            telemetry.clone(),
+            Arc::new(Notify::new()),
+            mqtt::LatencyStamps::default(),
+            1,
+            1,
+        );
+        let (outgoing, _out) = mpsc::channel(1);
+        let mut pipeline = Pipeline::new(first, store, telemetry, reservations, outgoing).unwrap();
+        assert_eq!(reported(&pipeline), ["door"]);
+
+        // Same beacons: the fleet (and what it heard) stays.
+        pipeline.last_fleet_report_ms = 5;
+        pipeline.apply_config(config(&storage, &beacon("door", 1)));
+        assert_eq!(pipeline.last_fleet_report_ms, 5);
+
+        let changed = config(
+            &storage,
+            &format!("{}\n{}", beacon("door", 2), beacon("till", 3)),
+        );
+        pipeline.apply_config(changed.clone());
+        assert_eq!(reported(&pipeline), ["door", "till"]);
+        assert_eq!(pipeline.fleet.beacons(), changed.beacons.as_slice());
+        assert_eq!(
+            pipeline.last_fleet_report_ms,
+            i64::MIN,
+            "reported at the next tick"
+        );
+    }
 }
