@@ -49,7 +49,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
     Ok(match cli.command {
         Command::Run { record } => {
             init_logging(cli.log_format, "info,rumqttc=warn");
-            let config = match cli::require_config(config_path) {
+            let config = match cli::require_run_config(config_path) {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             };

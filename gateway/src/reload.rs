@@ -55,6 +55,8 @@ pub fn applicable(running: &Config, new: Config) -> Config {
         storage_cache_bytes: running.storage_cache_bytes,
         sources: running.sources.clone(),
         admin_listen: running.admin_listen,
+        // Built from the store id, the prefix and the sources.
+        topics: running.topics.clone(),
         ..new
     }
 }

@@ -25,7 +25,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::Config;
 use crate::identity::PersonId;
-use crate::io::mqtt;
 use crate::store::{Reservation, ReserveCandidate, ReserveJob, Store, StoreError};
 use crate::telemetry::{Telemetry, events};
 
@@ -35,6 +34,15 @@ pub const QUEUE: usize = 1024;
 pub const MAX_BATCH: usize = 256;
 /// The summary `/metrics` reports submission → durable outcome in.
 pub const DECISION_LATENCY: &str = "decision_durable_seconds";
+
+/// When each reserved nudge's triggering sighting arrived, by nudge id:
+/// written by the pipeline at reservation, taken by delivery (`io::mqtt`)
+/// at publish.
+/// Bounded; a nudge without a stamp (after a restart, say) is not timed.
+pub type LatencyStamps = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// At most this many reservations wait for their PUBACK to be timed.
+pub const MAX_LATENCY_STAMPS: usize = 4096;
 
 /// One person's decision: the candidates that passed consent and were
 /// composed, in priority order (see [`Store::reserve_batch`]).
@@ -123,7 +131,7 @@ pub struct Decider {
     store: Store,
     telemetry: Arc<Telemetry>,
     outbox_ready: Arc<Notify>,
-    latency_stamps: mqtt::LatencyStamps,
+    latency_stamps: LatencyStamps,
     rx: mpsc::Receiver<Request>,
     max_batch: usize,
 }
@@ -134,7 +142,7 @@ pub fn stage(
     store: Store,
     telemetry: Arc<Telemetry>,
     outbox_ready: Arc<Notify>,
-    latency_stamps: mqtt::LatencyStamps,
+    latency_stamps: LatencyStamps,
     queue: usize,
     max_batch: usize,
 ) -> (Reservations, Decider) {
@@ -307,7 +315,7 @@ impl Decider {
             .latency_stamps
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if stamps.len() < mqtt::MAX_LATENCY_STAMPS {
+        if stamps.len() < MAX_LATENCY_STAMPS {
             stamps.insert(nudge_id.to_string(), arrived);
         }
     }

@@ -1,7 +1,70 @@
 //! The MQTT topics of docs/design.md §6: what the gateway subscribes to and how an
-//! incoming topic is classified. Pure.
+//! incoming topic is classified, and the topic filter grammar. Pure, and a
+//! leaf: it depends on nothing else in the crate (`tests/layering.rs`);
+//! the configuration builds its [`TopicNames`] once.
 
-use crate::config::Config;
+/// The topic names of one store: the prefix, `<prefix>/<store>` and the
+/// configured scanner feeds. Built by `config` (`Config::topics`) from the
+/// `[mqtt] prefix`, `[store] id` and the `mqtt_scanners` sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+    store: String,
+    scanners: ScannerFilters,
+}
+
+impl TopicNames {
+    pub fn new(prefix: &str, store_id: &str) -> TopicNames {
+        TopicNames {
+            prefix: prefix.to_string(),
+            store: format!("{prefix}/{store_id}"),
+            scanners: Vec::new(),
+        }
+    }
+
+    /// Adds one `mqtt_scanners` source: our own nodes on
+    /// `<p>/<s>/scanners/+` (if `own`), then its OpenMQTTGateway and
+    /// ESPresense filters.
+    pub fn with_scanner_source(
+        mut self,
+        own: bool,
+        openmqttgateway: &[String],
+        espresense: &[String],
+    ) -> TopicNames {
+        if own {
+            let filter = format!("{}/scanners/+", self.store);
+            self.scanners.push((ScannerFeed::Own, filter));
+        }
+        self.scanners.extend(
+            openmqttgateway
+                .iter()
+                .map(|f| (ScannerFeed::OpenMqttGateway, f.clone())),
+        );
+        self.scanners.extend(
+            espresense
+                .iter()
+                .map(|f| (ScannerFeed::Espresense, f.clone())),
+        );
+        self
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/<store>`.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
+    pub fn nudge(&self, recipient: &str) -> String {
+        format!("{}/nudges/{recipient}", self.store)
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}/gateway/status", self.store)
+    }
+}
 
 /// Incoming topics, with the id the topic names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +96,8 @@ impl Incoming<'_> {
     }
 }
 
-pub fn subscriptions(config: &Config) -> Vec<String> {
-    let (p, store) = (&config.mqtt.prefix, config.store_topic());
+pub fn subscriptions(names: &TopicNames) -> Vec<String> {
+    let (p, store) = (&names.prefix, &names.store);
     vec![
         format!("{p}/crm/people/+"),
         format!("{store}/consent/+"),
@@ -44,12 +107,12 @@ pub fn subscriptions(config: &Config) -> Vec<String> {
     ]
 }
 
-pub fn classify<'a>(config: &Config, topic: &'a str) -> Incoming<'a> {
+pub fn classify<'a>(names: &TopicNames, topic: &'a str) -> Incoming<'a> {
     let single = |rest: &'a str| (!rest.is_empty() && !rest.contains('/')).then_some(rest);
-    if let Some(rest) = topic.strip_prefix(&format!("{}/crm/people/", config.mqtt.prefix)) {
+    if let Some(rest) = topic.strip_prefix(&format!("{}/crm/people/", names.prefix)) {
         return single(rest).map_or(Incoming::Unknown, Incoming::Person);
     }
-    let Some(rest) = topic.strip_prefix(&format!("{}/", config.store_topic())) else {
+    let Some(rest) = topic.strip_prefix(&format!("{}/", names.store)) else {
         return Incoming::Unknown;
     };
     if rest == "purchases" {
@@ -89,42 +152,12 @@ impl ScannerFeed {
 /// configuration, looked up for every incoming message.
 pub type ScannerFilters = Vec<(ScannerFeed, String)>;
 
-pub fn scanner_filters(config: &Config) -> ScannerFilters {
-    let mut filters = Vec::new();
-    for source in &config.sources {
-        if let crate::config::SourceSettings::MqttScanners {
-            own,
-            openmqttgateway,
-            espresense,
-            ..
-        } = source
-        {
-            if *own {
-                filters.push((
-                    ScannerFeed::Own,
-                    format!("{}/scanners/+", config.store_topic()),
-                ));
-            }
-            filters.extend(
-                openmqttgateway
-                    .iter()
-                    .map(|f| (ScannerFeed::OpenMqttGateway, f.clone())),
-            );
-            filters.extend(
-                espresense
-                    .iter()
-                    .map(|f| (ScannerFeed::Espresense, f.clone())),
-            );
-        }
-    }
-    filters
+pub fn scanner_filters(names: &TopicNames) -> ScannerFilters {
+    names.scanners.clone()
 }
 
-pub fn scanner_subscriptions(config: &Config) -> Vec<String> {
-    scanner_filters(config)
-        .into_iter()
-        .map(|(_, f)| f)
-        .collect()
+pub fn scanner_subscriptions(names: &TopicNames) -> Vec<String> {
+    scanner_filters(names).into_iter().map(|(_, f)| f).collect()
 }
 
 /// Which scanner feed, if any, a topic belongs to.
@@ -151,8 +184,8 @@ pub struct Subscription {
 
 /// Everything the gateway subscribes to: the incoming topics of docs/design.md §6
 /// and the configured scanner feeds.
-pub fn all_subscriptions(config: &Config) -> Vec<Subscription> {
-    let (p, store) = (&config.mqtt.prefix, config.store_topic());
+pub fn all_subscriptions(names: &TopicNames) -> Vec<Subscription> {
+    let (p, store) = (&names.prefix, &names.store);
     let mut all = vec![
         Subscription {
             filter: format!("{p}/crm/people/+"),
@@ -181,7 +214,7 @@ pub fn all_subscriptions(config: &Config) -> Vec<Subscription> {
         },
     ];
     all.extend(
-        scanner_filters(config)
+        scanner_filters(names)
             .into_iter()
             .map(|(feed, filter)| Subscription {
                 filter,
@@ -197,28 +230,28 @@ pub fn subscription_of<'a>(all: &'a [Subscription], topic: &str) -> Option<&'a S
     all.iter().find(|s| matches(&s.filter, topic))
 }
 
-pub fn receipts(config: &Config, recipient: &str) -> String {
-    format!("{}/receipts/{recipient}", config.store_topic())
+pub fn receipts(names: &TopicNames, recipient: &str) -> String {
+    format!("{}/receipts/{recipient}", names.store)
 }
 
-pub fn beacons(config: &Config) -> String {
-    format!("{}/ops/beacons", config.store_topic())
+pub fn beacons(names: &TopicNames) -> String {
+    format!("{}/ops/beacons", names.store)
 }
 
-pub fn errors(config: &Config) -> String {
-    format!("{}/gateway/errors", config.store_topic())
+pub fn errors(names: &TopicNames) -> String {
+    format!("{}/gateway/errors", names.store)
 }
 
 /// Erasures done at a customer's request, for the back office to clear
 /// its retained record of the person.
-pub fn erasures(config: &Config) -> String {
-    format!("{}/erasures", config.store_topic())
+pub fn erasures(names: &TopicNames) -> String {
+    format!("{}/erasures", names.store)
 }
 
 /// A v5 response topic is honoured only inside the sender's own receipts
 /// topic: otherwise any app could make the gateway publish anywhere.
-pub fn response_topic_allowed(config: &Config, recipient: &str, response_topic: &str) -> bool {
-    let own = receipts(config, recipient);
+pub fn response_topic_allowed(names: &TopicNames, recipient: &str, response_topic: &str) -> bool {
+    let own = receipts(names, recipient);
     response_topic == own
         || response_topic
             .strip_prefix(&own)
@@ -260,17 +293,36 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn config() -> Config {
-        crate::config::from_layers(
-            "t",
-            Some(
-                "[store]\nid = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n",
-            ),
-            Default::default(),
-        )
-        .unwrap()
+    proptest! {
+        /// Built from any prefix and store id, the names classify their own
+        /// topics back to the id they carry, and another store's as unknown.
+        #[test]
+        fn topics_built_from_names_classify_back(
+            prefix in "[a-z]{1,8}(/[a-z]{1,8}){0,2}",
+            store in "[a-z0-9-]{1,12}",
+            id in "[a-z0-9-]{1,12}",
+        ) {
+            let names = TopicNames::new(&prefix, &store);
+            prop_assert_eq!(names.store(), format!("{prefix}/{store}"));
+            let topic = format!("{}/consent/{id}", names.store());
+            prop_assert_eq!(classify(&names, &topic), Incoming::Consent(&id));
+            let topic = format!("{prefix}/crm/people/{id}");
+            prop_assert_eq!(classify(&names, &topic), Incoming::Person(&id));
+            let other = format!("{prefix}/{store}x/consent/{id}");
+            prop_assert_eq!(classify(&names, &other), Incoming::Unknown);
+            prop_assert!(response_topic_allowed(&names, &id, &receipts(&names, &id)));
+            for filter in subscriptions(&names) {
+                prop_assert!(validate_filter(&filter).is_ok(), "{}", filter);
+            }
+        }
+    }
+
+    fn config() -> TopicNames {
+        TopicNames::new("retail", "s1")
     }
 
     #[test]
@@ -334,12 +386,11 @@ mod tests {
 
     #[test]
     fn scanner_feeds_are_found_from_filters_built_once() {
-        let c = crate::config::from_layers(
-            "t",
-            Some("[store]\nid = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nprefix = \"retail\"\n[[sources]]\nkind = \"mqtt_scanners\"\nopenmqttgateway = [\"home/+/BTtoMQTT/+\"]\nespresense = [\"espresense/devices/+/+\"]\n"),
-            Default::default(),
-        )
-        .unwrap();
+        let c = config().with_scanner_source(
+            true,
+            &["home/+/BTtoMQTT/+".to_string()],
+            &["espresense/devices/+/+".to_string()],
+        );
         let filters = scanner_filters(&c);
         assert_eq!(
             scanner_feed(&filters, "retail/s1/scanners/node-1"),

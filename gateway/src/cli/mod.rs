@@ -170,6 +170,26 @@ pub fn require_config(path: Option<&Path>) -> Result<Config, CliError> {
     Ok(config::load(Some(path))?)
 }
 
+/// The site config for `run`: validated, and its TLS settings loaded into
+/// rustls the way delivery will load them, so that a certificate rustls
+/// refuses (or a key that does not fit) stops the start, not every
+/// connection attempt.
+pub fn require_run_config(path: Option<&Path>) -> Result<Config, CliError> {
+    let config = require_config(path)?;
+    match path {
+        Some(file) => tls_checked(file, config),
+        None => Ok(config),
+    }
+}
+
+fn tls_checked(file: &Path, config: Config) -> Result<Config, CliError> {
+    crate::io::mqtt::check_tls(&config).map_err(|problem| config::ConfigError::Invalid {
+        file: file.display().to_string(),
+        problems: vec![problem],
+    })?;
+    Ok(config)
+}
+
 /// `gateway decode`: one hex string, or `-` for one per line of stdin.
 pub fn decode(
     hex: &str,
@@ -195,7 +215,7 @@ pub fn decode(
 
 /// `gateway check-config`: prints a short summary, or every problem.
 pub fn check_config(file: &Path) -> Result<String, CliError> {
-    let config = config::load(Some(file))?;
+    let config = tls_checked(file, config::load(Some(file))?)?;
     Ok(format!(
         "{}: ok (store {}, {} zone(s), {} rule(s), {} source(s), config hash {})",
         file.display(),

@@ -70,9 +70,9 @@ pub struct RawMqtt {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: String,
-    /// sled's page cache, in MiB (default `store::DEFAULT_CACHE_MB`).
-    #[serde(default)]
-    pub cache_mb: Option<u64>,
+    /// sled's page cache, in MiB (`config/default.toml`: 16, as
+    /// `store::DEFAULT_CACHE_MB` for stores opened without a config).
+    pub cache_mb: u64,
 }
 
 #[derive(Debug, Deserialize)]

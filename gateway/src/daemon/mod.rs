@@ -285,7 +285,7 @@ pub async fn run(
             outbox_ready: outbox_ready.clone(),
             incoming: incoming_tx,
             outgoing: outgoing_rx,
-            subscriptions: topics::all_subscriptions(&config),
+            subscriptions: topics::all_subscriptions(&config.topics),
             connected: connected_tx,
             refused_subscriptions: refused_tx,
             config_updates: config_rx.clone(),

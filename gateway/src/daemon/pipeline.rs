@@ -72,7 +72,7 @@ impl Pipeline {
             presence.seed_visit(person, seed);
         }
         let fleet = Fleet::new(config.beacons.clone());
-        let scanner_filters = topics::scanner_filters(&config);
+        let scanner_filters = topics::scanner_filters(&config.topics);
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
         Ok(Pipeline {
@@ -140,7 +140,7 @@ impl Pipeline {
             self.last_fleet_report_ms = i64::MIN;
         }
         self.presence.set_config(config.presence.clone());
-        self.scanner_filters = topics::scanner_filters(&config);
+        self.scanner_filters = topics::scanner_filters(&config.topics);
         self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
     }
@@ -169,7 +169,7 @@ impl Pipeline {
             self.last_fleet_report_ms = now;
             let report = self.fleet.report(now).to_string().into_bytes();
             self.send(OutgoingMessage {
-                topic: topics::beacons(&self.config),
+                topic: topics::beacons(&self.config.topics),
                 payload: report,
                 correlation_data: None,
                 retain: true,

@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,8 +80,6 @@ impl fmt::Display for CatalogProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("{file}: {reason}")]
-    Read { file: String, reason: String },
     /// Not TOML, a wrong type or an unknown field (the reason names the line).
     #[error("{file}: {reason}")]
     Parse { file: String, reason: String },
@@ -204,16 +201,8 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 impl Catalog {
-    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Read {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
-        Catalog::from_toml_str(&file, &text)
-    }
-
-    /// Parse and validate; `file` only labels the errors.
+    /// Parse and validate; `file` only labels the errors. Pure: the
+    /// configuration's read step reads the file (`config/read.rs`).
     pub fn from_toml_str(file: &str, text: &str) -> Result<Catalog, CatalogError> {
         let raw: RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Parse {
             file: file.to_string(),

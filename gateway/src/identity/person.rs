@@ -30,9 +30,15 @@ impl fmt::Display for PersonId {
     }
 }
 
+/// The salted hash once the salt is installed (`privacy::install_salt`, at
+/// daemon start), else only a placeholder: Debug itself never makes a salt
+/// (no randomness, clock or environment in formatting a value).
 impl fmt::Debug for PersonId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PersonId({})", crate::privacy::hashed(self.as_str()))
+        match crate::privacy::hashed_if_salted(self.as_str()) {
+            Some(hash) => write!(f, "PersonId({hash})"),
+            None => f.write_str("PersonId(***)"),
+        }
     }
 }
 
@@ -600,6 +606,14 @@ pub fn parse_consent_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_the_salted_hash_never_the_id() {
+        let id = PersonId::from("ana@example.com");
+        let hash = crate::privacy::hashed("ana@example.com");
+        assert_eq!(format!("{id:?}"), format!("PersonId({hash})"));
+        assert!(!format!("{:?}", PersonId::from("p-77")).contains("p-77"));
+    }
 
     const DESIGN_EXAMPLE: &str = r#"{"person": "p-1001", "recipient": "r-5f2c9a", "timezone": null,
  "identities": [{"kind": "app", "key": "75c734c6dd1a782de7a965da5eb93125"},

@@ -9,27 +9,9 @@
 //! one address). Only the store's beacons are tracked; nothing is kept about
 //! any other device.
 
+pub use crate::config::{BeaconKind, FleetBeacon};
 use crate::decode::{Frame, uuid_string};
 use crate::sighting::BdAddr;
-
-/// How a store beacon identifies itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BeaconKind {
-    IBeacon {
-        uuid: [u8; 16],
-        major: u16,
-        minor: u16,
-    },
-    EddystoneUid {
-        namespace: [u8; 10],
-        instance: [u8; 6],
-    },
-    AltBeacon {
-        id1: [u8; 16],
-        id2: u16,
-        id3: u16,
-    },
-}
 
 impl BeaconKind {
     fn matches(&self, frame: &Frame) -> bool {
@@ -85,19 +67,6 @@ impl BeaconKind {
             }),
         }
     }
-}
-
-/// One of the store's beacons, from config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FleetBeacon {
-    /// The store's name for it ("door-left").
-    pub id: String,
-    pub kind: BeaconKind,
-    /// Below this battery voltage (from Eddystone-TLM) the status is
-    /// `low_battery`; `None` never reports it.
-    pub low_battery_mv: Option<u16>,
-    /// Not heard for this long: `missing`.
-    pub missing_after_s: u64,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -50,8 +50,7 @@ const LINK_EVENTS: usize = 1024;
 /// Now anything up to this size reaches the pipeline, which rejects
 /// payloads over `MAX_INCOMING_BYTES` with a report; the broker drops larger
 /// ones for us (spec: it must not send them).
-pub const MAX_INCOMING_PACKET_BYTES: u32 = 64 * 1024;
-const _: () = assert!(MAX_INCOMING_PACKET_BYTES as usize > 2 * crate::daemon::MAX_INCOMING_BYTES);
+pub const MAX_INCOMING_PACKET_BYTES: u32 = crate::config::MAX_MQTT_PACKET_BYTES;
 // The largest payload we publish is `mqtt.max_publish_bytes`, the
 // broker's `message_size_limit`: a broker refuses a larger one with PUBACK
 // 0x95, a code rumqttc 0.25 cannot parse, so it would drop the connection
@@ -231,6 +230,23 @@ fn read_pem(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TlsP
         field,
         reason: format!("{}: {e}", path.display()),
     })
+}
+
+/// The TLS settings of `config` loaded into rustls, as a config problem
+/// (`mqtt.<field>: reason`) if they cannot be: what `check-config` and
+/// `run` add to the config's own checks of the files (which see only that
+/// they are PEM with a certificate and a key, not whether rustls takes them
+/// or the key fits the certificate).
+pub fn check_tls(config: &Config) -> Result<(), crate::config::Problem> {
+    match &config.mqtt.tls {
+        None => Ok(()),
+        Some(tls) => tls_client_config(tls)
+            .map(|_| ())
+            .map_err(|e| crate::config::Problem {
+                path: format!("mqtt.{}", e.field),
+                reason: e.reason,
+            }),
+    }
 }
 
 /// The rustls client configuration for `mqtts://`: rustls' `ring` provider
@@ -612,13 +628,8 @@ enum Pending {
     Other,
 }
 
-/// When each reserved nudge's triggering sighting arrived, by nudge id:
-/// written by the pipeline at reservation, taken by delivery at publish.
-/// Bounded; a nudge without a stamp (after a restart, say) is not timed.
-pub type LatencyStamps = Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>;
-
-/// At most this many reservations wait for their PUBACK to be timed.
-pub const MAX_LATENCY_STAMPS: usize = 4096;
+/// Written by the reservation stage, taken here at publish.
+pub use crate::reservations::{LatencyStamps, MAX_LATENCY_STAMPS};
 
 /// The summary `/metrics` reports the sighting → PUBACK latency in.
 pub const SIGHTING_TO_PUBACK: &str = "sighting_to_puback_seconds";
@@ -958,6 +969,11 @@ impl Delivery {
         if let Some(path) = &config.mqtt.password_file {
             check_secret_file(&telemetry, "mqtt.password_file", path);
         }
+        if config.mqtt.password_in_clear() {
+            tracing::warn!(
+                "mqtt: a password over plain mqtt:// travels in the clear; use mqtts://"
+            );
+        }
         let mut pump = Pump {
             subscriptions,
             subscribe_pending: false,
@@ -1123,7 +1139,7 @@ mod tests {
     #[test]
     fn a_suback_names_the_refused_kinds_and_retained_requests_are_ignored() {
         let c = load("[mqtt]\nurl = \"mqtt://h\"\n", &[]).unwrap();
-        let subs = crate::topics::all_subscriptions(&c);
+        let subs = crate::topics::all_subscriptions(&c.topics);
         let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); subs.len()];
         assert_eq!(refused_kinds(&subs, &codes), Some(vec![]));
         codes[1] = SubscribeReasonCode::NotAuthorized;
@@ -1173,18 +1189,17 @@ mod tests {
 
     #[test]
     fn mqtts_urls_enable_tls_with_default_port_and_system_roots() {
-        let c = load("[mqtt]\nurl = \"mqtts://broker.example\"\n", &[]);
-        // A machine without system CA certificates reports that instead.
-        match c {
-            Ok(c) => {
-                assert_eq!(
-                    (c.mqtt.host.as_str(), c.mqtt.port),
-                    ("broker.example", 8883)
-                );
-                assert_eq!(c.mqtt.tls, Some(TlsSettings::default()));
-                assert!(options(&c).is_ok());
-            }
-            Err(e) => assert!(e.to_string().contains("mqtt.ca_file"), "{e}"),
+        let c = load("[mqtt]\nurl = \"mqtts://broker.example\"\n", &[]).unwrap();
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port),
+            ("broker.example", 8883)
+        );
+        assert_eq!(c.mqtt.tls, Some(TlsSettings::default()));
+        // A machine without system CA certificates reports that instead
+        // (`check-config` and `run` ask `check_tls`).
+        match check_tls(&c) {
+            Ok(()) => assert!(options(&c).is_ok()),
+            Err(e) => assert_eq!(e.path, "mqtt.ca_file", "{e}"),
         }
         let c = load("[mqtt]\nurl = \"mqtt://broker.example\"\n", &[]).unwrap();
         assert_eq!(c.mqtt.port, 1883);
@@ -1232,6 +1247,33 @@ mod tests {
             &[],
         ));
         assert!(e.contains("go together"), "{e}");
+    }
+
+    #[test]
+    fn check_tls_loads_what_the_config_only_saw_as_pem() {
+        // PEM sections around DER rustls cannot use: the config's check of
+        // the file passes, loading it into rustls does not.
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("bogus.crt");
+        std::fs::write(
+            &bogus,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let c = load(
+            &format!(
+                "[mqtt]\nurl = \"mqtts://h:8883\"\nca_file = \"{}\"\n",
+                bogus.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        let e = check_tls(&c).unwrap_err();
+        assert_eq!(e.path, "mqtt.ca_file");
+        assert!(e.reason.contains("no usable CA certificate"), "{e}");
+        assert!(options(&c).is_err());
+        let plain = load("[mqtt]\nurl = \"mqtt://h\"\n", &[]).unwrap();
+        assert_eq!(check_tls(&plain), Ok(()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Pipeline {
                     "erased_at": rfc3339_ms(now),
                 });
                 self.send(OutgoingMessage {
-                    topic: topics::erasures(&self.config),
+                    topic: topics::erasures(&self.config.topics),
                     payload: notice.to_string().into_bytes(),
                     correlation_data: None,
                     retain: false,
@@ -71,13 +71,13 @@ impl Pipeline {
             .to_string()
             .into_bytes();
         self.send(OutgoingMessage {
-            topic: topics::receipts(&self.config, recipient),
+            topic: topics::receipts(&self.config.topics, recipient),
             payload: receipt.clone(),
             correlation_data: None,
             retain: false,
         });
         if let Some(response_topic) = &message.response_topic {
-            if topics::response_topic_allowed(&self.config, recipient, response_topic) {
+            if topics::response_topic_allowed(&self.config.topics, recipient, response_topic) {
                 self.send(OutgoingMessage {
                     topic: response_topic.clone(),
                     payload: receipt,

@@ -15,6 +15,7 @@ use super::*;
 
 /// Largest incoming payload accepted on any topic.
 pub const MAX_INCOMING_BYTES: usize = 16 * 1024;
+const _: () = assert!(mqtt::MAX_INCOMING_PACKET_BYTES as usize > 2 * MAX_INCOMING_BYTES);
 
 /// A rejected incoming message: reported by kind and reason, never by content.
 pub(super) struct Rejection {
@@ -48,7 +49,7 @@ impl Pipeline {
             return;
         }
         let topic = message.topic.clone();
-        let kind = classify(&self.config, &topic);
+        let kind = classify(&self.config.topics, &topic);
         let label = kind.kind();
         self.telemetry
             .count("incoming_total", &[("kind", label)], 1);
@@ -107,7 +108,7 @@ impl Pipeline {
             "reason": truncated(&rejected.reason, MAX_REASON_CHARS),
         });
         self.send(OutgoingMessage {
-            topic: topics::errors(&self.config),
+            topic: topics::errors(&self.config.topics),
             payload: report.to_string().into_bytes(),
             correlation_data: None,
             retain: false,
