@@ -131,7 +131,7 @@ impl Bench {
         let person = &self.people[self.next % self.people.len()];
         self.next += 1;
         let id = uuid::Uuid::now_v7().to_string();
-        let now = wall_ms();
+        let now = gateway::clock::wall_ms();
         let payload = serde_json::json!({"id": id, "kind": "info", "title": "Benchmark", "body": "A nudge of realistic size for the delivery benchmark, about three hundred bytes with the why and stop texts that a real one carries.", "zone": "laptops"}).to_string();
         let topic = self.config.nudge_topic(&person.recipient);
         match self
@@ -159,13 +159,6 @@ impl Bench {
             Reservation::Held(reason) => panic!("held: {reason:?}"),
         }
     }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Start delivery on its own runtime thread; returns the stop token and the

@@ -1,7 +1,8 @@
 //! The in-process pipeline, per advert, as `daemon::on_sighting` runs it
 //! minus the I/O: decode → resolve (People with 100,000 enrolled) →
-//! consent gate → presence → beacon fleet → on Dwell events: matching
-//! rules, consent, `check_caps` against in-memory ledgers. The durable part
+//! consent gate → presence → beacon fleet → on Dwell events: the
+//! daemon's decision step (`decide::prepare`: rules, consent, content;
+//! `decide::choose`: caps) against in-memory ledgers. The durable part
 //! (sled transaction + flush) is measured separately
 //! (`cargo run --release -p gateway --example durable_decisions`).
 //!
@@ -25,8 +26,8 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway::decide::{
-    Caps, Ledger, NudgeKind, Rule, SentNudge, StoreRateLedger, check_caps, check_consent,
-    matching_rules,
+    Caps, ContentSources, Happening, Ledger, Limits, NudgeKind, Rule, StoreRateLedger,
+    TriggeredRule, Verdict, choose, dwell_rules, prepare,
 };
 use gateway::decode::{DecodeOptions, Frame, decode_into};
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord, interval_of, rotating_id};
@@ -249,7 +250,7 @@ pub struct Pipeline {
     people: People,
     presence: PresenceEngine,
     fleet: Fleet,
-    rules: Vec<Rule>,
+    rules: Vec<TriggeredRule>,
     caps: Caps,
     tz: Tz,
     ledgers: HashMap<PersonId, Ledger>,
@@ -317,7 +318,7 @@ impl Pipeline {
             people,
             presence: PresenceEngine::new(presence_config()),
             fleet: fleet(),
-            rules: rules(),
+            rules: dwell_rules(&rules()),
             caps: Caps {
                 per_visit: 2,
                 per_day: 3,
@@ -376,8 +377,7 @@ impl Pipeline {
                     n += self
                         .people
                         .resolve(rotating_id)
-                        .and_then(|p| self.people.consent(p))
-                        .is_some_and(|c| c.proximity) as usize;
+                        .is_some_and(|p| self.people.opted_in(p)) as usize;
                 }
             }
         }
@@ -409,11 +409,7 @@ impl Pipeline {
                 else {
                     continue;
                 };
-                let Some(person) = self
-                    .people
-                    .resolve(rotating_id)
-                    .filter(|p| self.people.consent(p).is_some_and(|c| c.proximity))
-                else {
+                let Some(person) = self.people.recognise(rotating_id) else {
                     continue;
                 };
                 self.recognised += 1;
@@ -448,36 +444,27 @@ impl Pipeline {
         let Some(person) = self.people.get(event.person()) else {
             return;
         };
-        for candidate in matching_rules(event, &person, &self.rules) {
-            let rule = candidate.rule;
-            if check_consent(&person, rule.kind).is_err() {
-                self.held += 1;
-                continue;
-            }
-            let ledger = self.ledgers.entry(person.person.clone()).or_default();
-            match check_caps(
-                ledger,
-                &self.store_rate,
-                &self.caps,
-                None,
-                &self.tz,
-                rule.kind,
-                &rule.id,
-                candidate.visit,
-                candidate.at_ms,
-            ) {
-                Ok(()) => {
-                    ledger.record(SentNudge {
-                        at_ms: candidate.at_ms,
-                        kind: rule.kind,
-                        rule: rule.id.clone(),
-                        visit: candidate.visit,
-                    });
-                    self.store_rate.record(candidate.at_ms);
-                    self.reserved += 1;
-                    return;
-                }
-                Err(_) => self.held += 1,
+        let prepared = prepare(
+            &Happening::Presence {
+                event,
+                visit_number: None,
+            },
+            &person,
+            &self.rules,
+            &ContentSources::default(),
+        );
+        let limits = Limits {
+            caps: &self.caps,
+            quiet: None,
+            tz: &self.tz,
+            enabled: true,
+        };
+        let ledger = self.ledgers.entry(person.person.clone()).or_default();
+        let choice = choose(&prepared, ledger, &mut self.store_rate, &limits);
+        for verdict in &choice.verdicts {
+            match verdict {
+                Verdict::Sent => self.reserved += 1,
+                Verdict::Held(_) | Verdict::NotReady => self.held += 1,
             }
         }
     }

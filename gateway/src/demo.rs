@@ -385,12 +385,10 @@ pub async fn run(
     )?;
 
     let scenario = firmware_sim::Scenario::small_demo(options.seed);
-    let people: Vec<PersonRecord> = scenario
-        .people_jsonl()
-        .lines()
-        .map(PersonRecord::from_json)
-        .collect::<Result<_, _>>()
-        .map_err(|e| DemoError::Simulator(format!("simulator people file: {e}")))?;
+    let people: Vec<PersonRecord> =
+        crate::jsonl::parse_all(&scenario.people_jsonl(), PersonRecord::from_json).map_err(
+            |(line, e)| DemoError::Simulator(format!("simulator people file:{line}: {e}")),
+        )?;
     {
         let store = Store::open(&storage).map_err(|e| DemoError::Storage(e.to_string()))?;
         store

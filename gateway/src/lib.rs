@@ -15,6 +15,7 @@ pub mod decode;
 pub mod demo;
 pub mod identity;
 pub mod io;
+pub mod jsonl;
 pub mod people;
 pub mod presence;
 pub mod privacy;

@@ -183,6 +183,19 @@ impl People {
         self.table.lookup(rotating_id)
     }
 
+    /// Whether the person is known and opted in to proximity
+    /// ([`Consent::opted_in_to_proximity`]).
+    pub fn opted_in(&self, person: &PersonId) -> bool {
+        self.consent(person)
+            .is_some_and(|c| c.opted_in_to_proximity())
+    }
+
+    /// The opted-in person behind a rotating identifier; `None` for a
+    /// stranger (nobody enrolled it, or its owner did not opt in).
+    pub fn recognise(&self, rotating_id: &[u8; 16]) -> Option<&PersonId> {
+        self.resolve(rotating_id).filter(|p| self.opted_in(p))
+    }
+
     pub fn roll_to(&mut self, now_s: i64) {
         self.table.roll_to(now_s);
     }
@@ -252,7 +265,7 @@ impl People {
             }
         }
         if let Some(previous) = self.entry(&record.person) {
-            if previous.consent.proximity && !record.consent.proximity {
+            if previous.consent.opted_in_to_proximity() && !record.consent.opted_in_to_proximity() {
                 out.withdrawn.push(record.person.clone());
             }
         }

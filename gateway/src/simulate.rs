@@ -16,9 +16,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::decide::{
-    self, Catalog, Ledger, NudgeKind, Offer, SentNudge, SkipReason, StoreRateLedger, ThanksEvent,
-    Trigger, TriggeredRule, best_offer, candidates_for_event, check_caps, check_consent, compose,
-    thanks_candidates,
+    self, Catalog, ContentSources, Happening, Ledger, Limits, NudgeKind, Offer, Prepared,
+    SkipReason, StoreRateLedger, Trigger, TriggeredRule, Verdict,
 };
 use crate::decode::{Frame, decode_into};
 use crate::identity::{PersonId, PersonRecord, RotatingIdTable};
@@ -154,17 +153,13 @@ pub fn simulate_with(
     people: &[PersonRecord],
     options: &SimulateOptions,
 ) -> Result<SimulationReport, SimulateError> {
-    let mut sightings = Vec::new();
-    for (i, line) in capture_jsonl.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let s = Sighting::from_json(line).map_err(|e| SimulateError::Capture {
-            line: i + 1,
-            reason: e.to_string(),
+    let mut sightings =
+        crate::jsonl::parse_all(capture_jsonl, Sighting::from_json).map_err(|(line, e)| {
+            SimulateError::Capture {
+                line,
+                reason: e.to_string(),
+            }
         })?;
-        sightings.push(s);
-    }
     // Sources deliver roughly in order; replay in capture-time order.
     sightings.sort_by_key(|s| s.at_ms);
 
@@ -212,18 +207,35 @@ pub fn simulate_with(
         decode_into(&s.adv, &config.decode, &mut frames);
         events.clear();
         for frame in &frames {
-            let Frame::AppToken { rotating_id, .. } = frame else {
+            let Frame::AppToken {
+                rotating_id,
+                tx_power,
+                ..
+            } = frame
+            else {
                 continue;
             };
             let Some(person) = table.lookup(rotating_id) else {
                 continue;
             };
             // As the daemon: without proximity consent a person is a stranger.
-            if !run.people.get(person).is_some_and(|r| r.consent.proximity) {
+            if !run
+                .people
+                .get(person)
+                .is_some_and(|r| r.consent.opted_in_to_proximity())
+            {
                 continue;
             }
             recognised.insert(person.clone());
-            presence.observe(person, &s.scanner, s.rssi, s.at_ms, &mut events);
+            // As the daemon: the power the advert announces corrects its level.
+            presence.observe_with_power(
+                person,
+                &s.scanner,
+                s.rssi,
+                Some(*tx_power),
+                s.at_ms,
+                &mut events,
+            );
         }
         run.handle(&events);
     }
@@ -255,102 +267,66 @@ impl Run<'_> {
             let Some(person) = self.people.get(event.person()).cloned() else {
                 continue;
             };
-            let rules = std::mem::take(&mut self.rules);
-            let candidates = match event {
-                PresenceEvent::Entered { visit, at_ms, .. } => {
+            // As the daemon (`Store::count_visit`): every visit counts.
+            let visit_number = match event {
+                PresenceEvent::Entered { .. } => {
                     let n = self.visits.entry(person.person.clone()).or_default();
                     *n += 1;
-                    let thanks = ThanksEvent::Visit {
-                        number: *n,
-                        visit: *visit,
-                        at_ms: *at_ms,
-                    };
-                    thanks_candidates(&thanks, &person, &rules)
+                    Some(*n)
                 }
-                _ => candidates_for_event(event, &person, &rules),
+                _ => None,
             };
-            self.decide(&person, &candidates);
-            self.rules = rules;
+            self.decide(
+                &person,
+                &Happening::Presence {
+                    event,
+                    visit_number,
+                },
+            );
         }
     }
 
-    fn hold(&mut self, person: &PersonRecord, c: &decide::Candidate<'_>, reason: String) {
-        self.held.push(SimulatedHold {
-            at_ms: c.at_ms,
-            person: hashed(person.person.as_str()),
-            rule: c.rule.id.clone(),
-            kind: c.rule.kind,
-            reason,
-        });
-    }
-
-    /// The daemon's decision loop, with caps in memory.
-    fn decide(&mut self, person: &PersonRecord, candidates: &[decide::Candidate<'_>]) {
+    /// The daemon's decision step (`decide::prepare` then `decide::choose`),
+    /// with the ledgers in memory.
+    fn decide(&mut self, person: &PersonRecord, happening: &Happening<'_>) {
         let config = self.config;
-        for c in candidates {
-            let kind = c.rule.kind;
-            if let Err(reason) = check_consent(person, kind) {
-                self.hold(person, c, reason.label().to_string());
-                continue;
-            }
-            let offer = (kind == NudgeKind::Offer)
-                .then(|| best_offer(&self.options.offers, &person.identities, c.at_ms))
-                .flatten();
-            if let Err(e) = compose(c, person, self.options.catalog.as_ref(), offer.as_ref()) {
-                let label = match e {
-                    decide::ComposeError::NoOffer => "no_offer",
-                    decide::ComposeError::Template(_) => "template",
-                };
-                self.hold(person, c, label.to_string());
-                continue;
-            }
-            let ledger = self.ledgers.entry(person.person.clone()).or_default();
-            let verdict = if config.nudges_enabled {
-                check_caps(
-                    ledger,
-                    &self.rate,
-                    &config.caps,
-                    config.quiet_hours.as_ref(),
-                    &config.timezone,
-                    kind,
-                    &c.rule.id,
-                    c.visit,
-                    c.at_ms,
-                )
-            } else {
-                Err(SkipReason::KillSwitch)
-            };
-            match verdict {
-                Ok(()) => {
-                    ledger.record(SentNudge {
-                        at_ms: c.at_ms,
-                        kind,
-                        rule: c.rule.id.clone(),
-                        visit: c.visit,
-                    });
-                    if config.caps.store_per_minute.is_some() {
-                        self.rate.record(c.at_ms);
-                    }
+        let sources = ContentSources {
+            catalog: self.options.catalog.as_ref(),
+            offers: &self.options.offers,
+        };
+        let prepared = decide::prepare(happening, person, &self.rules, &sources);
+        let limits = Limits {
+            caps: &config.caps,
+            quiet: config.quiet_hours.as_ref(),
+            tz: &config.timezone,
+            enabled: config.nudges_enabled,
+        };
+        let ledger = self.ledgers.entry(person.person.clone()).or_default();
+        let choice = decide::choose(&prepared, ledger, &mut self.rate, &limits);
+        let tag = hashed(person.person.as_str());
+        for (Prepared { candidate, content }, verdict) in prepared.iter().zip(choice.verdicts) {
+            let reason = match (verdict, content) {
+                (Verdict::Sent, _) => {
                     self.sent.push(SimulatedNudge {
-                        at_ms: c.at_ms,
-                        person: hashed(person.person.as_str()),
-                        rule: c.rule.id.clone(),
-                        kind,
-                        zone: c.zone.to_string(),
+                        at_ms: candidate.at_ms,
+                        person: tag.clone(),
+                        rule: candidate.rule.id.clone(),
+                        kind: candidate.rule.kind,
+                        zone: candidate.zone.to_string(),
                     });
-                    return;
+                    continue;
                 }
-                Err(reason) => {
-                    let lower_may_try = matches!(
-                        reason,
-                        SkipReason::RuleCooldown { .. } | SkipReason::PerKindPerDay { .. }
-                    );
-                    self.hold(person, c, reason.label().to_string());
-                    if !lower_may_try {
-                        return;
-                    }
-                }
-            }
+                (Verdict::Held(reason), _) => reason.label(),
+                (Verdict::NotReady, Err(not_ready)) => not_ready.label(),
+                (Verdict::NotReady, Ok(_)) => continue,
+            };
+            self.held.push(SimulatedHold {
+                at_ms: candidate.at_ms,
+                person: tag.clone(),
+                rule: candidate.rule.id.clone(),
+                kind: candidate.rule.kind,
+                reason: reason.to_string(),
+            });
         }
     }
 

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Label names and values, all written in the code (see the module doc).
 type Labels = Vec<(&'static str, &'static str)>;
@@ -41,9 +40,7 @@ struct LogBudget {
 
 impl LogBudget {
     fn may(&self, per_second: u64) -> bool {
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now_s = crate::clock::wall_ms() / 1000;
         if self.window_s.swap(now_s, Ordering::Relaxed) != now_s {
             self.count.store(0, Ordering::Relaxed);
         }

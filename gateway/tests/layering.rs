@@ -9,14 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The core: pure, no I/O (docs/design.md; `ARCHITECTURE.md`). `topics` and
-/// `clock` use nothing else in the crate; the rest use only each other
+/// The core: pure, no I/O (docs/design.md; `ARCHITECTURE.md`). `topics`,
+/// `clock` and `jsonl` use nothing else in the crate; the rest use only each other
 /// (without cycles, checked below).
 const CORE: &[&str] = &[
     "sighting",
     "decode",
     "privacy",
     "clock",
+    "jsonl",
     "ratelimit",
     "topics",
     "identity",
@@ -32,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("decode", &["core"]),
     ("privacy", &["core"]),
     ("clock", &[]),
+    ("jsonl", &[]),
     ("ratelimit", &["core"]),
     ("topics", &[]),
     ("identity", &["core"]),

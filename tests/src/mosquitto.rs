@@ -206,7 +206,7 @@ impl Mosquitto {
             // The flood publisher keeps at most ~600 messages ahead of what
             // the gateway counted as handled, but Mosquitto counts what the
             // gateway has not acked yet: when its acks lagged (see
-            // ERROR_REPORTS_PER_SECOND in daemon.rs) the broker dropped
+            // ERROR_REPORTS_PER_SECOND in daemon/pipeline.rs) the broker dropped
             // messages "over the queue limit" at 1000 and at 20000. No
             // limit: the pacing is the bound, and a lag shows as memory.
             let _ = writeln!(c, "max_queued_messages 0");

@@ -238,6 +238,12 @@ pub fn simulate(
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
     };
+    // The report names people by the logs' salted hash: with the salt a
+    // gateway logs with (GATEWAY_LOG_SALT, as for `gateway run`), its tags
+    // match that gateway's logs.
+    if let Ok(salt) = std::env::var("GATEWAY_LOG_SALT") {
+        crate::privacy::install_salt(salt.as_bytes());
+    }
     let capture_text = read(capture)?;
     let (records, errors) = people::parse_import(people, &read(people)?);
     if !errors.is_empty() {

@@ -24,11 +24,7 @@ pub fn parse_import(path: &Path, text: &str) -> (Vec<PersonRecord>, Vec<String>)
     let mut errors = Vec::new();
     let mut seen_people = std::collections::HashMap::new();
     let mut seen_recipients = std::collections::HashMap::new();
-    for (index, line) in text.lines().enumerate() {
-        let line_no = index + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (line_no, line) in crate::jsonl::lines(text) {
         match PersonRecord::from_json(line) {
             Ok(record) => {
                 if let Some(first) = seen_people.insert(record.person.clone(), line_no) {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{Candidate, Cause, NudgeKind, Rule};
+use super::{Candidate, Cause, NudgeKind, Rule, by_priority};
 use crate::identity::{Buyer, PersonRecord, Purchase};
 use crate::presence::{PresenceEvent, VisitId, ZoneId};
 
@@ -102,15 +102,6 @@ fn relevant(rule: &Rule, person: &PersonRecord) -> bool {
     rule.interest
         .as_ref()
         .is_none_or(|i| person.interests.iter().any(|p| p == i))
-}
-
-fn by_priority(matched: &mut [Candidate<'_>]) {
-    matched.sort_by(|a, b| {
-        b.rule
-            .priority
-            .cmp(&a.rule.priority)
-            .then_with(|| a.rule.id.cmp(&b.rule.id))
-    });
 }
 
 fn store_zone() -> ZoneId {

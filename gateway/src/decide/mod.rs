@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod kinds;
 mod nudge;
 pub mod offers;
+pub mod step;
 pub mod template;
 pub mod wording;
 
@@ -22,6 +23,10 @@ pub use nudge::{
     compose, template_context,
 };
 pub use offers::{Offer, Segment, best_offer};
+pub use step::{
+    Ask, Choice, Contender, ContentSources, Happening, Limits, NotReady, Prepared, Verdict, choose,
+    prepare,
+};
 pub use template::{TemplateContext, TemplateError, render_template, validate_template};
 pub use wording::check_wording;
 
@@ -224,13 +229,20 @@ pub fn matching_rules<'a>(
             cause: Cause::Dwell { dwell_s: *dwell_s },
         })
         .collect();
-    matched.sort_by(|a, b| {
+    by_priority(&mut matched);
+    matched
+}
+
+/// The one priority order of a decision's candidates: higher `priority`
+/// first, then rule id (so that equal priorities decide the same way
+/// everywhere).
+pub fn by_priority(candidates: &mut [Candidate<'_>]) {
+    candidates.sort_by(|a, b| {
         b.rule
             .priority
             .cmp(&a.rule.priority)
             .then_with(|| a.rule.id.cmp(&b.rule.id))
     });
-    matched
 }
 
 /// Consent gate, checked before any cap: no nudge without opt-in to its purpose.

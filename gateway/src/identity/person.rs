@@ -93,6 +93,13 @@ pub struct Consent {
 }
 
 impl Consent {
+    /// Whether the person opted in to being recognised in the store at
+    /// all. Without it they are a stranger: not resolved, not stored, not
+    /// logged, never nudged. The one place this question is answered.
+    pub fn opted_in_to_proximity(&self) -> bool {
+        self.proximity
+    }
+
     /// Whether a purpose is allowed. Without `proximity` nothing is.
     pub fn allows(&self, purpose: Purpose) -> bool {
         self.proximity && self.get(purpose)

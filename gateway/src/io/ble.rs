@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use btleplug::api::{Central, CentralEvent, Manager as _, ScanFilter};
 use btleplug::platform::{Adapter, Manager, PeripheralId};
@@ -229,7 +229,9 @@ async fn scan(
             }
         }
         for id in changed {
-            let Some(sighting) = devices.sighting(&id, &settings.scanner_id, wall_ms()) else {
+            let Some(sighting) =
+                devices.sighting(&id, &settings.scanner_id, crate::clock::wall_ms())
+            else {
                 continue;
             };
             events::sighting_received(telemetry, SOURCE);
@@ -253,12 +255,6 @@ async fn stop(adapter: &Adapter, result: Result<(), ScanError>) -> Result<(), Sc
     // Best effort: after a removal or a BlueZ restart there is nothing to stop.
     let _ = tokio::time::timeout(Duration::from_secs(1), adapter.stop_scan()).await;
     result
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The address in a BlueZ device path: ".../dev_AA_BB_CC_DD_EE_01".

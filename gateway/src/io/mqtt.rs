@@ -824,7 +824,7 @@ impl Pump {
             return;
         }
         self.subscribe();
-        let now_ms = now_ms();
+        let now_ms = crate::clock::wall_ms();
         let mut to_send = Vec::new();
         for item in self.store.outbox_from(self.cursor) {
             if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
@@ -892,12 +892,6 @@ impl Pump {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Everything delivery needs from the daemon.

@@ -150,14 +150,11 @@ pub async fn run_replay(
 /// Check a capture without running it: every bad line, with its number.
 pub fn check_capture(path: &Path) -> Result<Vec<String>, std::io::Error> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .filter_map(|(i, l)| {
+    Ok(crate::jsonl::lines(&text)
+        .filter_map(|(number, l)| {
             Sighting::from_json(l)
                 .err()
-                .map(|e| format!("{}:{}: {e}", path.display(), i + 1))
+                .map(|e| format!("{}:{number}: {e}", path.display()))
         })
         .collect())
 }

@@ -480,30 +480,22 @@ pub fn evaluate_capture(
     truth_jsonl: &str,
     opts: &EvalOptions<'_>,
 ) -> Result<EvalReport, EvalError> {
-    let mut sightings = Vec::new();
-    for (index, line) in capture_jsonl.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let sighting = Sighting::from_json(line).map_err(|e| EvalError::Capture {
-            line: index + 1,
-            field: e.field,
-            reason: e.reason,
+    let sightings =
+        crate::jsonl::parse_all(capture_jsonl, Sighting::from_json).map_err(|(line, e)| {
+            EvalError::Capture {
+                line,
+                field: e.field,
+                reason: e.reason,
+            }
         })?;
-        sightings.push(sighting);
-    }
-    let mut truth = Vec::new();
-    for (index, line) in truth_jsonl.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let span = TruthSpan::from_json_line(line).map_err(|e| EvalError::Truth {
-            line: index + 1,
-            field: e.field,
-            reason: e.reason,
+    let truth =
+        crate::jsonl::parse_all(truth_jsonl, TruthSpan::from_json_line).map_err(|(line, e)| {
+            EvalError::Truth {
+                line,
+                field: e.field,
+                reason: e.reason,
+            }
         })?;
-        truth.push(span);
-    }
     Ok(evaluate(config, &sightings, &truth, opts))
 }
 

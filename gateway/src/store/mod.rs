@@ -18,7 +18,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::decide::{
-    Caps, Ledger, NudgeKind, QuietHours, SentNudge, SkipReason, StoreRateLedger, check_caps,
+    Ask, Caps, Contender, Ledger, Limits, NudgeKind, QuietHours, SkipReason, StoreRateLedger,
+    Verdict, choose,
 };
 use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
@@ -132,6 +133,18 @@ pub struct ReserveCandidate {
 
 /// One person's decision: the candidates in priority order, and the caps
 /// in force when they were made.
+impl Contender for ReserveCandidate {
+    fn ask(&self) -> Ask<'_> {
+        Ask {
+            kind: self.kind,
+            rule: &self.rule,
+            visit: self.visit,
+            at_ms: self.now_ms,
+            ready: self.held.is_none(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ReserveJob<'a> {
     pub person: &'a PersonId,
@@ -217,21 +230,16 @@ struct BatchTrees<'t> {
 }
 
 impl BatchTrees<'_> {
-    /// Check one candidate against the person's caps; if they allow it,
-    /// take the slot in the ledger (and the store rate) and put the sealed
-    /// nudge in the outbox under `seq`.
-    #[allow(clippy::too_many_arguments)]
-    fn try_reserve(
+    /// The person's ledger for this batch: read (and opened) the first
+    /// time one of their candidates reaches the caps, then carried through
+    /// the batch.
+    fn ledger<'b>(
         &self,
-        batch: &mut BatchState,
-        job: &ReserveJob<'_>,
+        ledgers: &'b mut HashMap<usize, (Ledger, bool)>,
         sealer: &Sealer,
         sealer_index: usize,
-        candidate: &ReserveCandidate,
-        sealed_outbox: &[u8],
-        seq: u64,
-    ) -> TxResult<Result<(), SkipReason>> {
-        let (ledger, changed) = match batch.ledgers.entry(sealer_index) {
+    ) -> TxResult<&'b mut (Ledger, bool)> {
+        Ok(match ledgers.entry(sealer_index) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let ledger = match self.ledgers.get(sealer.tag)? {
@@ -242,39 +250,7 @@ impl BatchTrees<'_> {
                 };
                 e.insert((ledger, false))
             }
-        };
-        if ledger.clamp_future(candidate.now_ms) {
-            *changed = true;
-        }
-        if !job.enabled {
-            return Ok(Err(SkipReason::KillSwitch));
-        }
-        let verdict = check_caps(
-            ledger,
-            &batch.rate,
-            job.caps,
-            job.quiet,
-            job.tz,
-            candidate.kind,
-            &candidate.rule,
-            candidate.visit,
-            candidate.now_ms,
-        );
-        if verdict.is_ok() {
-            ledger.record(SentNudge {
-                at_ms: candidate.now_ms,
-                kind: candidate.kind,
-                rule: candidate.rule.clone(),
-                visit: candidate.visit,
-            });
-            *changed = true;
-            if job.caps.store_per_minute.is_some() {
-                batch.rate.record(candidate.now_ms);
-                batch.rate_changed = true;
-            }
-            self.outbox.insert(&keys::outbox(seq), sealed_outbox)?;
-        }
-        Ok(verdict)
+        })
     }
 
     /// Write the decision log entry of one candidate (sent or held, and
@@ -938,23 +914,50 @@ impl Store {
                     let mut outcomes = Vec::with_capacity(jobs.len());
                     for (job, (sealer_index, prepared)) in jobs.iter().zip(&prepared) {
                         let sealer = &sealers[*sealer_index];
-                        let mut tried = Vec::with_capacity(1);
-                        for (candidate, (sealed_outbox, decision_nonce)) in
-                            job.candidates.iter().zip(prepared)
+                        // The one decision step (decide::step::choose),
+                        // on the ledgers as this transaction sees them.
+                        let limits = Limits {
+                            caps: job.caps,
+                            quiet: job.quiet,
+                            tz: job.tz,
+                            enabled: job.enabled,
+                        };
+                        let choice = if job.candidates.iter().any(|c| c.held.is_none()) {
+                            let (ledger, changed) =
+                                trees.ledger(&mut batch.ledgers, sealer, *sealer_index)?;
+                            let choice = choose(job.candidates, ledger, &mut batch.rate, &limits);
+                            *changed |= choice.ledger_changed;
+                            choice
+                        } else {
+                            // Every candidate held before the caps: the
+                            // ledger is not needed.
+                            choose(
+                                job.candidates,
+                                &mut Ledger::default(),
+                                &mut batch.rate,
+                                &limits,
+                            )
+                        };
+                        batch.rate_changed |= choice.rate_changed;
+                        let mut tried = Vec::with_capacity(choice.verdicts.len());
+                        for ((candidate, (sealed_outbox, decision_nonce)), verdict) in
+                            job.candidates.iter().zip(prepared).zip(choice.verdicts)
                         {
                             let seq = batch.seq;
                             batch.seq += 1;
-                            let verdict = match &candidate.held {
-                                Some(reason) => Err(reason.clone()),
-                                None => trees.try_reserve(
-                                    &mut batch,
-                                    job,
-                                    sealer,
-                                    *sealer_index,
-                                    candidate,
-                                    sealed_outbox,
-                                    seq,
-                                )?,
+                            let verdict = match verdict {
+                                Verdict::Sent => {
+                                    trees
+                                        .outbox
+                                        .insert(&keys::outbox(seq), sealed_outbox.as_slice())?;
+                                    Ok(())
+                                }
+                                Verdict::Held(reason) => Err(reason),
+                                Verdict::NotReady => {
+                                    Err(candidate.held.clone().unwrap_or(SkipReason::NoConsent {
+                                        purpose: candidate.kind.purpose(),
+                                    }))
+                                }
                             };
                             trees.log_decision(
                                 job,
@@ -964,19 +967,10 @@ impl Store {
                                 seq,
                                 decision_nonce,
                             )?;
-                            match verdict {
-                                Ok(()) => {
-                                    tried.push(Reservation::Reserved { seq });
-                                    break;
-                                }
-                                Err(reason) => {
-                                    let next = reason.lets_the_next_candidate_try();
-                                    tried.push(Reservation::Held(reason));
-                                    if !next {
-                                        break;
-                                    }
-                                }
-                            }
+                            tried.push(match verdict {
+                                Ok(()) => Reservation::Reserved { seq },
+                                Err(reason) => Reservation::Held(reason),
+                            });
                         }
                         outcomes.push(tried);
                     }

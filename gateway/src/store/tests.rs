@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::decide::Caps;
+use crate::decide::{Caps, SentNudge};
 
 /// Reopen a database that this process just closed. sled's background
 /// flusher may hold the file lock for a moment after the handle is dropped;

@@ -1,0 +1,100 @@
+//! `<p>/<s>/consent/<recipient>`: consent and preference changes from the
+//! app, receipted once on disk.
+
+use super::*;
+
+impl Pipeline {
+    /// A consent or preference change from the app. The receipt goes out
+    /// only once the change is on disk (and pending nudges are purged).
+    pub(super) async fn on_consent(
+        &mut self,
+        recipient: &str,
+        message: &IncomingMessage,
+    ) -> Result<(), Rejection> {
+        let text =
+            std::str::from_utf8(&message.payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let change = ConsentChange::from_json(text, recipient)?;
+        let record = self
+            .people
+            .by_recipient(recipient)
+            .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
+        let mut updated = record.clone();
+        let now = wall_ms();
+        let status = match change.apply(&mut updated, change.said_at_ms(now)) {
+            Applied::Forget => {
+                self.erase(&record.person, now).await?;
+                // The back office keeps the person's retained record: tell
+                // it, so that it clears it (the tombstone refuses it here
+                // meanwhile).
+                let notice = serde_json::json!({
+                    "person": record.person.as_str(),
+                    "erased_at": rfc3339_ms(now),
+                });
+                self.send(OutgoingMessage {
+                    topic: topics::erasures(&self.config.topics),
+                    payload: notice.to_string().into_bytes(),
+                    correlation_data: None,
+                    retain: false,
+                });
+                "forgotten"
+            }
+            Applied::Updated { withdrawn } => {
+                let person = record.person.as_str().to_string();
+                self.upsert(updated).await?;
+                if !withdrawn.is_empty() {
+                    // Nothing pending may go out under a purpose just
+                    // withdrawn, queued decisions included.
+                    self.settle_decisions().await;
+                    let purged = self
+                        .blocking(move |store| {
+                            store
+                                .purge_outbox(&person)
+                                .and_then(|n| store.flush().map(|()| n))
+                        })
+                        .await;
+                    if let Err(e) = purged {
+                        events::storage_error(&self.telemetry, "purge_outbox", &e);
+                        return Err(rejection("storage", "could not purge pending nudges"));
+                    }
+                    for purpose in &withdrawn {
+                        self.telemetry.count(
+                            "consent_withdrawn_total",
+                            &[("purpose", purpose.as_str())],
+                            1,
+                        );
+                    }
+                }
+                "saved"
+            }
+        };
+        let receipt = serde_json::json!({ "id": change.id, "status": status })
+            .to_string()
+            .into_bytes();
+        self.send(OutgoingMessage {
+            topic: topics::receipts(&self.config.topics, recipient),
+            payload: receipt.clone(),
+            correlation_data: None,
+            retain: false,
+        });
+        if let Some(response_topic) = &message.response_topic {
+            if topics::response_topic_allowed(&self.config.topics, recipient, response_topic) {
+                self.send(OutgoingMessage {
+                    topic: response_topic.clone(),
+                    payload: receipt,
+                    correlation_data: message.correlation_data.clone(),
+                    retain: false,
+                });
+            } else {
+                self.telemetry
+                    .count("response_topics_refused_total", &[], 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,129 @@
+//! `<p>/crm/people/<person>`: the CRM's person records (retained); an
+//! empty payload erases the person.
+
+use super::*;
+
+impl Pipeline {
+    /// A person record from the CRM (retained); an empty payload erases.
+    /// The record comes again after every fresh session and republish, in
+    /// any order with the app's changes: it is folded in part by part, and
+    /// only the parts it said later than what is held change (the newest
+    /// word wins; an old record never switches a withdrawn purpose back
+    /// on). A record not later than the person's erasure is refused.
+    pub(super) async fn on_person(
+        &mut self,
+        person: &str,
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        let now = wall_ms();
+        if payload.is_empty() {
+            let person = PersonId::from(person);
+            // The back office clearing a record the gateway does not hold
+            // (one it erased already, or a person of another store): there
+            // is nothing to erase, and no tombstone to write.
+            if self.people.consent(&person).is_none() {
+                return Ok(());
+            }
+            return self.erase(&person, now).await;
+        }
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let record = PersonRecord::from_json(text)?;
+        if record.person.as_str() != person {
+            return Err(rejection("person", "does not match the topic"));
+        }
+        let erased_at = self.store.tombstone(person).map_err(|e| {
+            events::storage_error(&self.telemetry, "tombstone", &e);
+            rejection("storage", "could not be checked; nothing changed")
+        })?;
+        let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
+            .inspect_err(|_| {
+                events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
+            })?;
+        self.upsert(merged).await
+    }
+
+    pub(super) async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
+        self.people
+            .check(&record)
+            .map_err(|e| rejection("recipient", e.to_string()))?;
+        let unchanged = self.people.get(&record.person).as_ref() == Some(&record);
+        if unchanged {
+            // A retained record seen again after a reconnect: nothing to do.
+            return Ok(());
+        }
+        let upserted = self
+            .people
+            .upsert(record)
+            .map_err(|e| rejection("recipient", e.to_string()))?;
+        if !upserted.withdrawn.is_empty() {
+            self.settle_decisions().await;
+        }
+        let to_store = upserted.to_store.clone();
+        let withdrawn: Vec<String> = upserted
+            .withdrawn
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let stored = self
+            .blocking(move |store| {
+                store.upsert_people(&to_store)?;
+                for person in &withdrawn {
+                    store.purge_outbox(person)?;
+                }
+                store.flush()
+            })
+            .await;
+        if let Err(e) = stored {
+            events::storage_error(&self.telemetry, "upsert_person", &e);
+            self.reload_people();
+            return Err(rejection("storage", "could not be saved; nothing changed"));
+        }
+        for person in upserted.withdrawn {
+            self.forget_presence(&person);
+            self.telemetry
+                .count("consent_withdrawn_total", &[("purpose", "proximity")], 1);
+        }
+        Ok(())
+    }
+
+    /// After a storage failure, memory goes back to what is on disk.
+    pub(super) fn reload_people(&mut self) {
+        match self.store.people().collect::<Result<Vec<_>, _>>() {
+            Ok(records) => self.people = People::load(records, self.clock.now_ms() / 1000),
+            Err(e) => events::storage_error(&self.telemetry, "reload_people", &e),
+        }
+    }
+
+    pub(super) fn forget_presence(&mut self, person: &PersonId) {
+        self.presence.forget(person);
+        self.visit_saved_ms.remove(person);
+        self.recognised.remove(person);
+    }
+
+    /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
+    /// that refuses their older records (the CRM's retained one above all).
+    pub(super) async fn erase(
+        &mut self,
+        person: &PersonId,
+        erased_at_ms: i64,
+    ) -> Result<(), Rejection> {
+        // A queued decision must not write the person back after this.
+        self.settle_decisions().await;
+        let id = person.as_str().to_string();
+        match self
+            .blocking(move |store| store.forget_person(&id, erased_at_ms))
+            .await
+        {
+            Ok(_) => {
+                self.people.remove(person);
+                self.forget_presence(person);
+                events::person_erased(&self.telemetry, &hashed(person.as_str()));
+                Ok(())
+            }
+            Err(e) => {
+                events::storage_error(&self.telemetry, "erase", &e);
+                Err(rejection("storage", "erasure failed; retry"))
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `<p>/<s>/purchases`: purchases from the till, a thank-you for an
+//! opted-in buyer.
+
+use super::*;
+
+impl Pipeline {
+    /// A purchase from the till: a thank-you for an opted-in buyer, nothing
+    /// asked in return. A buyer the gateway does not know is not an error
+    /// (most customers did not opt in) and leaves no trace.
+    pub(super) async fn on_purchase(&mut self, payload: &[u8]) -> Result<(), Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+        let purchase = Purchase::from_json(text)?;
+        let person = match &purchase.buyer {
+            Buyer::Person(id) => self.people.get(id).map(|r| r.person),
+            Buyer::Identity(identity) => self.people.person_of(identity).cloned(),
+        };
+        let Some(record) = person
+            .and_then(|p| self.people.get(&p))
+            .filter(|r| r.consent.opted_in_to_proximity())
+        else {
+            self.telemetry
+                .count("purchases_total", &[("buyer", "unknown")], 1);
+            return Ok(());
+        };
+        self.telemetry
+            .count("purchases_total", &[("buyer", "opted_in")], 1);
+        let visit = self.presence.visit_of(&record.person);
+        self.decide(
+            &record,
+            &Happening::Purchase {
+                purchase: &purchase,
+                visit,
+            },
+        )
+        .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,566 @@
+//! The sighting path: decode → resolve → presence → the decision step
+//! (`decide::prepare`, then the reservation stage's `decide::choose`),
+//! plus ticks (dwell, visit ends, fleet reports, retention) and config
+//! reloads. Incoming MQTT messages are handled in `incoming/`.
+
+use super::*;
+
+/// The pure core driven by I/O: decode → resolve → presence → decide, plus
+/// the people-changing messages (CRM, consent, check-ins).
+pub struct Pipeline {
+    pub(super) config: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) telemetry: Arc<Telemetry>,
+    /// Decisions go to the reservation stage (`reservations.rs`).
+    pub(super) reservations: Reservations,
+    pub(super) outgoing: mpsc::Sender<OutgoingMessage>,
+    pub(super) people: People,
+    pub(super) presence: PresenceEngine,
+    pub(super) clock: EventClock,
+    pub(super) frames: Vec<Frame>,
+    pub(super) events: Vec<PresenceEvent>,
+    /// Who was recognised this run, for the summary only; never persisted.
+    pub(super) recognised: HashSet<PersonId>,
+    /// When each present person's visit was last written (event time), so
+    /// a restart continues the visit (and its per-visit cap) without a
+    /// write per advert.
+    pub(super) visit_saved_ms: HashMap<PersonId, i64>,
+    pub(super) last_sweep_ms: i64,
+    /// The store's own beacons: battery, temperature, last seen.
+    pub(super) fleet: Fleet,
+    pub(super) last_fleet_report_ms: i64,
+    /// The arrival of the sighting being handled, if any.
+    pub(super) current_arrival: Option<std::time::Instant>,
+    /// Where scanner nodes publish, from the config in force.
+    pub(super) scanner_filters: topics::ScannerFilters,
+    /// OpenMQTTGateway sends one advert in parts; they are joined here.
+    pub(super) merger: AdvertMerger,
+    /// Scanner messages per configured node and field, for the fleet report.
+    pub(super) scanner_nodes: scanners::NodeTally,
+    /// `--record`: what the sources hear, strangers removed.
+    pub(super) recorder: Option<CaptureRecorder>,
+    /// Per-recipient buckets on the app topics (`ratelimit.rs`).
+    pub(super) rate_limit: RecipientLimiter,
+    /// Error reports on gateway/errors, per second (`ratelimit::PerSecond`).
+    pub(super) error_reports: PerSecond,
+}
+
+/// Error reports published per second at most; the rest are counted
+/// (`error_reports_suppressed_total`). Far above what real mistakes make.
+const ERROR_REPORTS_PER_SECOND: u32 = 100;
+
+/// How often the fleet report is published (event time).
+const FLEET_REPORT_EVERY_MS: i64 = 30_000;
+
+/// How stale the persisted "last seen" of a visit may get. Well under the
+/// visit gap, so that a quick restart continues the visit.
+const VISIT_SAVE_EVERY_MS: i64 = 10_000;
+/// How often retention runs (event time).
+const SWEEP_EVERY_MS: i64 = 3_600_000;
+
+impl Pipeline {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        telemetry: Arc<Telemetry>,
+        reservations: Reservations,
+        outgoing: mpsc::Sender<OutgoingMessage>,
+    ) -> Result<Self, StoreError> {
+        let records = store.people().collect::<Result<Vec<_>, _>>()?;
+        let now = wall_ms();
+        let people = People::load(records, now / 1000);
+        let mut presence = PresenceEngine::new(config.presence.clone());
+        for (person, seed) in store.visits()? {
+            presence.seed_visit(person, seed);
+        }
+        let fleet = Fleet::new(config.beacons.clone());
+        let scanner_filters = topics::scanner_filters(&config.topics);
+        let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
+        let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
+        let rate_limit = RecipientLimiter::new(config.incoming_rate);
+        Ok(Pipeline {
+            config,
+            store,
+            telemetry,
+            reservations,
+            outgoing,
+            people,
+            presence,
+            clock: EventClock::starting_at(now),
+            frames: Vec::new(),
+            events: Vec::new(),
+            recognised: HashSet::new(),
+            visit_saved_ms: HashMap::new(),
+            last_sweep_ms: now,
+            fleet,
+            last_fleet_report_ms: i64::MIN,
+            current_arrival: None,
+            scanner_filters,
+            merger,
+            scanner_nodes,
+            recorder: None,
+            rate_limit,
+            error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
+        })
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut sightings: mpsc::Receiver<Ingested>,
+        mut incoming: mpsc::Receiver<IncomingMessage>,
+        mut config: watch::Receiver<Arc<Config>>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sources_open = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                item = sightings.recv(), if sources_open => match item {
+                    Some(item) => self.on_sighting(item).await,
+                    // Every source has ended (a finished replay): keep
+                    // ticking so visits close, until cancelled.
+                    None => sources_open = false,
+                },
+                Some(message) = incoming.recv() => self.on_incoming(message).await,
+                Ok(()) = config.changed() => {
+                    let new = config.borrow_and_update().clone();
+                    self.apply_config(new);
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// A reloaded configuration: rules, caps, presence tuning and the rest
+    /// apply from the next event; who is present and the outbox stay.
+    pub(super) fn apply_config(&mut self, config: Arc<Config>) {
+        if config.beacons != self.config.beacons {
+            // Other beacons: a fleet of the new list (what was heard of
+            // the old one no longer applies), reported at the next tick so
+            // that the retained report does not keep naming removed ones.
+            self.fleet = Fleet::new(config.beacons.clone());
+            self.last_fleet_report_ms = i64::MIN;
+        }
+        self.presence.set_config(config.presence.clone());
+        self.scanner_filters = topics::scanner_filters(&config.topics);
+        self.scanner_nodes.set_known(zone_scanners(&config));
+        self.rate_limit.set_limit(config.incoming_rate);
+        self.config = config;
+    }
+
+    pub(super) async fn on_tick(&mut self) {
+        let now = self.clock.now_ms();
+        self.people.roll_to(now / 1000);
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        self.presence.tick(now, &mut events);
+        self.handle_events(&events).await;
+        self.events = events;
+        self.telemetry
+            .set_gauge("people_present", self.presence.present_count() as i64);
+        for sighting in self.merger.flush_due(now) {
+            self.on_sighting(Ingested {
+                source: topics::ScannerFeed::OpenMqttGateway.label(),
+                sighting,
+                received: std::time::Instant::now(),
+            })
+            .await;
+        }
+        if !self.config.beacons.is_empty()
+            && now.saturating_sub(self.last_fleet_report_ms) >= FLEET_REPORT_EVERY_MS
+        {
+            self.last_fleet_report_ms = now;
+            let mut report = self.fleet.report(now);
+            report["scanner_nodes"] = self.scanner_nodes.report();
+            let report = report.to_string().into_bytes();
+            self.send(OutgoingMessage {
+                topic: topics::beacons(&self.config.topics),
+                payload: report,
+                correlation_data: None,
+                retain: true,
+            });
+        }
+        if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
+            self.last_sweep_ms = now;
+            self.sweep(now).await;
+        }
+    }
+
+    /// Retention: decision-log entries older than the window go.
+    pub(super) async fn sweep(&mut self, now_ms: i64) {
+        let cutoff = now_ms - self.config.retention.as_millis() as i64;
+        let store = self.store.clone();
+        if let Some(recorder) = &mut self.recorder {
+            match recorder.expire(cutoff) {
+                Ok(dropped) => self
+                    .telemetry
+                    .count("retention_swept_total", &[], dropped as u64),
+                Err(e) => events::source_failed(&self.telemetry, "record", &e),
+            }
+        }
+        match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+            Ok(Ok(removed)) => {
+                self.telemetry
+                    .count("retention_swept_total", &[], removed as u64);
+                tracing::info!(removed, "retention sweep");
+            }
+            Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
+            Err(e) => events::storage_error(&self.telemetry, "retention", &e),
+        }
+    }
+
+    pub(super) async fn on_sighting(&mut self, item: Ingested) {
+        self.current_arrival = Some(item.received);
+        self.handle_sighting(item).await;
+        self.current_arrival = None;
+    }
+
+    pub(super) async fn handle_sighting(&mut self, item: Ingested) {
+        let sighting = item.sighting;
+        if !self
+            .clock
+            .observe(sighting.at_ms, wall_ms(), self.config.max_future_skew_ms)
+        {
+            events::sighting_rejected(
+                &self.telemetry,
+                item.source,
+                "sighting",
+                "at_ms",
+                "too far ahead of the gateway's clock",
+            );
+            return;
+        }
+        self.people.roll_to(self.clock.now_ms() / 1000);
+        let mut frames = std::mem::take(&mut self.frames);
+        if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
+            events::advert_undecodable(&self.telemetry, item.source);
+        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        for frame in &frames {
+            let Frame::AppToken {
+                rotating_id,
+                tx_power,
+                ..
+            } = frame
+            else {
+                continue;
+            };
+            // Resolve: an identifier nobody enrolled is a stranger, and is
+            // forgotten right here: not stored, not logged.
+            let Some(person) = self.recognise(rotating_id) else {
+                continue;
+            };
+            self.presence.observe_with_power(
+                &person,
+                &sighting.scanner,
+                sighting.rssi,
+                Some(*tx_power),
+                sighting.at_ms,
+                &mut events,
+            );
+            self.touch_visit(&person, sighting.at_ms);
+        }
+        if !frames.is_empty() {
+            self.fleet
+                .observe(&frames, sighting.addr, sighting.rssi, sighting.at_ms);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            // Only the store's own beacons and people who opted in: a
+            // stranger's advert never reaches the file.
+            let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.recognise(rotating_id).is_some()));
+            if let Err(e) = recorder.record(&sighting, allowed) {
+                events::source_failed(&self.telemetry, "record", &e);
+            }
+        }
+        self.frames = frames;
+        self.handle_events(&events).await;
+        self.events = events;
+    }
+
+    /// The opted-in person behind a rotating identifier, or `None` for a
+    /// stranger (someone unknown, or known without proximity consent).
+    pub(super) fn recognise(&mut self, rotating_id: &[u8; 16]) -> Option<PersonId> {
+        let Some(person) = self.people.recognise(rotating_id).cloned() else {
+            events::stranger_dropped(&self.telemetry);
+            return None;
+        };
+        if self.recognised.insert(person.clone()) {
+            events::person_recognised(&self.telemetry, &hashed(person.as_str()));
+        }
+        Some(person)
+    }
+
+    /// Persist the visit's last-seen time at most every few seconds.
+    pub(super) fn touch_visit(&mut self, person: &PersonId, at_ms: i64) {
+        let Some(visit) = self.presence.visit_of(person) else {
+            return;
+        };
+        let last = self.visit_saved_ms.get(person).copied().unwrap_or(i64::MIN);
+        if at_ms.saturating_sub(last) < VISIT_SAVE_EVERY_MS {
+            return;
+        }
+        self.visit_saved_ms.insert(person.clone(), at_ms);
+        if let Err(e) = self.store.save_visit(
+            person,
+            VisitSeed {
+                visit,
+                last_seen_ms: at_ms,
+            },
+        ) {
+            events::storage_error(&self.telemetry, "visit", &e);
+        }
+    }
+
+    pub(super) async fn handle_events(&mut self, events: &[PresenceEvent]) {
+        for event in events {
+            let person = event.person().clone();
+            let persisted = match event {
+                PresenceEvent::Exited { .. } => {
+                    self.visit_saved_ms.remove(&person);
+                    self.store.end_visit(&person)
+                }
+                PresenceEvent::Entered { visit, at_ms, .. }
+                | PresenceEvent::ZoneEntered { visit, at_ms, .. }
+                | PresenceEvent::Dwell { visit, at_ms, .. }
+                | PresenceEvent::ZoneLeft { visit, at_ms, .. } => self.store.save_visit(
+                    &person,
+                    VisitSeed {
+                        visit: *visit,
+                        last_seen_ms: *at_ms,
+                    },
+                ),
+            };
+            if let Err(e) = persisted {
+                events::storage_error(&self.telemetry, "visit", &e);
+            }
+            tracing::debug!(person = %hashed(person.as_str()), event = event.name(), "presence");
+            self.decide_event(event).await;
+        }
+    }
+
+    /// A presence event → the candidates it triggers (dwell, exit, n-th
+    /// visit) → decisions.
+    pub(super) async fn decide_event(&mut self, event: &PresenceEvent) {
+        let Some(person) = self.people.get(event.person()) else {
+            return;
+        };
+        let visit_number = match event {
+            PresenceEvent::Entered { .. } => {
+                // Counted on every visit, so a rule added later counts right.
+                let (store, id) = (self.store.clone(), person.person.clone());
+                match tokio::task::spawn_blocking(move || store.count_visit(&id))
+                    .await
+                    .expect("visit count task does not panic")
+                {
+                    Ok(number) => Some(number),
+                    Err(e) => {
+                        events::storage_error(&self.telemetry, "count_visit", &e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        self.decide(
+            &person,
+            &Happening::Presence {
+                event,
+                visit_number,
+            },
+        )
+        .await;
+    }
+
+    /// Consent and content here (`decide::prepare`, in priority order);
+    /// then the whole decision goes to the reservation stage, which
+    /// chooses under the caps (`decide::choose`) and reserves at most one
+    /// nudge (`Store::reserve_batch`). The pipeline does not wait for the
+    /// flush: only for room in the stage's queue.
+    pub(super) async fn decide(&mut self, person: &PersonRecord, happening: &Happening<'_>) {
+        let config = self.config.clone();
+        let sources = ContentSources {
+            catalog: config.catalog.as_deref(),
+            offers: &config.offers,
+        };
+        let expiry_ms = config.nudge_expiry.as_millis() as i64;
+        let mut prepared = Vec::new();
+        for Prepared { candidate, content } in
+            decide::prepare(happening, person, &config.triggered, &sources)
+        {
+            let rule = candidate.rule;
+            let mut entry = ReserveCandidate {
+                nudge_id: uuid::Uuid::now_v7().to_string(),
+                topic: String::new(),
+                payload: String::new(),
+                kind: rule.kind,
+                rule: rule.id.clone(),
+                zone: candidate.zone.to_string(),
+                visit: candidate.visit,
+                now_ms: candidate.at_ms,
+                expires_at_ms: 0,
+                held: None,
+            };
+            match content {
+                Ok(content) => {
+                    let payload = build_nudge(
+                        &candidate,
+                        person,
+                        entry.nudge_id.clone(),
+                        expiry_ms,
+                        content,
+                    );
+                    entry.payload =
+                        serde_json::to_string(&payload).expect("nudge payload serialises");
+                    entry.topic = config.nudge_topic(&person.recipient);
+                    entry.expires_at_ms = wall_ms() + expiry_ms;
+                }
+                Err(NotReady::Consent(reason)) => {
+                    // Logged (and counted) by the stage if the decision
+                    // gets this far; the next candidate may still go.
+                    entry.held = Some(reason);
+                }
+                Err(NotReady::NotComposed(e)) => {
+                    // The rule is named in the log, not as a label: labels
+                    // are fixed in the code (telemetry.rs).
+                    self.telemetry.count("nudges_not_composed_total", &[], 1);
+                    tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
+                    continue;
+                }
+            }
+            prepared.push(entry);
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        let job = DecisionJob {
+            person: person.person.clone(),
+            person_hash: hashed(person.person.as_str()),
+            recipient: person.recipient.clone(),
+            candidates: prepared,
+            config,
+            arrival: self.current_arrival,
+            submitted: std::time::Instant::now(),
+            reply: None,
+        };
+        if let Err(e) = self.reservations.submit(job).await {
+            events::storage_error(&self.telemetry, "reserve", &e);
+        }
+    }
+
+    /// Wait until every decision sent to the reservation stage is durable:
+    /// before a person's consent or data changes under it, so that nothing
+    /// queued is reserved after a withdrawal or an erasure.
+    pub(super) async fn settle_decisions(&self) {
+        if let Err(e) = self.reservations.settle().await {
+            events::storage_error(&self.telemetry, "reserve", &e);
+        }
+    }
+
+    pub(super) fn send(&self, message: OutgoingMessage) {
+        if self.outgoing.try_send(message).is_err() {
+            self.telemetry.count("replies_dropped_total", &[], 1);
+        }
+    }
+
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .expect("storage task does not panic")
+    }
+}
+
+fn scanner_merge_window(config: &Config) -> i64 {
+    config
+        .sources
+        .iter()
+        .find_map(|s| match s {
+            SourceSettings::MqttScanners {
+                merge_window_ms, ..
+            } => Some(*merge_window_ms),
+            _ => None,
+        })
+        .unwrap_or(scanners::MERGE_WINDOW_MS)
+}
+
+/// The scanner nodes the configuration names (zones' `scanners`).
+fn zone_scanners(config: &Config) -> Vec<String> {
+    config
+        .zones
+        .iter()
+        .flat_map(|z| z.scanners.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(storage: &std::path::Path, beacons: &str) -> Arc<Config> {
+        let site = format!(
+            "{}\n{beacons}",
+            crate::config::tests::MINIMAL_SITE
+                .replace("/var/lib/gateway", &storage.display().to_string())
+        );
+        Arc::new(crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap())
+    }
+
+    fn beacon(id: &str, minor: u16) -> String {
+        format!(
+            "[[beacons]]\nid = \"{id}\"\nkind = \"ibeacon\"\nuuid = \"426c7565436861726d426561636f6e73\"\nmajor = 1\nminor = {minor}\n"
+        )
+    }
+
+    fn reported(pipeline: &Pipeline) -> Vec<String> {
+        pipeline.fleet.report(0)["beacons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_changes_the_beacons_rebuilds_the_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        let first = config(&storage, &beacon("door", 1));
+        let store = Store::open(&storage).unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (reservations, _decider) = reservations::stage(
+            store.clone(),
+            telemetry.clone(),
+            Arc::new(Notify::new()),
+            mqtt::LatencyStamps::default(),
+            1,
+            1,
+        );
+        let (outgoing, _out) = mpsc::channel(1);
+        let mut pipeline = Pipeline::new(first, store, telemetry, reservations, outgoing).unwrap();
+        assert_eq!(reported(&pipeline), ["door"]);
+
+        // Same beacons: the fleet (and what it heard) stays.
+        pipeline.last_fleet_report_ms = 5;
+        pipeline.apply_config(config(&storage, &beacon("door", 1)));
+        assert_eq!(pipeline.last_fleet_report_ms, 5);
+
+        let changed = config(
+            &storage,
+            &format!("{}\n{}", beacon("door", 2), beacon("till", 3)),
+        );
+        pipeline.apply_config(changed.clone());
+        assert_eq!(reported(&pipeline), ["door", "till"]);
+        assert_eq!(pipeline.fleet.beacons(), changed.beacons.as_slice());
+        assert_eq!(
+            pipeline.last_fleet_report_ms,
+            i64::MIN,
+            "reported at the next tick"
+        );
+    }
+}
