@@ -144,7 +144,7 @@ pub async fn run(
     let (connected_tx, connected_rx) = watch::channel(false);
     let (refused_tx, refused_rx) = watch::channel(Vec::<&'static str>::new());
     let outbox_ready = Arc::new(Notify::new());
-    let latency_stamps = mqtt::LatencyStamps::default();
+    let latency_stamps = crate::telemetry::LatencyStamps::default();
     let (reservations, decider) = reservations::stage(
         store.clone(),
         telemetry.clone(),
@@ -218,7 +218,7 @@ pub async fn run(
                     }
                     Err(e) => events::source_failed(
                         &telemetry,
-                        "replay",
+                        crate::telemetry::Source::Replay,
                         &format!("{}: {e}", path.display()),
                     ),
                 }
@@ -514,11 +514,10 @@ impl Pipeline {
         self.presence.tick(now, &mut events);
         self.handle_events(&events).await;
         self.events = events;
-        self.telemetry
-            .set_gauge("people_present", self.presence.present_count() as i64);
+        events::people_present(&self.telemetry, self.presence.present_count());
         for sighting in self.merger.flush_due(now) {
             self.on_sighting(Ingested {
-                source: topics::ScannerFeed::OpenMqttGateway.label(),
+                source: topics::ScannerFeed::OpenMqttGateway.into(),
                 sighting,
                 received: std::time::Instant::now(),
             })
@@ -548,16 +547,15 @@ impl Pipeline {
         let store = self.store.clone();
         if let Some(recorder) = &mut self.recorder {
             match recorder.expire(cutoff) {
-                Ok(dropped) => self
-                    .telemetry
-                    .count("retention_swept_total", &[], dropped as u64),
-                Err(e) => events::source_failed(&self.telemetry, "record", &e),
+                Ok(dropped) => events::retention_swept(&self.telemetry, dropped),
+                Err(e) => {
+                    events::source_failed(&self.telemetry, crate::telemetry::Source::Record, &e)
+                }
             }
         }
         match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(removed)) => {
-                self.telemetry
-                    .count("retention_swept_total", &[], removed as u64);
+                events::retention_swept(&self.telemetry, removed);
                 tracing::info!(removed, "retention sweep");
             }
             Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
@@ -626,7 +624,7 @@ impl Pipeline {
             // stranger's advert never reaches the file.
             let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.resolve(rotating_id).is_some_and(|p| self.people.consent(p).is_some_and(|c| c.proximity))));
             if let Err(e) = recorder.record(&sighting, allowed) {
-                events::source_failed(&self.telemetry, "record", &e);
+                events::source_failed(&self.telemetry, crate::telemetry::Source::Record, &e);
             }
         }
         self.frames = frames;
@@ -781,8 +779,7 @@ impl Pipeline {
                 Err(e) => {
                     // The rule is named in the log, not as a label: labels
                     // are fixed in the code (telemetry.rs).
-                    self.telemetry.count("nudges_not_composed_total", &[], 1);
-                    tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
+                    events::nudge_not_composed(&self.telemetry, &rule.id, &e);
                     continue;
                 }
             };
@@ -838,8 +835,7 @@ impl Pipeline {
         let topic = message.topic.clone();
         let kind = classify(&self.config, &topic);
         let label = kind.kind();
-        self.telemetry
-            .count("incoming_total", &[("kind", label)], 1);
+        events::incoming(&self.telemetry, label);
         if let Incoming::Consent(recipient)
         | Incoming::CheckIn(recipient)
         | Incoming::Feedback(recipient) = kind
@@ -886,7 +882,7 @@ impl Pipeline {
     /// with their content (they may carry a stranger's address).
     async fn on_scanner_message(&mut self, feed: topics::ScannerFeed, message: &IncomingMessage) {
         use topics::ScannerFeed;
-        let source = feed.label();
+        let source = crate::telemetry::Source::from(feed);
         events::sighting_received(&self.telemetry, source);
         let now = self.clock.now_ms();
         let parsed = match feed {
@@ -912,11 +908,9 @@ impl Pipeline {
                     .await;
                 }
             }
-            Err(e) if e.ignored => self.telemetry.count(
-                "scanner_messages_ignored_total",
-                &[("source", source), ("field", e.field)],
-                1,
-            ),
+            Err(e) if e.ignored => {
+                events::scanner_message_ignored(&self.telemetry, source, e.field)
+            }
             Err(e) => {
                 events::sighting_rejected(&self.telemetry, source, "mqtt", e.field, &e.reason)
             }
@@ -926,8 +920,7 @@ impl Pipeline {
     fn reject(&mut self, topic: &str, kind: &'static str, rejected: &Rejection) {
         events::incoming_rejected(&self.telemetry, kind, &rejected.field, &rejected.reason);
         if !self.error_reports.allow_at(wall_ms() / 1000) {
-            self.telemetry
-                .count("error_reports_suppressed_total", &[], 1);
+            events::error_report_suppressed(&self.telemetry);
             return;
         }
         // The field may be a key the sender chose: named, but cut short.
@@ -946,7 +939,7 @@ impl Pipeline {
 
     fn send(&self, message: OutgoingMessage) {
         if self.outgoing.try_send(message).is_err() {
-            self.telemetry.count("replies_dropped_total", &[], 1);
+            events::reply_dropped(&self.telemetry, &"the outgoing queue is full");
         }
     }
 
@@ -1032,8 +1025,7 @@ impl Pipeline {
         }
         for person in upserted.withdrawn {
             self.forget_presence(&person);
-            self.telemetry
-                .count("consent_withdrawn_total", &[("purpose", "proximity")], 1);
+            events::consent_withdrawn(&self.telemetry, crate::identity::Purpose::Proximity);
         }
         Ok(())
     }
@@ -1128,11 +1120,7 @@ impl Pipeline {
                         return Err(rejection("storage", "could not purge pending nudges"));
                     }
                     for purpose in &withdrawn {
-                        self.telemetry.count(
-                            "consent_withdrawn_total",
-                            &[("purpose", purpose.as_str())],
-                            1,
-                        );
+                        events::consent_withdrawn(&self.telemetry, *purpose);
                     }
                 }
                 "saved"
@@ -1156,8 +1144,7 @@ impl Pipeline {
                     retain: false,
                 });
             } else {
-                self.telemetry
-                    .count("response_topics_refused_total", &[], 1);
+                events::response_topic_refused(&self.telemetry);
             }
         }
         Ok(())
@@ -1177,12 +1164,10 @@ impl Pipeline {
             .and_then(|p| self.people.get(&p))
             .filter(|r| r.consent.proximity)
         else {
-            self.telemetry
-                .count("purchases_total", &[("buyer", "unknown")], 1);
+            events::purchase(&self.telemetry, false);
             return Ok(());
         };
-        self.telemetry
-            .count("purchases_total", &[("buyer", "opted_in")], 1);
+        events::purchase(&self.telemetry, true);
         let config = self.config.clone();
         let visit = self.presence.visit_of(&record.person);
         let candidates = thanks_candidates(
@@ -1235,7 +1220,7 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "feedback", &e);
             return Err(rejection("storage", "could not be saved"));
         }
-        self.telemetry.count("feedback_answers_total", &[], 1);
+        events::feedback_answered(&self.telemetry);
         Ok(())
     }
 
@@ -1250,7 +1235,7 @@ impl Pipeline {
         let person = match (expected, resolved) {
             (Some(expected), Some(resolved)) if expected == resolved => expected,
             _ => {
-                self.telemetry.count("checkins_rejected_total", &[], 1);
+                events::checkin_rejected(&self.telemetry);
                 return Err(rejection(
                     "rotating_id",
                     "does not belong to this recipient",
@@ -1277,7 +1262,7 @@ impl Pipeline {
         self.touch_visit(&person, at_ms);
         self.handle_events(&events).await;
         self.events = events;
-        self.telemetry.count("checkins_total", &[], 1);
+        events::checkin_accepted(&self.telemetry);
         Ok(())
     }
 }
