@@ -543,6 +543,32 @@ impl Metrics {
         }
     }
 
+    /// A labelled series shows only once touched. The dashboard's families
+    /// whose label values are a short closed set, most of them rare
+    /// (storage errors, refused reloads, withdrawals), start at 0 instead,
+    /// so their panels and an `increase()` alert see a series from the
+    /// first scrape rather than "no data" until the first occurrence.
+    fn zero_the_closed_sets(&self) {
+        for &during in During::ALL.iter().filter(|d| **d != During::Other) {
+            drop(self.storage_errors.get_or_create(&ByDuring { during }));
+        }
+        for &result in ReloadResult::ALL {
+            drop(
+                self.config_reloads
+                    .get_or_create(&ByReloadResult { result }),
+            );
+        }
+        for &purpose in ConsentPurpose::ALL {
+            drop(self.consent_withdrawn.get_or_create(&ByPurpose { purpose }));
+        }
+        for &kind in Kind::ALL {
+            drop(self.nudges_reserved.get_or_create(&ByKind { kind }));
+        }
+        for &reason in HeldReason::ALL {
+            drop(self.nudges_held.get_or_create(&ByHeldReason { reason }));
+        }
+    }
+
     /// Registers each metric under its exposed name (the client adds
     /// `gateway_` and, to counters, `_total`).
     fn register(&self, r: &mut Registry) {
@@ -804,6 +830,7 @@ impl Telemetry {
     /// Every metric, registered.
     pub fn new() -> Self {
         let m = Metrics::new();
+        m.zero_the_closed_sets();
         let mut registry = Registry::with_prefix(PREFIX);
         m.register(&mut registry);
         Self {
@@ -1375,11 +1402,15 @@ mod tests {
         assert!(text.contains("\ngateway_nudges_held_total{reason=\"per_day\"} 1\n"));
         assert!(text.contains("# TYPE gateway_outbox_depth gauge\ngateway_outbox_depth 4\n"));
         assert!(text.contains("gateway_consent_withdrawn_total{purpose=\"product_info\"} 1"));
-        // Unlabelled counters exist from the start, at 0.
+        // Unlabelled counters exist from the start, at 0, and so do the
+        // closed sets the dashboard charts.
         assert!(
             text.contains("\ngateway_strangers_dropped_total 0\n"),
             "{text}"
         );
+        assert!(text.contains("\ngateway_storage_errors_total{during=\"reserve\"} 0\n"));
+        assert!(!text.contains("during=\"other\""));
+        assert!(text.contains("\ngateway_config_reloads_total{result=\"refused\"} 0\n"));
         assert_eq!(t.counter("sightings_total", &[("source", "udp")]), 2);
         assert_eq!(t.counter("sightings_total", &[]), 2);
         assert_eq!(
