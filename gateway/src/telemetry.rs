@@ -192,13 +192,23 @@ label_values! {
 }
 
 impl Field {
-    /// The label of a field name or path: its top level if that is a known
-    /// field, `unknown_field` otherwise.
+    /// The label of a field an incoming app or CRM message was refused
+    /// for: its top level if that is one of [`INCOMING_FIELDS`],
+    /// `unknown_field` otherwise.
     pub fn of(field: &str) -> Self {
         let top = field.split(['.', '[']).next().unwrap_or(field);
-        Self::from_label(top)
-            .filter(|f| *f != Field::UnknownField)
-            .unwrap_or(Field::UnknownField)
+        if INCOMING_FIELDS.contains(&top) {
+            Self::from_label(top).unwrap_or(Field::UnknownField)
+        } else {
+            Field::UnknownField
+        }
+    }
+
+    /// The label of a field a sighting record or a scanner message was
+    /// refused for: the parser's own name for it (`sighting.rs`,
+    /// `io::scanners`), `unknown_field` for one the table lacks.
+    pub fn of_sighting(field: &str) -> Self {
+        Self::from_label(field).unwrap_or(Field::UnknownField)
     }
 }
 
@@ -997,7 +1007,7 @@ pub mod events {
     ) {
         let labels = BySourceField {
             source,
-            field: Field::of(field),
+            field: Field::of_sighting(field),
         };
         t.m.sightings_rejected.get_or_create(&labels).inc();
         if t.may_warn() {
@@ -1011,7 +1021,7 @@ pub mod events {
     pub fn scanner_message_ignored(t: &Telemetry, source: Source, field: &'static str) {
         let labels = BySourceField {
             source,
-            field: Field::of(field),
+            field: Field::of_sighting(field),
         };
         t.m.scanner_messages_ignored.get_or_create(&labels).inc();
         tracing::trace!(%source, field, "scanner message ignored");
@@ -1480,6 +1490,10 @@ mod tests {
         assert_eq!(field_label("topic recipient"), "topic recipient");
         assert_eq!(field_label("junk-123"), "unknown_field");
         assert_eq!(field_label("unknown_field"), "unknown_field");
+        // A sighting's field is no incoming message's.
+        assert_eq!(field_label("scanner"), "unknown_field");
+        assert_eq!(Field::of_sighting("scanner"), Field::Scanner);
+        assert_eq!(Field::of_sighting("junk"), Field::UnknownField);
         assert_eq!(field_label(""), "unknown_field");
         assert_eq!(field_label(&"x".repeat(16 * 1024)), "unknown_field");
         for name in INCOMING_FIELDS {
@@ -1595,7 +1609,7 @@ mod tests {
             "servicedata",
             "servicedatauuid",
         ] {
-            assert_eq!(Field::of(field).as_str(), field);
+            assert_eq!(Field::of_sighting(field).as_str(), field);
         }
     }
 
