@@ -10,7 +10,7 @@
 //! names, so nothing that arrives (a topic, a JSON key, a scanner's name)
 //! can add a series, and `/metrics` stays the size the code gives it.
 //! Input that must be counted by name goes through a fixed table first
-//! ([`Field::of`]).
+//! ([`Field::of`], [`Field::of_sighting`]).
 //!
 //! Exposed names are those of the hand-written registry this replaced
 //! (`gateway_sightings_total`, `gateway_outbox_depth`, …): the client adds
