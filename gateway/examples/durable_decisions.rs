@@ -31,9 +31,9 @@ use chrono_tz::Tz;
 use gateway::config::Config;
 use gateway::decide::NudgeKind;
 use gateway::identity::{PersonId, PersonRecord};
-use gateway::io::mqtt::LatencyStamps;
 use gateway::reservations::{self, DecisionJob};
 use gateway::store::{Reservation, ReserveCandidate, ReserveRequest, Store};
+use gateway::telemetry::LatencyStamps;
 use gateway::telemetry::Telemetry;
 use tokio::sync::{Notify, mpsc, oneshot};
 

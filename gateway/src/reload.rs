@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ReloadResult, Telemetry, events};
 
 /// How often the file's metadata is looked at.
 const POLL: Duration = Duration::from_millis(500);
@@ -90,17 +90,15 @@ pub fn reload_once(
     };
     match &outcome {
         Outcome::Applied { needs_restart } => {
-            telemetry.count("config_reloads_total", &[("result", "applied")], 1);
+            events::config_reload(telemetry, ReloadResult::Applied);
             tracing::info!(hash = %current.borrow().hash, "configuration reloaded");
             if !needs_restart.is_empty() {
                 tracing::warn!(settings = ?needs_restart, "these settings change only on restart; keeping the running values");
             }
         }
-        Outcome::Unchanged => {
-            telemetry.count("config_reloads_total", &[("result", "unchanged")], 1)
-        }
+        Outcome::Unchanged => events::config_reload(telemetry, ReloadResult::Unchanged),
         Outcome::Refused(reason) => {
-            telemetry.count("config_reloads_total", &[("result", "refused")], 1);
+            events::config_reload(telemetry, ReloadResult::Refused);
             tracing::error!(%reason, "configuration reload refused; keeping the last good configuration");
         }
     }

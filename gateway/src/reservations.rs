@@ -26,23 +26,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::config::Config;
 use crate::identity::PersonId;
 use crate::store::{Reservation, ReserveCandidate, ReserveJob, Store, StoreError};
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{LatencyStamps, MAX_LATENCY_STAMPS, Telemetry, events};
 
 /// Jobs that may wait for the decider before the pipeline waits too.
 pub const QUEUE: usize = 1024;
 /// Most jobs reserved in one transaction and one flush.
 pub const MAX_BATCH: usize = 256;
-/// The summary `/metrics` reports submission → durable outcome in.
-pub const DECISION_LATENCY: &str = "decision_durable_seconds";
-
-/// When each reserved nudge's triggering sighting arrived, by nudge id:
-/// written by the pipeline at reservation, taken by delivery (`io::mqtt`)
-/// at publish.
-/// Bounded; a nudge without a stamp (after a restart, say) is not timed.
-pub type LatencyStamps = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
-
-/// At most this many reservations wait for their PUBACK to be timed.
-pub const MAX_LATENCY_STAMPS: usize = 4096;
 
 /// One person's decision: the candidates that passed consent and were
 /// composed, in priority order (see [`Store::reserve_batch`]).
@@ -255,7 +244,7 @@ impl Decider {
         };
         let finished = Instant::now();
         let batch_size = jobs.len();
-        self.telemetry.count("reservation_batches_total", &[], 1);
+        events::reservation_batch(&self.telemetry, batch_size);
         let mut reserved_any = false;
         for (job, tried) in jobs.into_iter().zip(tried) {
             // Not durable, not done: a failed flush fails the whole batch.
@@ -263,10 +252,7 @@ impl Decider {
                 (Err(e), Ok(_)) => Err(e.clone()),
                 (_, tried) => tried,
             };
-            self.telemetry.observe(
-                DECISION_LATENCY,
-                finished.duration_since(job.submitted).as_secs_f64(),
-            );
+            events::decision_durable(&self.telemetry, finished.duration_since(job.submitted));
             match &tried {
                 Ok(tried) => {
                     for (candidate, outcome) in job.candidates.iter().zip(tried) {
@@ -278,7 +264,7 @@ impl Decider {
                                     &self.telemetry,
                                     &job.person_hash,
                                     &candidate.rule,
-                                    candidate.kind.as_str(),
+                                    candidate.kind,
                                     &candidate.nudge_id,
                                 );
                             }
@@ -286,7 +272,7 @@ impl Decider {
                                 &self.telemetry,
                                 &job.person_hash,
                                 &candidate.rule,
-                                reason.label(),
+                                reason,
                             ),
                         }
                     }

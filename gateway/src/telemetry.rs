@@ -1,33 +1,837 @@
-//! Counters and gauges, rendered as Prometheus text on `/metrics`, and the
-//! notable events that both log and count (like vector's internal events):
-//! each event is one function here, so its log line and its counter can not
-//! drift apart.
+//! Counters, gauges and latency histograms, exposed as OpenMetrics text on
+//! `/metrics` by the Prometheus project's own Rust client
+//! (`prometheus-client`), and the notable events that both log and count
+//! (like vector's internal events): each event is one function in
+//! [`events`], so its log line and its counter can not drift apart.
 //!
-//! Every label value is a `&'static str`: a series exists only for a value
-//! written in the code, so nothing that arrives (a topic, a JSON key, a
-//! scanner's name) can add a series, and `/metrics` stays the size the code
-//! gives it. Input that must be counted by name goes through a fixed table
-//! first ([`field_label`]).
+//! Every metric is registered once, in [`Telemetry::new`]. Every label set
+//! is a struct of enums ([`Source`], [`TopicKind`], [`Field`], …), each
+//! variant written in the code: a series exists only for a value the code
+//! names, so nothing that arrives (a topic, a JSON key, a scanner's name)
+//! can add a series, and `/metrics` stays the size the code gives it.
+//! Input that must be counted by name goes through a fixed table first
+//! ([`Field::of`], [`Field::of_sighting`]).
+//!
+//! Exposed names are those of the hand-written registry this replaced
+//! (`gateway_sightings_total`, `gateway_outbox_depth`, …): the client adds
+//! `_total` to a counter's name itself, so counters are registered without
+//! it. Latencies are histograms (`…_seconds_bucket{le}`), so a chain's
+//! Prometheus can aggregate them across stores with `histogram_quantile`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Label names and values, all written in the code (see the module doc).
-type Labels = Vec<(&'static str, &'static str)>;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-#[derive(Default)]
+use crate::decide::{NudgeKind, SkipReason};
+use crate::identity::Purpose;
+use crate::topics::ScannerFeed;
+
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The prefix of every exposed name.
+const PREFIX: &str = "gateway";
+
+/// Latency buckets, seconds: 0.1 ms to 10 s. The measured range is
+/// sighting → PUBACK p50 ≈ 1 ms, p99 1.7–3.1 ms (42 ms without
+/// `set_tcp_nodelay`), decision → durable p99 2.5–3.8 ms (BENCHMARKS.md),
+/// so the buckets are dense from 0.5 ms to 10 ms and coarse above, up to
+/// a broker outage's seconds. Fixed, so the same buckets aggregate across
+/// stores.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A fixed set of label values: an enum whose variants are the only texts
+/// a label can carry. The text is written beside each variant (some are
+/// not Rust identifiers: `topic recipient`, `mqtt.password_file`), so
+/// `EncodeLabelValue` is implemented from [`as_str`](Source::as_str) rather
+/// than derived from the variant names.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value (also what logs show).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value with this text, if any.
+            pub fn from_label(text: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == text)
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// Where sightings come from (and which source failed).
+    Source {
+        Udp = "udp",
+        Replay = "replay",
+        Bluez = "bluez",
+        MqttOwn = "mqtt_own",
+        MqttOpenMqttGateway = "mqtt_openmqttgateway",
+        MqttEspresense = "mqtt_espresense",
+        /// The `--record` capture writer (its failures only).
+        Record = "record",
+    }
+}
+
+impl From<ScannerFeed> for Source {
+    fn from(feed: ScannerFeed) -> Self {
+        match feed {
+            ScannerFeed::Own => Source::MqttOwn,
+            ScannerFeed::OpenMqttGateway => Source::MqttOpenMqttGateway,
+            ScannerFeed::Espresense => Source::MqttEspresense,
+        }
+    }
+}
+
+label_values! {
+    /// The kind of an MQTT topic the gateway reads: the labels of
+    /// `topics::Incoming::kind` and of `topics::ScannerFeed::label`.
+    TopicKind {
+        CrmPerson = "crm_person",
+        Consent = "consent",
+        Checkin = "checkin",
+        Feedback = "feedback",
+        Purchase = "purchase",
+        Unknown = "unknown",
+        MqttOwn = "mqtt_own",
+        MqttOpenMqttGateway = "mqtt_openmqttgateway",
+        MqttEspresense = "mqtt_espresense",
+    }
+}
+
+impl TopicKind {
+    /// The kind of a label the topic code wrote (`Incoming::kind`,
+    /// `ScannerFeed::label`, `Subscription::kind`); one it does not know
+    /// (none today: see the tests) counts as `unknown`.
+    pub fn of(label: &str) -> Self {
+        Self::from_label(label).unwrap_or(TopicKind::Unknown)
+    }
+}
+
+label_values! {
+    /// The fields a sighting or an incoming message can be refused for:
+    /// the top-level names the parsers of `sighting`, `io::scanners`,
+    /// `identity/` and the pipeline report. A path inside a known field
+    /// counts under that field (`beacons[2].rssi` is `beacons`); anything
+    /// else, an unknown key above all, is `unknown_field`, so a sender
+    /// choosing keys cannot choose series.
+    Field {
+        Answer = "answer",
+        At = "at",
+        AtMs = "at_ms",
+        Beacons = "beacons",
+        Comment = "comment",
+        Consent = "consent",
+        Forget = "forget",
+        Id = "id",
+        Identities = "identities",
+        Identity = "identity",
+        Interests = "interests",
+        Items = "items",
+        Message = "message",
+        NudgeId = "nudge_id",
+        Owns = "owns",
+        Payload = "payload",
+        Person = "person",
+        Recipient = "recipient",
+        Record = "record",
+        RotatingId = "rotating_id",
+        Storage = "storage",
+        Timezone = "timezone",
+        Topic = "topic",
+        TopicRecipient = "topic recipient",
+        // Sighting records (`sighting.rs`) and scanner feeds (`io::scanners`).
+        Scanner = "scanner",
+        Addr = "addr",
+        Rssi = "rssi",
+        Adv = "adv",
+        Mac = "mac",
+        Node = "node",
+        Room = "room",
+        Name = "name",
+        ManufacturerData = "manufacturerdata",
+        ServiceData = "servicedata",
+        ServiceDataUuid = "servicedatauuid",
+        // Decoded beacons as OpenMQTTGateway / Theengs ship them, and
+        // ESPresense's per-node settings (`io::scanners`).
+        ModelId = "model_id",
+        Mfid = "mfid",
+        Uuid = "uuid",
+        Major = "major",
+        Minor = "minor",
+        TxPower = "txpower",
+        Volt = "volt",
+        RssiAt1m = "rssi@1m",
+        RxAdj = "rxAdj",
+        UnknownField = "unknown_field",
+    }
+}
+
+impl Field {
+    /// The label of a field an incoming app or CRM message was refused
+    /// for: its top level if that is one of [`INCOMING_FIELDS`],
+    /// `unknown_field` otherwise.
+    pub fn of(field: &str) -> Self {
+        let top = field.split(['.', '[']).next().unwrap_or(field);
+        if INCOMING_FIELDS.contains(&top) {
+            Self::from_label(top).unwrap_or(Field::UnknownField)
+        } else {
+            Field::UnknownField
+        }
+    }
+
+    /// The label of a field a sighting record or a scanner message was
+    /// refused for: the parser's own name for it (`sighting.rs`,
+    /// `io::scanners`), `unknown_field` for one the table lacks.
+    pub fn of_sighting(field: &str) -> Self {
+        Self::from_label(field).unwrap_or(Field::UnknownField)
+    }
+}
+
+label_values! {
+    /// A nudge's kind (`decide::NudgeKind`).
+    Kind {
+        Info = "info",
+        Compare = "compare",
+        Thanks = "thanks",
+        Feedback = "feedback",
+        Offer = "offer",
+    }
+}
+
+impl From<NudgeKind> for Kind {
+    fn from(kind: NudgeKind) -> Self {
+        match kind {
+            NudgeKind::Info => Kind::Info,
+            NudgeKind::Compare => Kind::Compare,
+            NudgeKind::Thanks => Kind::Thanks,
+            NudgeKind::Feedback => Kind::Feedback,
+            NudgeKind::Offer => Kind::Offer,
+        }
+    }
+}
+
+label_values! {
+    /// Why a nudge was held back (`decide::SkipReason`).
+    HeldReason {
+        KillSwitch = "kill_switch",
+        NoConsent = "no_consent",
+        QuietHours = "quiet_hours",
+        PerVisit = "per_visit",
+        PerDay = "per_day",
+        PerWeek = "per_week",
+        MinGap = "min_gap",
+        PerKindPerDay = "per_kind_per_day",
+        RuleCooldown = "rule_cooldown",
+        StoreRate = "store_rate",
+    }
+}
+
+impl From<&SkipReason> for HeldReason {
+    fn from(reason: &SkipReason) -> Self {
+        match reason {
+            SkipReason::KillSwitch => HeldReason::KillSwitch,
+            SkipReason::NoConsent { .. } => HeldReason::NoConsent,
+            SkipReason::QuietHours => HeldReason::QuietHours,
+            SkipReason::PerVisit { .. } => HeldReason::PerVisit,
+            SkipReason::PerDay { .. } => HeldReason::PerDay,
+            SkipReason::PerWeek { .. } => HeldReason::PerWeek,
+            SkipReason::MinGap { .. } => HeldReason::MinGap,
+            SkipReason::PerKindPerDay { .. } => HeldReason::PerKindPerDay,
+            SkipReason::RuleCooldown { .. } => HeldReason::RuleCooldown,
+            SkipReason::StoreRate { .. } => HeldReason::StoreRate,
+        }
+    }
+}
+
+label_values! {
+    /// A consent purpose (`identity::Purpose`).
+    ConsentPurpose {
+        Proximity = "proximity",
+        ProductInfo = "product_info",
+        Offers = "offers",
+        Thanks = "thanks",
+        Feedback = "feedback",
+    }
+}
+
+impl From<Purpose> for ConsentPurpose {
+    fn from(purpose: Purpose) -> Self {
+        match purpose {
+            Purpose::Proximity => ConsentPurpose::Proximity,
+            Purpose::ProductInfo => ConsentPurpose::ProductInfo,
+            Purpose::Offers => ConsentPurpose::Offers,
+            Purpose::Thanks => ConsentPurpose::Thanks,
+            Purpose::Feedback => ConsentPurpose::Feedback,
+        }
+    }
+}
+
+label_values! {
+    /// What a storage error interrupted.
+    During {
+        Reserve = "reserve",
+        ShutdownFlush = "shutdown_flush",
+        Retention = "retention",
+        Visit = "visit",
+        CountVisit = "count_visit",
+        Tombstone = "tombstone",
+        UpsertPerson = "upsert_person",
+        ReloadPeople = "reload_people",
+        Erase = "erase",
+        PurgeOutbox = "purge_outbox",
+        Feedback = "feedback",
+        OutboxRead = "outbox_read",
+        OutboxRemove = "outbox_remove",
+        OutboxExpire = "outbox_expire",
+        /// A `during` the table above lacks: a slip in the code (the
+        /// tests list every one written today), never input.
+        Other = "other",
+    }
+}
+
+label_values! {
+    /// The MQTT connection went up or down.
+    LinkState {
+        Up = "up",
+        Down = "down",
+    }
+}
+
+label_values! {
+    /// Why a connection attempt to the broker failed (`io::mqtt`).
+    ConnectError {
+        Tls = "tls",
+        Refused = "refused",
+        Io = "io",
+        Timeout = "timeout",
+        Protocol = "protocol",
+        Other = "other",
+    }
+}
+
+label_values! {
+    /// What was too large for the broker.
+    Publish {
+        Nudge = "nudge",
+        Other = "other",
+    }
+}
+
+label_values! {
+    /// The config field naming a secret file.
+    SecretField {
+        MqttPasswordFile = "mqtt.password_file",
+    }
+}
+
+label_values! {
+    /// What a configuration reload did.
+    ReloadResult {
+        Applied = "applied",
+        Unchanged = "unchanged",
+        Refused = "refused",
+    }
+}
+
+label_values! {
+    /// Whether a purchase's buyer is someone opted in.
+    Buyer {
+        Unknown = "unknown",
+        OptedIn = "opted_in",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySource {
+    source: Source,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySourceField {
+    source: Source,
+    field: Field,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicKind {
+    kind: TopicKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicKindField {
+    kind: TopicKind,
+    field: Field,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByKind {
+    kind: Kind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByHeldReason {
+    reason: HeldReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPurpose {
+    purpose: ConsentPurpose,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByDuring {
+    during: During,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByState {
+    state: LinkState,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByConnectError {
+    reason: ConnectError,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPublish {
+    what: Publish,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySecretField {
+    field: SecretField,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByReloadResult {
+    result: ReloadResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByBuyer {
+    buyer: Buyer,
+}
+
+/// When each reserved nudge's triggering sighting arrived, by nudge id:
+/// written by the reservation stage, taken by delivery at publish, so the
+/// PUBACK can be timed into the sighting → PUBACK histogram. Bounded
+/// ([`MAX_LATENCY_STAMPS`]); a nudge without a stamp (after a restart,
+/// say) is not timed.
+pub type LatencyStamps =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>;
+
+/// At most this many reservations wait for their PUBACK to be timed.
+pub const MAX_LATENCY_STAMPS: usize = 4096;
+
+/// Every metric, registered once in [`Telemetry::new`].
+struct Metrics {
+    sightings: Family<BySource, Counter>,
+    sightings_rejected: Family<BySourceField, Counter>,
+    scanner_messages_ignored: Family<BySourceField, Counter>,
+    adverts_undecodable: Family<BySource, Counter>,
+    source_failures: Family<BySource, Counter>,
+    strangers_dropped: Counter,
+    people_recognised: Counter,
+    people_erased: Counter,
+    people_refused_erased: Counter,
+    people_present: Gauge,
+    incoming: Family<ByTopicKind, Counter>,
+    incoming_rejected: Family<ByTopicKindField, Counter>,
+    incoming_rate_limited: Family<ByTopicKind, Counter>,
+    incoming_retained_ignored: Family<ByTopicKind, Counter>,
+    error_reports_suppressed: Counter,
+    replies_dropped: Counter,
+    response_topics_refused: Counter,
+    consent_withdrawn: Family<ByPurpose, Counter>,
+    purchases: Family<ByBuyer, Counter>,
+    feedback_answers: Counter,
+    checkins: Counter,
+    checkins_rejected: Counter,
+    nudges_reserved: Family<ByKind, Counter>,
+    nudges_held: Family<ByHeldReason, Counter>,
+    nudges_not_composed: Counter,
+    nudges_published: Counter,
+    nudges_acked: Counter,
+    nudges_refused_by_broker: Counter,
+    nudges_expired: Counter,
+    reservation_batches: Counter,
+    retention_swept: Counter,
+    outbox_depth: Gauge,
+    homeassistant_discovery_published: Counter,
+    homeassistant_entities: Gauge,
+    mqtt_connected: Gauge,
+    mqtt_connection_changes: Family<ByState, Counter>,
+    mqtt_connect_errors: Family<ByConnectError, Counter>,
+    mqtt_subacks: Counter,
+    /// A count, but typed gauge: as a counter its family would be named
+    /// `gateway_mqtt_subscriptions_refused`, the gauge below's name, and
+    /// an OpenMetrics exposition may not hold one family twice. Kept so
+    /// the exposed names stay what they were; it only ever goes up.
+    mqtt_subscriptions_refused_total: Family<ByTopicKind, Gauge>,
+    mqtt_subscriptions_refused: Gauge,
+    publishes_too_large: Family<ByPublish, Counter>,
+    secret_files_exposed: Family<BySecretField, Counter>,
+    storage_errors: Family<ByDuring, Counter>,
+    config_reloads: Family<ByReloadResult, Counter>,
+    bluez_scanning: Gauge,
+    sighting_to_puback: Histogram,
+    decision_durable: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        Self {
+            sightings: Default::default(),
+            sightings_rejected: Default::default(),
+            scanner_messages_ignored: Default::default(),
+            adverts_undecodable: Default::default(),
+            source_failures: Default::default(),
+            strangers_dropped: Default::default(),
+            people_recognised: Default::default(),
+            people_erased: Default::default(),
+            people_refused_erased: Default::default(),
+            people_present: Default::default(),
+            incoming: Default::default(),
+            incoming_rejected: Default::default(),
+            incoming_rate_limited: Default::default(),
+            incoming_retained_ignored: Default::default(),
+            error_reports_suppressed: Default::default(),
+            replies_dropped: Default::default(),
+            response_topics_refused: Default::default(),
+            consent_withdrawn: Default::default(),
+            purchases: Default::default(),
+            feedback_answers: Default::default(),
+            checkins: Default::default(),
+            checkins_rejected: Default::default(),
+            nudges_reserved: Default::default(),
+            nudges_held: Default::default(),
+            nudges_not_composed: Default::default(),
+            nudges_published: Default::default(),
+            nudges_acked: Default::default(),
+            nudges_refused_by_broker: Default::default(),
+            nudges_expired: Default::default(),
+            reservation_batches: Default::default(),
+            retention_swept: Default::default(),
+            outbox_depth: Default::default(),
+            homeassistant_discovery_published: Default::default(),
+            homeassistant_entities: Default::default(),
+            mqtt_connected: Default::default(),
+            mqtt_connection_changes: Default::default(),
+            mqtt_connect_errors: Default::default(),
+            mqtt_subacks: Default::default(),
+            mqtt_subscriptions_refused_total: Default::default(),
+            mqtt_subscriptions_refused: Default::default(),
+            publishes_too_large: Default::default(),
+            secret_files_exposed: Default::default(),
+            storage_errors: Default::default(),
+            config_reloads: Default::default(),
+            bluez_scanning: Default::default(),
+            sighting_to_puback: Histogram::new(LATENCY_BUCKETS),
+            decision_durable: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+
+    /// A labelled series shows only once touched. The dashboard's families
+    /// whose label values are a short closed set, most of them rare
+    /// (storage errors, refused reloads, withdrawals), start at 0 instead,
+    /// so their panels and an `increase()` alert see a series from the
+    /// first scrape rather than "no data" until the first occurrence.
+    fn zero_the_closed_sets(&self) {
+        for &during in During::ALL.iter().filter(|d| **d != During::Other) {
+            drop(self.storage_errors.get_or_create(&ByDuring { during }));
+        }
+        for &result in ReloadResult::ALL {
+            drop(
+                self.config_reloads
+                    .get_or_create(&ByReloadResult { result }),
+            );
+        }
+        for &purpose in ConsentPurpose::ALL {
+            drop(self.consent_withdrawn.get_or_create(&ByPurpose { purpose }));
+        }
+        for &kind in Kind::ALL {
+            drop(self.nudges_reserved.get_or_create(&ByKind { kind }));
+        }
+        for &reason in HeldReason::ALL {
+            drop(self.nudges_held.get_or_create(&ByHeldReason { reason }));
+        }
+    }
+
+    /// Registers each metric under its exposed name (the client adds
+    /// `gateway_` and, to counters, `_total`).
+    fn register(&self, r: &mut Registry) {
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:ident) => {
+                r.register($name, $help, self.$metric.clone())
+            };
+        }
+        reg!(
+            "sightings",
+            "Sighting records received, by source",
+            sightings
+        );
+        reg!(
+            "sightings_rejected",
+            "Sighting records refused, by source and field",
+            sightings_rejected
+        );
+        reg!(
+            "scanner_messages_ignored",
+            "Scanner messages ignored (not a beacon the gateway reads), by source and field",
+            scanner_messages_ignored
+        );
+        reg!(
+            "adverts_undecodable",
+            "Adverts that decoded to no frame, by source",
+            adverts_undecodable
+        );
+        reg!(
+            "source_failures",
+            "Sighting sources that failed, by source",
+            source_failures
+        );
+        reg!(
+            "strangers_dropped",
+            "App tokens that resolved to nobody, dropped",
+            strangers_dropped
+        );
+        reg!(
+            "people_recognised",
+            "Sightings of opted-in people",
+            people_recognised
+        );
+        reg!("people_erased", "People erased", people_erased);
+        reg!(
+            "people_refused_erased",
+            "CRM records refused: not later than the person's erasure",
+            people_refused_erased
+        );
+        reg!(
+            "people_present",
+            "People present in the store now",
+            people_present
+        );
+        reg!(
+            "incoming",
+            "App and CRM messages taken, by topic kind",
+            incoming
+        );
+        reg!(
+            "incoming_rejected",
+            "Incoming messages refused, by topic kind and field",
+            incoming_rejected
+        );
+        reg!(
+            "incoming_rate_limited",
+            "Incoming messages over their recipient's rate, dropped, by topic kind",
+            incoming_rate_limited
+        );
+        reg!(
+            "incoming_retained_ignored",
+            "Retained copies on request topics, ignored, by topic kind",
+            incoming_retained_ignored
+        );
+        reg!(
+            "error_reports_suppressed",
+            "Error reports not sent: over the per-second cap",
+            error_reports_suppressed
+        );
+        reg!(
+            "replies_dropped",
+            "Receipts and error reports that could not be queued",
+            replies_dropped
+        );
+        reg!(
+            "response_topics_refused",
+            "MQTT v5 response topics outside the sender's receipts topic",
+            response_topics_refused
+        );
+        reg!(
+            "consent_withdrawn",
+            "Consent withdrawals, by purpose",
+            consent_withdrawn
+        );
+        reg!("purchases", "Purchases from the till, by buyer", purchases);
+        reg!(
+            "feedback_answers",
+            "Feedback answers saved",
+            feedback_answers
+        );
+        reg!("checkins", "Check-ins accepted", checkins);
+        reg!(
+            "checkins_rejected",
+            "Check-ins refused: the identifier is not the recipient's",
+            checkins_rejected
+        );
+        reg!(
+            "nudges_reserved",
+            "Nudges reserved (durable), by kind",
+            nudges_reserved
+        );
+        reg!("nudges_held", "Nudges held back, by reason", nudges_held);
+        reg!(
+            "nudges_not_composed",
+            "Nudges whose template could not be composed",
+            nudges_not_composed
+        );
+        reg!(
+            "nudges_published",
+            "Nudges handed to the MQTT client",
+            nudges_published
+        );
+        reg!(
+            "nudges_acked",
+            "Nudges acknowledged by the broker",
+            nudges_acked
+        );
+        reg!(
+            "nudges_refused_by_broker",
+            "Nudges the broker refused (PUBACK with an error code)",
+            nudges_refused_by_broker
+        );
+        reg!(
+            "nudges_expired",
+            "Nudges expired in the outbox, not sent",
+            nudges_expired
+        );
+        reg!(
+            "reservation_batches",
+            "Batches of decisions reserved in one transaction",
+            reservation_batches
+        );
+        reg!(
+            "retention_swept",
+            "Capture records dropped by the retention sweep",
+            retention_swept
+        );
+        reg!("outbox_depth", "Nudges waiting in the outbox", outbox_depth);
+        reg!(
+            "homeassistant_discovery_published",
+            "Home Assistant discovery publications (start and reloads)",
+            homeassistant_discovery_published
+        );
+        reg!(
+            "homeassistant_entities",
+            "Entities announced to Home Assistant",
+            homeassistant_entities
+        );
+        reg!(
+            "mqtt_connected",
+            "1 when connected to the MQTT broker",
+            mqtt_connected
+        );
+        reg!(
+            "mqtt_connection_changes",
+            "MQTT connection changes, by state",
+            mqtt_connection_changes
+        );
+        reg!(
+            "mqtt_connect_errors",
+            "Failed MQTT connection attempts, by reason",
+            mqtt_connect_errors
+        );
+        reg!("mqtt_subacks", "SUBACKs received", mqtt_subacks);
+        reg!(
+            "mqtt_subscriptions_refused_total",
+            "Subscriptions the broker refused, by topic kind",
+            mqtt_subscriptions_refused_total
+        );
+        reg!(
+            "mqtt_subscriptions_refused",
+            "Subscriptions the broker's last SUBACK refused",
+            mqtt_subscriptions_refused
+        );
+        reg!(
+            "publishes_too_large",
+            "Messages larger than the broker accepts, dropped, by what",
+            publishes_too_large
+        );
+        reg!(
+            "secret_files_exposed",
+            "Secret files readable by group or others, by config field",
+            secret_files_exposed
+        );
+        reg!(
+            "storage_errors",
+            "Storage errors, by what they interrupted",
+            storage_errors
+        );
+        reg!(
+            "config_reloads",
+            "Configuration reloads, by result",
+            config_reloads
+        );
+        reg!(
+            "bluez_scanning",
+            "1 while BlueZ is scanning",
+            bluez_scanning
+        );
+        r.register_with_unit(
+            "sighting_to_puback",
+            "From the triggering sighting's arrival to the broker's PUBACK of the nudge",
+            Unit::Seconds,
+            self.sighting_to_puback.clone(),
+        );
+        r.register_with_unit(
+            "decision_durable",
+            "From a decision leaving the pipeline to its reservation being on disk",
+            Unit::Seconds,
+            self.decision_durable.clone(),
+        );
+    }
+}
+
 pub struct Telemetry {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    gauges: Mutex<BTreeMap<&'static str, i64>>,
-    /// Latency samples per summary name: the most recent ones only.
-    summaries: Mutex<BTreeMap<&'static str, Summary>>,
+    registry: Registry,
+    m: Metrics,
     /// Warnings about bad input.
     warnings: LogBudget,
     /// Messages dropped for their recipient's rate: a budget of their own,
     /// so a flood of bad input cannot hide a flood over the rate.
     rate_limited_log: LogBudget,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A per-second allowance of log lines.
@@ -55,91 +859,19 @@ const RATE_LIMITED_LOGS_PER_SECOND: u64 = 5;
 /// garbage cannot flood the log; every occurrence is still counted.
 const WARNINGS_PER_SECOND: u64 = 20;
 
-/// A bounded reservoir of the latest samples, reported as quantiles.
-#[derive(Default)]
-struct Summary {
-    recent: std::collections::VecDeque<f64>,
-    count: u64,
-    sum: f64,
-}
-
-/// Samples kept per summary: enough for a stable p999 over recent traffic.
-const SUMMARY_SAMPLES: usize = 8192;
-
-impl Summary {
-    fn quantile(sorted: &[f64], q: f64) -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-    }
-}
-
 impl Telemetry {
+    /// Every metric, registered.
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// One latency sample, in seconds.
-    pub fn observe(&self, name: &'static str, seconds: f64) {
-        let mut summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        let s = summaries.entry(name).or_default();
-        if s.recent.len() == SUMMARY_SAMPLES {
-            s.recent.pop_front();
+        let m = Metrics::new();
+        m.zero_the_closed_sets();
+        let mut registry = Registry::with_prefix(PREFIX);
+        m.register(&mut registry);
+        Self {
+            registry,
+            m,
+            warnings: LogBudget::default(),
+            rate_limited_log: LogBudget::default(),
         }
-        s.recent.push_back(seconds);
-        s.count += 1;
-        s.sum += seconds;
-    }
-
-    /// p50, p99 and p999 of the recent samples of a summary.
-    pub fn quantiles(&self, name: &str) -> Option<[f64; 3]> {
-        let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        let s = summaries.get(name)?;
-        let mut sorted: Vec<f64> = s.recent.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
-        Some([0.5, 0.99, 0.999].map(|q| Summary::quantile(&sorted, q)))
-    }
-
-    pub fn count(&self, name: &'static str, labels: &[(&'static str, &'static str)], by: u64) {
-        let key = (name, labels.to_vec());
-        *self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert(0) += by;
-    }
-
-    pub fn set_gauge(&self, name: &'static str, value: i64) {
-        self.gauges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, value);
-    }
-
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((n, l), _)| {
-                *n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    pub fn gauge(&self, name: &str) -> i64 {
-        self.gauges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
     }
 
     /// Whether a rate-limited warning may be logged now.
@@ -147,70 +879,78 @@ impl Telemetry {
         self.warnings.may(WARNINGS_PER_SECOND)
     }
 
-    /// Prometheus text exposition format.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), `# EOF` last.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last = "";
-        for ((name, labels), value) in counters.iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE gateway_{name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "gateway_{name}{} {value}", render_labels(labels));
-        }
-        for (name, s) in self
-            .summaries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let mut sorted: Vec<f64> = s.recent.iter().copied().collect();
-            sorted.sort_by(f64::total_cmp);
-            let _ = writeln!(out, "# TYPE gateway_{name} summary");
-            for q in [0.5, 0.99, 0.999] {
-                let _ = writeln!(
-                    out,
-                    "gateway_{name}{{quantile=\"{q}\"}} {}",
-                    Summary::quantile(&sorted, q)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "gateway_{name}_sum {}\ngateway_{name}_count {}",
-                s.sum, s.count
-            );
-        }
-        for (name, value) in self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "# TYPE gateway_{name} gauge\ngateway_{name} {value}");
+        // Writing to a String does not fail; an encoder error would be a
+        // bug in the client, and a scrape is no place to panic.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# EOF");
         }
         out
     }
-}
 
-fn render_labels(labels: &[(&'static str, &'static str)]) -> String {
-    if labels.is_empty() {
-        return String::new();
+    /// The sum of a counter's series (or a gauge's value) whose labels
+    /// include `labels`, read back from the exposition: `name` as exposed,
+    /// without `gateway_` (`"nudges_held_total"`). For tests and the run
+    /// summary; 0 for a series that does not exist.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let text = self.render();
+        let wanted = format!("{PREFIX}_{name}");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .filter(|(n, l, _)| {
+                *n == wanted
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, value)| value.max(0.0) as u64)
+            .sum()
     }
-    let inner: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            )
-        })
-        .collect();
-    format!("{{{}}}", inner.join(","))
+
+    /// A gauge's value (`name` without `gateway_`), 0 if absent.
+    pub fn gauge(&self, name: &str) -> i64 {
+        let wanted = format!("{PREFIX}_{name}");
+        self.render()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .find(|(n, _, _)| *n == wanted)
+            .map_or(0, |(_, _, v)| v as i64)
+    }
 }
 
-/// The fields an incoming message can be refused for, as metric labels:
-/// the top-level names the parsers of `identity/` and the pipeline
-/// report. A path inside a known field counts under that field
-/// (`beacons[2].rssi` is `beacons`); anything else, an unknown key above
-/// all, is `unknown_field`, so a sender choosing keys cannot choose series.
+/// A sample of the exposition: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// One sample line of the exposition. Label values here are the code's
+/// own (see the module doc), none with a `"` or `,`.
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse::<f64>().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}')?;
+            let labels = inner
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once("=\"")?;
+                    Some((k, v.trim_end_matches('"')))
+                })
+                .collect();
+            (name, labels)
+        }
+    };
+    Some((name, labels, value))
+}
+
+/// The fields an incoming message can be refused for, as metric labels
+/// (see [`Field`]): the names [`field_label`] keeps.
 pub const INCOMING_FIELDS: &[&str] = &[
     "answer",
     "at",
@@ -238,14 +978,9 @@ pub const INCOMING_FIELDS: &[&str] = &[
     "topic recipient",
 ];
 
-/// See [`INCOMING_FIELDS`].
+/// The label text of a refused field (see [`Field::of`]).
 pub fn field_label(field: &str) -> &'static str {
-    let top = field.split(['.', '[']).next().unwrap_or(field);
-    INCOMING_FIELDS
-        .iter()
-        .find(|known| **known == top)
-        .copied()
-        .unwrap_or("unknown_field")
+    Field::of(field).as_str()
 }
 
 /// What of a sender's text (a field name, a reason quoting a value) may go
@@ -267,64 +1002,90 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The events. Personal data never reaches these: callers pass hashed ids.
+/// The events: each logs (when worth a line) and counts. Personal data
+/// never reaches these: callers pass hashed ids.
 pub mod events {
-    use super::Telemetry;
+    use super::{
+        Buyer, BySecretField, BySource, BySourceField, ByTopicKind, ByTopicKindField, ConnectError,
+        ConsentPurpose, Duration, During, Field, HeldReason, Kind, LinkState, Publish,
+        ReloadResult, SecretField, Source, Telemetry, TopicKind,
+    };
+    use super::{
+        ByBuyer, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish, ByPurpose,
+        ByReloadResult, ByState,
+    };
+    use crate::decide::{NudgeKind, SkipReason};
 
     /// Home Assistant discovery published (`entities` configs) and
     /// entities removed (empty retained configs).
     pub fn homeassistant_discovery(t: &Telemetry, entities: usize, removed: usize) {
-        t.count("homeassistant_discovery_published_total", &[], 1);
-        t.set_gauge("homeassistant_entities", entities as i64);
+        t.m.homeassistant_discovery_published.inc();
+        t.m.homeassistant_entities.set(entities as i64);
         tracing::info!(entities, removed, "home assistant discovery published");
     }
 
-    /// A scanner-node message that carries nothing the gateway can use
-    /// (a device ESPresense names by alias, a decoded sensor reading):
-    /// counted by feed and field, never logged with its content.
-    pub fn scanner_message_ignored(t: &Telemetry, source: &'static str, field: &'static str) {
-        t.count(
-            "scanner_messages_ignored_total",
-            &[("source", source), ("field", field)],
-            1,
-        );
-    }
-
-    pub fn sighting_received(t: &Telemetry, source: &'static str) {
-        t.count("sightings_total", &[("source", source)], 1);
+    pub fn sighting_received(t: &Telemetry, source: Source) {
+        t.m.sightings.get_or_create(&BySource { source }).inc();
     }
 
     /// A record that could not be parsed: named by field, never by content.
     pub fn sighting_rejected(
         t: &Telemetry,
-        source: &'static str,
+        source: Source,
         origin: &str,
         field: &'static str,
         reason: &str,
     ) {
-        t.count(
-            "sightings_rejected_total",
-            &[("source", source), ("field", field)],
-            1,
-        );
+        let labels = BySourceField {
+            source,
+            field: Field::of_sighting(field),
+        };
+        t.m.sightings_rejected.get_or_create(&labels).inc();
         if t.may_warn() {
-            tracing::warn!(source, origin, field, reason, "sighting rejected");
+            tracing::warn!(%source, origin, field, reason, "sighting rejected");
         }
     }
 
-    pub fn advert_undecodable(t: &Telemetry, source: &'static str) {
-        t.count("adverts_undecodable_total", &[("source", source)], 1);
+    /// A scanner message that is not a beacon the gateway reads (a phone,
+    /// a message without advert data): counted, not logged (they are most
+    /// of a busy scanner's traffic).
+    pub fn scanner_message_ignored(t: &Telemetry, source: Source, field: &'static str) {
+        let labels = BySourceField {
+            source,
+            field: Field::of_sighting(field),
+        };
+        t.m.scanner_messages_ignored.get_or_create(&labels).inc();
+        tracing::trace!(%source, field, "scanner message ignored");
+    }
+
+    pub fn advert_undecodable(t: &Telemetry, source: Source) {
+        t.m.adverts_undecodable
+            .get_or_create(&BySource { source })
+            .inc();
+    }
+
+    pub fn source_failed(t: &Telemetry, source: Source, error: &dyn std::fmt::Display) {
+        t.m.source_failures
+            .get_or_create(&BySource { source })
+            .inc();
+        tracing::error!(%source, %error, "source failed");
+    }
+
+    /// BlueZ started or stopped scanning.
+    pub fn bluez_scanning(t: &Telemetry, scanning: bool) {
+        t.m.bluez_scanning.set(i64::from(scanning));
+        tracing::debug!(scanning, "BlueZ scanning");
     }
 
     /// An app token that resolves to nobody: a stranger, forgotten here.
     pub fn stranger_dropped(t: &Telemetry) {
-        t.count("strangers_dropped_total", &[], 1);
+        t.m.strangers_dropped.inc();
     }
 
     /// A CRM record not dated after the person's erasure (their retained
     /// record, republished or handed over on a fresh session).
     pub fn person_record_refused_after_erasure(t: &Telemetry, person_hash: &str) {
-        t.count("people_refused_erased_total", &[], 1);
+        t.m.people_refused_erased.inc();
         tracing::info!(
             person = person_hash,
             "person record refused: not later than the person's erasure"
@@ -333,57 +1094,26 @@ pub mod events {
 
     /// A person erased (at their request, the back office's or an operator's).
     pub fn person_erased(t: &Telemetry, person_hash: &str) {
-        t.count("people_erased_total", &[], 1);
+        t.m.people_erased.inc();
         tracing::info!(person = person_hash, "person erased");
     }
 
     pub fn person_recognised(t: &Telemetry, person_hash: &str) {
-        t.count("people_recognised_total", &[], 1);
+        t.m.people_recognised.inc();
         tracing::debug!(person = person_hash, "person recognised");
     }
 
-    pub fn nudge_reserved(
-        t: &Telemetry,
-        person_hash: &str,
-        rule: &str,
-        kind: &'static str,
-        nudge_id: &str,
-    ) {
-        t.count("nudges_reserved_total", &[("kind", kind)], 1);
-        tracing::info!(person = person_hash, rule, kind, nudge_id, "nudge reserved");
+    /// How many people are present now (every tick).
+    pub fn people_present(t: &Telemetry, present: usize) {
+        t.m.people_present.set(present as i64);
     }
 
-    pub fn nudge_held(t: &Telemetry, person_hash: &str, rule: &str, reason: &'static str) {
-        t.count("nudges_held_total", &[("reason", reason)], 1);
-        tracing::info!(person = person_hash, rule, reason, "nudge held back");
-    }
-
-    pub fn nudge_published(t: &Telemetry) {
-        t.count("nudges_published_total", &[], 1);
-    }
-
-    pub fn nudge_acked(t: &Telemetry, nudge_id: &str) {
-        t.count("nudges_acked_total", &[], 1);
-        tracing::debug!(nudge_id, "nudge acknowledged by the broker");
-    }
-
-    pub fn nudge_expired(t: &Telemetry, nudge_id: &str) {
-        t.count("nudges_expired_total", &[], 1);
-        tracing::info!(nudge_id, "nudge expired in the outbox, not sent");
-    }
-
-    pub fn mqtt_connection(t: &Telemetry, connected: bool, detail: &str) {
-        t.set_gauge("mqtt_connected", i64::from(connected));
-        t.count(
-            "mqtt_connection_changes_total",
-            &[("state", if connected { "up" } else { "down" })],
-            1,
-        );
-        if connected {
-            tracing::info!(detail, "connected to the MQTT broker");
-        } else {
-            tracing::warn!(detail, "MQTT connection lost; retrying with backoff");
-        }
+    /// An app or CRM message taken off a subscription (`kind`: the topic
+    /// code's label, `Incoming::kind`).
+    pub fn incoming(t: &Telemetry, kind: &'static str) {
+        let kind = TopicKind::of(kind);
+        t.m.incoming.get_or_create(&ByTopicKind { kind }).inc();
+        tracing::trace!(%kind, "incoming message");
     }
 
     /// An incoming app or CRM message refused: counted by topic kind and
@@ -393,15 +1123,15 @@ pub mod events {
         // A key the parser did not expect counts as such even when it is
         // the name of another message's field (`answer` in a check-in).
         let label = if reason == "unknown field" {
-            "unknown_field"
+            Field::UnknownField
         } else {
-            super::field_label(field)
+            Field::of(field)
         };
-        t.count(
-            "incoming_rejected_total",
-            &[("kind", kind), ("field", label)],
-            1,
-        );
+        let labels = ByTopicKindField {
+            kind: TopicKind::of(kind),
+            field: label,
+        };
+        t.m.incoming_rejected.get_or_create(&labels).inc();
         if t.may_warn() {
             tracing::warn!(
                 kind,
@@ -415,16 +1145,208 @@ pub mod events {
     /// An app message over its recipient's rate: dropped unread (and
     /// acked, so the broker does not send it again).
     pub fn incoming_rate_limited(t: &Telemetry, kind: &'static str) {
-        t.count("incoming_rate_limited_total", &[("kind", kind)], 1);
+        let kind = TopicKind::of(kind);
+        t.m.incoming_rate_limited
+            .get_or_create(&ByTopicKind { kind })
+            .inc();
         if t.rate_limited_log.may(super::RATE_LIMITED_LOGS_PER_SECOND) {
-            tracing::warn!(kind, "incoming message over its recipient's rate; dropped");
+            tracing::warn!(%kind, "incoming message over its recipient's rate; dropped");
         }
+    }
+
+    /// A retained copy on a topic that carries requests (consent, check-in,
+    /// feedback, purchase, sightings): left there by a client, not acted on.
+    pub fn retained_message_ignored(t: &Telemetry, kind: &'static str) {
+        let kind = TopicKind::of(kind);
+        t.m.incoming_retained_ignored
+            .get_or_create(&ByTopicKind { kind })
+            .inc();
+        if t.may_warn() {
+            tracing::warn!(%kind, "ignored a retained message on a request topic");
+        }
+    }
+
+    /// An error report not sent on `gateway/errors`: over its per-second
+    /// cap (the refusal itself is counted and logged by
+    /// [`incoming_rejected`]).
+    pub fn error_report_suppressed(t: &Telemetry) {
+        t.m.error_reports_suppressed.inc();
+        tracing::trace!("error report suppressed: over the per-second cap");
+    }
+
+    /// A receipt or error report that could not be queued for the broker.
+    pub fn reply_dropped(t: &Telemetry, error: &dyn std::fmt::Display) {
+        t.m.replies_dropped.inc();
+        if t.may_warn() {
+            tracing::warn!(%error, "a receipt or error report could not be queued; dropped");
+        }
+    }
+
+    /// An MQTT v5 response topic outside the sender's own receipts topic:
+    /// no receipt is sent there.
+    pub fn response_topic_refused(t: &Telemetry) {
+        t.m.response_topics_refused.inc();
+        if t.may_warn() {
+            tracing::warn!("response topic outside the sender's receipts topic; no receipt sent");
+        }
+    }
+
+    /// A consent purpose withdrawn (a consent change, or a CRM record).
+    pub fn consent_withdrawn(t: &Telemetry, purpose: impl Into<ConsentPurpose>) {
+        let purpose = purpose.into();
+        t.m.consent_withdrawn
+            .get_or_create(&ByPurpose { purpose })
+            .inc();
+        tracing::info!(%purpose, "consent withdrawn");
+    }
+
+    /// A purchase from the till, by an opted-in buyer or not.
+    pub fn purchase(t: &Telemetry, opted_in: bool) {
+        let buyer = if opted_in {
+            Buyer::OptedIn
+        } else {
+            Buyer::Unknown
+        };
+        t.m.purchases.get_or_create(&ByBuyer { buyer }).inc();
+        tracing::debug!(%buyer, "purchase");
+    }
+
+    pub fn feedback_answered(t: &Telemetry) {
+        t.m.feedback_answers.inc();
+        tracing::debug!("feedback answer saved");
+    }
+
+    pub fn checkin_accepted(t: &Telemetry) {
+        t.m.checkins.inc();
+        tracing::debug!("check-in accepted");
+    }
+
+    /// A check-in whose identifier is not the recipient's (the refusal is
+    /// reported by [`incoming_rejected`] too).
+    pub fn checkin_rejected(t: &Telemetry) {
+        t.m.checkins_rejected.inc();
+        tracing::debug!("check-in refused: identifier not the recipient's");
+    }
+
+    pub fn nudge_reserved(
+        t: &Telemetry,
+        person_hash: &str,
+        rule: &str,
+        kind: NudgeKind,
+        nudge_id: &str,
+    ) {
+        let kind = Kind::from(kind);
+        t.m.nudges_reserved.get_or_create(&ByKind { kind }).inc();
+        tracing::info!(person = person_hash, rule, %kind, nudge_id, "nudge reserved");
+    }
+
+    pub fn nudge_held(t: &Telemetry, person_hash: &str, rule: &str, reason: &SkipReason) {
+        let reason = HeldReason::from(reason);
+        t.m.nudges_held
+            .get_or_create(&ByHeldReason { reason })
+            .inc();
+        tracing::info!(person = person_hash, rule, %reason, "nudge held back");
+    }
+
+    /// A rule's template could not be composed for a person: skipped. The
+    /// rule is named in the log, not as a label.
+    pub fn nudge_not_composed(t: &Telemetry, rule: &str, error: &dyn std::fmt::Display) {
+        t.m.nudges_not_composed.inc();
+        tracing::warn!(rule, %error, "nudge not composed; skipped");
+    }
+
+    /// A batch of decisions reserved in one transaction and flush.
+    pub fn reservation_batch(t: &Telemetry, decisions: usize) {
+        t.m.reservation_batches.inc();
+        tracing::trace!(decisions, "reservation batch flushed");
+    }
+
+    /// A decision's wait from the pipeline until its reservation (or its
+    /// refusal) is on disk.
+    pub fn decision_durable(t: &Telemetry, waited: Duration) {
+        t.m.decision_durable.observe(waited.as_secs_f64());
+    }
+
+    pub fn nudge_published(t: &Telemetry) {
+        t.m.nudges_published.inc();
+    }
+
+    pub fn nudge_acked(t: &Telemetry, nudge_id: &str) {
+        t.m.nudges_acked.inc();
+        tracing::debug!(nudge_id, "nudge acknowledged by the broker");
+    }
+
+    /// The time from a nudge's triggering sighting to the broker's PUBACK.
+    pub fn sighting_to_puback(t: &Telemetry, elapsed: Duration) {
+        t.m.sighting_to_puback.observe(elapsed.as_secs_f64());
+    }
+
+    /// The broker answered a nudge's PUBLISH with an error code: dropped.
+    pub fn nudge_refused_by_broker(t: &Telemetry, seq: u64) {
+        t.m.nudges_refused_by_broker.inc();
+        tracing::error!(
+            seq,
+            "broker refused a nudge (check the gateway's ACL); dropped"
+        );
+    }
+
+    pub fn nudge_expired(t: &Telemetry, nudge_id: &str) {
+        t.m.nudges_expired.inc();
+        tracing::info!(nudge_id, "nudge expired in the outbox, not sent");
+    }
+
+    /// How many nudges wait in the outbox (refreshed once a second).
+    pub fn outbox_depth(t: &Telemetry, depth: usize) {
+        t.m.outbox_depth.set(depth as i64);
+    }
+
+    /// Capture records dropped by the retention sweep.
+    pub fn retention_swept(t: &Telemetry, dropped: usize) {
+        t.m.retention_swept.inc_by(dropped as u64);
+        if dropped > 0 {
+            tracing::debug!(dropped, "capture records past retention dropped");
+        }
+    }
+
+    pub fn mqtt_connection(t: &Telemetry, connected: bool, detail: &str) {
+        t.m.mqtt_connected.set(i64::from(connected));
+        let state = if connected {
+            LinkState::Up
+        } else {
+            LinkState::Down
+        };
+        t.m.mqtt_connection_changes
+            .get_or_create(&ByState { state })
+            .inc();
+        if connected {
+            tracing::info!(detail, "connected to the MQTT broker");
+        } else {
+            tracing::warn!(detail, "MQTT connection lost; retrying with backoff");
+        }
+    }
+
+    /// Not connected to the broker (at start, or settings unusable).
+    pub fn mqtt_not_connected(t: &Telemetry) {
+        t.m.mqtt_connected.set(0);
+    }
+
+    /// A connection attempt that failed (`reason`: `io::mqtt`'s label of
+    /// the error). Logged by the caller, which knows whether it is news.
+    pub fn mqtt_connect_failed(t: &Telemetry, reason: &'static str) {
+        let reason = ConnectError::from_label(reason).unwrap_or(ConnectError::Other);
+        t.m.mqtt_connect_errors
+            .get_or_create(&ByConnectError { reason })
+            .inc();
     }
 
     /// The broker refused one of our subscriptions (`kind` is the fixed
     /// label of the filter, never the filter: it may come from config).
     pub fn subscription_refused(t: &Telemetry, kind: &'static str, code: u8) {
-        t.count("mqtt_subscriptions_refused_total", &[("kind", kind)], 1);
+        t.m.mqtt_subscriptions_refused_total
+            .get_or_create(&ByTopicKind {
+                kind: TopicKind::of(kind),
+            })
+            .inc();
         tracing::error!(
             kind,
             code = format_args!("{code:#04x}"),
@@ -434,31 +1356,24 @@ pub mod events {
 
     /// How many of our subscriptions the broker's last SUBACK refused.
     pub fn subscriptions_refused_now(t: &Telemetry, refused: usize) {
-        t.set_gauge("mqtt_subscriptions_refused", refused as i64);
+        t.m.mqtt_subscriptions_refused.set(refused as i64);
     }
 
     /// The broker answered our SUBSCRIBE (once per connect): from here on
     /// what it granted is heard.
     pub fn subscribed(t: &Telemetry, refused: usize) {
-        t.count("mqtt_subacks_total", &[], 1);
+        t.m.mqtt_subacks.inc();
         subscriptions_refused_now(t, refused);
         tracing::debug!(refused, "subscriptions answered by the broker");
     }
 
-    /// A retained copy on a topic that carries requests (consent, check-in,
-    /// feedback, purchase, sightings): left there by a client, not acted on.
-    pub fn retained_message_ignored(t: &Telemetry, kind: &'static str) {
-        t.count("incoming_retained_ignored_total", &[("kind", kind)], 1);
-        if t.may_warn() {
-            tracing::warn!(kind, "ignored a retained message on a request topic");
-        }
-    }
-
-    /// A message larger than the broker accepts (`what`: nudge or other); dropped.
-    pub fn publish_too_large(t: &Telemetry, what: &'static str, bytes: usize, limit: usize) {
-        t.count("publishes_too_large_total", &[("what", what)], 1);
+    /// A message larger than the broker accepts; dropped.
+    pub fn publish_too_large(t: &Telemetry, what: Publish, bytes: usize, limit: usize) {
+        t.m.publishes_too_large
+            .get_or_create(&ByPublish { what })
+            .inc();
         tracing::error!(
-            what,
+            %what,
             bytes,
             limit,
             "message too large for the broker; dropped"
@@ -466,74 +1381,136 @@ pub mod events {
     }
 
     /// A file holding a secret that others than the gateway's user may read.
-    pub fn secret_file_exposed(t: &Telemetry, field: &'static str, mode: u32) {
-        t.count("secret_files_exposed_total", &[("field", field)], 1);
+    pub fn secret_file_exposed(t: &Telemetry, field: SecretField, mode: u32) {
+        t.m.secret_files_exposed
+            .get_or_create(&BySecretField { field })
+            .inc();
         tracing::warn!(
-            field,
+            %field,
             mode = format_args!("{mode:o}"),
             "a secret file is readable by group or others; chmod 600 it or use LoadCredential="
         );
     }
 
+    /// A storage error (`during`: what it interrupted, a name written in
+    /// the code; see [`During`]).
     pub fn storage_error(t: &Telemetry, during: &'static str, error: &dyn std::fmt::Display) {
-        t.count("storage_errors_total", &[("during", during)], 1);
+        let label = During::from_label(during).unwrap_or(During::Other);
+        t.m.storage_errors
+            .get_or_create(&ByDuring { during: label })
+            .inc();
         tracing::error!(during, %error, "storage error");
     }
 
-    pub fn source_failed(t: &Telemetry, source: &'static str, error: &dyn std::fmt::Display) {
-        t.count("source_failures_total", &[("source", source)], 1);
-        tracing::error!(source, %error, "source failed");
+    /// A configuration reload: applied, unchanged or refused (the caller
+    /// logs what changed or why it was refused).
+    pub fn config_reload(t: &Telemetry, result: ReloadResult) {
+        t.m.config_reloads
+            .get_or_create(&ByReloadResult { result })
+            .inc();
+        tracing::debug!(%result, "configuration reload");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The sample lines of an exposition (no `#` lines).
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
 
     #[test]
-    fn latency_summary_keeps_recent_samples_and_reports_quantiles() {
+    fn renders_openmetrics_text_under_the_names_it_always_had() {
         let t = Telemetry::new();
-        for i in 1..=1000 {
-            t.observe("x_seconds", i as f64 / 1000.0);
-        }
-        let [p50, p99, p999] = t.quantiles("x_seconds").unwrap();
-        assert!(
-            (p50 - 0.5).abs() < 0.01 && (p99 - 0.99).abs() < 0.01 && (p999 - 0.999).abs() < 0.01
-        );
+        events::sighting_received(&t, Source::Udp);
+        events::sighting_received(&t, Source::Udp);
+        events::nudge_held(&t, "h", "r", &SkipReason::PerDay { limit: 1 });
+        events::outbox_depth(&t, 4);
+        events::consent_withdrawn(&t, Purpose::ProductInfo);
         let text = t.render();
-        assert!(text.contains("# TYPE gateway_x_seconds summary"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
-            text.contains("gateway_x_seconds{quantile=\"0.99\"} 0.99"),
+            text.contains("\ngateway_sightings_total{source=\"udp\"} 2\n"),
             "{text}"
         );
-        assert!(text.contains("gateway_x_seconds_count 1000"), "{text}");
-        for _ in 0..SUMMARY_SAMPLES {
-            t.observe("x_seconds", 2.0);
-        }
+        assert!(
+            text.contains("# TYPE gateway_sightings counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ngateway_nudges_held_total{reason=\"per_day\"} 1\n"));
+        assert!(text.contains("# TYPE gateway_outbox_depth gauge\ngateway_outbox_depth 4\n"));
+        assert!(text.contains("gateway_consent_withdrawn_total{purpose=\"product_info\"} 1"));
+        // Unlabelled counters exist from the start, at 0, and so do the
+        // closed sets the dashboard charts.
+        assert!(
+            text.contains("\ngateway_strangers_dropped_total 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ngateway_storage_errors_total{during=\"reserve\"} 0\n"));
+        assert!(!text.contains("during=\"other\""));
+        assert!(text.contains("\ngateway_config_reloads_total{result=\"refused\"} 0\n"));
+        assert_eq!(t.counter("sightings_total", &[("source", "udp")]), 2);
+        assert_eq!(t.counter("sightings_total", &[]), 2);
         assert_eq!(
-            t.quantiles("x_seconds").unwrap()[0],
-            2.0,
-            "old samples age out"
+            t.counter("nudges_held_total", &[("reason", "per_visit")]),
+            0
+        );
+        assert_eq!(t.gauge("outbox_depth"), 4);
+        assert_eq!(t.gauge("no_such_gauge"), 0);
+    }
+
+    #[test]
+    fn each_metric_family_is_described_once() {
+        let t = Telemetry::new();
+        events::subscription_refused(&t, "consent", 0x87);
+        let text = t.render();
+        let mut families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or(l))
+            .collect();
+        let all = families.len();
+        families.sort_unstable();
+        families.dedup();
+        assert_eq!(families.len(), all, "a family twice in {text}");
+        assert!(
+            text.contains("\ngateway_mqtt_subscriptions_refused_total{kind=\"consent\"} 1\n")
+                && text.contains("\ngateway_mqtt_subscriptions_refused 0\n"),
+            "{text}"
         );
     }
 
     #[test]
-    fn renders_prometheus_text_with_escaped_labels() {
+    fn latency_is_a_histogram_with_fixed_buckets() {
         let t = Telemetry::new();
-        events::sighting_received(&t, "udp");
-        events::sighting_received(&t, "udp");
-        t.count("nudges_held_total", &[("reason", "per_day")], 1);
-        t.count("odd_total", &[("x", "a\"b")], 1);
-        t.set_gauge("outbox_depth", 4);
+        for ms in [0.3, 0.9, 1.2, 2.5, 40.0, 3000.0] {
+            events::sighting_to_puback(&t, Duration::from_secs_f64(ms / 1000.0));
+        }
+        events::decision_durable(&t, Duration::from_micros(800));
         let text = t.render();
         assert!(
-            text.contains("gateway_sightings_total{source=\"udp\"} 2"),
+            text.contains("# TYPE gateway_sighting_to_puback_seconds histogram"),
             "{text}"
         );
-        assert!(text.contains("gateway_nudges_held_total{reason=\"per_day\"} 1"));
-        assert!(text.contains("gateway_odd_total{x=\"a\\\"b\"} 1"));
-        assert!(text.contains("# TYPE gateway_outbox_depth gauge\ngateway_outbox_depth 4"));
-        assert_eq!(t.counter("sightings_total", &[("source", "udp")]), 2);
+        assert!(text.contains("# UNIT gateway_sighting_to_puback_seconds seconds"));
+        let bucket = |le: &str| {
+            let series = format!("gateway_sighting_to_puback_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(bucket("0.0005"), Some(1), "{text}");
+        assert_eq!(bucket("0.001"), Some(2));
+        assert_eq!(bucket("0.003"), Some(4));
+        assert_eq!(bucket("0.05"), Some(5));
+        assert_eq!(bucket("10.0"), Some(6));
+        assert_eq!(bucket("+Inf"), Some(6));
+        assert!(text.contains("\ngateway_sighting_to_puback_seconds_count 6\n"));
+        assert!(text.contains("\ngateway_decision_durable_seconds_count 1\n"));
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -543,8 +1520,16 @@ mod tests {
         assert_eq!(field_label("consent.spam"), "consent");
         assert_eq!(field_label("topic recipient"), "topic recipient");
         assert_eq!(field_label("junk-123"), "unknown_field");
+        assert_eq!(field_label("unknown_field"), "unknown_field");
+        // A sighting's field is no incoming message's.
+        assert_eq!(field_label("scanner"), "unknown_field");
+        assert_eq!(Field::of_sighting("scanner"), Field::Scanner);
+        assert_eq!(Field::of_sighting("junk"), Field::UnknownField);
         assert_eq!(field_label(""), "unknown_field");
         assert_eq!(field_label(&"x".repeat(16 * 1024)), "unknown_field");
+        for name in INCOMING_FIELDS {
+            assert_eq!(field_label(name), *name);
+        }
         let t = Telemetry::new();
         for i in 0..1000 {
             events::incoming_rejected(&t, "consent", &format!("junk-{i}"), "unknown field");
@@ -552,13 +1537,141 @@ mod tests {
         events::incoming_rejected(&t, "consent", "answer", "unknown field");
         events::incoming_rejected(&t, "consent", "consent.spam", "unknown purpose");
         let text = t.render();
-        assert_eq!(text.lines().count(), 3, "{text}");
+        let rejected: Vec<_> = samples(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("gateway_incoming_rejected"))
+            .collect();
+        assert_eq!(rejected.len(), 2, "{text}");
         assert!(
             text.contains("gateway_incoming_rejected_total{kind=\"consent\",field=\"consent\"} 1")
         );
         assert!(text.contains(
             "gateway_incoming_rejected_total{kind=\"consent\",field=\"unknown_field\"} 1001"
         ));
+        assert!(!text.contains("junk"));
+    }
+
+    #[test]
+    fn the_label_tables_hold_every_value_the_code_writes() {
+        use crate::topics::Incoming;
+        for incoming in [
+            Incoming::Person(""),
+            Incoming::Consent(""),
+            Incoming::CheckIn(""),
+            Incoming::Feedback(""),
+            Incoming::Purchase,
+            Incoming::Unknown,
+        ] {
+            assert_eq!(TopicKind::of(incoming.kind()).as_str(), incoming.kind());
+        }
+        for feed in [
+            ScannerFeed::Own,
+            ScannerFeed::OpenMqttGateway,
+            ScannerFeed::Espresense,
+        ] {
+            assert_eq!(TopicKind::of(feed.label()).as_str(), feed.label());
+            assert_eq!(Source::from(feed).as_str(), feed.label());
+        }
+        for kind in NudgeKind::ALL {
+            assert_eq!(Kind::from(kind).as_str(), kind.as_str());
+        }
+        for purpose in Purpose::ALL {
+            assert_eq!(ConsentPurpose::from(purpose).as_str(), purpose.as_str());
+        }
+        let reasons = [
+            SkipReason::KillSwitch,
+            SkipReason::NoConsent {
+                purpose: Purpose::Offers,
+            },
+            SkipReason::QuietHours,
+            SkipReason::PerVisit { limit: 1 },
+            SkipReason::PerDay { limit: 1 },
+            SkipReason::PerWeek { limit: 1 },
+            SkipReason::MinGap { gap_s: 1 },
+            SkipReason::PerKindPerDay { limit: 1 },
+            SkipReason::RuleCooldown { cooldown_s: 1 },
+            SkipReason::StoreRate { per_minute: 1 },
+        ];
+        for reason in &reasons {
+            assert_eq!(HeldReason::from(reason).as_str(), reason.label());
+        }
+        // The `during` of every storage_error call written today.
+        for during in [
+            "count_visit",
+            "erase",
+            "feedback",
+            "outbox_expire",
+            "outbox_read",
+            "outbox_remove",
+            "purge_outbox",
+            "reload_people",
+            "reserve",
+            "retention",
+            "shutdown_flush",
+            "tombstone",
+            "upsert_person",
+            "visit",
+        ] {
+            assert_ne!(
+                During::from_label(during).unwrap_or(During::Other),
+                During::Other,
+                "{during}"
+            );
+        }
+        for reason in ["tls", "refused", "io", "timeout", "protocol", "other"] {
+            assert!(ConnectError::from_label(reason).is_some(), "{reason}");
+        }
+        // The sighting and scanner parsers' field names keep their own label.
+        for field in [
+            "scanner",
+            "addr",
+            "rssi",
+            "adv",
+            "at_ms",
+            "record",
+            "payload",
+            "topic",
+            "id",
+            "mac",
+            "node",
+            "room",
+            "name",
+            "manufacturerdata",
+            "servicedata",
+            "servicedatauuid",
+            "model_id",
+            "mfid",
+            "uuid",
+            "major",
+            "minor",
+            "txpower",
+            "volt",
+            "rssi@1m",
+            "rxAdj",
+        ] {
+            assert_eq!(Field::of_sighting(field).as_str(), field);
+        }
+    }
+
+    proptest! {
+        /// Whatever a sender names, only the code's label values reach
+        /// `/metrics`.
+        #[test]
+        fn no_input_becomes_a_label_value(field in "\\PC{0,40}", reason in "\\PC{0,20}") {
+            let t = Telemetry::new();
+            events::incoming_rejected(&t, "checkin", &field, &reason);
+            events::incoming(&t, "checkin");
+            let text = t.render();
+            for line in samples(&text).into_iter().filter(|l| l.starts_with("gateway_incoming")) {
+                let (_, labels, _) = parse_sample(line).expect("a sample line");
+                for (_, value) in labels {
+                    prop_assert!(
+                        TopicKind::from_label(value).is_some() || Field::from_label(value).is_some(),
+                        "{value:?} in {line}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

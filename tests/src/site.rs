@@ -258,6 +258,49 @@ listen = "{admin}"
     }
 }
 
+/// The `q` quantile of a histogram in a `/metrics` text (`name` without
+/// `_bucket`), estimated as Prometheus' `histogram_quantile` does: linear
+/// within the bucket the rank falls in. `None` without observations.
+pub fn histogram_quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = count - below;
+            let share = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * share);
+        }
+        (lower, below) = (le, count);
+    }
+    Some(lower)
+}
+
 /// Send simulator records to the gateway over UDP at `speed`× real time.
 pub async fn send(
     records: Vec<firmware_sim::SightingRecord>,
@@ -272,4 +315,23 @@ pub async fn send(
     )
     .await?;
     Ok(report.records_sent as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_quantile;
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_the_bucket() {
+        let text = "x_seconds_bucket{le=\"0.001\"} 50\n\
+                    x_seconds_bucket{le=\"0.002\"} 90\n\
+                    x_seconds_bucket{le=\"0.004\"} 100\n\
+                    x_seconds_bucket{le=\"+Inf\"} 100\n\
+                    x_seconds_count 100\n";
+        let q = |q| histogram_quantile(text, "x_seconds", q).unwrap();
+        assert!((q(0.5) - 0.001).abs() < 1e-12);
+        assert!((q(0.7) - 0.0015).abs() < 1e-12);
+        assert!((q(0.99) - 0.0038).abs() < 1e-12);
+        assert_eq!(histogram_quantile("", "x_seconds", 0.5), None);
+    }
 }

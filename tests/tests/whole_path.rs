@@ -175,11 +175,8 @@ async fn opted_in_dweller_gets_exactly_the_expected_nudge_and_no_one_else_does()
     // Sighting → PUBACK latency is measured for the nudge that went out.
     assert!(site.metric("gateway_sighting_to_puback_seconds_count")? >= 1);
     let metrics = site.admin_get("/metrics")?;
-    let p99: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_sighting_to_puback_seconds{quantile=\"0.99\"} "))
-        .expect("the latency summary")
-        .parse()?;
+    let p99 = e2e::site::histogram_quantile(&metrics, "gateway_sighting_to_puback_seconds", 0.99)
+        .expect("the latency histogram");
     assert!(p99 > 0.0 && p99 < 5.0, "p99 {p99} s");
     assert_eq!(
         site.metric("gateway_nudges_held_total{reason=\"no_consent\"}")?,

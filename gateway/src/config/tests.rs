@@ -39,7 +39,7 @@ per_week = 7
 min_gap_s = 1200
 
 [admin]
-listen = "127.0.0.1:9464"   # /metrics (Prometheus text), /livez, /readyz
+listen = "127.0.0.1:9464"   # /metrics (OpenMetrics text), /livez, /readyz
 "#;
 
 fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

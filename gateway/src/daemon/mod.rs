@@ -149,7 +149,7 @@ pub async fn run(
     let (connected_tx, connected_rx) = watch::channel(false);
     let (refused_tx, refused_rx) = watch::channel(Vec::<&'static str>::new());
     let outbox_ready = Arc::new(Notify::new());
-    let latency_stamps = mqtt::LatencyStamps::default();
+    let latency_stamps = crate::telemetry::LatencyStamps::default();
     let (reservations, decider) = reservations::stage(
         store.clone(),
         telemetry.clone(),
@@ -224,7 +224,7 @@ pub async fn run(
                     }
                     Err(e) => events::source_failed(
                         &telemetry,
-                        "replay",
+                        crate::telemetry::Source::Replay,
                         &format!("{}: {e}", path.display()),
                     ),
                 }

@@ -158,11 +158,10 @@ impl Pipeline {
         self.presence.tick(now, &mut events);
         self.handle_events(&events).await;
         self.events = events;
-        self.telemetry
-            .set_gauge("people_present", self.presence.present_count() as i64);
+        events::people_present(&self.telemetry, self.presence.present_count());
         for sighting in self.merger.flush_due(now) {
             self.on_sighting(Ingested {
-                source: topics::ScannerFeed::OpenMqttGateway.label(),
+                source: topics::ScannerFeed::OpenMqttGateway.into(),
                 sighting,
                 received: std::time::Instant::now(),
             })
@@ -194,16 +193,15 @@ impl Pipeline {
         let store = self.store.clone();
         if let Some(recorder) = &mut self.recorder {
             match recorder.expire(cutoff) {
-                Ok(dropped) => self
-                    .telemetry
-                    .count("retention_swept_total", &[], dropped as u64),
-                Err(e) => events::source_failed(&self.telemetry, "record", &e),
+                Ok(dropped) => events::retention_swept(&self.telemetry, dropped),
+                Err(e) => {
+                    events::source_failed(&self.telemetry, crate::telemetry::Source::Record, &e)
+                }
             }
         }
         match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
             Ok(Ok(removed)) => {
-                self.telemetry
-                    .count("retention_swept_total", &[], removed as u64);
+                events::retention_swept(&self.telemetry, removed);
                 tracing::info!(removed, "retention sweep");
             }
             Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
@@ -272,7 +270,7 @@ impl Pipeline {
             // stranger's advert never reaches the file.
             let allowed = self.fleet.knows(&frames) || !events.is_empty() || frames.iter().any(|f| matches!(f, Frame::AppToken { rotating_id, .. } if self.people.recognise(rotating_id).is_some()));
             if let Err(e) = recorder.record(&sighting, allowed) {
-                events::source_failed(&self.telemetry, "record", &e);
+                events::source_failed(&self.telemetry, crate::telemetry::Source::Record, &e);
             }
         }
         self.frames = frames;
@@ -425,8 +423,7 @@ impl Pipeline {
                 Err(NotReady::NotComposed(e)) => {
                     // The rule is named in the log, not as a label: labels
                     // are fixed in the code (telemetry.rs).
-                    self.telemetry.count("nudges_not_composed_total", &[], 1);
-                    tracing::warn!(rule = %rule.id, error = %e, "nudge not composed; skipped");
+                    events::nudge_not_composed(&self.telemetry, &rule.id, &e);
                     continue;
                 }
             }
@@ -461,7 +458,7 @@ impl Pipeline {
 
     pub(super) fn send(&self, message: OutgoingMessage) {
         if self.outgoing.try_send(message).is_err() {
-            self.telemetry.count("replies_dropped_total", &[], 1);
+            events::reply_dropped(&self.telemetry, &"the outgoing queue is full");
         }
     }
 
@@ -537,7 +534,7 @@ mod tests {
             store.clone(),
             telemetry.clone(),
             Arc::new(Notify::new()),
-            mqtt::LatencyStamps::default(),
+            crate::telemetry::LatencyStamps::default(),
             1,
             1,
         );

@@ -1,5 +1,5 @@
 //! The admin endpoint on a separate (loopback by default) port:
-//! `/metrics` (Prometheus text), `/livez`, `/readyz`. A deliberately tiny
+//! `/metrics` (OpenMetrics text), `/livez`, `/readyz`. A deliberately tiny
 //! HTTP/1.1 responder: three GETs, no keep-alive, bounded request size.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::Telemetry;
+use crate::telemetry::{CONTENT_TYPE, Telemetry};
 
 /// What `/readyz` looks at.
 #[derive(Clone)]
@@ -100,7 +100,7 @@ async fn respond(
     let mut parts = request.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", telemetry.render()),
+        ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, telemetry.render()),
         ("GET", "/livez") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") => match readiness.check() {
             Ok(detail) => ("200 OK", "text/plain", detail),
@@ -141,7 +141,9 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let telemetry = Arc::new(Telemetry::new());
-        telemetry.count("sightings_total", &[("source", "udp")], 3);
+        for _ in 0..3 {
+            crate::telemetry::events::sighting_received(&telemetry, crate::telemetry::Source::Udp);
+        }
         let (_tx, rx) = watch::channel(false);
         let (refused_tx, refused_rx) = watch::channel(Vec::new());
         let readiness = Readiness {

@@ -38,11 +38,11 @@ use tokio_util::sync::CancellationToken;
 use super::scanners::{AdBuilder, ServiceUuid};
 use super::sources::Ingested;
 use crate::sighting::{BdAddr, Sighting};
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{Source, Telemetry, events};
 
 /// The source name in metrics and in [`Ingested`].
-pub const SOURCE: &str = "bluez";
-/// Gauge: 1 while scanning, 0 otherwise.
+pub const SOURCE: Source = Source::Bluez;
+/// Gauge (its exposed name without `gateway_`): 1 while scanning, 0 otherwise.
 pub const GAUGE_SCANNING: &str = "bluez_scanning";
 
 /// How long a device's last advert is kept without an update.
@@ -76,7 +76,7 @@ pub async fn run_bluez(
     telemetry: Arc<Telemetry>,
     cancel: CancellationToken,
 ) {
-    telemetry.set_gauge(GAUGE_SCANNING, 0);
+    events::bluez_scanning(&telemetry, false);
     let mut manager: Option<Manager> = None;
     let mut failures_in_a_row = 0u32;
     let mut backoff = BACKOFF_MIN;
@@ -86,7 +86,7 @@ pub async fn run_bluez(
         }
         let started = Instant::now();
         let result = scan(&settings, &mut manager, &out, &telemetry, &cancel).await;
-        telemetry.set_gauge(GAUGE_SCANNING, 0);
+        events::bluez_scanning(&telemetry, false);
         match result {
             Ok(()) => return,
             Err(e) => {
@@ -105,7 +105,7 @@ pub async fn run_bluez(
             failures_in_a_row = 0;
         }
         tracing::info!(
-            source = SOURCE,
+            source = %SOURCE,
             retry_in_ms = backoff.as_millis() as u64,
             "BLE scanning stopped; retrying"
         );
@@ -188,8 +188,8 @@ async fn scan(
     let name = adapter_name(&adapter).await?;
     let mut events = call("subscribe to events", adapter.events()).await?;
     call("start scan", adapter.start_scan(ScanFilter::default())).await?;
-    telemetry.set_gauge(GAUGE_SCANNING, 1);
-    tracing::info!(source = SOURCE, adapter = %name, "BLE scanning started");
+    events::bluez_scanning(telemetry, true);
+    tracing::info!(source = %SOURCE, adapter = %name, "BLE scanning started");
 
     let mut devices = Devices::default();
     let mut health = tokio::time::interval(HEALTH_EVERY);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TlsSettings};
 use crate::store::Store;
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{LatencyStamps, Publish, SecretField, Telemetry, events};
 use crate::topics::{Subscription, subscription_of};
 
 /// At most this many of our publishes await a PUBACK at once; well under
@@ -369,7 +369,7 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
 /// Warns (log and metric) when a secret file is readable by group or others:
 /// with `DynamicUser=` it would have to be, which is why the unit passes the
 /// password as a credential instead.
-pub fn check_secret_file(telemetry: &Telemetry, field: &'static str, path: &std::path::Path) {
+pub fn check_secret_file(telemetry: &Telemetry, field: SecretField, path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
@@ -628,12 +628,6 @@ enum Pending {
     Other,
 }
 
-/// Written by the reservation stage, taken here at publish.
-pub use crate::reservations::{LatencyStamps, MAX_LATENCY_STAMPS};
-
-/// The summary `/metrics` reports the sighting → PUBACK latency in.
-pub const SIGHTING_TO_PUBACK: &str = "sighting_to_puback_seconds";
-
 struct Pump {
     stamps: LatencyStamps,
     /// Outbox sequence → when its triggering sighting arrived.
@@ -701,8 +695,7 @@ impl Pump {
                 self.publish_status(true);
             }
             LinkEvent::Disconnected { kind, reason } => {
-                self.telemetry
-                    .count("mqtt_connect_errors_total", &[("reason", kind)], 1);
+                events::mqtt_connect_failed(&self.telemetry, kind);
                 if self.connected {
                     events::mqtt_connection(&self.telemetry, false, &reason);
                 } else if kind == "tls" || kind == "refused" || self.telemetry.may_warn() {
@@ -725,19 +718,11 @@ impl Pump {
             LinkEvent::Acked { pkid, ok } => {
                 if let Some(Pending::Outbox(seq)) = self.in_flight.remove(&pkid) {
                     if let Some(arrived) = self.timing.remove(&seq).filter(|_| ok) {
-                        self.telemetry
-                            .observe(SIGHTING_TO_PUBACK, arrived.elapsed().as_secs_f64());
+                        events::sighting_to_puback(&self.telemetry, arrived.elapsed());
                     }
                     match self.store.outbox_remove(seq) {
                         Ok(()) if ok => events::nudge_acked(&self.telemetry, &seq.to_string()),
-                        Ok(()) => {
-                            self.telemetry
-                                .count("nudges_refused_by_broker_total", &[], 1);
-                            tracing::error!(
-                                seq,
-                                "broker refused a nudge (check the gateway's ACL); dropped"
-                            );
-                        }
+                        Ok(()) => events::nudge_refused_by_broker(&self.telemetry, seq),
                         Err(e) => events::storage_error(&self.telemetry, "outbox_remove", &e),
                     }
                 }
@@ -795,7 +780,12 @@ impl Pump {
     fn publish_other(&mut self, message: OutgoingMessage) {
         let limit = self.config.mqtt.max_publish_bytes;
         if message.payload.len() > limit {
-            events::publish_too_large(&self.telemetry, "other", message.payload.len(), limit);
+            events::publish_too_large(
+                &self.telemetry,
+                Publish::Other,
+                message.payload.len(),
+                limit,
+            );
             return;
         }
         let properties = PublishProperties {
@@ -811,10 +801,7 @@ impl Pump {
             properties,
         ) {
             Ok(()) => self.unsent.push_back(Pending::Other),
-            Err(e) => {
-                self.telemetry.count("replies_dropped_total", &[], 1);
-                tracing::warn!(error = %e, "a receipt or error report could not be queued");
-            }
+            Err(e) => events::reply_dropped(&self.telemetry, &e),
         }
     }
 
@@ -844,7 +831,12 @@ impl Pump {
                 if let Err(e) = self.store.outbox_remove(seq) {
                     events::storage_error(&self.telemetry, "outbox_remove", &e);
                 }
-                events::publish_too_large(&self.telemetry, "nudge", entry.payload.len(), limit);
+                events::publish_too_large(
+                    &self.telemetry,
+                    Publish::Nudge,
+                    entry.payload.len(),
+                    limit,
+                );
                 self.cursor = seq + 1;
                 continue;
             }
@@ -938,8 +930,8 @@ impl Delivery {
             Err(problem) => {
                 // Validation read the same files; they changed since. Stay
                 // not-ready (the outbox keeps everything) until stopped.
-                telemetry.count("mqtt_connect_errors_total", &[("reason", "tls")], 1);
-                telemetry.set_gauge("mqtt_connected", 0);
+                events::mqtt_connect_failed(&telemetry, "tls");
+                events::mqtt_not_connected(&telemetry);
                 tracing::error!(field = problem.field, reason = %problem.reason, "mqtt TLS settings unusable; not connecting");
                 cancel.cancelled().await;
                 return;
@@ -964,10 +956,10 @@ impl Delivery {
             telemetry.clone(),
             stop_loop.clone(),
         ));
-        telemetry.set_gauge("mqtt_connected", 0);
+        events::mqtt_not_connected(&telemetry);
         events::subscriptions_refused_now(&telemetry, 0);
         if let Some(path) = &config.mqtt.password_file {
-            check_secret_file(&telemetry, "mqtt.password_file", path);
+            check_secret_file(&telemetry, SecretField::MqttPasswordFile, path);
         }
         if config.mqtt.password_in_clear() {
             tracing::warn!(
@@ -1018,8 +1010,7 @@ impl Delivery {
                     // gauge on every PUBACK made draining a backlog
                     // quadratic (460 nudges/s from 5,000 queued). Once a
                     // second, connected or not (an outage must show).
-                    pump.telemetry
-                        .set_gauge("outbox_depth", pump.store.outbox_len() as i64);
+                    events::outbox_depth(&pump.telemetry, pump.store.outbox_len());
                 }
             }
             pump.pump();

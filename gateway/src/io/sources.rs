@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::sighting::{MAX_ADV_BYTES, Sighting};
-use crate::telemetry::{Telemetry, events};
+use crate::telemetry::{Source, Telemetry, events};
 
 /// A sighting with the name of the source that heard it.
 #[derive(Debug)]
 pub struct Ingested {
-    pub source: &'static str,
+    pub source: Source,
     pub sighting: Sighting,
     /// When the source received it: the start of the sighting → PUBACK
     /// latency the gateway reports.
@@ -45,15 +45,15 @@ pub async fn run_udp(
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors and the like surface here; they are not fatal.
-                events::source_failed(&telemetry, "udp", &e);
+                events::source_failed(&telemetry, Source::Udp, &e);
                 continue;
             }
         };
-        events::sighting_received(&telemetry, "udp");
+        events::sighting_received(&telemetry, Source::Udp);
         if len > MAX_DATAGRAM {
             events::sighting_rejected(
                 &telemetry,
-                "udp",
+                Source::Udp,
                 "datagram",
                 "record",
                 "datagram too large",
@@ -61,14 +61,14 @@ pub async fn run_udp(
             continue;
         }
         let Ok(text) = std::str::from_utf8(&buf[..len]) else {
-            events::sighting_rejected(&telemetry, "udp", "datagram", "record", "not UTF-8");
+            events::sighting_rejected(&telemetry, Source::Udp, "datagram", "record", "not UTF-8");
             continue;
         };
         match Sighting::from_json(text.trim()) {
             Ok(sighting) => {
                 if out
                     .send(Ingested {
-                        source: "udp",
+                        source: Source::Udp,
                         sighting,
                         received: arrived,
                     })
@@ -78,7 +78,9 @@ pub async fn run_udp(
                     return;
                 }
             }
-            Err(e) => events::sighting_rejected(&telemetry, "udp", "datagram", e.field, &e.reason),
+            Err(e) => {
+                events::sighting_rejected(&telemetry, Source::Udp, "datagram", e.field, &e.reason)
+            }
         }
     }
 }
@@ -109,13 +111,13 @@ pub async fn run_replay(
         if line.trim().is_empty() {
             continue;
         }
-        events::sighting_received(&telemetry, "replay");
+        events::sighting_received(&telemetry, Source::Replay);
         let sighting = match Sighting::from_json(&line) {
             Ok(s) => s,
             Err(e) => {
                 events::sighting_rejected(
                     &telemetry,
-                    "replay",
+                    Source::Replay,
                     &origin(line_no),
                     e.field,
                     &e.reason,
@@ -134,7 +136,7 @@ pub async fn run_replay(
         }
         if out
             .send(Ingested {
-                source: "replay",
+                source: Source::Replay,
                 sighting,
                 received: std::time::Instant::now(),
             })

@@ -80,7 +80,7 @@ impl Fixture {
             self.store.clone(),
             self.telemetry.clone(),
             self.outbox_ready.clone(),
-            LatencyStamps::default(),
+            crate::telemetry::LatencyStamps::default(),
             queue,
             max_batch,
         )

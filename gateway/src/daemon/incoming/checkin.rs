@@ -19,7 +19,7 @@ impl Pipeline {
         let person = match (expected, resolved) {
             (Some(expected), Some(resolved)) if expected == resolved => expected,
             _ => {
-                self.telemetry.count("checkins_rejected_total", &[], 1);
+                events::checkin_rejected(&self.telemetry);
                 return Err(rejection(
                     "rotating_id",
                     "does not belong to this recipient",
@@ -46,7 +46,7 @@ impl Pipeline {
         self.touch_visit(&person, at_ms);
         self.handle_events(&events).await;
         self.events = events;
-        self.telemetry.count("checkins_total", &[], 1);
+        events::checkin_accepted(&self.telemetry);
         Ok(())
     }
 }

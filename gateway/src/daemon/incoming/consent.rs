@@ -57,11 +57,7 @@ impl Pipeline {
                         return Err(rejection("storage", "could not purge pending nudges"));
                     }
                     for purpose in &withdrawn {
-                        self.telemetry.count(
-                            "consent_withdrawn_total",
-                            &[("purpose", purpose.as_str())],
-                            1,
-                        );
+                        events::consent_withdrawn(&self.telemetry, *purpose);
                     }
                 }
                 "saved"
@@ -85,8 +81,7 @@ impl Pipeline {
                     retain: false,
                 });
             } else {
-                self.telemetry
-                    .count("response_topics_refused_total", &[], 1);
+                events::response_topic_refused(&self.telemetry);
             }
         }
         Ok(())

@@ -45,7 +45,7 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "feedback", &e);
             return Err(rejection("storage", "could not be saved"));
         }
-        self.telemetry.count("feedback_answers_total", &[], 1);
+        events::feedback_answered(&self.telemetry);
         Ok(())
     }
 }

@@ -51,8 +51,7 @@ impl Pipeline {
         let topic = message.topic.clone();
         let kind = classify(&self.config.topics, &topic);
         let label = kind.kind();
-        self.telemetry
-            .count("incoming_total", &[("kind", label)], 1);
+        events::incoming(&self.telemetry, label);
         if let Incoming::Consent(recipient)
         | Incoming::CheckIn(recipient)
         | Incoming::Feedback(recipient) = kind
@@ -97,8 +96,7 @@ impl Pipeline {
     pub(super) fn reject(&mut self, topic: &str, kind: &'static str, rejected: &Rejection) {
         events::incoming_rejected(&self.telemetry, kind, &rejected.field, &rejected.reason);
         if !self.error_reports.allow_at(wall_ms() / 1000) {
-            self.telemetry
-                .count("error_reports_suppressed_total", &[], 1);
+            events::error_report_suppressed(&self.telemetry);
             return;
         }
         // The field may be a key the sender chose: named, but cut short.

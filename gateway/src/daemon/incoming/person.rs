@@ -80,8 +80,7 @@ impl Pipeline {
         }
         for person in upserted.withdrawn {
             self.forget_presence(&person);
-            self.telemetry
-                .count("consent_withdrawn_total", &[("purpose", "proximity")], 1);
+            events::consent_withdrawn(&self.telemetry, crate::identity::Purpose::Proximity);
         }
         Ok(())
     }

@@ -18,12 +18,10 @@ impl Pipeline {
             .and_then(|p| self.people.get(&p))
             .filter(|r| r.consent.opted_in_to_proximity())
         else {
-            self.telemetry
-                .count("purchases_total", &[("buyer", "unknown")], 1);
+            events::purchase(&self.telemetry, false);
             return Ok(());
         };
-        self.telemetry
-            .count("purchases_total", &[("buyer", "opted_in")], 1);
+        events::purchase(&self.telemetry, true);
         let visit = self.presence.visit_of(&record.person);
         self.decide(
             &record,

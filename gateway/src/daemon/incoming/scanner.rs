@@ -13,7 +13,7 @@ impl Pipeline {
         message: &IncomingMessage,
     ) {
         use topics::ScannerFeed;
-        let source = feed.label();
+        let source = crate::telemetry::Source::from(feed);
         events::sighting_received(&self.telemetry, source);
         let now = self.clock.now_ms();
         let parsed = match feed {
