@@ -29,18 +29,36 @@ pub struct Walk {
     pub end_ms: i64,
 }
 
-/// The walk's path: each zone in the store file's order, `SPOTS_PER_ZONE`
-/// random spots in it, a stop in the hall after each zone.
+/// The walk's path: rounds through every zone, `SPOTS_PER_ZONE` random
+/// spots in each, a stop in the hall after each zone. A small store gets
+/// more rounds (at least [`MIN_ZONE_VISITS`] zone visits in all, at most
+/// [`MAX_ROUNDS`] rounds), each in another order, so that the walks
+/// between zones, where most of a crowd's hall time is, are walked
+/// between many pairs of zones.
 pub fn walk_path(spec: &StoreSpec) -> Vec<Stop> {
+    let n = spec.zones.len().max(1);
+    let rounds = MIN_ZONE_VISITS.div_ceil(n).clamp(1, MAX_ROUNDS);
     let mut path = Vec::new();
-    for zone in &spec.zones {
-        for _ in 0..SPOTS_PER_ZONE {
-            path.push(Stop::new(&zone.id, SPOT_DWELL_S));
+    for round in 0..rounds {
+        let mut order: Vec<&str> = spec.zones.iter().map(|z| z.id.as_str()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        path.push(Stop::new(HALL_ZONE, HALL_DWELL_S));
+        order.rotate_left(round / 2 % n);
+        for zone in order {
+            for _ in 0..SPOTS_PER_ZONE {
+                path.push(Stop::new(zone, SPOT_DWELL_S));
+            }
+            path.push(Stop::new(HALL_ZONE, HALL_DWELL_S));
+        }
     }
     path
 }
+
+/// Zone visits a walk makes at least (small stores: several rounds).
+pub const MIN_ZONE_VISITS: usize = 10;
+/// Rounds through the store at most.
+pub const MAX_ROUNDS: usize = 4;
 
 /// Run the walk in `spec` starting at `start_ms`.
 pub fn calibration_walk(spec: &StoreSpec, start_ms: i64, seed: u64) -> Result<Walk, SimError> {
@@ -94,6 +112,7 @@ mod tests {
             assert!(places.contains(HALL_ZONE));
             assert!(walk.truth.iter().all(|t| t.addr == walk.addr));
             let minutes = (walk.end_ms - crate::DEFAULT_START_UNIX_MS) as f64 / 60_000.0;
+            println!("{}: {minutes:.1} min", spec.store.id);
             assert!(minutes > 1.0 && minutes < 8.0, "{minutes} min");
             assert!(walk.records.iter().any(|r| r.addr == walk.addr));
             assert!(walk.records.iter().all(|r| r.at_ms < walk.end_ms));

@@ -669,6 +669,24 @@ fn beacon(p: &mut Problems, i: usize, b: &raw::RawBeacon) -> Option<crate::io::f
     })
 }
 
+/// `[presence] radio_map`: read, checked against the site's scanners and
+/// zones, made ready for the engine. An empty string is no map. A reload
+/// that fails here keeps the last good configuration, map included.
+fn presence_radio_map(
+    p: &mut Problems,
+    path: Option<&str>,
+    scanner_zone: &HashMap<String, ZoneId>,
+) -> Option<Arc<crate::presence::radiomap::RadioModel>> {
+    let path = path.filter(|s| !s.is_empty())?;
+    match crate::presence::radiomap::load_for_site(Path::new(path), scanner_zone) {
+        Ok(model) => Some(model),
+        Err(e) => {
+            p.add("presence.radio_map", format!("{path}: {e}"));
+            None
+        }
+    }
+}
+
 fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
     let hash = {
@@ -1038,6 +1056,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             None
         }
     };
+    let scanner_zone_for_map = scanner_zone.clone();
     let presence = PresenceConfig {
         scanner_zone,
         scanner_offset_db,
@@ -1050,6 +1069,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         visit_gap_ms: p.int("presence.visit_gap_ms", r.visit_gap_ms, 1),
         path_loss_exponent: r.path_loss_exponent as f32,
         hall_distance_m,
+        radio_map: presence_radio_map(&mut p, r.radio_map.as_deref(), &scanner_zone_for_map),
     };
     let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
     let app_company_id: u16 = p.int("decode.app_company_id", raw.decode.app_company_id, 0);

@@ -480,6 +480,16 @@ pub fn evaluate_capture(
     truth_jsonl: &str,
     opts: &EvalOptions<'_>,
 ) -> Result<EvalReport, EvalError> {
+    let (sightings, truth) = parse_capture_and_truth(capture_jsonl, truth_jsonl)?;
+    Ok(evaluate(config, &sightings, &truth, opts))
+}
+
+/// Parse a capture (sighting records, JSON Lines) and a truth file.
+/// Blank lines are skipped; the first bad line is an error.
+pub fn parse_capture_and_truth(
+    capture_jsonl: &str,
+    truth_jsonl: &str,
+) -> Result<(Vec<Sighting>, Vec<TruthSpan>), EvalError> {
     let mut sightings = Vec::new();
     for (index, line) in capture_jsonl.lines().enumerate() {
         if line.trim().is_empty() {
@@ -504,7 +514,7 @@ pub fn evaluate_capture(
         })?;
         truth.push(span);
     }
-    Ok(evaluate(config, &sightings, &truth, opts))
+    Ok((sightings, truth))
 }
 
 /// Where a contender has a subject at some moment.
