@@ -257,12 +257,13 @@ pub struct MapTuning {
 impl Default for MapTuning {
     fn default() -> Self {
         MapTuning {
-            zone_stay_s: 30.0,
-            hall_stay_s: 6.0,
+            // Swept on the twin's crowd (docs/experiments/presence.md).
+            zone_stay_s: 300.0,
+            hall_stay_s: 2.0,
             evidence_weight: 0.5,
             enter_p: 0.6,
-            switch_p: 0.7,
-            hold_ms: 500,
+            switch_p: 0.8,
+            hold_ms: 300,
             bias_rate: 0.1,
             bias_max_db: 8.0,
         }
@@ -374,6 +375,11 @@ struct MapState {
     /// How much louder (dB) this person's device is than the walk's tag,
     /// learned from the readings.
     bias_db: f32,
+    /// The most probable place and its probability right after the last
+    /// evidence: what the place is decided on. Probability flowing between
+    /// places with time alone (a tick without readings) only changes what
+    /// the next evidence starts from, so a hold is not broken by a tick.
+    decided: (usize, f32),
 }
 
 impl MapState {
@@ -384,6 +390,7 @@ impl MapState {
             at_ms,
             heard: vec![0; model.scanner_count()].into_boxed_slice(),
             bias_db: 0.0,
+            decided: (0, 0.0),
         }
     }
 
@@ -396,6 +403,7 @@ impl MapState {
         self.at_ms = now_ms;
         let n = self.p.len();
         let mut next = [0f32; MAX_MAP_PLACES];
+        let mut leaving = [0f32; MAX_MAP_PLACES];
         let zone_stay = (-dt_s / t.zone_stay_s.max(0.1)).exp();
         let hall_stay = (-dt_s / t.hall_stay_s.max(0.1)).exp();
         for from in 0..n {
@@ -405,16 +413,10 @@ impl MapState {
                 zone_stay
             };
             let mass = self.p[from];
-            next[from] += mass * stay;
-            let leaving = mass * (1.0 - stay);
-            if leaving > 0.0 {
-                for (to, slot) in next.iter_mut().enumerate().take(n) {
-                    if to != from {
-                        *slot += leaving * model.move_share(from, to);
-                    }
-                }
-            }
+            next[from] = mass * stay;
+            leaving[from] = mass * (1.0 - stay);
         }
+        model.spread(&leaving[..n], &mut next[..n]);
         self.p.copy_from_slice(&next[..n]);
     }
 
@@ -447,6 +449,7 @@ impl MapState {
         for p in self.p.iter_mut() {
             *p /= total;
         }
+        self.decided = self.best();
     }
 
     /// One reading of `scanner` (map index) at `level`.
@@ -486,16 +489,21 @@ impl MapState {
         if adverts > 0 {
             let n = self.p.len();
             let mut ll = [0f32; MAX_MAP_PLACES];
+            let mut any = false;
             for (scanner, &k) in self.heard.iter().enumerate() {
                 let missed = f32::from(adverts - k);
                 if missed == 0.0 {
                     continue;
                 }
+                any = true;
                 for (place, slot) in ll.iter_mut().enumerate().take(n) {
                     *slot += missed * model.log_missed(place, scanner);
                 }
             }
-            self.update(&ll[..n], t.evidence_weight);
+            // No miss is no evidence: nothing to decide on again.
+            if any {
+                self.update(&ll[..n], t.evidence_weight);
+            }
         }
         self.heard.fill(0);
     }
@@ -964,7 +972,7 @@ fn map_wanted(
     state: &PersonState,
     now_ms: i64,
 ) -> Option<(Option<ZoneId>, i64)> {
-    let (best, p) = map.best();
+    let (best, p) = map.decided;
     let place = model.place(best).cloned();
     match &state.zone {
         None if !state.placed => {

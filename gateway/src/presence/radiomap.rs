@@ -685,6 +685,11 @@ pub struct RadioModel {
     /// to 1, 0 on the diagonal): the hall from any zone and back, zone to
     /// zone where the walk went directly, and a little to anywhere.
     moves: Vec<f32>,
+    /// The same, sparse, for the filter: per place its direct neighbours
+    /// (`near[near_at[p]..near_at[p + 1]]`) and the share each gets.
+    near: Vec<u16>,
+    near_at: Vec<usize>,
+    direct_share: Vec<f32>,
 }
 
 impl std::fmt::Debug for RadioModel {
@@ -757,6 +762,18 @@ impl RadioModel {
                 near[b * np + a] = true;
             }
         }
+        let mut near_list = Vec::new();
+        let mut near_at = vec![0];
+        let mut direct_share = Vec::with_capacity(np);
+        for p in 0..np {
+            let list: Vec<u16> = (0..np)
+                .filter(|&q| near[p * np + q])
+                .map(|q| q as u16)
+                .collect();
+            direct_share.push((1.0 - ANYWHERE_SHARE) / list.len().max(1) as f32);
+            near_list.extend(list);
+            near_at.push(near_list.len());
+        }
         let mut moves = vec![0f32; np * np];
         for p in 0..np {
             let neighbours = (0..np).filter(|&q| near[p * np + q]).count().max(1) as f32;
@@ -781,6 +798,9 @@ impl RadioModel {
             log_level,
             mean,
             moves,
+            near: near_list,
+            near_at,
+            direct_share,
         }
     }
 
@@ -829,6 +849,31 @@ impl RadioModel {
     #[inline]
     pub fn log_missed(&self, place: usize, scanner: usize) -> f32 {
         self.log_missed[place * self.scanner_count() + scanner]
+    }
+
+    /// Move the probability `leaving[p]` leaving each place `p` into
+    /// `next` (the diagonal excluded), in O(places + neighbours): the
+    /// sparse form of [`RadioModel::move_share`].
+    #[inline]
+    pub fn spread(&self, leaving: &[f32], next: &mut [f32]) {
+        let n = leaving.len();
+        if n < 2 {
+            return;
+        }
+        let total: f32 = leaving.iter().sum();
+        let anywhere = ANYWHERE_SHARE / (n - 1) as f32;
+        for (q, slot) in next.iter_mut().enumerate().take(n) {
+            *slot += (total - leaving[q]) * anywhere;
+        }
+        for (p, &mass) in leaving.iter().enumerate() {
+            if mass <= 0.0 {
+                continue;
+            }
+            let share = mass * self.direct_share[p];
+            for &q in &self.near[self.near_at[p]..self.near_at[p + 1]] {
+                next[usize::from(q)] += share;
+            }
+        }
     }
 
     /// Share of the mass leaving `from` that goes to `to`.

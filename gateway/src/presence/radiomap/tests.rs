@@ -334,6 +334,26 @@ fn swapping_the_map_keeps_who_is_present() {
 }
 
 proptest! {
+    /// The filter's sparse moves are the dense move shares.
+    #[test]
+    fn sparse_moves_match_the_dense_shares(leaving in prop::collection::vec(0f32..1.0, 3)) {
+        let e = engine_with_map();
+        let model = e.config().radio_map.clone().unwrap();
+        let mut next = vec![0f32; 3];
+        model.spread(&leaving, &mut next);
+        for (q, got) in next.iter().enumerate() {
+            let want: f32 = (0..3)
+                .filter(|&p| p != q)
+                .map(|p| leaving[p] * model.move_share(p, q))
+                .sum();
+            prop_assert!((got - want).abs() < 1e-5, "{q}: {got} vs {want}");
+        }
+        let rows: Vec<f32> = (0..3)
+            .map(|p| (0..3).filter(|&q| q != p).map(|q| model.move_share(p, q)).sum())
+            .collect();
+        prop_assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5), "{rows:?}");
+    }
+
     /// Whatever the walk holds, calibration does not panic, and a map it
     /// makes is a valid file.
     #[test]
@@ -381,3 +401,4 @@ proptest! {
         }
     }
 }
+
