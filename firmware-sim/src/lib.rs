@@ -75,6 +75,15 @@
 //! `capture --format espresense` writes them; `firmware-sim mqtt --format
 //! checkins|espresense|both` publishes them through [`output::publish_mqtt`].
 //!
+//! # Calibration walk
+//!
+//! [`calibration_walk`] (`firmware-sim walk --store plan.toml --out
+//! walk.jsonl --truth t.jsonl [--seed N]`): a member of staff carries a
+//! tag through every zone (a few spots each) and the hall, a few minutes in
+//! all; the capture holds what the scanners heard (the store's beacons
+//! too), the truth only the tag. `gateway calibrate` learns a radio map
+//! from it.
+//!
 //! # Load generator
 //!
 //! [`run_load`] (`firmware-sim load --target 127.0.0.1:7531 --rate 20000
@@ -99,6 +108,7 @@ pub mod scenario;
 pub mod sim;
 pub mod site;
 pub mod spec;
+pub mod walk;
 
 pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use espresense::{Espresense, EspresenseMessage, EspresenseReport, to_espresense};
@@ -115,6 +125,7 @@ pub use scenario::{
 };
 pub use sim::{GroundTruth, PersonTruth, SightingRecord, SimError, Simulation};
 pub use spec::{SpecError, StoreSpec};
+pub use walk::{Walk, calibration_walk};
 
 /// Zone name of the open floor outside every zone, in ground truth and
 /// as a path stop.

@@ -67,6 +67,22 @@ enum Command {
         #[arg(long)]
         people: Option<PathBuf>,
     },
+    /// Write a calibration walk: a staff tag through every zone and the
+    /// hall (sighting records, all scanners) and the tag's ground truth.
+    Walk {
+        /// Store spec TOML (default: the built-in small store).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Simulated start time in Unix milliseconds, or "now".
+        #[arg(long, default_value_t = DEFAULT_START_UNIX_MS.to_string())]
+        start: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        truth: PathBuf,
+    },
     /// Publish iOS check-ins and/or ESPresense reports to an MQTT v5 broker.
     Mqtt {
         #[command(flatten)]
@@ -246,6 +262,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => print!("{text}"),
             }
+        }
+        Command::Walk {
+            store,
+            seed,
+            start,
+            out,
+            truth,
+        } => {
+            let spec = match &store {
+                Some(path) => StoreSpec::from_file(path)?,
+                None => StoreSpec::small_store(),
+            };
+            let start = parse_start(&start)?;
+            let walk = firmware_sim::calibration_walk(&spec, start, seed)?;
+            let n = write_capture_file(&out, walk.records)?;
+            eprintln!("wrote {n} sighting records to {}", out.display());
+            let m = write_truth_file(&truth, &walk.truth)?;
+            eprintln!(
+                "wrote {m} ground truth records of tag {} ({:.1} min) to {}",
+                walk.addr,
+                (walk.end_ms - start) as f64 / 60_000.0,
+                truth.display()
+            );
         }
         Command::Capture {
             run,

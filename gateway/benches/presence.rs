@@ -7,13 +7,21 @@
 //! per reading, the share of one core the target load takes, and the
 //! resident memory the engine state takes (/proc/self/statm before and
 //! after populating).
+//!
+//! `PRESENCE_BENCH_MAP=1` runs the same with a radio map (25 zones and the
+//! hall, 50 scanners: the engine's filter over 26 places per person).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway::identity::PersonId;
+use gateway::presence::radiomap::{
+    BIN_DB, BINS, Coverage, LEVEL_MIN_DBM, PlaceLevels, RADIO_MAP_VERSION, RadioMap, RadioModel,
+    ScannerLevels,
+};
 use gateway::presence::{PresenceConfig, PresenceEngine, PresenceEvent, ZoneId};
+use std::sync::Arc;
 
 const PEOPLE: usize = 10_000;
 const SCANNERS: usize = 50;
@@ -89,8 +97,76 @@ fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
+/// A radio map for the bench's store (25 zones, 50 scanners, the hall):
+/// a zone's own two scanners hear it loud, the others faintly.
+fn radio_map() -> Arc<RadioModel> {
+    let cfg = config();
+    let mut scanners: Vec<String> = cfg.scanner_zone.keys().cloned().collect();
+    scanners.sort();
+    let mut zones: Vec<ZoneId> = cfg.scanner_zone.values().cloned().collect();
+    zones.sort();
+    zones.dedup();
+    let levels = |mean: f32, heard: f32| {
+        let mut histogram: Vec<f32> = (0..BINS)
+            .map(|b| {
+                let level = f32::from(LEVEL_MIN_DBM) + (b as f32) * f32::from(BIN_DB);
+                (-0.5 * ((level - mean) / 5.0).powi(2)).exp() + 1e-3
+            })
+            .collect();
+        let sum: f32 = histogram.iter().sum();
+        histogram.iter_mut().for_each(|h| *h /= sum);
+        ScannerLevels {
+            heard,
+            mean_dbm: Some(mean),
+            sd_db: Some(5.0),
+            histogram,
+        }
+    };
+    let mut places: Vec<PlaceLevels> = zones
+        .iter()
+        .map(|z| PlaceLevels {
+            place: z.to_string(),
+            scanners: scanners
+                .iter()
+                .map(|s| {
+                    if *cfg.zone_of(s) == **z {
+                        levels(-62.0, 0.9)
+                    } else {
+                        levels(-88.0, 0.3)
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    places.push(PlaceLevels {
+        place: "hall".into(),
+        scanners: scanners.iter().map(|_| levels(-78.0, 0.6)).collect(),
+    });
+    let map = RadioMap {
+        version: RADIO_MAP_VERSION,
+        scanner_gain_db: vec![0.0; scanners.len()],
+        coverage: places
+            .iter()
+            .map(|p| Coverage {
+                place: p.place.clone(),
+                seconds: 60.0,
+                readings: 100,
+            })
+            .collect(),
+        scanners,
+        places,
+        adjacency: Vec::new(),
+    };
+    map.validate().expect("the bench's map is valid");
+    Arc::new(RadioModel::new(map, &zones))
+}
+
 fn populate(load: &mut Load, seconds: i64) -> (PresenceEngine, i64) {
-    let mut engine = PresenceEngine::new(config());
+    let mut config = config();
+    if std::env::var("PRESENCE_BENCH_MAP").is_ok() {
+        config.radio_map = Some(radio_map());
+    }
+    let mut engine = PresenceEngine::new(config);
     let mut out = Vec::new();
     let step = 1000 / ADVERTS_PER_S;
     let mut t = 0;

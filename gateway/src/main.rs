@@ -147,8 +147,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             truth,
             json,
             people_only,
+            radio_map,
+            no_radio_map,
         } => match cli::require_config(config_path) {
-            Ok(config) => cli::eval_presence(&config, &capture, &truth, json, people_only),
+            Ok(config) => {
+                let map = match (&radio_map, no_radio_map) {
+                    (Some(path), _) => cli::MapChoice::File(path),
+                    (None, true) => cli::MapChoice::Without,
+                    (None, false) => cli::MapChoice::Site,
+                };
+                cli::eval_presence(&config, &capture, &truth, json, people_only, map)
+            }
+            Err(e) => Err(e),
+        },
+        Command::Calibrate {
+            capture,
+            truth,
+            out,
+        } => match cli::require_config(config_path) {
+            Ok(config) => cli::calibrate(&config, &capture, &truth, &out),
             Err(e) => Err(e),
         },
     })

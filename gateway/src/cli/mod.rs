@@ -104,6 +104,27 @@ pub enum Command {
         /// one of the store's own beacons (`[[beacons]]`) are left out.
         #[arg(long)]
         people_only: bool,
+        /// Score the engine with this radio map (`gateway calibrate`)
+        /// instead of the site's `[presence] radio_map` (if any).
+        #[arg(long)]
+        radio_map: Option<PathBuf>,
+        /// Score the engine without a radio map, even if the site has one.
+        #[arg(long, conflicts_with = "radio_map")]
+        no_radio_map: bool,
+    },
+    /// Learn the store's radio from a calibration walk (a tag carried
+    /// through every zone and the hall) and write a radio map for
+    /// `[presence] radio_map`.
+    Calibrate {
+        /// Sighting records of the walk, JSON Lines (docs/design.md §7).
+        #[arg(long)]
+        capture: PathBuf,
+        /// Where the tag was: {"addr", "from_ms", "to_ms", "zone"} lines.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Where to write the radio map (JSON).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -272,6 +293,17 @@ pub fn simulate(
     })
 }
 
+/// Which radio map `eval-presence` scores the engine with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapChoice<'a> {
+    /// The site's `[presence] radio_map`, if it has one.
+    Site,
+    /// This file instead.
+    File(&'a Path),
+    /// None, whatever the site says.
+    Without,
+}
+
 /// `gateway eval-presence`.
 pub fn eval_presence(
     config: &Config,
@@ -279,10 +311,21 @@ pub fn eval_presence(
     truth: &Path,
     json: bool,
     people_only: bool,
+    map: MapChoice<'_>,
 ) -> Result<String, CliError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
     };
+    let mut presence = config.presence.clone();
+    match map {
+        MapChoice::Site => {}
+        MapChoice::Without => presence.radio_map = None,
+        MapChoice::File(path) => {
+            let model = crate::presence::radiomap::load_for_site(path, &presence.scanner_zone)
+                .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+            presence.radio_map = Some(model);
+        }
+    }
     let (capture_text, truth_text) = (read(capture)?, read(truth)?);
     let fleet = crate::io::fleet::Fleet::new(config.beacons.clone());
     let is_store_beacon = |frames: &[crate::decode::Frame]| fleet.knows(frames);
@@ -291,24 +334,59 @@ pub fn eval_presence(
         not_people: people_only.then_some(&is_store_beacon as _),
         ..Default::default()
     };
-    let report = crate::presence::eval::evaluate_capture(
-        &config.presence,
-        &capture_text,
-        &truth_text,
-        &options,
-    )
-    .map_err(|e| {
-        let file = match e {
-            crate::presence::eval::EvalError::Capture { .. } => capture,
-            crate::presence::eval::EvalError::Truth { .. } => truth,
-        };
-        CliError::new(format!("{}: {e}", file.display()))
-    })?;
+    let report =
+        crate::presence::eval::evaluate_capture(&presence, &capture_text, &truth_text, &options)
+            .map_err(|e| {
+                let file = match e {
+                    crate::presence::eval::EvalError::Capture { .. } => capture,
+                    crate::presence::eval::EvalError::Truth { .. } => truth,
+                };
+                CliError::new(format!("{}: {e}", file.display()))
+            })?;
     Ok(if json {
         report.to_json().to_string()
     } else {
         report.to_table()
     })
+}
+
+/// `gateway calibrate`: learn a radio map from a walk and write it. The
+/// summary (coverage per place, gains) and any warning go to the output;
+/// a walk that misses a place writes nothing.
+pub fn calibrate(
+    config: &Config,
+    capture: &Path,
+    truth: &Path,
+    out: &Path,
+) -> Result<String, CliError> {
+    use crate::presence::eval::{EvalError, parse_capture_and_truth};
+    use crate::presence::radiomap;
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
+    };
+    let (capture_text, truth_text) = (read(capture)?, read(truth)?);
+    let (sightings, spans) = parse_capture_and_truth(&capture_text, &truth_text).map_err(|e| {
+        let file = match e {
+            EvalError::Capture { .. } => capture,
+            EvalError::Truth { .. } => truth,
+        };
+        CliError::new(format!("{}: {e}", file.display()))
+    })?;
+    let site = radiomap::Site::from_presence(&config.presence);
+    let calibration = radiomap::calibrate(&site, &sightings, &spans)
+        .map_err(|e| CliError::new(format!("calibrate: {e}")))?;
+    // Write to a temporary file beside the target, then rename: a reader
+    // (a reload) never sees half a map.
+    let tmp = out.with_extension("json.tmp");
+    std::fs::write(&tmp, calibration.map.to_json())
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| CliError::new(format!("{}: {e}", out.display())))?;
+    let mut text = calibration.map.summary();
+    for warning in &calibration.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text.push_str(&format!("wrote {}", out.display()));
+    Ok(text)
 }
 
 #[cfg(test)]

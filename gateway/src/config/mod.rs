@@ -483,6 +483,14 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     let storage = c.take(sections::storage(&raw.storage));
     let sources = c.take(sections::sources(&raw.sources));
     let zones = c.take(sections::zones(&raw.zones));
+    let radio_map = match &zones {
+        Some(zones) => c.take(sections::radio_map(
+            raw.presence.radio_map.as_deref(),
+            &zones.scanner_zone,
+            inputs,
+        )),
+        None => Some(None),
+    };
     let beacons = c.take(sections::beacons(&raw.beacons));
     let zone_ids: HashSet<&str> = raw.zones.iter().map(|z| z.id.as_str()).collect();
     let rules = c.take(sections::rules(&raw.rules, &zone_ids));
@@ -519,6 +527,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(incoming_rate),
         Some(admin_listen),
         Some(homeassistant),
+        Some(radio_map),
     ) = (
         store,
         mqtt,
@@ -538,12 +547,14 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         incoming_rate,
         admin_listen,
         homeassistant,
+        radio_map,
     )
     else {
         return Err(c.0);
     };
     presence.scanner_zone = zones.scanner_zone;
     presence.scanner_offset_db = zones.scanner_offset_db;
+    presence.radio_map = radio_map;
     presence.dwell_thresholds_s = rules.iter().map(|r| r.dwell_s).collect();
     let topics = sources.iter().fold(
         TopicNames::new(&mqtt.prefix, &store_id),

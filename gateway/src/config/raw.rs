@@ -205,6 +205,9 @@ pub struct RawPresence {
     pub max_future_skew_ms: i64,
     pub path_loss_exponent: f64,
     pub hall_distance_m: f64,
+    /// A radio map written by `gateway calibrate`; none: place from levels.
+    #[serde(default)]
+    pub radio_map: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

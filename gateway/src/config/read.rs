@@ -71,7 +71,8 @@ impl fmt::Debug for Inputs {
 }
 
 /// Every file `raw` names: the TLS PEM files, the password file (or the
-/// systemd credential holding the password) and the catalog. Pure; empty
+/// systemd credential holding the password), the catalog and the radio
+/// map. Pure; empty
 /// paths are left out (the validators report them).
 pub fn files_named(raw: &RawConfig, credentials_directory: Option<&OsStr>) -> Vec<PathBuf> {
     let mqtt = &raw.mqtt;
@@ -85,6 +86,13 @@ pub fn files_named(raw: &RawConfig, credentials_directory: Option<&OsStr>) -> Ve
         files.push(password);
     }
     files.extend(raw.catalog.as_ref().map(|c| PathBuf::from(&c.path)));
+    files.extend(
+        raw.presence
+            .radio_map
+            .as_deref()
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from),
+    );
     files
 }
 

@@ -919,6 +919,8 @@ pub fn presence(r: &RawPresence) -> Checked<(PresenceConfig, i64)> {
         visit_gap_ms: p.int("presence.visit_gap_ms", r.visit_gap_ms, 1),
         path_loss_exponent: r.path_loss_exponent as f32,
         hall_distance_m,
+        // Checked against the zones in `radio_map`, once they are known.
+        radio_map: None,
     };
     let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
     p.finish((presence, max_future_skew_ms))
@@ -1026,4 +1028,39 @@ pub(super) fn homeassistant(
         node_id,
         state_every: Duration::from_secs(every),
     }))
+}
+
+/// `[presence] radio_map`: the map the read step found, checked against
+/// the site's scanners and zones (a map learned in another store, or before
+/// a scanner was added, is refused; a reload that fails here keeps the last
+/// good configuration, map included). An empty path is no map.
+pub fn radio_map(
+    path: Option<&str>,
+    scanner_zone: &HashMap<String, ZoneId>,
+    inputs: &Inputs,
+) -> Checked<Option<Arc<crate::presence::radiomap::RadioModel>>> {
+    let Some(path) = path.filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let mut p = Problems::default();
+    let model = match inputs.file(Path::new(path)) {
+        Err(reason) => {
+            p.add("presence.radio_map", format!("{path}: {reason}"));
+            None
+        }
+        Ok(bytes) => match std::str::from_utf8(bytes) {
+            Err(_) => {
+                p.add("presence.radio_map", format!("{path}: not UTF-8 text"));
+                None
+            }
+            Ok(text) => match crate::presence::radiomap::for_site(text, scanner_zone) {
+                Ok(model) => Some(model),
+                Err(e) => {
+                    p.add("presence.radio_map", format!("{path}: {e}"));
+                    None
+                }
+            },
+        },
+    };
+    p.finish(model)
 }

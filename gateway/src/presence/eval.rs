@@ -480,6 +480,16 @@ pub fn evaluate_capture(
     truth_jsonl: &str,
     opts: &EvalOptions<'_>,
 ) -> Result<EvalReport, EvalError> {
+    let (sightings, truth) = parse_capture_and_truth(capture_jsonl, truth_jsonl)?;
+    Ok(evaluate(config, &sightings, &truth, opts))
+}
+
+/// Parse a capture (sighting records, JSON Lines) and a truth file.
+/// Blank lines are skipped; the first bad line is an error.
+pub fn parse_capture_and_truth(
+    capture_jsonl: &str,
+    truth_jsonl: &str,
+) -> Result<(Vec<Sighting>, Vec<TruthSpan>), EvalError> {
     let sightings =
         crate::jsonl::parse_all(capture_jsonl, Sighting::from_json).map_err(|(line, e)| {
             EvalError::Capture {
@@ -496,7 +506,7 @@ pub fn evaluate_capture(
                 reason: e.reason,
             }
         })?;
-    Ok(evaluate(config, &sightings, &truth, opts))
+    Ok((sightings, truth))
 }
 
 /// Where a contender has a subject at some moment.

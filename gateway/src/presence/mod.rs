@@ -27,13 +27,32 @@
 //! only far scanners have heard the person for `FIRST_PLACE_GRACE_MS`), so
 //! a visit never starts with a move the person did not make; its visit id
 //! is still the time of the first reading.
+//!
+//! # With a radio map
+//!
+//! Given a radio map ([`radiomap`], `[presence] radio_map`, learned by
+//! `gateway calibrate` from a walk), the place is no longer read from one
+//! level against the hall level: per person, a forward filter (an HMM)
+//! over the map's places (every zone and the hall) keeps the probability
+//! of each. Between updates probability flows out of each place at the
+//! rate [`MapTuning`] gives (a zone is left for the hall, the hall for any
+//! zone, a zone for a zone where the walk went directly, anything for
+//! anything with a small share); each reading multiplies in how likely its
+//! level is at that scanner in each place, and each tick how likely the
+//! scanners that did *not* hear the person's adverts were to miss them
+//! there. The place is then the most probable one, taken once it is
+//! probable enough ([`MapTuning::switch_p`]) for [`MapTuning::hold_ms`]:
+//! the same entry, hold, dwell, zone-timeout and exit logic as without a
+//! map. Without a map nothing of this runs.
 
 pub mod eval;
+pub mod radiomap;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::identity::PersonId;
+use radiomap::RadioModel;
 
 pub type ZoneId = Arc<str>;
 
@@ -65,6 +84,9 @@ pub struct PresenceConfig {
     /// antenna) from every zone's scanner is in the hall, in no zone.
     /// `None`: no hall; a present person is always in the nearest zone.
     pub hall_distance_m: Option<f32>,
+    /// The store's radio learned from a calibration walk; with it the place
+    /// comes from the map's filter (module docs), without it from levels.
+    pub radio_map: Option<Arc<RadioModel>>,
 }
 
 impl Default for PresenceConfig {
@@ -81,6 +103,7 @@ impl Default for PresenceConfig {
             visit_gap_ms: 45_000,
             path_loss_exponent: 2.2,
             hall_distance_m: Some(5.3),
+            radio_map: None,
         }
     }
 }
@@ -203,7 +226,53 @@ pub struct PresenceTuning {
     /// How long the hall (or a zone, from the hall) must look right before
     /// the place changes.
     pub hall_hold_ms: i64,
+    /// The filter over places, used only with a radio map.
+    pub map: MapTuning,
 }
+
+/// Knobs of the filter over places (a radio map's engine; module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MapTuning {
+    /// Mean time a person stays in a zone / in the hall before moving on:
+    /// how fast probability flows out of a place between readings.
+    pub zone_stay_s: f32,
+    pub hall_stay_s: f32,
+    /// Readings of one advert at several scanners, and readings close in
+    /// time, are not independent: each reading's log-likelihood is scaled
+    /// by this.
+    pub evidence_weight: f32,
+    /// A first place is taken at once when its probability reaches this.
+    pub enter_p: f32,
+    /// Another place is taken when its probability reaches this ...
+    pub switch_p: f32,
+    /// ... and stays the most probable place for this long.
+    pub hold_ms: i64,
+    /// How fast a person's device bias (louder or quieter than the walk's
+    /// tag) is learned: the weight of each reading's residual (0: off) ...
+    pub bias_rate: f32,
+    /// ... and the largest bias believed.
+    pub bias_max_db: f32,
+}
+
+impl Default for MapTuning {
+    fn default() -> Self {
+        MapTuning {
+            // Swept on the twin's crowd (docs/experiments/presence.md).
+            zone_stay_s: 300.0,
+            hall_stay_s: 2.0,
+            evidence_weight: 0.5,
+            enter_p: 0.6,
+            switch_p: 0.8,
+            hold_ms: 300,
+            bias_rate: 0.1,
+            bias_max_db: 8.0,
+        }
+    }
+}
+
+/// A map with more places than this is refused (the filter keeps its
+/// scratch on the stack).
+pub const MAX_MAP_PLACES: usize = 64;
 
 impl Default for PresenceTuning {
     fn default() -> Self {
@@ -214,6 +283,7 @@ impl Default for PresenceTuning {
             reference_tx_power_dbm: -59.0,
             hall_margin_db: 1.0,
             hall_hold_ms: 7_000,
+            map: MapTuning::default(),
         }
     }
 }
@@ -250,6 +320,9 @@ struct ScannerInfo {
     name: Box<str>,
     zone: ZoneId,
     offset_db: f32,
+    /// The scanner's index in the radio map, if there is a map and it
+    /// has the scanner.
+    map_index: Option<u16>,
 }
 
 /// Filtered level of one person at one scanner.
@@ -287,6 +360,164 @@ struct PersonState {
     /// place change nobody made. A visit continued after a restart was
     /// announced before it.
     announced: bool,
+    /// The filter over the radio map's places (only with a map).
+    map: Option<Box<MapState>>,
+}
+
+/// One person's filter over the radio map's places.
+struct MapState {
+    /// Probability of each place, in the map's order.
+    p: Box<[f32]>,
+    /// Time the probabilities are for.
+    at_ms: i64,
+    /// Readings per map scanner since the last tick.
+    heard: Box<[u16]>,
+    /// How much louder (dB) this person's device is than the walk's tag,
+    /// learned from the readings.
+    bias_db: f32,
+    /// The most probable place and its probability right after the last
+    /// evidence: what the place is decided on. Probability flowing between
+    /// places with time alone (a tick without readings) only changes what
+    /// the next evidence starts from, so a hold is not broken by a tick.
+    decided: (usize, f32),
+}
+
+impl MapState {
+    fn new(model: &RadioModel, at_ms: i64) -> Self {
+        let n = model.place_count();
+        MapState {
+            p: vec![1.0 / n as f32; n].into_boxed_slice(),
+            at_ms,
+            heard: vec![0; model.scanner_count()].into_boxed_slice(),
+            bias_db: 0.0,
+            decided: (0, 0.0),
+        }
+    }
+
+    /// Let time pass: probability flows out of each place.
+    fn predict(&mut self, model: &RadioModel, t: &MapTuning, now_ms: i64) {
+        let dt_s = (now_ms - self.at_ms) as f32 / 1000.0;
+        if dt_s <= 0.0 {
+            return;
+        }
+        self.at_ms = now_ms;
+        let n = self.p.len();
+        let mut next = [0f32; MAX_MAP_PLACES];
+        let mut leaving = [0f32; MAX_MAP_PLACES];
+        let zone_stay = (-dt_s / t.zone_stay_s.max(0.1)).exp();
+        let hall_stay = (-dt_s / t.hall_stay_s.max(0.1)).exp();
+        for from in 0..n {
+            let stay = if model.is_hall(from) {
+                hall_stay
+            } else {
+                zone_stay
+            };
+            let mass = self.p[from];
+            next[from] = mass * stay;
+            leaving[from] = mass * (1.0 - stay);
+        }
+        model.spread(&leaving[..n], &mut next[..n]);
+        self.p.copy_from_slice(&next[..n]);
+    }
+
+    /// Multiply in evidence (per place log-likelihoods), then normalise.
+    fn update(&mut self, log_likelihood: &[f32], weight: f32) {
+        let max = log_likelihood
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return;
+        }
+        let mut sum = 0.0;
+        for (p, ll) in self.p.iter_mut().zip(log_likelihood) {
+            *p *= ((ll - max) * weight).exp();
+            sum += *p;
+        }
+        let n = self.p.len() as f32;
+        if !(sum.is_finite() && sum > 0.0) {
+            self.p.fill(1.0 / n);
+            return;
+        }
+        // A floor, so that no place becomes impossible to come back to.
+        let floor = 1e-4 / n;
+        let mut total = 0.0;
+        for p in self.p.iter_mut() {
+            *p = (*p / sum).max(floor);
+            total += *p;
+        }
+        for p in self.p.iter_mut() {
+            *p /= total;
+        }
+        self.decided = self.best();
+    }
+
+    /// One reading of `scanner` (map index) at `level`.
+    fn observe(
+        &mut self,
+        model: &RadioModel,
+        t: &MapTuning,
+        scanner: usize,
+        level: f32,
+        at_ms: i64,
+    ) {
+        self.predict(model, t, at_ms);
+        let n = self.p.len();
+        let mut ll = [0f32; MAX_MAP_PLACES];
+        let corrected = level - self.bias_db;
+        for (place, slot) in ll.iter_mut().enumerate().take(n) {
+            *slot = model.log_reading(place, scanner, corrected);
+        }
+        self.update(&ll[..n], t.evidence_weight);
+        if t.bias_rate > 0.0 {
+            let expected: f32 = (0..n)
+                .map(|place| self.p[place] * model.mean_level(place, scanner))
+                .sum();
+            let residual = (level - expected).clamp(-t.bias_max_db, t.bias_max_db);
+            self.bias_db += t.bias_rate * (residual - self.bias_db);
+        }
+        if let Some(h) = self.heard.get_mut(scanner) {
+            *h = h.saturating_add(1);
+        }
+    }
+
+    /// A tick: the scanners that heard fewer of the person's adverts than
+    /// the best-hearing one missed the rest.
+    fn tick(&mut self, model: &RadioModel, t: &MapTuning, now_ms: i64) {
+        self.predict(model, t, now_ms);
+        let adverts = self.heard.iter().copied().max().unwrap_or(0);
+        if adverts > 0 {
+            let n = self.p.len();
+            let mut ll = [0f32; MAX_MAP_PLACES];
+            let mut any = false;
+            for (scanner, &k) in self.heard.iter().enumerate() {
+                let missed = f32::from(adverts - k);
+                if missed == 0.0 {
+                    continue;
+                }
+                any = true;
+                for (place, slot) in ll.iter_mut().enumerate().take(n) {
+                    *slot += missed * model.log_missed(place, scanner);
+                }
+            }
+            // No miss is no evidence: nothing to decide on again.
+            if any {
+                self.update(&ll[..n], t.evidence_weight);
+            }
+        }
+        self.heard.fill(0);
+    }
+
+    /// The most probable place and its probability.
+    fn best(&self) -> (usize, f32) {
+        self.p
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
+                if p > best.1 { (i, p) } else { best }
+            })
+    }
 }
 
 /// What the engine remembers of a visit across a restart: enough to keep
@@ -339,11 +570,24 @@ impl PresenceEngine {
     /// Replace the configuration (reload) without dropping who is present.
     pub fn set_config(&mut self, config: PresenceConfig) {
         self.hall = HallRule::new(&config, &self.tuning);
+        let same_map = match (&self.config.radio_map, &config.radio_map) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
         self.config = config;
         // Zones and offsets may have changed: look them up again.
         for info in &mut self.scanners {
             info.zone = self.config.zone_of(&info.name);
             info.offset_db = offset_of(&self.config, &info.name);
+            info.map_index = map_index_of(&self.config, &info.name);
+        }
+        if !same_map {
+            // Another map has other places: each filter starts again (from
+            // the next reading); the places people are in stay until then.
+            for state in self.people.values_mut() {
+                state.map = None;
+            }
         }
     }
 
@@ -445,6 +689,7 @@ impl PresenceEngine {
                     dwell_fired: BTreeSet::new(),
                     placed: false,
                     announced,
+                    map: None,
                 })
             }
         };
@@ -479,10 +724,20 @@ impl PresenceEngine {
                 last_ms: at_ms,
             }),
         }
+        if let (Some(model), Some(index)) = (
+            &self.config.radio_map,
+            self.scanners[scanner as usize].map_index,
+        ) {
+            let map = state
+                .map
+                .get_or_insert_with(|| Box::new(MapState::new(model, at_ms)));
+            map.observe(model, &self.tuning.map, usize::from(index), reading, at_ms);
+        }
         let now = state.last_seen_ms;
         Self::update_zone(
             &self.config,
             &self.hall,
+            &self.tuning.map,
             &self.scanners,
             person,
             state,
@@ -503,9 +758,13 @@ impl PresenceEngine {
                 continue;
             }
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
+            if let (Some(model), Some(map)) = (&config.radio_map, state.map.as_deref_mut()) {
+                map.tick(model, &self.tuning.map, now_ms);
+            }
             Self::update_zone(
                 config,
                 &self.hall,
+                &self.tuning.map,
                 &self.scanners,
                 person,
                 state,
@@ -527,14 +786,17 @@ impl PresenceEngine {
             name: scanner.into(),
             zone: self.config.zone_of(scanner),
             offset_db: offset_of(&self.config, scanner),
+            map_index: map_index_of(&self.config, scanner),
         });
         self.scanner_index.insert(scanner.into(), id);
         id
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn update_zone(
         config: &PresenceConfig,
         hall_rule: &HallRule,
+        map_tuning: &MapTuning,
         scanners: &[ScannerInfo],
         person: &PersonId,
         state: &mut PersonState,
@@ -585,38 +847,46 @@ impl PresenceEngine {
         let margin = hall_rule.margin_db;
 
         // Where the evidence points, and how long it must keep pointing there.
-        let wanted: Option<(Option<ZoneId>, i64)> = match &state.zone {
-            None if !state.placed => {
-                // First placement of a visit: no hold, so an entry is
-                // reported at once. The first reading may well come from
-                // a far scanner: for a moment, a weak level only means
-                // "not placed yet" (as good as the hall), not the hall.
-                let waited = now_ms - state.visit_seen_since_ms;
-                match hall {
-                    None => Some((Some(best_zone), 0)),
-                    Some(h) if normalised >= h + margin => Some((Some(best_zone), 0)),
-                    Some(_) if waited < FIRST_PLACE_GRACE_MS => None,
-                    Some(h) if normalised < h => Some((None, 0)),
-                    Some(_) => Some((Some(best_zone), 0)),
-                }
-            }
-            None => match hall {
-                Some(h) if normalised < h + margin || best_count < MIN_READINGS_TO_SWITCH => None,
-                // Back in range after a zone timeout: at once without a hall.
-                None => Some((Some(best_zone), 0)),
-                Some(_) => Some((Some(best_zone), hall_rule.hold_ms)),
-            },
-            Some((current, _)) => {
-                let current_level = current_level.unwrap_or(f32::NEG_INFINITY);
-                match hall {
-                    Some(h) if normalised < h - margin => Some((None, hall_rule.hold_ms)),
-                    _ if same_zone(current, &best_zone) => None,
-                    _ if best_count >= MIN_READINGS_TO_SWITCH
-                        && best_level >= current_level + config.switch_margin_db =>
-                    {
-                        Some((Some(best_zone), config.switch_hold_ms))
+        let wanted: Option<(Option<ZoneId>, i64)> = if let (Some(model), Some(map)) =
+            (&config.radio_map, state.map.as_deref())
+        {
+            map_wanted(model, map_tuning, map, state, now_ms)
+        } else {
+            match &state.zone {
+                None if !state.placed => {
+                    // First placement of a visit: no hold, so an entry is
+                    // reported at once. The first reading may well come from
+                    // a far scanner: for a moment, a weak level only means
+                    // "not placed yet" (as good as the hall), not the hall.
+                    let waited = now_ms - state.visit_seen_since_ms;
+                    match hall {
+                        None => Some((Some(best_zone), 0)),
+                        Some(h) if normalised >= h + margin => Some((Some(best_zone), 0)),
+                        Some(_) if waited < FIRST_PLACE_GRACE_MS => None,
+                        Some(h) if normalised < h => Some((None, 0)),
+                        Some(_) => Some((Some(best_zone), 0)),
                     }
-                    _ => None,
+                }
+                None => match hall {
+                    Some(h) if normalised < h + margin || best_count < MIN_READINGS_TO_SWITCH => {
+                        None
+                    }
+                    // Back in range after a zone timeout: at once without a hall.
+                    None => Some((Some(best_zone), 0)),
+                    Some(_) => Some((Some(best_zone), hall_rule.hold_ms)),
+                },
+                Some((current, _)) => {
+                    let current_level = current_level.unwrap_or(f32::NEG_INFINITY);
+                    match hall {
+                        Some(h) if normalised < h - margin => Some((None, hall_rule.hold_ms)),
+                        _ if same_zone(current, &best_zone) => None,
+                        _ if best_count >= MIN_READINGS_TO_SWITCH
+                            && best_level >= current_level + config.switch_margin_db =>
+                        {
+                            Some((Some(best_zone), config.switch_hold_ms))
+                        }
+                        _ => None,
+                    }
                 }
             }
         };
@@ -692,6 +962,35 @@ impl PresenceEngine {
             state.zone = Some((zone, since_ms));
         }
     }
+}
+
+/// With a map: the place the filter points to, and the hold it needs.
+fn map_wanted(
+    model: &RadioModel,
+    t: &MapTuning,
+    map: &MapState,
+    state: &PersonState,
+    now_ms: i64,
+) -> Option<(Option<ZoneId>, i64)> {
+    let (best, p) = map.decided;
+    let place = model.place(best).cloned();
+    match &state.zone {
+        None if !state.placed => {
+            let waited = now_ms - state.visit_seen_since_ms;
+            (p >= t.enter_p || waited >= FIRST_PLACE_GRACE_MS).then_some((place, 0))
+        }
+        current => {
+            let current = current.as_ref().map(|(z, _)| z.clone());
+            (!same_place(&current, &place) && p >= t.switch_p).then_some((place, t.hold_ms))
+        }
+    }
+}
+
+fn map_index_of(config: &PresenceConfig, scanner: &str) -> Option<u16> {
+    config
+        .radio_map
+        .as_ref()
+        .and_then(|m| m.scanner_index(scanner))
 }
 
 fn offset_of(config: &PresenceConfig, scanner: &str) -> f32 {
