@@ -41,47 +41,7 @@ udp_port="$(free_port udp)"
 admin_port="$(free_port tcp)"
 start_broker "$work" "$broker_port"
 
-cat >"$work/site.toml" <<EOF
-[store]
-id = "store-042"
-timezone = "Europe/Berlin"
-
-[mqtt]
-url = "mqtt://127.0.0.1:$broker_port"
-prefix = "retail"
-keep_alive_s = 5
-
-[storage]
-path = "$work/db"
-
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:$udp_port"
-
-[admin]
-listen = "127.0.0.1:$admin_port"
-
-# One zone over the three scanners the load generator names, so enrolled
-# shoppers (heard ~once a second each, random RSSI) dwell and get decided on:
-# the run exercises reserve (sled transaction + flush) and MQTT delivery too.
-[[zones]]
-id = "floor"
-scanners = ["entrance", "laptops", "headphones"]
-
-[[rules]]
-id = "welcome"
-zone = "floor"
-dwell_s = 10
-kind = "info"
-title = "Welcome"
-body = "Today's offers are at the entrance."
-
-[caps]
-per_visit = 2
-per_day = 3
-per_week = 7
-min_gap_s = 1200
-EOF
+write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
 
 # The load generator's enrolled shoppers, written by a 1 ms run to a port
 # nobody listens on (same --devices/--strangers/--seed as the real runs).

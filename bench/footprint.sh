@@ -11,8 +11,8 @@
 #
 # Usage: bench/footprint.sh [--people N] [--present P] [--seconds S]
 #        (defaults 100000, 10000, 30). Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
-#        (a TSV line is appended there), GATEWAY_STORAGE_CACHE_MB (passed
-#        into the site file as [storage] cache_mb when set).
+#        (a TSV line is appended there), GATEWAY_STORAGE_CACHE_MB (given
+#        to the gateway as [storage] cache_mb when set).
 # Loopback only; bounded; every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -46,40 +46,9 @@ udp_port="$(free_port udp)"
 admin_port="$(free_port tcp)"
 start_broker "$work" "$broker_port"
 
-cache_line=""
-[ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || cache_line="cache_mb = $GATEWAY_STORAGE_CACHE_MB"
-cat >"$work/site.toml" <<CONF
-[store]
-id = "store-042"
-timezone = "Europe/Berlin"
-
-[mqtt]
-url = "mqtt://127.0.0.1:$broker_port"
-prefix = "retail"
-
-[storage]
-path = "$work/db"
-$cache_line
-
-[[sources]]
-kind = "udp"
-bind = "127.0.0.1:$udp_port"
-
-[admin]
-listen = "127.0.0.1:$admin_port"
-
-[[zones]]
-id = "floor"
-scanners = ["entrance", "laptops", "headphones"]
-
-[[rules]]
-id = "welcome"
-zone = "floor"
-dwell_s = 10
-kind = "info"
-title = "Welcome"
-body = "Today's offers are at the entrance."
-CONF
+write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
+# [storage] cache_mb through the config's environment layer.
+[ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || export GATEWAY__STORAGE__CACHE_MB="$GATEWAY_STORAGE_CACHE_MB"
 
 # The present shoppers are the load generator's own (same seed as the run
 # below); the rest of the customer base is made up here, deterministically.

@@ -53,3 +53,49 @@ CONF
 # Resident memory (VmRSS) and its peak (VmHWM) of a pid, in kB.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+# write_load_site FILE WORK BROKER_PORT UDP_PORT ADMIN_PORT: the site both
+# load runs use. One zone over the three scanners the load generator names,
+# so enrolled shoppers (heard about once a second each, random RSSI) dwell
+# and get decided on: a run exercises reserve (sled transaction + flush) and
+# MQTT delivery too. Settings beyond it go in GATEWAY__* variables.
+write_load_site() {
+    cat >"$1" <<SITE
+[store]
+id = "store-042"
+timezone = "Europe/Berlin"
+
+[mqtt]
+url = "mqtt://127.0.0.1:$3"
+prefix = "retail"
+keep_alive_s = 5
+
+[storage]
+path = "$2/db"
+
+[[sources]]
+kind = "udp"
+bind = "127.0.0.1:$4"
+
+[admin]
+listen = "127.0.0.1:$5"
+
+[[zones]]
+id = "floor"
+scanners = ["entrance", "laptops", "headphones"]
+
+[[rules]]
+id = "welcome"
+zone = "floor"
+dwell_s = 10
+kind = "info"
+title = "Welcome"
+body = "Today's offers are at the entrance."
+
+[caps]
+per_visit = 2
+per_day = 3
+per_week = 7
+min_gap_s = 1200
+SITE
+}

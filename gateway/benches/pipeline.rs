@@ -400,15 +400,7 @@ impl Pipeline {
             let item = &self.items[i];
             decode_into(black_box(&item.adv), &self.opts, &mut self.frames);
             events.clear();
-            for frame in &self.frames {
-                let Frame::AppToken {
-                    rotating_id,
-                    tx_power,
-                    ..
-                } = frame
-                else {
-                    continue;
-                };
+            for (rotating_id, tx_power) in self.frames.iter().filter_map(Frame::app_token) {
                 let Some(person) = self.people.recognise(rotating_id) else {
                     continue;
                 };
@@ -417,7 +409,7 @@ impl Pipeline {
                     person,
                     &self.scanners[item.scanner],
                     item.rssi,
-                    Some(*tx_power),
+                    Some(tx_power),
                     at_ms,
                     &mut events,
                 );

@@ -206,15 +206,7 @@ pub fn simulate_with(
         table.roll_to(s.at_ms / 1000);
         decode_into(&s.adv, &config.decode, &mut frames);
         events.clear();
-        for frame in &frames {
-            let Frame::AppToken {
-                rotating_id,
-                tx_power,
-                ..
-            } = frame
-            else {
-                continue;
-            };
+        for (rotating_id, tx_power) in frames.iter().filter_map(Frame::app_token) {
             let Some(person) = table.lookup(rotating_id) else {
                 continue;
             };
@@ -232,7 +224,7 @@ pub fn simulate_with(
                 person,
                 &s.scanner,
                 s.rssi,
-                Some(*tx_power),
+                Some(tx_power),
                 s.at_ms,
                 &mut events,
             );

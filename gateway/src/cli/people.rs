@@ -300,6 +300,33 @@ mod tests {
         crate::config::load(Some(&site)).unwrap()
     }
 
+    /// The store, once the last opener's sled has let go of it: sled's
+    /// flusher thread holds the database (and its file lock) for up to a
+    /// flush interval after the handle is dropped. Between processes the
+    /// lock goes with the process.
+    fn reopen(config: &Config) -> Store {
+        for _ in 0..100 {
+            if let Ok(store) = open(config) {
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        open(config).unwrap()
+    }
+
+    /// [`import`] once the store is free (see [`reopen`]).
+    fn import_when_free(config: &Config, path: &Path) -> Result<String, CliError> {
+        for _ in 0..100 {
+            match import(config, path, false) {
+                Err(e) if e.message.contains("in use by another process") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                done => return done,
+            }
+        }
+        import(config, path, false)
+    }
+
     fn write(dir: &Path, name: &str, lines: &[&str]) -> std::path::PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, lines.join("\n")).unwrap();
@@ -314,8 +341,8 @@ mod tests {
             .map(|i| format!(r#"{{"person": "p-{i}", "recipient": "r-{i}"}}"#))
             .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        import(&config, &write(dir.path(), "many.jsonl", &many), false).unwrap();
-        let store = open(&config).unwrap();
+        import_when_free(&config, &write(dir.path(), "many.jsonl", &many)).unwrap();
+        let store = reopen(&config);
         assert_eq!(store.people().count(), IMPORT_CHUNK + 7);
         drop(store);
 
@@ -330,7 +357,7 @@ mod tests {
                 r#"{"person": "q-2", "recipient": "r-2"}"#,
             ],
         );
-        let e = import(&config, &refused, false).unwrap_err();
+        let e = import_when_free(&config, &refused).unwrap_err();
         assert!(
             e.message.contains(
                 "person q-2: recipient: \"r-2\" already belongs to another person; nothing imported"
@@ -338,7 +365,7 @@ mod tests {
             "{}",
             e.message
         );
-        let store = open(&config).unwrap();
+        let store = reopen(&config);
         assert_eq!(
             store.person("q-1").unwrap(),
             None,
@@ -355,8 +382,8 @@ mod tests {
                 r#"{"person": "q-1", "recipient": "r-1"}"#,
             ],
         );
-        import(&config, &swap, false).unwrap();
-        let store = open(&config).unwrap();
+        import_when_free(&config, &swap).unwrap();
+        let store = reopen(&config);
         assert_eq!(store.person("q-1").unwrap().unwrap().recipient, "r-1");
     }
 

@@ -194,29 +194,16 @@ pub async fn run(
     };
 
     for socket in udp_sockets {
-        let (tx, telemetry, cancel, running) = (
-            sighting_tx.clone(),
-            telemetry.clone(),
-            cancel.clone(),
-            sources_running.clone(),
-        );
-        running.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(async move {
+        let (tx, telemetry, cancel) = (sighting_tx.clone(), telemetry.clone(), cancel.clone());
+        spawn_source(&mut tasks, &sources_running, async move {
             sources::run_udp(socket, tx, telemetry, cancel).await;
-            running.fetch_sub(1, Ordering::Relaxed);
         });
     }
     for source in config.sources.iter() {
         if let SourceSettings::Replay { path, speed } = source {
-            let (tx, telemetry, cancel, running) = (
-                sighting_tx.clone(),
-                telemetry.clone(),
-                cancel.clone(),
-                sources_running.clone(),
-            );
+            let (tx, telemetry, cancel) = (sighting_tx.clone(), telemetry.clone(), cancel.clone());
             let (path, speed) = (path.clone(), *speed);
-            running.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(async move {
+            spawn_source(&mut tasks, &sources_running, async move {
                 match sources::run_replay(path.clone(), speed, tx, telemetry.clone(), cancel).await
                 {
                     Ok(n) => {
@@ -228,7 +215,6 @@ pub async fn run(
                         &format!("{}: {e}", path.display()),
                     ),
                 }
-                running.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
@@ -239,16 +225,10 @@ pub async fn run(
                     adapter: adapter.clone(),
                     scanner_id: scanner.clone(),
                 };
-                let (tx, telemetry, cancel, running) = (
-                    sighting_tx.clone(),
-                    telemetry.clone(),
-                    cancel.clone(),
-                    sources_running.clone(),
-                );
-                running.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(async move {
+                let (tx, telemetry, cancel) =
+                    (sighting_tx.clone(), telemetry.clone(), cancel.clone());
+                spawn_source(&mut tasks, &sources_running, async move {
                     crate::io::ble::run_bluez(settings, tx, telemetry, cancel).await;
-                    running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             // Scanner nodes arrive through the MQTT subscriptions; the
@@ -335,6 +315,21 @@ pub async fn run(
         events::storage_error(&telemetry, "shutdown_flush", &e);
     }
     Ok(summarise(&telemetry, people_recognised))
+}
+
+/// Run a sighting source as a task, counted in `running` (what `/readyz`
+/// reads) from now until it ends.
+fn spawn_source(
+    tasks: &mut tokio::task::JoinSet<()>,
+    running: &Arc<AtomicUsize>,
+    source: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    running.fetch_add(1, Ordering::Relaxed);
+    let running = running.clone();
+    tasks.spawn(async move {
+        source.await;
+        running.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 fn summarise(t: &Telemetry, people_recognised: usize) -> RunSummary {

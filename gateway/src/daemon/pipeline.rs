@@ -237,15 +237,7 @@ impl Pipeline {
         }
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        for frame in &frames {
-            let Frame::AppToken {
-                rotating_id,
-                tx_power,
-                ..
-            } = frame
-            else {
-                continue;
-            };
+        for (rotating_id, tx_power) in frames.iter().filter_map(Frame::app_token) {
             // Resolve: an identifier nobody enrolled is a stranger, and is
             // forgotten right here: not stored, not logged.
             let Some(person) = self.recognise(rotating_id) else {
@@ -255,7 +247,7 @@ impl Pipeline {
                 &person,
                 &sighting.scanner,
                 sighting.rssi,
-                Some(*tx_power),
+                Some(tx_power),
                 sighting.at_ms,
                 &mut events,
             );

@@ -112,6 +112,20 @@ pub enum Frame {
 const EDDYSTONE_0M_TO_1M_DB: i8 = 41;
 
 impl Frame {
+    /// The app's rotating identifier and the power it announces, when
+    /// this is the app's token: what the pipeline, `simulate` and the
+    /// benches look people up by.
+    pub fn app_token(&self) -> Option<(&[u8; 16], i8)> {
+        match self {
+            Frame::AppToken {
+                rotating_id,
+                tx_power,
+                ..
+            } => Some((rotating_id, *tx_power)),
+            _ => None,
+        }
+    }
+
     /// Calibrated power at 1 m, when the frame carries one. Eddystone's
     /// 0 m figure is converted to 1 m.
     pub fn tx_power_at_1m(&self) -> Option<i8> {
