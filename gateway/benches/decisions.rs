@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use gateway::decide::{Caps, NudgeKind};
+use gateway::decide::{Caps, Limits, NudgeKind};
 use gateway::identity::{PersonId, PersonRecord};
 use gateway::store::{Reservation, ReserveCandidate, ReserveJob, ReserveRequest, Store};
 
@@ -95,10 +95,12 @@ fn decide_batch(store: &Store, caps: &Caps, n: u64, size: u64) -> Duration {
             person,
             recipient,
             candidates,
-            caps,
-            quiet: None,
-            tz: &chrono_tz::Europe::Berlin,
-            enabled: true,
+            limits: Limits {
+                caps,
+                quiet: None,
+                tz: &chrono_tz::Europe::Berlin,
+                enabled: true,
+            },
         })
         .collect();
     let started = Instant::now();
@@ -130,10 +132,12 @@ fn decide_once(store: &Store, caps: &Caps, n: u64) -> Duration {
             visit: now_ms,
             now_ms,
             expires_at_ms: now_ms + 900_000,
-            caps,
-            quiet: None,
-            tz: &chrono_tz::Europe::Berlin,
-            enabled: true,
+            limits: Limits {
+                caps,
+                quiet: None,
+                tz: &chrono_tz::Europe::Berlin,
+                enabled: true,
+            },
         })
         .expect("reserve succeeds");
     let took = started.elapsed();

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
-use gateway::decide::NudgeKind;
+use gateway::decide::{Limits, NudgeKind};
 use gateway::identity::PersonRecord;
 use gateway::io::mqtt::Delivery;
 use gateway::store::{Reservation, ReserveRequest, Store};
@@ -148,10 +148,12 @@ impl Bench {
                 visit: 1,
                 now_ms: now,
                 expires_at_ms: now + 900_000,
-                caps: &self.config.caps,
-                quiet: None,
-                tz: &self.config.timezone,
-                enabled: true,
+                limits: Limits {
+                    caps: &self.config.caps,
+                    quiet: None,
+                    tz: &self.config.timezone,
+                    enabled: true,
+                },
             })
             .expect("reserve")
         {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
 use gateway::config::Config;
-use gateway::decide::NudgeKind;
+use gateway::decide::{Limits, NudgeKind};
 use gateway::identity::{PersonId, PersonRecord};
 use gateway::reservations::{self, DecisionJob};
 use gateway::store::{Reservation, ReserveCandidate, ReserveRequest, Store};
@@ -290,10 +290,12 @@ fn run_threads(store: &Store, threads: usize, seconds: u64, next: &Arc<AtomicU64
                         visit: i as i64,
                         now_ms,
                         expires_at_ms: now_ms + 900_000,
-                        caps: &caps,
-                        quiet: None,
-                        tz: &tz,
-                        enabled: true,
+                        limits: Limits {
+                            caps: &caps,
+                            quiet: None,
+                            tz: &tz,
+                            enabled: true,
+                        },
                     };
                     let t0 = Instant::now();
                     let outcome = store.reserve(&req).expect("reserve");

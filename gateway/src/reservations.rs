@@ -24,6 +24,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::Config;
+use crate::decide::Limits;
 use crate::identity::PersonId;
 use crate::store::{Reservation, ReserveCandidate, ReserveJob, Store, StoreError};
 use crate::telemetry::{LatencyStamps, MAX_LATENCY_STAMPS, Telemetry, events};
@@ -58,10 +59,12 @@ impl DecisionJob {
             person: &self.person,
             recipient: &self.recipient,
             candidates: &self.candidates,
-            caps: &self.config.caps,
-            quiet: self.config.quiet_hours.as_ref(),
-            tz: &self.config.timezone,
-            enabled: self.config.nudges_enabled,
+            limits: Limits {
+                caps: &self.config.caps,
+                quiet: self.config.quiet_hours.as_ref(),
+                tz: &self.config.timezone,
+                enabled: self.config.nudges_enabled,
+            },
         }
     }
 }

@@ -12,14 +12,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::decide::{
-    Ask, Caps, Contender, Ledger, Limits, NudgeKind, QuietHours, SkipReason, StoreRateLedger,
-    Verdict, choose,
+    Ask, Contender, Ledger, Limits, NudgeKind, SkipReason, StoreRateLedger, Verdict, choose,
 };
 use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
@@ -107,10 +105,8 @@ pub struct ReserveRequest<'a> {
     pub visit: i64,
     pub now_ms: i64,
     pub expires_at_ms: i64,
-    pub caps: &'a Caps,
-    pub quiet: Option<&'a QuietHours>,
-    pub tz: &'a Tz,
-    pub enabled: bool,
+    /// Caps, quiet hours, time zone and kill switch in force.
+    pub limits: Limits<'a>,
 }
 
 /// One candidate of a decision, prepared (ids, payload) outside the
@@ -131,8 +127,6 @@ pub struct ReserveCandidate {
     pub held: Option<SkipReason>,
 }
 
-/// One person's decision: the candidates in priority order, and the caps
-/// in force when they were made.
 impl Contender for ReserveCandidate {
     fn ask(&self) -> Ask<'_> {
         Ask {
@@ -145,15 +139,15 @@ impl Contender for ReserveCandidate {
     }
 }
 
+/// One person's decision: the candidates in priority order, and the caps
+/// in force when they were made.
 #[derive(Clone, Copy, Debug)]
 pub struct ReserveJob<'a> {
     pub person: &'a PersonId,
     pub recipient: &'a str,
     pub candidates: &'a [ReserveCandidate],
-    pub caps: &'a Caps,
-    pub quiet: Option<&'a QuietHours>,
-    pub tz: &'a Tz,
-    pub enabled: bool,
+    /// Caps, quiet hours, time zone and kill switch in force.
+    pub limits: Limits<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -793,10 +787,7 @@ impl Store {
             person: req.person,
             recipient: req.recipient,
             candidates: std::slice::from_ref(&candidate),
-            caps: req.caps,
-            quiet: req.quiet,
-            tz: req.tz,
-            enabled: req.enabled,
+            limits: req.limits,
         };
         self.reserve_batch(std::slice::from_ref(&job))?
             .pop()
@@ -916,16 +907,11 @@ impl Store {
                         let sealer = &sealers[*sealer_index];
                         // The one decision step (decide::step::choose),
                         // on the ledgers as this transaction sees them.
-                        let limits = Limits {
-                            caps: job.caps,
-                            quiet: job.quiet,
-                            tz: job.tz,
-                            enabled: job.enabled,
-                        };
+                        let limits = &job.limits;
                         let choice = if job.candidates.iter().any(|c| c.held.is_none()) {
                             let (ledger, changed) =
                                 trees.ledger(&mut batch.ledgers, sealer, *sealer_index)?;
-                            let choice = choose(job.candidates, ledger, &mut batch.rate, &limits);
+                            let choice = choose(job.candidates, ledger, &mut batch.rate, limits);
                             *changed |= choice.ledger_changed;
                             choice
                         } else {
@@ -935,7 +921,7 @@ impl Store {
                                 job.candidates,
                                 &mut Ledger::default(),
                                 &mut batch.rate,
-                                &limits,
+                                limits,
                             )
                         };
                         batch.rate_changed |= choice.rate_changed;

@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::decide::{Caps, SentNudge};
+use crate::decide::{Caps, Limits, SentNudge};
+use chrono_tz::Tz;
 
 /// Reopen a database that this process just closed. sled's background
 /// flusher may hold the file lock for a moment after the handle is dropped;
@@ -57,10 +58,12 @@ fn request<'a>(
         visit,
         now_ms,
         expires_at_ms: now_ms + 900_000,
-        caps,
-        quiet: None,
-        tz,
-        enabled: true,
+        limits: Limits {
+            caps,
+            quiet: None,
+            tz,
+            enabled: true,
+        },
     }
 }
 
@@ -150,7 +153,7 @@ fn the_kill_switch_holds_everything_back() {
     let person = PersonId::from("p-1");
     let (caps, tz) = (caps(), chrono_tz::UTC);
     let mut req = request(&person, &caps, &tz, 1, 0, "n1");
-    req.enabled = false;
+    req.limits.enabled = false;
     assert_eq!(
         store.reserve(&req).unwrap(),
         Reservation::Held(SkipReason::KillSwitch)
@@ -574,10 +577,12 @@ fn job<'a>(
         person,
         recipient: "r-1",
         candidates,
-        caps,
-        quiet: None,
-        tz,
-        enabled: true,
+        limits: Limits {
+            caps,
+            quiet: None,
+            tz,
+            enabled: true,
+        },
     }
 }
 
