@@ -28,20 +28,9 @@ rates=("$@")
 mkdir -p "$here/results"
 out="${E2E_OUT:-$here/results/e2e-$(date -u +%Y%m%dT%H%M%SZ).tsv}"
 
-for bin in "$gateway" "$sim"; do
-    [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
-done
-
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-work="$(mktemp -d /tmp/gw-e2e.XXXXXX)"
-bench_work="$work"
-broker_port="$(free_port tcp)"
-udp_port="$(free_port udp)"
-admin_port="$(free_port tcp)"
-start_broker "$work" "$broker_port"
-
-write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
+start_load_rig e2e "$gateway" "$sim"
 
 # The load generator's enrolled shoppers, written by a 1 ms run to a port
 # nobody listens on (same --devices/--strangers/--seed as the real runs).

@@ -33,20 +33,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$present" -le "$people" ] || { echo "--present must not exceed --people" >&2; exit 2; }
-for bin in "$gateway" "$sim"; do
-    [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
-done
-
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-work="$(mktemp -d /tmp/gw-footprint.XXXXXX)"
-bench_work="$work"
-broker_port="$(free_port tcp)"
-udp_port="$(free_port udp)"
-admin_port="$(free_port tcp)"
-start_broker "$work" "$broker_port"
-
-write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
+start_load_rig footprint "$gateway" "$sim"
 # [storage] cache_mb through the config's environment layer.
 [ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || export GATEWAY__STORAGE__CACHE_MB="$GATEWAY_STORAGE_CACHE_MB"
 

@@ -99,3 +99,20 @@ per_week = 7
 min_gap_s = 1200
 SITE
 }
+
+# start_load_rig NAME GATEWAY SIM: check the release binaries, then a work
+# directory (/tmp/gw-NAME.*, removed on exit), free ports, a private broker
+# and the load site. Sets work, broker_port, udp_port, admin_port.
+start_load_rig() {
+    local bin
+    for bin in "$2" "$3"; do
+        [ -x "$bin" ] || { echo "missing $bin: cargo build --release --workspace --bins" >&2; exit 2; }
+    done
+    work="$(mktemp -d "/tmp/gw-$1.XXXXXX")"
+    bench_work="$work"
+    broker_port="$(free_port tcp)"
+    udp_port="$(free_port udp)"
+    admin_port="$(free_port tcp)"
+    start_broker "$work" "$broker_port"
+    write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
+}
