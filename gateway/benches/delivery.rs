@@ -188,6 +188,7 @@ fn start_delivery(
         subscriptions: Vec::new(),
         connected,
         refused_subscriptions: watch::channel(Vec::new()).0,
+        retained_watch: None,
     };
     rt.spawn(async move { while incoming_rx.recv().await.is_some() {} });
     let handle = rt.spawn(delivery.run(cancel.clone()));

@@ -131,6 +131,9 @@ label_values! {
         MqttOwn = "mqtt_own",
         MqttOpenMqttGateway = "mqtt_openmqttgateway",
         MqttEspresense = "mqtt_espresense",
+        /// The gateway's own Home Assistant discovery configs, read back
+        /// to find those an earlier run left (`io/homeassistant.rs`).
+        HomeassistantDiscovery = "homeassistant_discovery",
     }
 }
 
@@ -495,6 +498,8 @@ struct Metrics {
     retention_swept: Counter,
     outbox_depth: Gauge,
     homeassistant_discovery_published: Counter,
+    homeassistant_leftovers_cleared: Counter,
+    retained_copies_dropped: Family<ByTopicKind, Counter>,
     homeassistant_entities: Gauge,
     mqtt_connected: Gauge,
     mqtt_connection_changes: Family<ByState, Counter>,
@@ -551,6 +556,8 @@ impl Metrics {
             retention_swept: Default::default(),
             outbox_depth: Default::default(),
             homeassistant_discovery_published: Default::default(),
+            homeassistant_leftovers_cleared: Default::default(),
+            retained_copies_dropped: Default::default(),
             homeassistant_entities: Default::default(),
             mqtt_connected: Default::default(),
             mqtt_connection_changes: Default::default(),
@@ -746,6 +753,16 @@ impl Metrics {
             "homeassistant_discovery_published",
             "Home Assistant discovery publications (start and reloads)",
             homeassistant_discovery_published
+        );
+        reg!(
+            "homeassistant_leftovers_cleared",
+            "Discovery configs an earlier run left retained, found and cleared",
+            homeassistant_leftovers_cleared
+        );
+        reg!(
+            "retained_copies_dropped",
+            "Retained copies read back from the broker and dropped (their queue was full)",
+            retained_copies_dropped
         );
         reg!(
             "homeassistant_entities",
@@ -1022,6 +1039,29 @@ pub mod events {
         t.m.homeassistant_discovery_published.inc();
         t.m.homeassistant_entities.set(entities as i64);
         tracing::info!(entities, removed, "home assistant discovery published");
+    }
+
+    /// A discovery config this gateway published in an earlier run, found
+    /// retained and no longer configured: cleared.
+    pub fn homeassistant_leftover_cleared(t: &Telemetry, topic: &str) {
+        t.m.homeassistant_leftovers_cleared.inc();
+        tracing::info!(
+            topic,
+            "home assistant: cleared a discovery config left by an earlier run"
+        );
+    }
+
+    /// A retained copy read back from the broker that its task had no room
+    /// for; the next connect sends it again.
+    pub fn retained_copy_dropped(t: &Telemetry, kind: &'static str) {
+        t.m.retained_copies_dropped
+            .get_or_create(&ByTopicKind {
+                kind: TopicKind::of(kind),
+            })
+            .inc();
+        if t.may_warn() {
+            tracing::warn!(kind, "a retained copy was dropped: its queue was full");
+        }
     }
 
     pub fn sighting_received(t: &Telemetry, source: Source) {
@@ -1347,6 +1387,14 @@ pub mod events {
                 kind: TopicKind::of(kind),
             })
             .inc();
+        if kind == crate::io::mqtt::HOMEASSISTANT_KIND {
+            tracing::warn!(
+                kind,
+                code = format_args!("{code:#04x}"),
+                "subscription refused by the broker (check the gateway's ACL): Home Assistant configs left by an earlier run will not be found"
+            );
+            return;
+        }
         tracing::error!(
             kind,
             code = format_args!("{code:#04x}"),

@@ -303,3 +303,105 @@ async fn discovery_payloads_follow_home_assistant_and_name_no_customer() -> anyh
     gateway.stop(Duration::from_secs(10))?;
     Ok(())
 }
+
+/// The entities a Home Assistant connecting now would have two seconds
+/// later: the retained configs under `homeassistant/#`, then whatever
+/// arrives live, an empty config removing its entity.
+async fn entities_now(port: u16, name: &str) -> anyhow::Result<BTreeSet<String>> {
+    let ha = Phone::connect(PhoneOptions::new(port, name, "homeassistant/#")).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut entities = BTreeSet::new();
+    for m in ha.received() {
+        if m.payload.is_empty() {
+            entities.remove(&m.topic);
+        } else {
+            entities.insert(m.topic);
+        }
+    }
+    ha.stop().await?;
+    Ok(entities)
+}
+
+/// Changed while the gateway was down (issue #22): a beacon removed, then
+/// discovery turned off. At its next start the gateway finds the retained
+/// configs it published earlier and clears those no longer configured;
+/// another integration's config under the same node id stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_left_while_the_gateway_was_down_are_cleared_at_start() -> anyhow::Result<()> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let extra = format!("{}{BEACONS}{HA_ON}", site::laptop_site());
+    let mut site = Site::new(broker.port(), &extra)?;
+    let original = std::fs::read_to_string(&site.config_path)?;
+    let node = site::STORE_ID;
+    let foreign = format!("homeassistant/sensor/{node}/door_sensor/config");
+    let publisher = Phone::connect_to(broker.port(), "other-integration", "unused/#").await?;
+    publisher
+        .publish(
+            &foreign,
+            format!(r#"{{"name":"Door","unique_id":"{node}_door_sensor","state_topic":"x"}}"#),
+            e2e::QoS::AtLeastOnce,
+            true,
+        )
+        .await?;
+
+    // 1. On, two beacons: 12 configs retained (and the foreign one).
+    let mut gateway = site.start()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let found = entities_now(broker.port(), "ha-1").await?;
+        if found.len() == 13 || std::time::Instant::now() > deadline {
+            break found;
+        }
+    };
+    assert_eq!(first.len(), 13, "{first:?}");
+    assert!(first.contains(&foreign));
+    gateway.stop(Duration::from_secs(10))?;
+
+    // 2. While down, the beacon "till" is removed: its four configs go at
+    // the next start, the rest stay.
+    let till = "\n[[beacons]]\nid = \"till\"\nkind = \"eddystone_uid\"\nnamespace = \"00010203040506070809\"\ninstance = \"0a0b0c0d0e0f\"\n";
+    assert!(original.contains(till));
+    std::fs::write(&site.config_path, original.replace(till, "\n"))?;
+    let gateway = site.start()?;
+    e2e::wait_until(Duration::from_secs(20), || {
+        site.metric("gateway_homeassistant_leftovers_cleared_total")
+            .is_ok_and(|n| n >= 4)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", gateway.logs()))?;
+    let second = entities_now(broker.port(), "ha-2").await?;
+    let till_gone: BTreeSet<String> = first
+        .iter()
+        .filter(|t| !t.contains("/beacon_till_"))
+        .cloned()
+        .collect();
+    assert_eq!(second, till_gone);
+    let mut gateway = gateway;
+    gateway.stop(Duration::from_secs(10))?;
+
+    // 3. While down, discovery is turned off: every config of ours goes at
+    // the next start; the other integration's stays.
+    std::fs::write(
+        &site.config_path,
+        original
+            .replace(till, "\n")
+            .replace("enabled = true", "enabled = false"),
+    )?;
+    let mut gateway = site.start()?;
+    e2e::wait_until(Duration::from_secs(20), || {
+        site.metric("gateway_homeassistant_leftovers_cleared_total")
+            .is_ok_and(|n| n >= 8)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", gateway.logs()))?;
+    let third = entities_now(broker.port(), "ha-3").await?;
+    assert_eq!(third, BTreeSet::from([foreign.clone()]));
+    assert!(
+        gateway
+            .stderr()
+            .contains("cleared a discovery config left by an earlier run")
+    );
+    gateway.stop(Duration::from_secs(10))?;
+    publisher.stop().await?;
+    Ok(())
+}

@@ -83,6 +83,10 @@ pub struct Config {
     pub incoming_rate: crate::ratelimit::RateLimit,
     /// Home Assistant MQTT discovery; `None`: off.
     pub homeassistant: Option<HomeAssistantSettings>,
+    /// Where this gateway's discovery configs live, on or off: a config an
+    /// earlier run left there (discovery turned off or a beacon removed
+    /// while the gateway was down) is found and cleared.
+    pub homeassistant_scope: HomeAssistantScope,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
     /// The MQTT topic names: prefix, store, scanner feeds (`topics`).
@@ -96,6 +100,14 @@ pub struct HomeAssistantSettings {
     pub discovery_prefix: String,
     pub node_id: String,
     pub state_every: Duration,
+}
+
+/// `<discovery_prefix>/sensor/<node_id>/...`: the discovery topics this
+/// gateway publishes, from `[homeassistant]` or its defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeAssistantScope {
+    pub discovery_prefix: String,
+    pub node_id: String,
 }
 
 /// Home Assistant's default discovery prefix.
@@ -526,7 +538,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(retention),
         Some(incoming_rate),
         Some(admin_listen),
-        Some(homeassistant),
+        Some((homeassistant, homeassistant_scope)),
         Some(radio_map),
     ) = (
         store,
@@ -592,6 +604,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         admin_listen,
         incoming_rate,
         homeassistant,
+        homeassistant_scope,
         hash,
         topics,
     })

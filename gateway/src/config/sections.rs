@@ -20,9 +20,9 @@ use super::raw::{
 };
 use super::read::Inputs;
 use super::{
-    BeaconKind, FleetBeacon, HOMEASSISTANT_DEFAULT_PREFIX, HomeAssistantSettings,
-    MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings, TlsSettings,
-    ZoneSettings, one_line,
+    BeaconKind, FleetBeacon, HOMEASSISTANT_DEFAULT_PREFIX, HomeAssistantScope,
+    HomeAssistantSettings, MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings,
+    TlsSettings, ZoneSettings, one_line,
 };
 use crate::decide::{
     Caps, Catalog, NudgeKind, Offer, QuietHours, Rule, Trigger, TriggeredRule, check_wording,
@@ -981,18 +981,17 @@ pub fn admin(raw: &RawAdmin) -> Checked<Option<SocketAddr>> {
     p.finish(admin_listen)
 }
 
-/// `[homeassistant]`, checked on its own: `None` when absent or disabled.
+/// `[homeassistant]`, checked on its own: the settings (`None` when absent
+/// or disabled) and, either way, where its discovery topics are. A
+/// disabled section's prefix and node id are checked too: they say where
+/// an earlier run's configs are to be cleared.
 pub(super) fn homeassistant(
     raw: Option<&RawHomeAssistant>,
     store_id: &str,
-) -> Checked<Option<HomeAssistantSettings>> {
+) -> Checked<(Option<HomeAssistantSettings>, HomeAssistantScope)> {
     let mut p = Problems::default();
-    let Some(raw) = raw.filter(|r| r.enabled) else {
-        return Ok(None);
-    };
     let discovery_prefix = raw
-        .discovery_prefix
-        .clone()
+        .and_then(|r| r.discovery_prefix.clone())
         .unwrap_or_else(|| HOMEASSISTANT_DEFAULT_PREFIX.to_string());
     if discovery_prefix.is_empty()
         || discovery_prefix.len() > 64
@@ -1007,7 +1006,9 @@ pub(super) fn homeassistant(
         );
     }
     // Home Assistant allows [a-zA-Z0-9_-] in node and object ids.
-    let node_id = raw.node_id.clone().unwrap_or_else(|| store_id.to_string());
+    let node_id = raw
+        .and_then(|r| r.node_id.clone())
+        .unwrap_or_else(|| store_id.to_string());
     if node_id.is_empty()
         || node_id.len() > 64
         || !node_id
@@ -1019,15 +1020,20 @@ pub(super) fn homeassistant(
             "must be 1 to 64 of the characters a-z A-Z 0-9 _ - (Home Assistant's node id)",
         );
     }
-    let every = raw.state_every_s.unwrap_or(30);
+    let every = raw.and_then(|r| r.state_every_s).unwrap_or(30);
     if !(1..=3600).contains(&every) {
         p.add("homeassistant.state_every_s", "must be in 1..=3600");
     }
-    p.finish(Some(HomeAssistantSettings {
+    let scope = HomeAssistantScope {
+        discovery_prefix: discovery_prefix.clone(),
+        node_id: node_id.clone(),
+    };
+    let settings = raw.filter(|r| r.enabled).map(|_| HomeAssistantSettings {
         discovery_prefix,
         node_id,
         state_every: Duration::from_secs(every),
-    }))
+    });
+    p.finish((settings, scope))
 }
 
 /// `[presence] radio_map`: the map the read step found, checked against

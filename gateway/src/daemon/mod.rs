@@ -257,10 +257,15 @@ pub async fn run(
     }
 
     let (config_tx, config_rx) = watch::channel(config.clone());
+    // The broker's retained copies of our own discovery configs, for the
+    // Home Assistant task to clear those an earlier run left.
+    let (ha_found_tx, ha_found_rx) = mpsc::channel(mqtt::RETAINED_WATCH_QUEUE);
     tasks.spawn(crate::io::homeassistant::run(
         config_rx.clone(),
         telemetry.clone(),
         homeassistant_outgoing,
+        config.homeassistant_scope.clone(),
+        ha_found_rx,
         cancel.clone(),
     ));
     let delivery_cancel = CancellationToken::new();
@@ -277,6 +282,10 @@ pub async fn run(
             refused_subscriptions: refused_tx,
             config_updates: config_rx.clone(),
             latency_stamps,
+            retained_watch: Some(mqtt::RetainedWatch {
+                filter: crate::io::homeassistant::watch_filter(&config.homeassistant_scope),
+                found: ha_found_tx,
+            }),
         }
         .run(delivery_cancel.clone()),
     );

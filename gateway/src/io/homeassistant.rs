@@ -21,6 +21,17 @@
 //! entity that is no longer configured (a beacon removed, discovery turned
 //! off, another prefix or node id) gets an empty retained message, which is
 //! how Home Assistant is told to remove it.
+//!
+//! What changed while the gateway was down is found on the broker: the
+//! gateway subscribes (on its one connection, on or off) to its own
+//! discovery topics, `<discovery_prefix>/sensor/<node_id>/+/config`, and is
+//! sent the retained configs there on every connect. A config of its own
+//! making (object id `gateway_...` or `beacon_...`, `unique_id`
+//! `<node_id>_<object id>`) that the configuration no longer has is
+//! cleared. A separate short-lived connection would be simpler, but with
+//! `use_username_as_clientid` (the shipped broker configuration) it would
+//! take over the gateway's own session. Configs under a prefix or node id
+//! that was changed while the gateway was down are not looked for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +39,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HomeAssistantSettings};
-use crate::io::mqtt::OutgoingMessage;
+use crate::config::{Config, HomeAssistantScope, HomeAssistantSettings};
+use crate::io::mqtt::{OutgoingMessage, RetainedCopy};
 use crate::telemetry::{Telemetry, events};
 
 /// Where the gateway's own sensors are published.
@@ -58,6 +69,40 @@ fn object_id(text: &str) -> String {
         let digest = Sha256::digest(text.as_bytes());
         format!("{clean}_{}", hex::encode(&digest[..3]))
     }
+}
+
+/// The filter that finds this gateway's discovery configs on the broker.
+pub fn watch_filter(scope: &HomeAssistantScope) -> String {
+    format!(
+        "{}/sensor/{}/+/config",
+        scope.discovery_prefix, scope.node_id
+    )
+}
+
+/// Whether a retained config found under [`watch_filter`] is one this
+/// gateway makes: topic `<prefix>/sensor/<node_id>/<object>/config` with an
+/// object id this module writes, and a JSON payload whose `unique_id` is
+/// `<node_id>_<object>`. Anything else there (another integration's, a
+/// hand-made one) is left alone.
+pub fn is_ours(scope: &HomeAssistantScope, topic: &str, payload: &[u8]) -> bool {
+    let Some(rest) = topic
+        .strip_prefix(scope.discovery_prefix.as_str())
+        .and_then(|r| r.strip_prefix("/sensor/"))
+        .and_then(|r| r.strip_prefix(scope.node_id.as_str()))
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_suffix("/config"))
+    else {
+        return false;
+    };
+    if rest.contains('/') || !(rest.starts_with("gateway_") || rest.starts_with("beacon_")) {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(payload)
+    else {
+        return false;
+    };
+    obj.get("unique_id").and_then(serde_json::Value::as_str)
+        == Some(format!("{}_{rest}", scope.node_id).as_str())
 }
 
 /// The discovery config messages of a configuration: topic → payload.
@@ -254,16 +299,23 @@ pub fn changes(
 }
 
 /// Publish discovery on start and on every reload, the gateway's sensors
-/// every `state_every`, and remove what was published when discovery is
-/// turned off. Runs until `cancel`.
+/// every `state_every`, remove what was published when discovery is
+/// turned off, and clear the configs of `scope` that an earlier run left
+/// and the configuration no longer has (`found`: the broker's retained
+/// copies). Runs until `cancel`.
 pub async fn run(
     mut config_rx: watch::Receiver<Arc<Config>>,
     telemetry: Arc<Telemetry>,
     outgoing: mpsc::Sender<OutgoingMessage>,
+    scope: HomeAssistantScope,
+    mut found: mpsc::Receiver<RetainedCopy>,
     cancel: CancellationToken,
 ) {
     let mut published: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut config = config_rx.borrow_and_update().clone();
+    // False once the reloader is gone (no config file): the configuration
+    // in force stays, published until cancelled.
+    let mut reloads = true;
     loop {
         let now = match &config.homeassistant {
             Some(ha) => discovery_messages(&config, ha),
@@ -289,12 +341,24 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = config_rx.changed() => {
+                Some(copy) = found.recv() => {
+                    // Ours and no longer configured: left by an earlier
+                    // run (or by this one before a reload, already
+                    // cleared: clearing again is harmless).
+                    if !published.contains_key(&copy.topic)
+                        && is_ours(&scope, &copy.topic, &copy.payload)
+                    {
+                        let clear = retained(copy.topic.clone(), Vec::new());
+                        if outgoing.send(clear).await.is_err() {
+                            return;
+                        }
+                        events::homeassistant_leftover_cleared(&telemetry, &copy.topic);
+                    }
+                }
+                changed = config_rx.changed(), if reloads => {
                     if changed.is_err() {
-                        // The reloader is gone (no config file): keep the
-                        // configuration in force, publish until cancelled.
-                        cancel.cancelled().await;
-                        return;
+                        reloads = false;
+                        continue;
                     }
                     config = config_rx.borrow_and_update().clone();
                     break;
@@ -425,6 +489,66 @@ enabled = true
         assert_eq!(
             (ha.discovery_prefix.as_str(), ha.node_id.as_str()),
             ("ha", "shop_1")
+        );
+    }
+
+    #[test]
+    fn the_scope_is_known_on_or_off_and_only_our_own_configs_are_ours() {
+        let on = config(BEACONS);
+        let off = config(&BEACONS.replace("enabled = true", "enabled = false"));
+        let absent = config("");
+        assert!(off.homeassistant.is_none());
+        assert_eq!(on.homeassistant_scope, off.homeassistant_scope);
+        assert_eq!(absent.homeassistant_scope, on.homeassistant_scope);
+        let scope = &on.homeassistant_scope;
+        assert_eq!(
+            watch_filter(scope),
+            format!("homeassistant/sensor/{}/+/config", on.store_id)
+        );
+        // Every config this module writes is recognised as its own.
+        let ha = on.homeassistant.clone().unwrap();
+        for (topic, payload) in discovery_messages(&on, &ha) {
+            assert!(
+                is_ours(scope, &topic, payload.to_string().as_bytes()),
+                "{topic}"
+            );
+        }
+        let node = &scope.node_id;
+        let t = |object: &str| format!("homeassistant/sensor/{node}/{object}/config");
+        let uid = |object: &str| format!(r#"{{"unique_id":"{node}_{object}"}}"#);
+        assert!(is_ours(
+            scope,
+            &t("beacon_gone_battery"),
+            uid("beacon_gone_battery").as_bytes()
+        ));
+        // Another integration's entity under the same node, a unique id
+        // that does not match, a payload that is not ours: left alone.
+        assert!(!is_ours(
+            scope,
+            &t("door_sensor"),
+            uid("door_sensor").as_bytes()
+        ));
+        assert!(!is_ours(
+            scope,
+            &t("beacon_x_battery"),
+            uid("beacon_y_battery").as_bytes()
+        ));
+        assert!(!is_ours(scope, &t("beacon_x_battery"), b"not json"));
+        assert!(!is_ours(
+            scope,
+            "homeassistant/sensor/other-node/beacon_x_battery/config",
+            br#"{"unique_id":"other-node_beacon_x_battery"}"#
+        ));
+        // A disabled section's prefix and node id are still checked.
+        let bad = format!(
+            "{}\n[homeassistant]\nenabled = false\nnode_id = \"store 42\"\n",
+            crate::config::tests::MINIMAL_SITE
+        );
+        assert!(
+            crate::config::from_layers("site.toml", Some(&bad), Default::default())
+                .unwrap_err()
+                .to_string()
+                .contains("homeassistant.node_id")
         );
     }
 

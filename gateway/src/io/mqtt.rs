@@ -61,6 +61,27 @@ pub const MAX_INCOMING_PACKET_BYTES: u32 = crate::config::MAX_MQTT_PACKET_BYTES;
 /// are away.
 const SESSION_EXPIRY_S: u32 = 3600;
 
+/// The kind of the subscription to the gateway's own Home Assistant
+/// discovery configs ([`Delivery::retained_watch`]).
+pub const HOMEASSISTANT_KIND: &str = "homeassistant_discovery";
+/// Retained configs waiting for the Home Assistant task, at most.
+pub const RETAINED_WATCH_QUEUE: usize = 256;
+
+/// A retained message found under [`Delivery::retained_watch`]'s filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedCopy {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A filter whose retained messages go to another task instead of the
+/// pipeline: the Home Assistant discovery configs this gateway publishes,
+/// so that those an earlier run left behind can be cleared.
+pub struct RetainedWatch {
+    pub filter: String,
+    pub found: mpsc::Sender<RetainedCopy>,
+}
+
 /// A message received on one of our subscriptions.
 #[derive(Clone, Debug)]
 pub struct IncomingMessage {
@@ -192,7 +213,11 @@ fn filters(subscriptions: &[Subscription]) -> Vec<Filter> {
         .iter()
         .map(|s| {
             let mut filter = Filter::new(s.filter.clone(), QoS::AtLeastOnce);
-            filter.retain_forward_rule = if s.retained_wanted {
+            filter.retain_forward_rule = if s.kind == HOMEASSISTANT_KIND {
+                // Every connect: a resumed session keeps the subscription,
+                // and the leftovers are what a restart is to find.
+                RetainForwardRule::OnEverySubscribe
+            } else if s.retained_wanted {
                 RetainForwardRule::OnNewSubscribe
             } else {
                 RetainForwardRule::Never
@@ -509,6 +534,13 @@ impl Intake {
     }
 }
 
+/// Where received messages go: the pipeline, by subscription, except the
+/// retained copies of the watched filter.
+struct Routes {
+    subscriptions: Arc<Vec<Subscription>>,
+    retained_watch: Option<mpsc::Sender<RetainedCopy>>,
+}
+
 /// Poll the event loop until told to stop, turning what matters into
 /// `LinkEvent`s and incoming messages.
 ///
@@ -522,10 +554,14 @@ async fn drive_event_loop(
     eventloop: EventLoop,
     link: mpsc::Sender<LinkEvent>,
     incoming: mpsc::Sender<IncomingMessage>,
-    subscriptions: Arc<Vec<Subscription>>,
+    routes: Routes,
     telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
+    let Routes {
+        subscriptions,
+        retained_watch,
+    } = routes;
     let events = events(eventloop);
     tokio::pin!(events);
     let mut intake = Intake::new();
@@ -572,6 +608,27 @@ async fn drive_event_loop(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
                 let subscription = subscription_of(&subscriptions, &topic);
+                if subscription.is_some_and(|s| s.kind == HOMEASSISTANT_KIND) {
+                    // Only the broker's retained copies matter (our own
+                    // publishes come back live, not retained); an empty one
+                    // is already a removal. Never waits: a full queue drops
+                    // the copy, and the next connect sends it again.
+                    if publish.retain && !publish.payload.is_empty() {
+                        if let Some(found) = &retained_watch {
+                            let copy = RetainedCopy {
+                                topic,
+                                payload: publish.payload.to_vec(),
+                            };
+                            if found.try_send(copy).is_err() {
+                                events::retained_copy_dropped(&telemetry, HOMEASSISTANT_KIND);
+                            }
+                        }
+                    }
+                    if let Some(acker) = intake.acker(&publish) {
+                        acker.ack();
+                    }
+                    continue;
+                }
                 if ignore_retained(subscription, publish.retain) {
                     events::retained_message_ignored(
                         &telemetry,
@@ -758,7 +815,14 @@ impl Pump {
             events::subscription_refused(&self.telemetry, kind, *code);
         }
         events::subscribed(&self.telemetry, refused.len());
-        let kinds: Vec<&'static str> = refused.into_iter().map(|(kind, _)| kind).collect();
+        // The Home Assistant watch only tidies up: refused (an ACL that
+        // lets the gateway write discovery but not read it), it is logged
+        // and counted, and the gateway stays ready.
+        let kinds: Vec<&'static str> = refused
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .filter(|kind| *kind != HOMEASSISTANT_KIND)
+            .collect();
         self.refused.send_if_modified(|current| {
             let changed = *current != kinds;
             *current = kinds;
@@ -906,6 +970,9 @@ pub struct Delivery {
     pub config_updates: watch::Receiver<Arc<Config>>,
     /// Arrival times of the sightings behind reserved nudges.
     pub latency_stamps: LatencyStamps,
+    /// Subscribed with `subscriptions`; its retained copies go to the Home
+    /// Assistant task, not to `incoming`.
+    pub retained_watch: Option<RetainedWatch>,
 }
 
 impl Delivery {
@@ -923,7 +990,17 @@ impl Delivery {
             subscriptions,
             connected,
             refused_subscriptions,
+            retained_watch,
         } = self;
+        let mut subscriptions = subscriptions;
+        let retained_watch = retained_watch.map(|w| {
+            subscriptions.push(Subscription {
+                filter: w.filter,
+                kind: HOMEASSISTANT_KIND,
+                retained_wanted: true,
+            });
+            w.found
+        });
         let subscriptions = Arc::new(subscriptions);
         let opts = match options(&config) {
             Ok(opts) => opts,
@@ -952,7 +1029,10 @@ impl Delivery {
             eventloop,
             link_tx,
             incoming,
-            subscriptions.clone(),
+            Routes {
+                subscriptions: subscriptions.clone(),
+                retained_watch,
+            },
             telemetry.clone(),
             stop_loop.clone(),
         ));
