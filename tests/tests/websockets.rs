@@ -5,8 +5,13 @@
 //! broker's TCP listener, and the test says which it used. Either way the
 //! client is a real WebSocket client (subprotocol `mqtt`) exchanging real
 //! MQTT 3.1.1 packets with a real Mosquitto, and a TCP client's publish
-//! reaches it.
+//! reaches it. Phones on the store's Wi-Fi use `wss://`: the TLS test
+//! gives Mosquitto's websockets listener a certificate from a throwaway CA
+//! (made here, as in delivery.rs) and checks that a client trusting that CA
+//! gets through, and that one trusting another CA, or speaking plain
+//! `ws://`, does not.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -87,12 +92,19 @@ where
     }
 }
 
-async fn mqtt_over_websocket(url: &str, broker_port: u16) -> anyhow::Result<()> {
+/// A WebSocket request for MQTT (subprotocol `mqtt`, as browsers' MQTT
+/// clients send it).
+fn mqtt_request(
+    url: &str,
+) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     let mut request = url.into_client_request()?;
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "mqtt".parse()?);
-    let (mut ws, response) = tokio_tungstenite::connect_async(request).await?;
+    Ok(request)
+}
+
+fn check_subprotocol(response: &tokio_tungstenite::tungstenite::handshake::client::Response) {
     assert_eq!(
         response
             .headers()
@@ -100,6 +112,23 @@ async fn mqtt_over_websocket(url: &str, broker_port: u16) -> anyhow::Result<()> 
             .and_then(|v| v.to_str().ok()),
         Some("mqtt")
     );
+}
+
+async fn mqtt_over_websocket(url: &str, broker_port: u16) -> anyhow::Result<()> {
+    let (ws, response) = tokio_tungstenite::connect_async(mqtt_request(url)?).await?;
+    check_subprotocol(&response);
+    mqtt_exchange(ws, broker_port).await
+}
+
+/// CONNECT, SUBSCRIBE, and a TCP client's publish received, over an open
+/// WebSocket (plain or TLS).
+async fn mqtt_exchange<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    broker_port: u16,
+) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     // CONNECT, MQTT 3.1.1, clean session, keep-alive 30 s, client id "ws-phone".
     let mut connect = vec![0x10, 0];
@@ -156,4 +185,110 @@ async fn a_phone_speaks_mqtt_over_websockets_to_the_broker() -> anyhow::Result<(
             result
         }
     }
+}
+
+/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1:
+/// (CA certificate DER, server certificate PEM, server key PEM).
+fn pki(ca_name: &str) -> anyhow::Result<(Vec<u8>, String, String)> {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    Ok((ca.der().to_vec(), cert.pem(), key.serialize_pem()))
+}
+
+/// A TLS connection to `port` on loopback that trusts only `ca_der`.
+async fn tls_to(
+    port: u16,
+    ca_der: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_speaks_mqtt_over_tls_websockets_to_the_broker() -> anyhow::Result<()> {
+    // Without websockets at all there is no TLS to test here: the bridge
+    // (the other test) goes behind a TLS-terminating proxy instead.
+    match broker_with_websockets()? {
+        Ok((broker, _)) => drop(broker),
+        Err(reason) => {
+            println!("skipping wss: {reason}");
+            return Ok(());
+        }
+    }
+    let (ca_der, cert_pem, key_pem) = pki("websockets test CA")?;
+    let (other_ca_der, _, _) = pki("some other CA")?;
+    let wss_port = free_tcp_port()?;
+    // The deploy block (deploy/mosquitto/mosquitto.conf, `listener 8884`),
+    // on a free loopback port, with this test's certificate.
+    let broker = Mosquitto::start(
+        MosquittoOptions::default()
+            .file("wss.crt", cert_pem)
+            .file("wss.key", key_pem)
+            .extra(format!("listener {wss_port} 127.0.0.1"))
+            .extra("protocol websockets")
+            .extra("certfile {dir}/wss.crt")
+            .extra("keyfile {dir}/wss.key"),
+    )?;
+    // This Mosquitto has websockets: the TLS listener must open too.
+    e2e::wait_until_blocking(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(("127.0.0.1", wss_port)).is_ok()
+    })
+    .map_err(|e| anyhow::anyhow!("no TLS websockets listener ({e}):\n{}", broker.log()))?;
+    println!("wss: Mosquitto's own websockets listener with TLS on port {wss_port}");
+    let url = format!("wss://localhost:{wss_port}/mqtt");
+
+    // Trusting the CA that signed the broker's certificate: MQTT goes through.
+    let tls = tls_to(wss_port, &ca_der).await?;
+    let (ws, response) = tokio_tungstenite::client_async(mqtt_request(&url)?, tls).await?;
+    check_subprotocol(&response);
+    mqtt_exchange(ws, broker.port()).await?;
+
+    // Trusting another CA: the TLS handshake fails.
+    let refused = tls_to(wss_port, &other_ca_der).await;
+    let error = refused
+        .err()
+        .context("a client trusting another CA got through")?;
+    assert!(
+        format!("{error:#}").contains("certificate"),
+        "expected a certificate error, got {error:#}"
+    );
+
+    // Plain ws:// to the TLS listener: no WebSocket.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(mqtt_request(&format!("ws://127.0.0.1:{wss_port}/mqtt"))?),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Ok(Ok(_))),
+        "plain ws:// was accepted by the TLS listener"
+    );
+    Ok(())
 }
