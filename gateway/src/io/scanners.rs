@@ -685,7 +685,9 @@ pub fn parse_openmqttgateway(
 /// default) publish `model_id: "IBEACON"`, `mfid`, `uuid`, `major`, `minor`
 /// and the advert's calibrated-power byte either as `txpower` (dBm, when the
 /// byte is negative) or as `volt` (the same byte read as tenths of a volt,
-/// when it is not: `src/devices/iBeacon_json.h` of theengs/decoder).
+/// when it is not: `src/devices/iBeacon_json.h` of theengs/decoder). With
+/// `volt` present, a `txpower` beside it is OpenMQTTGateway's TX Power
+/// Level of the advert, not the iBeacon's calibrated power, and is not used.
 /// `major`/`minor` are decoded as signed, so above 32767 they arrive
 /// negative (-1 is 65535). `None` when the message is not a decoded iBeacon;
 /// an error naming the field when it is one with a field missing or wrong.
@@ -723,8 +725,14 @@ fn decoded_ibeacon(
     }
     let major = signed_u16(obj, "major")?;
     let minor = signed_u16(obj, "minor")?;
+    // `volt` first: the decoder writes either `txpower` (byte negative) or
+    // `volt` (byte not negative), never both, so a `txpower` next to `volt`
+    // is not the decoder's. OpenMQTTGateway puts the advert's own TX Power
+    // Level (AD type 0x0A) in `txpower` before decoding
+    // (`BLEdata["txpower"] = advertisedDevice->getTXPower()`,
+    // main/ZgatewayBT.cpp); the decoder overwrites it only in the first case.
     let power = match (obj.get("txpower"), obj.get("volt")) {
-        (Some(p), _) => {
+        (Some(p), None) => {
             let p = whole_number(p)
                 .filter(|p| (-128..=127).contains(p))
                 .ok_or_else(|| {
@@ -732,7 +740,7 @@ fn decoded_ibeacon(
                 })?;
             p as i8
         }
-        (None, Some(v)) => {
+        (_, Some(v)) => {
             // The byte read as tenths of a volt: 0..=127 (the sign bit clear).
             let tenths = v
                 .as_f64()
@@ -1456,6 +1464,70 @@ mod tests {
             let from_raw = one_advert(topic, &raw_msg);
             assert_eq!(from_decoded, from_raw, "{decoded}");
         }
+    }
+
+    /// `txpower` means different things: the Theengs decoder's is the
+    /// iBeacon's calibrated power (written only when that byte is
+    /// negative, else `volt`), OpenMQTTGateway's, set before decoding, is
+    /// the advert's TX Power Level AD (main/ZgatewayBT.cpp, procBLETask).
+    /// The decoder's test vector with `volt` 2.6, as OpenMQTTGateway
+    /// publishes it for an advert that also carries TX Power Level 4 dBm,
+    /// still rebuilds the raw advert (power byte 0x1a).
+    #[test]
+    fn openmqttgateway_txpower_beside_volt_is_not_the_calibrated_power() {
+        let topic = "home/OpenMQTTGateway/BTtoMQTT/AABBCCDDEEFF";
+        let decoded = r#"{"id":"AA:BB:CC:DD:EE:FF","mac_type":0,"rssi":-70,"txpower":4,"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","type":"BCON","mfid":"4c00","uuid":"fda50693a4e24fb1afcfc6eb07647825","major":1,"minor":2,"volt":2.6}"#;
+        let raw = r#"{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"manufacturerdata":"4c000215fda50693a4e24fb1afcfc6eb07647825000100021a"}"#;
+        assert_eq!(one_advert(topic, decoded), one_advert(topic, raw));
+        assert!(matches!(
+            frames(&one_advert(topic, decoded).adv)[..],
+            [Frame::IBeacon {
+                measured_power: 0x1a,
+                ..
+            }]
+        ));
+    }
+
+    /// Neither project decodes Eddystone or AltBeacon frames (see
+    /// vectors/scanner-nodes/README.md, "What was looked for and is not
+    /// there"): OpenMQTTGateway on its defaults strips the raw data
+    /// (`pubadvdata` off: `servicedata`, `servicedatauuid`,
+    /// `manufacturerdata` removed in PublishDeviceData, main/ZgatewayBT.cpp)
+    /// and sends no decoded field in their place, so such a beacon arrives
+    /// as `id`, `rssi` and at most the advert's own `txpower`: a counted
+    /// quiet drop whose reason says what to switch on, never a guess.
+    /// Theengs Gateway keeps the raw fields of what it cannot decode
+    /// (`publish_all`, its default): the raw advert, rebuilt as before.
+    #[test]
+    fn eddystone_and_altbeacon_on_default_settings() {
+        let t = "home/OpenMQTTGateway/BTtoMQTT/AABBCCDDEEFF";
+        let e = parse_openmqttgateway(
+            t,
+            br#"{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"txpower":-4}"#,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!((e.field, e.ignored), ("payload", true));
+        assert!(e.reason.contains("pubadvdata"), "{e}");
+        // Theengs Gateway, undecoded Eddystone-UID and AltBeacon adverts
+        // (servicedatauuid as it writes it: the 16-bit part, "feaa"). Made
+        // here from the formats' specifications: neither project has a
+        // test or doc payload for them, having no decoder for them.
+        let uid = r#"{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"servicedatauuid":"feaa","servicedata":"00e800010203040506070809a0b0c0d0e0f00000"}"#;
+        let alt = r#"{"id":"AA:BB:CC:DD:EE:FF","rssi":-70,"manufacturerdata":"1801beace2c56db5dffb48d2b060d0f5a71096e00007002ac500"}"#;
+        assert!(matches!(
+            frames(&one_advert(t, uid).adv)[..],
+            [Frame::EddystoneUid { tx_power: -24, .. }]
+        ));
+        assert!(matches!(
+            frames(&one_advert(t, alt).adv)[..],
+            [Frame::AltBeacon {
+                manufacturer: 0x0118,
+                id2: 7,
+                id3: 42,
+                ..
+            }]
+        ));
     }
 
     #[test]
