@@ -205,6 +205,16 @@ pub fn refused_kinds(
     )
 }
 
+/// Of the refused filters, those that make the gateway not ready: all but
+/// the Home Assistant watch, which only tidies up.
+pub fn kinds_blocking_readiness(refused: Vec<(&'static str, u8)>) -> Vec<&'static str> {
+    refused
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| *kind != HOMEASSISTANT_KIND)
+        .collect()
+}
+
 /// The SUBSCRIBE filters: QoS 1, and no retained copies except where
 /// retained messages are the protocol (the CRM's records, and only when the
 /// subscription is new: a resumed session already has them).
@@ -818,11 +828,7 @@ impl Pump {
         // The Home Assistant watch only tidies up: refused (an ACL that
         // lets the gateway write discovery but not read it), it is logged
         // and counted, and the gateway stays ready.
-        let kinds: Vec<&'static str> = refused
-            .into_iter()
-            .map(|(kind, _)| kind)
-            .filter(|kind| *kind != HOMEASSISTANT_KIND)
-            .collect();
+        let kinds = kinds_blocking_readiness(refused);
         self.refused.send_if_modified(|current| {
             let changed = *current != kinds;
             *current = kinds;
@@ -1119,6 +1125,40 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_assistant_watch_gets_retained_copies_on_every_subscribe_and_never_blocks_readiness()
+    {
+        let mut subs =
+            crate::topics::all_subscriptions(&crate::topics::TopicNames::new("retail", "store-1"));
+        subs.push(Subscription {
+            filter: "homeassistant/sensor/store-1/+/config".into(),
+            kind: HOMEASSISTANT_KIND,
+            retained_wanted: true,
+        });
+        let rules: Vec<(&str, RetainForwardRule)> = subs
+            .iter()
+            .zip(filters(&subs))
+            .map(|(s, f)| (s.kind, f.retain_forward_rule))
+            .collect();
+        for (kind, rule) in &rules {
+            let expected = match *kind {
+                HOMEASSISTANT_KIND => RetainForwardRule::OnEverySubscribe,
+                "crm_person" => RetainForwardRule::OnNewSubscribe,
+                _ => RetainForwardRule::Never,
+            };
+            assert_eq!(*rule, expected, "{kind}");
+        }
+        assert_eq!(
+            crate::telemetry::TopicKind::of(HOMEASSISTANT_KIND).as_str(),
+            HOMEASSISTANT_KIND
+        );
+        assert_eq!(
+            kinds_blocking_readiness(vec![(HOMEASSISTANT_KIND, 0x87), ("consent", 0x87)]),
+            vec!["consent"]
+        );
+        assert!(kinds_blocking_readiness(vec![(HOMEASSISTANT_KIND, 0x87)]).is_empty());
+    }
 
     #[test]
     fn backoff_grows_is_jittered_and_bounded() {
