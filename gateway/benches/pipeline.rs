@@ -231,6 +231,7 @@ fn fleet() -> Fleet {
                 },
                 low_battery_mv: Some(2500),
                 missing_after_s: 600,
+                espresense_id: None,
             })
             .collect(),
     )

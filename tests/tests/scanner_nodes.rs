@@ -152,3 +152,94 @@ async fn shipped_scanner_boards_are_understood_and_garbage_is_counted_per_node()
     assert!(nodes.get("garage").is_none(), "{report:#}");
     Ok(())
 }
+
+/// ESPresense-companion's capture (vectors/scanner-nodes/), replayed as it
+/// was recorded: ten rooms' nodes hearing one device under the alias
+/// `watch:darrell`. With that alias given to a store beacon in the site
+/// file, every message is a sighting of the beacon from its room's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_espresense_capture_under_an_alias_is_heard_by_every_room() -> anyhow::Result<()> {
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../vectors/scanner-nodes/espresense-companion-stationary.jsonp"
+    ))?;
+    let messages: Vec<(String, String)> = capture
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)?;
+            let topic = v["topic"].as_str().unwrap_or_default().to_string();
+            anyhow::Ok((topic, v["payload"].to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut per_room = std::collections::BTreeMap::<String, u64>::new();
+    for (topic, _) in &messages {
+        let room = topic.rsplit('/').next().unwrap_or_default();
+        *per_room.entry(room.to_string()).or_default() += 1;
+    }
+    assert!(per_room.len() >= 5, "{per_room:?}");
+    let zones: String = per_room
+        .keys()
+        .map(|room| format!("[[zones]]\nid = \"{room}\"\nscanners = [\"{room}\"]\n\n"))
+        .collect();
+    let beacon = r#"
+[[sources]]
+kind = "mqtt_scanners"
+espresense = ["espresense/devices/+/+"]
+
+[[beacons]]
+id = "watch-darrell"
+kind = "ibeacon"
+uuid = "e5ca1ade-f007-ba11-0000-000000000000"
+major = 1
+minor = 2
+espresense_id = "watch:darrell"
+"#;
+
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let extra = [zones.as_str(), beacon, e2e::site::SIM_CLOCK].concat();
+    let mut site = Site::new(broker.port(), &extra)?;
+    let gateway = site.start()?;
+    let ops = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("ops/beacons"),
+    ))
+    .await?;
+    let node = Phone::connect(PhoneOptions::new(broker.port(), "nodes", "")).await?;
+    for (topic, payload) in &messages {
+        node.publish(topic, payload.clone().into_bytes(), QoS::AtLeastOnce, false)
+            .await?;
+    }
+
+    let metric = |series: &str| site.metric(series).unwrap_or(0);
+    let total = messages.len() as u64;
+    e2e::wait_until(Duration::from_secs(10), || {
+        metric("gateway_sightings_total{source=\"mqtt_espresense\"}") >= total
+    })
+    .await
+    .map_err(|e| e.context(site.admin_get("/metrics").unwrap_or_default()))?;
+    assert_eq!(
+        metric("gateway_scanner_messages_ignored_total{source=\"mqtt_espresense\",field=\"id\"}"),
+        0
+    );
+
+    let mut report = None;
+    e2e::wait_until(Duration::from_secs(45), || {
+        report = ops
+            .received()
+            .iter()
+            .filter_map(|m| m.json().ok())
+            .find(|r: &Value| r["beacons"][0]["status"] == "ok");
+        report.is_some()
+    })
+    .await
+    .map_err(|e| e.context(gateway.logs()))?;
+    let report = report.unwrap_or_default();
+    for (room, count) in &per_room {
+        assert_eq!(
+            report["scanner_nodes"][room]["accepted"], *count,
+            "{room}: {report:#}"
+        );
+    }
+    Ok(())
+}

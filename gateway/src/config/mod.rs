@@ -264,6 +264,10 @@ pub struct FleetBeacon {
     pub low_battery_mv: Option<u16>,
     /// Not heard for this long: `missing`.
     pub missing_after_s: u64,
+    /// The alias ESPresense nodes report this beacon under (their device
+    /// settings or the companion can rename any id); `None` when they use
+    /// the beacon's own `iBeacon:` / `altBeacon:` / `eddy:` id.
+    pub espresense_id: Option<String>,
 }
 
 impl Config {

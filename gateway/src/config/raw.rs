@@ -144,6 +144,9 @@ pub struct RawBeacon {
     pub id3: Option<i64>,
     pub low_battery_mv: Option<i64>,
     pub missing_after_s: Option<i64>,
+    /// The id the store's ESPresense nodes report this beacon under when it
+    /// was given an alias there.
+    pub espresense_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

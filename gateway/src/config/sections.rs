@@ -610,12 +610,49 @@ pub fn zones(raw: &[RawZone]) -> Checked<Zones> {
 /// `[[beacons]]`: the store's own beacons, for fleet health.
 pub fn beacons(raw: &[RawBeacon]) -> Checked<Vec<FleetBeacon>> {
     let mut p = Problems::default();
-    let beacons = raw
+    let beacons: Vec<FleetBeacon> = raw
         .iter()
         .enumerate()
         .filter_map(|(i, b)| beacon(&mut p, i, b))
         .collect();
+    let mut aliases = HashSet::new();
+    for (i, b) in raw.iter().enumerate() {
+        if let Some(alias) = &b.espresense_id {
+            if !aliases.insert(alias.as_str()) {
+                p.add(
+                    format!("beacons[{i}].espresense_id"),
+                    format!("{alias:?} is already another beacon's"),
+                );
+            }
+        }
+    }
     p.finish(beacons)
+}
+
+/// An ESPresense alias: what its nodes put in the topic
+/// (`espresense/devices/<id>/<room>`), so one topic level of printable
+/// ASCII; the beacon's own `iBeacon:` / `altBeacon:` / `eddy:` id needs no
+/// alias, and naming one as an alias would hide a typo in it.
+fn espresense_alias(p: &mut Problems, path: &str, alias: &str) {
+    if alias.is_empty() || alias.len() > 64 {
+        p.add(path, "must be 1 to 64 characters");
+    } else if !alias
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '+' | '#'))
+    {
+        p.add(
+            path,
+            "must be printable ASCII without spaces, '/', '+' or '#' (one MQTT topic level)",
+        );
+    } else if ["iBeacon:", "altBeacon:", "eddy:"]
+        .iter()
+        .any(|native| alias.starts_with(native))
+    {
+        p.add(
+            path,
+            "is an id ESPresense derives from the advert itself; leave espresense_id out for it",
+        );
+    }
 }
 
 fn hex_bytes<const N: usize>(p: &mut Problems, path: String, text: Option<&String>) -> [u8; N] {
@@ -681,6 +718,9 @@ fn beacon(p: &mut Problems, i: usize, b: &RawBeacon) -> Option<FleetBeacon> {
             b.missing_after_s.unwrap_or(600),
             1,
         ),
+        espresense_id: b.espresense_id.clone().inspect(|alias| {
+            espresense_alias(p, &path("espresense_id"), alias);
+        }),
     })
 }
 

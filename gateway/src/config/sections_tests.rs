@@ -324,3 +324,25 @@ fn a_password_travels_in_the_clear_only_over_plain_tcp_to_another_host() {
     let mqtt = sections::mqtt(&site.mqtt, "s", &inputs).unwrap();
     assert!(!mqtt.password_in_clear());
 }
+
+#[test]
+fn an_espresense_alias_is_one_topic_level_owned_by_one_beacon() {
+    let beacon = |id: &str, minor: u32, alias: &str| {
+        format!(
+            "\n[[beacons]]\nid = \"{id}\"\nkind = \"ibeacon\"\n\
+             uuid = \"e5ca1ade-f007-ba11-0000-000000000000\"\nmajor = 1\nminor = {minor}\n\
+             espresense_id = \"{alias}\"\n"
+        )
+    };
+    let good = validate(raw(&beacon("door", 1, "door:left")), &Inputs::default()).unwrap();
+    assert_eq!(good.beacons[0].espresense_id.as_deref(), Some("door:left"));
+
+    for bad in ["", "door/left", "door left", "iBeacon:e5ca1ade-1-2", "#"] {
+        let problems = validate(raw(&beacon("door", 1, bad)), &Inputs::default()).unwrap_err();
+        assert_eq!(paths(&problems), ["beacons[0].espresense_id"], "{bad:?}");
+    }
+    let twice = format!("{}{}", beacon("a", 1, "same"), beacon("b", 2, "same"));
+    let problems = validate(raw(&twice), &Inputs::default()).unwrap_err();
+    assert_eq!(paths(&problems), ["beacons[1].espresense_id"]);
+    assert!(problems[0].reason.contains("already"), "{problems:?}");
+}

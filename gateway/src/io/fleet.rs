@@ -229,6 +229,7 @@ mod tests {
                 },
                 low_battery_mv: Some(2500),
                 missing_after_s: 60,
+                espresense_id: None,
             },
             FleetBeacon {
                 id: "till".into(),
@@ -239,6 +240,7 @@ mod tests {
                 },
                 low_battery_mv: None,
                 missing_after_s: 120,
+                espresense_id: None,
             },
         ])
     }

@@ -173,6 +173,7 @@ mod tests {
             },
             low_battery_mv: None,
             missing_after_s: 60,
+            espresense_id: None,
         }]);
         let store_beacon =
             |s: &Sighting| decode(&s.adv, &DecodeOptions::default()).is_ok_and(|f| fleet.knows(&f));

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
+use crate::config::{BeaconKind, FleetBeacon};
 use crate::decode::{AD_MANUFACTURER_DATA, AD_SERVICE_DATA_16, ibeacon};
 use crate::sighting::{BdAddr, MAX_ADV_BYTES, Sighting};
 
@@ -455,7 +456,7 @@ pub fn parse_espresense(
     payload: &[u8],
     now_ms: i64,
 ) -> Result<Sighting, ScannerError> {
-    parse_espresense_report(topic, payload, now_ms).map(|r| r.sighting)
+    parse_espresense_report(topic, payload, now_ms, &[]).map(|r| r.sighting)
 }
 
 /// A parsed ESPresense report: the sighting and the node's receiver
@@ -466,11 +467,15 @@ pub struct EspresenseReport {
     pub rx_adj: Option<i8>,
 }
 
-/// [`parse_espresense`], keeping the node's `rxAdj`.
+/// [`parse_espresense`], keeping the node's `rxAdj`, and knowing the
+/// store's beacons: one whose `espresense_id` is the message's id (an alias
+/// given on the nodes, which then report no `iBeacon:`/`eddy:` id) is
+/// rebuilt from its configured ids.
 pub fn parse_espresense_report(
     topic: &str,
     payload: &[u8],
     now_ms: i64,
+    beacons: &[FleetBeacon],
 ) -> Result<EspresenseReport, ScannerError> {
     let expected = "espresense/devices/<id>/<room>";
     let segments = topic_segments(topic, expected)?;
@@ -498,10 +503,22 @@ pub fn parse_espresense_report(
         Ids::AltBeacon(u, ma, mi)
     } else if let Some((ns, inst)) = parse_espresense_eddystone_id(id) {
         Ids::Eddystone(ns, inst)
+    } else if let Some(aliased) = beacons
+        .iter()
+        .find(|b| b.espresense_id.as_deref() == Some(id))
+    {
+        match aliased.kind {
+            BeaconKind::IBeacon { uuid, major, minor } => Ids::IBeacon(uuid, major, minor),
+            BeaconKind::AltBeacon { id1, id2, id3 } => Ids::AltBeacon(id1, id2, id3),
+            BeaconKind::EddystoneUid {
+                namespace,
+                instance,
+            } => Ids::Eddystone(namespace, instance),
+        }
     } else {
         return Err(ScannerError::ignored(
             "id",
-            "not an iBeacon:, altBeacon: or eddy: id; ESPresense sends no advert bytes for others",
+            "not an iBeacon:, altBeacon: or eddy: id nor a beacon's espresense_id; ESPresense sends no advert bytes for others",
         ));
     };
     let rssi = rssi_field(&obj, "rssi")?;
@@ -1666,6 +1683,7 @@ mod tests {
             &topic,
             br#"{"mac":"dd8800003777","rssi@1m":-59,"rssi":-81.10,"rxAdj":20,"rssiVar":7.42,"distance":6.58,"var":4.00,"int":2028}"#,
             7,
+            &[],
         )
         .unwrap();
         assert_eq!((r.sighting.rssi, r.rx_adj), (-81, Some(20)));
@@ -1677,7 +1695,7 @@ mod tests {
             }]
         ));
         for bad in [r#"{"rssi":-70,"rxAdj":"x"}"#, r#"{"rssi":-70,"rxAdj":300}"#] {
-            let e = parse_espresense_report(&topic, bad.as_bytes(), 0).unwrap_err();
+            let e = parse_espresense_report(&topic, bad.as_bytes(), 0, &[]).unwrap_err();
             assert_eq!((e.field, e.ignored), ("rxAdj", false), "{bad}");
         }
     }
@@ -1742,8 +1760,40 @@ mod tests {
         }
         assert_eq!(
             seen.iter().map(String::as_str).collect::<Vec<_>>(),
-            rooms.into_iter().collect::<Vec<_>>()
+            rooms.iter().copied().collect::<Vec<_>>()
         );
+
+        // As captured, with the alias given to a store beacon in the site
+        // file (`espresense_id`): every message, unchanged, is a sighting of
+        // that beacon from its room's node.
+        let aliased = crate::config::FleetBeacon {
+            id: "watch-darrell".into(),
+            kind: BeaconKind::AltBeacon {
+                id1: [0xA5; 16],
+                id2: 7,
+                id3: 9,
+            },
+            low_battery_mv: None,
+            missing_after_s: 600,
+            espresense_id: Some("watch:darrell".into()),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, (topic, payload)) in messages.iter().enumerate() {
+            let r =
+                parse_espresense_report(topic, payload.as_bytes(), i as i64, &[aliased.clone()])
+                    .unwrap();
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(
+                f64::from(r.sighting.rssi),
+                v["rssi"].as_f64().unwrap().round()
+            );
+            assert!(matches!(
+                frames(&r.sighting.adv)[..],
+                [Frame::AltBeacon { id2: 7, id3: 9, .. }]
+            ));
+            seen.insert(r.sighting.scanner);
+        }
+        assert_eq!(seen.len(), rooms.len());
     }
 
     #[test]

@@ -22,12 +22,16 @@ impl Pipeline {
                     self.scanner_nodes.accepted(&message.topic, None);
                     vec![s]
                 }),
-            ScannerFeed::Espresense => {
-                scanners::parse_espresense_report(&message.topic, &message.payload, now).map(|r| {
-                    self.scanner_nodes.accepted(&message.topic, r.rx_adj);
-                    vec![r.sighting]
-                })
-            }
+            ScannerFeed::Espresense => scanners::parse_espresense_report(
+                &message.topic,
+                &message.payload,
+                now,
+                &self.config.beacons,
+            )
+            .map(|r| {
+                self.scanner_nodes.accepted(&message.topic, r.rx_adj);
+                vec![r.sighting]
+            }),
             ScannerFeed::OpenMqttGateway => {
                 scanners::parse_openmqttgateway(&message.topic, &message.payload, now).map(|p| {
                     self.scanner_nodes.accepted(&message.topic, None);
