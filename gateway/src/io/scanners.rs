@@ -1779,9 +1779,13 @@ mod tests {
         };
         let mut seen = std::collections::BTreeSet::new();
         for (i, (topic, payload)) in messages.iter().enumerate() {
-            let r =
-                parse_espresense_report(topic, payload.as_bytes(), i as i64, &[aliased.clone()])
-                    .unwrap();
+            let r = parse_espresense_report(
+                topic,
+                payload.as_bytes(),
+                i as i64,
+                std::slice::from_ref(&aliased),
+            )
+            .unwrap();
             let v: serde_json::Value = serde_json::from_str(payload).unwrap();
             assert_eq!(
                 f64::from(r.sighting.rssi),
