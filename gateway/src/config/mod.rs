@@ -73,6 +73,10 @@ pub struct Config {
     pub caps: Caps,
     pub quiet_hours: Option<QuietHours>,
     pub presence: PresenceConfig,
+    /// What each scanner should hear of the store's beacons, when the
+    /// site file gives their positions (`presence::gain`); `None`: no gain
+    /// is learned.
+    pub scanner_gain: Option<crate::presence::gain::GainSetup>,
     pub max_future_skew_ms: i64,
     pub decode: DecodeOptions,
     pub nudge_expiry: Duration,
@@ -492,6 +496,10 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         None => Some(None),
     };
     let beacons = c.take(sections::beacons(&raw.beacons));
+    let beacon_places = c.take(sections::beacon_places(
+        &raw.beacons,
+        crate::presence::PresenceTuning::default().reference_tx_power_dbm,
+    ));
     let zone_ids: HashSet<&str> = raw.zones.iter().map(|z| z.id.as_str()).collect();
     let rules = c.take(sections::rules(&raw.rules, &zone_ids));
     let catalog = c.take(sections::catalog(raw.catalog.as_ref(), inputs));
@@ -520,7 +528,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(()),
         Some(caps),
         Some(quiet_hours),
-        Some((mut presence, max_future_skew_ms)),
+        Some((mut presence, max_future_skew_ms, antenna_height_m)),
         Some(decode),
         Some((nudge_expiry, nudges_enabled)),
         Some(retention),
@@ -528,6 +536,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(admin_listen),
         Some(homeassistant),
         Some(radio_map),
+        Some(beacon_places),
     ) = (
         store,
         mqtt,
@@ -548,10 +557,19 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         admin_listen,
         homeassistant,
         radio_map,
+        beacon_places,
     )
     else {
         return Err(c.0);
     };
+    let scanner_gain = crate::presence::gain::GainSetup::new(
+        &zones.scanner_position,
+        &zones.scanner_offset_db,
+        &beacon_places,
+        presence.path_loss_exponent,
+        antenna_height_m,
+        presence.min_rssi,
+    );
     presence.scanner_zone = zones.scanner_zone;
     presence.scanner_offset_db = zones.scanner_offset_db;
     presence.radio_map = radio_map;
@@ -584,6 +602,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         caps,
         quiet_hours,
         presence,
+        scanner_gain,
         max_future_skew_ms,
         decode,
         nudge_expiry,
