@@ -77,6 +77,9 @@ pub struct Config {
     /// site file gives their positions (`presence::gain`); `None`: no gain
     /// is learned.
     pub scanner_gain: Option<crate::presence::gain::GainSetup>,
+    /// The radio map file `presence.radio_map` names, as written: the
+    /// reload watcher watches it beside the site file.
+    pub radio_map_path: Option<PathBuf>,
     pub max_future_skew_ms: i64,
     pub decode: DecodeOptions,
     pub nudge_expiry: Duration,
@@ -476,9 +479,21 @@ impl Collect {
 /// section is checked (one section's problems never hide another's) and
 /// every problem is returned, in file order.
 fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
+    let radio_map_path = raw
+        .presence
+        .radio_map
+        .as_deref()
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from);
     let hash = {
-        let digest = Sha256::digest(format!("{raw:?}").as_bytes());
-        hex::encode(&digest[..6])
+        let mut digest = Sha256::new();
+        digest.update(format!("{raw:?}").as_bytes());
+        // The map's contents, not only its path: a map written again in
+        // place (`gateway calibrate` after a new walk) is a new config.
+        if let Some(Ok(bytes)) = radio_map_path.as_deref().map(|p| inputs.file(p)) {
+            digest.update(bytes);
+        }
+        hex::encode(&digest.finalize()[..6])
     };
     let mut c = Collect(Vec::new());
     let store = c.take(sections::store(&raw.store));
@@ -603,6 +618,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         quiet_hours,
         presence,
         scanner_gain,
+        radio_map_path,
         max_future_skew_ms,
         decode,
         nudge_expiry,
