@@ -37,14 +37,20 @@ fn site_of(spec: &StoreSpec) -> (PresenceConfig, BTreeSet<String>) {
 }
 
 fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceConfig {
-    let walk = firmware_sim::calibration_walk(spec, DEFAULT_START_UNIX_MS, seed).unwrap();
-    let truth: Vec<TruthSpan> = walk.truth.iter().map(TruthSpan::from).collect();
-    let cal = calibrate(
-        &Site::from_presence(config),
-        &sightings_of(&walk.records),
-        &truth,
-    )
-    .expect("the walk covers every place");
+    // `WALKS=100,101,102`: learn from several walks (each its own tag).
+    let seeds: Vec<u64> = std::env::var("WALKS")
+        .map(|w| w.split(',').map(|s| s.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![seed]);
+    let mut truth: Vec<TruthSpan> = Vec::new();
+    let mut sightings = Vec::new();
+    for seed in seeds {
+        let walk = firmware_sim::calibration_walk(spec, DEFAULT_START_UNIX_MS, seed).unwrap();
+        truth.extend(walk.truth.iter().map(TruthSpan::from));
+        sightings.extend(sightings_of(&walk.records));
+    }
+    sightings.sort_by_key(|s| s.at_ms);
+    let cal = calibrate(&Site::from_presence(config), &sightings, &truth)
+        .expect("the walk covers every place");
     if std::env::var("DUMP").is_ok() {
         println!("{}", cal.map.summary());
         for p in &cal.map.places {
