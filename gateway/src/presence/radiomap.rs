@@ -323,7 +323,11 @@ impl RadioMap {
             );
         }
         for (s, g) in self.scanners.iter().zip(&self.scanner_gain_db) {
-            let _ = writeln!(out, "  scanner {s:<20} gain {g:+.1} dB");
+            let _ = write!(out, "  scanner {s:<20} gain {g:+.1} dB");
+            if let Some(b) = self.beacon_gain_db.get(s) {
+                let _ = write!(out, ", {b:+.1} dB from the store's beacons");
+            }
+            let _ = writeln!(out);
         }
         out
     }
