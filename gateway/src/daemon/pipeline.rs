@@ -211,15 +211,12 @@ impl Pipeline {
             self.fleet = Fleet::new(config.beacons.clone());
             self.last_fleet_report_ms = i64::MIN;
         }
-        let old_map = self.config.presence.radio_map.clone();
-        let same_map = match (&old_map, &config.presence.radio_map) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
+        // Every reload reads the map again (a new Arc): compare what the
+        // gains are corrected towards, so an unrelated change does not
+        // throw away minutes of learned medians.
         let gain_changed = config.scanner_gain != self.config.scanner_gain
             || config.beacons != self.config.beacons
-            || !same_map;
+            || gain_reference(&config) != gain_reference(&self.config);
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config.topics);
         self.scanner_nodes.set_known(zone_scanners(&config));
@@ -744,5 +741,20 @@ mod tests {
         let drift = pipeline.gain.as_ref().unwrap().correction("tv").unwrap();
         assert!((drift + 10.0).abs() <= 1.5);
         assert!(!telemetry.render().contains("scanner=\"unknown"));
+
+        // A reload of the same site keeps what was learned; one that moves
+        // a scanner starts learning again (its expectations changed).
+        let again = Arc::new(
+            crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap(),
+        );
+        pipeline.apply_config(again);
+        assert!(pipeline.gain.as_ref().unwrap().gain("tv").is_some());
+        let moved = site.replacen("x = 34.0", "x = 33.0", 1);
+        assert_ne!(moved, site);
+        let moved = Arc::new(
+            crate::config::from_layers("site.toml", Some(&moved), Default::default()).unwrap(),
+        );
+        pipeline.apply_config(moved);
+        assert_eq!(pipeline.gain.as_ref().unwrap().gain("tv"), None);
     }
 }
