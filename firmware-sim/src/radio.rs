@@ -42,6 +42,7 @@ pub struct Radio {
 struct ScannerRadio {
     position: Point,
     noise_sigma_db: f64,
+    gain_db: f64,
 }
 
 impl Radio {
@@ -52,6 +53,7 @@ impl Radio {
             .map(|s| ScannerRadio {
                 position: s.position,
                 noise_sigma_db: s.noise_sigma_db.unwrap_or(spec.radio.noise_sigma_db),
+                gain_db: s.gain_db.unwrap_or(0.0),
             })
             .collect();
         Self {
@@ -101,7 +103,8 @@ impl Radio {
             return None;
         }
         let distance = self.distance(scanner, device);
-        let rssi = mean_rssi(tx_power_1m, distance, p.path_loss_exponent) + noise - shadow;
+        let rssi = mean_rssi(tx_power_1m, distance, p.path_loss_exponent) + noise - shadow
+            + self.scanners[scanner].gain_db;
         if !rssi.is_finite() || rssi < f64::from(p.floor_dbm.max(MIN_RSSI)) {
             return None;
         }

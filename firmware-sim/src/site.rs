@@ -47,12 +47,16 @@ struct Mqtt {
 struct Presence {
     path_loss_exponent: f64,
     hall_distance_m: f64,
+    antenna_height_m: f64,
 }
 
 #[derive(Serialize)]
 struct Zone<'a> {
     id: &'a str,
     scanners: [&'a str; 1],
+    /// Where its scanner hangs, for the gain learned from the beacons.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    positions: std::collections::BTreeMap<&'a str, Point>,
 }
 
 /// A store beacon as the gateway's `[[beacons]]` lists it: the ids that
@@ -60,6 +64,11 @@ struct Zone<'a> {
 #[derive(Serialize)]
 struct Beacon<'a> {
     id: &'a str,
+    /// Where it is and how loud: what lets the gateway learn each
+    /// scanner's gain from it (its `[[beacons]]` x, y, tx_power_1m).
+    x: f64,
+    y: f64,
+    tx_power_1m: i8,
     #[serde(flatten)]
     ids: BeaconIds<'a>,
 }
@@ -152,6 +161,9 @@ pub fn site_toml(spec: &StoreSpec) -> String {
         presence: Presence {
             path_loss_exponent: spec.radio.path_loss_exponent,
             hall_distance_m: hall_distance_m(spec),
+            antenna_height_m: ((spec.radio.scanner_height_m - spec.radio.device_height_m) * 100.0)
+                .round()
+                / 100.0,
         },
         zones: spec
             .zones
@@ -159,6 +171,12 @@ pub fn site_toml(spec: &StoreSpec) -> String {
             .map(|z| Zone {
                 id: &z.id,
                 scanners: [&z.scanner],
+                positions: spec
+                    .scanners
+                    .iter()
+                    .filter(|s| s.id == z.scanner)
+                    .map(|s| (s.id.as_str(), s.position))
+                    .collect(),
             })
             .collect(),
         beacons: spec
@@ -166,6 +184,9 @@ pub fn site_toml(spec: &StoreSpec) -> String {
             .iter()
             .map(|b| Beacon {
                 id: &b.id,
+                x: b.position.x,
+                y: b.position.y,
+                tx_power_1m: b.tx_power_1m,
                 ids: BeaconIds::of(&b.frame),
             })
             .collect(),
@@ -175,7 +196,8 @@ pub fn site_toml(spec: &StoreSpec) -> String {
         "# Gateway site file for the simulated store {:?}, written by `firmware-sim site`.\n\
          # Zones and beacons are the store file's. path_loss_exponent is its radio's;\n\
          # hall_distance_m is the farthest point of a zone from its scanner ({:.1} m)\n\
-         # plus a fifth. Set [mqtt] and add [[sources]] and [[rules]] for a real run.\n\n{body}",
+         # plus a fifth. Scanner and beacon positions let the gateway learn each\n\
+         # scanner's gain from the beacons. Set [mqtt] and add [[sources]] and [[rules]] for a real run.\n\n{body}",
         spec.store.id,
         farthest_zone_point_m(spec),
     )

@@ -154,6 +154,12 @@ pub struct ScannerSpec {
     /// a metal shelf nearby).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_sigma_db: Option<f64>,
+    /// Added to everything this scanner reads, dB: a scanner gone deaf
+    /// (-10: a knocked antenna, a node behind a shelf) or louder than the
+    /// others. The site file the twin writes does not know it; the
+    /// gateway learns it from the store's beacons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gain_db: Option<f64>,
 }
 
 /// A zone of the floor plan and the scanner that covers it.
@@ -327,6 +333,7 @@ impl StoreSpec {
             id: id.to_owned(),
             position,
             noise_sigma_db: None,
+            gain_db: None,
         };
         let zone = |id: &str, area| ZoneSpec {
             id: id.to_owned(),
@@ -523,6 +530,12 @@ impl StoreSpec {
                 check(
                     (0.0..=20.0).contains(&sigma),
                     format!("scanners[{i}].noise_sigma_db: must be between 0 and 20"),
+                );
+            }
+            if let Some(gain) = s.gain_db {
+                check(
+                    (-40.0..=20.0).contains(&gain),
+                    format!("scanners[{i}].gain_db: must be between -40 and 20"),
                 );
             }
         }

@@ -145,6 +145,7 @@ fn radio_map() -> Arc<RadioModel> {
     let map = RadioMap {
         version: RADIO_MAP_VERSION,
         scanner_gain_db: vec![0.0; scanners.len()],
+        beacon_gain_db: Default::default(),
         coverage: places
             .iter()
             .map(|p| Coverage {

@@ -1,6 +1,6 @@
 //! Configuration reload without a restart: on SIGHUP and when the site
-//! file changes (debounced, so a file still being written is not read half
-//! way). A valid file takes effect at once, without dropping presence or
+//! file or the radio map it names changes (debounced, so a file still
+//! being written is not read half way). A valid file takes effect at once, without dropping presence or
 //! the outbox; an invalid one is refused, logged and counted, and the last
 //! good configuration stays. Settings that only a restart can change keep
 //! their running values, with a warning naming them.
@@ -119,6 +119,15 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     })
 }
 
+/// The stamps of the files watched: the site file, then the radio map of
+/// the configuration in force (a new map path is watched once applied).
+fn stamps(path: &std::path::Path, current: &watch::Sender<Arc<Config>>) -> Vec<Option<Stamp>> {
+    let map = current.borrow().radio_map_path.clone();
+    std::iter::once(stamp(path))
+        .chain(map.map(|m| stamp(&m)))
+        .collect()
+}
+
 /// Watch `path` and SIGHUP until cancelled.
 pub async fn run(
     path: PathBuf,
@@ -133,9 +142,9 @@ pub async fn run(
             None
         }
     };
-    let mut seen = stamp(&path);
-    // A change noticed, and when the file last changed.
-    let mut pending: Option<(Stamp, tokio::time::Instant)> = None;
+    let mut seen = stamps(&path, &current);
+    // A change noticed, and when the files last changed.
+    let mut pending: Option<(Vec<Option<Stamp>>, tokio::time::Instant)> = None;
     let mut poll = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -143,21 +152,26 @@ pub async fn run(
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 tracing::info!("SIGHUP: reloading configuration");
                 reload_once(&path, &current, &telemetry);
-                seen = stamp(&path);
+                seen = stamps(&path, &current);
                 pending = None;
             }
             _ = poll.tick() => {
-                let now = stamp(&path);
+                let now = stamps(&path, &current);
                 if now == seen {
                     pending = None;
                     continue;
                 }
-                let Some(now) = now else { continue };
-                match pending {
-                    Some((last, since)) if last == now => {
+                // The site file gone (being replaced): wait for it. A
+                // missing map is read, and refused, like any bad map.
+                if now[0].is_none() {
+                    continue;
+                }
+                match &pending {
+                    Some((last, since)) if *last == now => {
                         if since.elapsed() >= SETTLE {
                             reload_once(&path, &current, &telemetry);
-                            seen = Some(now);
+                            // What the applied (or kept) config watches now.
+                            seen = stamps(&path, &current);
                             pending = None;
                         }
                     }
@@ -240,6 +254,145 @@ mod tests {
             .expect("reloaded within 10 s")
             .unwrap();
         assert_eq!(rx.borrow().caps.per_day, 2);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// A radio map for zones `za` (scanner `a`) and `zb` (scanner `b`)
+    /// and the hall, or for other `scanners`; `heard` tells two apart.
+    fn map_json(scanners: &[&str], heard: f32) -> String {
+        use crate::presence::radiomap::{
+            BINS, Coverage, PlaceLevels, RADIO_MAP_VERSION, RadioMap, ScannerLevels,
+        };
+        let places: Vec<PlaceLevels> = ["za", "zb", "hall"]
+            .iter()
+            .map(|p| PlaceLevels {
+                place: p.to_string(),
+                scanners: scanners
+                    .iter()
+                    .map(|_| ScannerLevels {
+                        heard,
+                        mean_dbm: None,
+                        sd_db: None,
+                        histogram: vec![1.0 / BINS as f32; BINS],
+                    })
+                    .collect(),
+            })
+            .collect();
+        RadioMap {
+            version: RADIO_MAP_VERSION,
+            scanners: scanners.iter().map(|s| s.to_string()).collect(),
+            scanner_gain_db: vec![0.0; scanners.len()],
+            beacon_gain_db: Default::default(),
+            adjacency: Vec::new(),
+            coverage: places
+                .iter()
+                .map(|p| Coverage {
+                    place: p.place.clone(),
+                    seconds: 30.0,
+                    readings: 10,
+                })
+                .collect(),
+            places,
+        }
+        .to_json()
+    }
+
+    fn site_with_map(map: &std::path::Path) -> String {
+        format!(
+            "{SITE}[[zones]]\nid = \"za\"\nscanners = [\"a\"]\n[[zones]]\nid = \"zb\"\nscanners = [\"b\"]\n[presence]\nradio_map = {:?}\n",
+            map.display().to_string()
+        )
+    }
+
+    #[test]
+    fn a_map_rewritten_in_place_reloads_and_a_bad_or_foreign_one_keeps_the_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        let map = dir.path().join("radio-map.json");
+        std::fs::write(&map, map_json(&["a", "b"], 0.5)).unwrap();
+        std::fs::write(&path, site_with_map(&map)).unwrap();
+        let first = Arc::new(config::load(Some(&path)).unwrap());
+        assert_eq!(first.radio_map_path.as_deref(), Some(map.as_path()));
+        let (tx, rx) = watch::channel(first);
+        let telemetry = Telemetry::new();
+        let heard = |rx: &watch::Receiver<Arc<Config>>| {
+            rx.borrow()
+                .presence
+                .radio_map
+                .as_ref()
+                .unwrap()
+                .map()
+                .places[0]
+                .scanners[0]
+                .heard
+        };
+
+        // Same path, new contents (a new walk): a new configuration.
+        std::fs::write(&map, map_json(&["a", "b"], 0.7)).unwrap();
+        assert_eq!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Applied {
+                needs_restart: vec![]
+            }
+        );
+        assert_eq!(heard(&rx), 0.7);
+        assert_eq!(reload_once(&path, &tx, &telemetry), Outcome::Unchanged);
+
+        // A map of another store's scanners, then no JSON at all: refused,
+        // naming the field; the last good map stays.
+        std::fs::write(&map, map_json(&["a", "c"], 0.9)).unwrap();
+        assert!(matches!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Refused(reason) if reason.contains("presence.radio_map") && reason.contains("other scanners")
+        ));
+        std::fs::write(&map, "{\"version\": 1, \"scan").unwrap();
+        assert!(matches!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Refused(reason) if reason.contains("presence.radio_map")
+        ));
+        std::fs::remove_file(&map).unwrap();
+        assert!(matches!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(heard(&rx), 0.7, "the last good map stays");
+        assert_eq!(
+            telemetry.counter("config_reloads_total", &[("result", "refused")]),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_to_the_radio_map_file_is_picked_up_by_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        let map = dir.path().join("radio-map.json");
+        std::fs::write(&map, map_json(&["a", "b"], 0.5)).unwrap();
+        std::fs::write(&path, site_with_map(&map)).unwrap();
+        let (tx, mut rx) = watch::channel(Arc::new(config::load(Some(&path)).unwrap()));
+        let telemetry = Arc::new(Telemetry::new());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(path.clone(), tx, telemetry.clone(), cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The site file is not touched; only the map is written again
+        // (longer, so the stamp differs even within one mtime tick).
+        std::fs::write(&map, map_json(&["a", "b"], 0.625)).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("reloaded within 10 s")
+            .unwrap();
+        let heard = rx
+            .borrow()
+            .presence
+            .radio_map
+            .as_ref()
+            .unwrap()
+            .map()
+            .places[0]
+            .scanners[0]
+            .heard;
+        assert_eq!(heard, 0.625);
         cancel.cancel();
         task.await.unwrap();
     }

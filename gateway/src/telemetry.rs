@@ -119,6 +119,16 @@ impl From<ScannerFeed> for Source {
 }
 
 label_values! {
+    /// What a scanner's gain status changed to (`presence::gain`).
+    GainAlert {
+        Drifted = "drifted",
+        Deaf = "deaf",
+        /// Back within the threshold, or heard again.
+        Ok = "ok",
+    }
+}
+
+label_values! {
     /// The kind of an MQTT topic the gateway reads: the labels of
     /// `topics::Incoming::kind` and of `topics::ScannerFeed::label`.
     TopicKind {
@@ -437,6 +447,21 @@ struct ByPublish {
     what: Publish,
 }
 
+/// A scanner of the site file: the one label whose values come from the
+/// configuration rather than the code. The pipeline sets these series
+/// only for the scanners [`crate::presence::gain::GainSetup`] lists (the
+/// configured ones with a position) and removes them when a reload drops
+/// a scanner, so nothing that arrives can add a series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByScanner {
+    scanner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByGainStatus {
+    status: GainAlert,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BySecretField {
     field: SecretField,
@@ -516,6 +541,9 @@ struct Metrics {
     storage_errors: Family<ByDuring, Counter>,
     config_reloads: Family<ByReloadResult, Counter>,
     bluez_scanning: Gauge,
+    scanner_gain_db: Family<ByScanner, Gauge<f64, AtomicU64>>,
+    scanner_deaf: Family<ByScanner, Gauge>,
+    scanner_gain_alerts: Family<ByGainStatus, Counter>,
     sighting_to_puback: Histogram,
     decision_durable: Histogram,
 }
@@ -570,6 +598,9 @@ impl Metrics {
             storage_errors: Default::default(),
             config_reloads: Default::default(),
             bluez_scanning: Default::default(),
+            scanner_gain_db: Default::default(),
+            scanner_deaf: Default::default(),
+            scanner_gain_alerts: Default::default(),
             sighting_to_puback: Histogram::new(LATENCY_BUCKETS),
             decision_durable: Histogram::new(LATENCY_BUCKETS),
         }
@@ -598,6 +629,12 @@ impl Metrics {
         }
         for &reason in HeldReason::ALL {
             drop(self.nudges_held.get_or_create(&ByHeldReason { reason }));
+        }
+        for &status in GainAlert::ALL {
+            drop(
+                self.scanner_gain_alerts
+                    .get_or_create(&ByGainStatus { status }),
+            );
         }
     }
 
@@ -820,6 +857,21 @@ impl Metrics {
             "1 while BlueZ is scanning",
             bluez_scanning
         );
+        reg!(
+            "scanner_gain_db",
+            "A scanner's gain learned from the store's beacons, dB against the model (configured scanners only)",
+            scanner_gain_db
+        );
+        reg!(
+            "scanner_deaf",
+            "1 while a scanner hears none of the store's beacons it should",
+            scanner_deaf
+        );
+        reg!(
+            "scanner_gain_alerts",
+            "Scanners whose gain status changed, by the new status",
+            scanner_gain_alerts
+        );
         r.register_with_unit(
             "sighting_to_puback",
             "From the triggering sighting's arrival to the broker's PUBACK of the nudge",
@@ -1031,6 +1083,7 @@ pub mod events {
         ByBuyer, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish, ByPurpose,
         ByReloadResult, ByState,
     };
+    use super::{ByGainStatus, ByScanner, GainAlert};
     use crate::decide::{NudgeKind, SkipReason};
 
     /// Home Assistant discovery published (`entities` configs) and
@@ -1448,6 +1501,52 @@ pub mod events {
             .get_or_create(&ByDuring { during: label })
             .inc();
         tracing::error!(during, %error, "storage error");
+    }
+
+    /// A configured scanner's gain learned from the store's beacons
+    /// (`None`: not known yet) and whether it is deaf.
+    pub fn scanner_gain(t: &Telemetry, scanner: &str, gain_db: Option<f32>, deaf: bool) {
+        let labels = ByScanner {
+            scanner: scanner.to_string(),
+        };
+        if let Some(g) = gain_db {
+            t.m.scanner_gain_db.get_or_create(&labels).set(f64::from(g));
+        }
+        t.m.scanner_deaf.get_or_create(&labels).set(i64::from(deaf));
+    }
+
+    /// A scanner no longer configured (a reload): its series go.
+    pub fn scanner_gain_forget(t: &Telemetry, scanner: &str) {
+        let labels = ByScanner {
+            scanner: scanner.to_string(),
+        };
+        t.m.scanner_gain_db.remove(&labels);
+        t.m.scanner_deaf.remove(&labels);
+    }
+
+    /// A scanner's gain status changed: drifted past the threshold, deaf
+    /// to the store's beacons, or back to normal.
+    pub fn scanner_gain_alert(
+        t: &Telemetry,
+        scanner: &str,
+        status: GainAlert,
+        gain_db: Option<f32>,
+    ) {
+        t.m.scanner_gain_alerts
+            .get_or_create(&ByGainStatus { status })
+            .inc();
+        match status {
+            GainAlert::Ok => tracing::info!(scanner, ?gain_db, "scanner gain back to normal"),
+            GainAlert::Drifted => tracing::warn!(
+                scanner,
+                ?gain_db,
+                "scanner gain drifted (learned from the store's beacons): check its antenna and placement"
+            ),
+            GainAlert::Deaf => tracing::warn!(
+                scanner,
+                "scanner hears none of the store's beacons it should: check it"
+            ),
+        }
     }
 
     /// A configuration reload: applied, unchanged or refused (the caller

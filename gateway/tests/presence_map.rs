@@ -37,14 +37,20 @@ fn site_of(spec: &StoreSpec) -> (PresenceConfig, BTreeSet<String>) {
 }
 
 fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceConfig {
-    let walk = firmware_sim::calibration_walk(spec, DEFAULT_START_UNIX_MS, seed).unwrap();
-    let truth: Vec<TruthSpan> = walk.truth.iter().map(TruthSpan::from).collect();
-    let cal = calibrate(
-        &Site::from_presence(config),
-        &sightings_of(&walk.records),
-        &truth,
-    )
-    .expect("the walk covers every place");
+    // `WALKS=100,101,102`: learn from several walks (each its own tag).
+    let seeds: Vec<u64> = std::env::var("WALKS")
+        .map(|w| w.split(',').map(|s| s.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![seed]);
+    let mut truth: Vec<TruthSpan> = Vec::new();
+    let mut sightings = Vec::new();
+    for seed in seeds {
+        let walk = firmware_sim::calibration_walk(spec, DEFAULT_START_UNIX_MS, seed).unwrap();
+        truth.extend(walk.truth.iter().map(TruthSpan::from));
+        sightings.extend(sightings_of(&walk.records));
+    }
+    sightings.sort_by_key(|s| s.at_ms);
+    let cal = calibrate(&Site::from_presence(config), &sightings, &truth)
+        .expect("the walk covers every place");
     if std::env::var("DUMP").is_ok() {
         println!("{}", cal.map.summary());
         for p in &cal.map.places {
@@ -221,4 +227,58 @@ fn a_map_from_one_walk_places_a_crowd_of_another_seed() {
         e.accuracy,
         without.engine.accuracy
     );
+}
+
+/// Real data (`bench/danis2021.py`'s output in `DANIS_DIR`, a map made by
+/// `gateway calibrate` in `DANIS_MAP`): the tracks scored with the
+/// `MAP_*` knobs, beside the engine without map (`NOMAP=1`). Reads only
+/// local files; `cargo test -p gateway --test presence_map -- --ignored
+/// --nocapture real_data`.
+#[test]
+#[ignore = "a measuring harness on local files, not a check"]
+fn real_data() {
+    let dir = std::path::PathBuf::from(std::env::var("DANIS_DIR").expect("DANIS_DIR"));
+    let config = gateway::config::load(Some(&dir.join("site.toml"))).unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let (sightings, truth) = gateway::presence::eval::parse_capture_and_truth(
+        &read("tracks.jsonl"),
+        &read("tracks-truth.jsonl"),
+    )
+    .unwrap();
+    let map = gateway::presence::radiomap::load_for_site(
+        std::path::Path::new(&std::env::var("DANIS_MAP").expect("DANIS_MAP")),
+        &config.presence.scanner_zone,
+    )
+    .unwrap();
+    let mapped = PresenceConfig {
+        radio_map: Some(map),
+        ..config.presence.clone()
+    };
+    let tuning = tuning_from_env();
+    let options = EvalOptions {
+        tuning: tuning.clone(),
+        ..EvalOptions::default()
+    };
+    let with = evaluate(&mapped, &sightings, &truth, &options);
+    if std::env::var("V").is_ok() {
+        println!("{}", with.to_table());
+    }
+    let e = &with.engine;
+    let mut line = format!(
+        "map {:.1} % ({:.1} % in zones) {:.1} fl/h",
+        e.accuracy * 100.0,
+        e.in_zone_accuracy * 100.0,
+        e.flips_per_hour
+    );
+    if std::env::var("NOMAP").is_ok() {
+        let without = evaluate(&config.presence, &sightings, &truth, &options);
+        line += &format!(
+            " | no map {:.1} % {:.1} fl/h | baseline {:.1} % {:.1} fl/h",
+            without.engine.accuracy * 100.0,
+            without.engine.flips_per_hour,
+            without.baseline.accuracy * 100.0,
+            without.baseline.flips_per_hour
+        );
+    }
+    println!("{:?}\n{line}", tuning.map);
 }

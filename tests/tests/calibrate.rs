@@ -187,7 +187,9 @@ fn a_walk_missing_a_place_or_a_map_of_other_scanners_is_refused() {
     ok(&calibrate(&walk_truth, &map));
     let site_text = std::fs::read_to_string(&site).unwrap();
     let other = site_with_map(&site_text, &map)
-        .replace("scanners = [\"laptops\"]", "scanners = [\"laptops-2\"]");
+        .replace("scanners = [\"laptops\"]", "scanners = [\"laptops-2\"]")
+        // The site file says where each scanner hangs: the renamed one too.
+        .replace("[zones.positions.laptops]", "[zones.positions.laptops-2]");
     assert_ne!(other, site_with_map(&site_text, &map), "{site_text}");
     let other = dir.write("other.toml", other).unwrap();
     let out = gateway(&["check-config", s(&other)]);

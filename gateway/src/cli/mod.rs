@@ -373,8 +373,9 @@ pub fn calibrate(
         CliError::new(format!("{}: {e}", file.display()))
     })?;
     let site = radiomap::Site::from_presence(&config.presence);
-    let calibration = radiomap::calibrate(&site, &sightings, &spans)
+    let mut calibration = radiomap::calibrate(&site, &sightings, &spans)
         .map_err(|e| CliError::new(format!("calibrate: {e}")))?;
+    calibration.map.beacon_gain_db = walk_gains(config, &sightings);
     // Write to a temporary file beside the target, then rename: a reader
     // (a reload) never sees half a map.
     let tmp = out.with_extension("json.tmp");
@@ -387,6 +388,38 @@ pub fn calibrate(
     }
     text.push_str(&format!("wrote {}", out.display()));
     Ok(text)
+}
+
+/// The scanners' gains during a walk, learned from the store's beacons the
+/// walk's capture holds (`presence::gain`), as a radio map keeps them:
+/// empty when the site file gives no positions or the walk heard too few.
+pub fn walk_gains(
+    config: &Config,
+    sightings: &[crate::sighting::Sighting],
+) -> std::collections::BTreeMap<String, f32> {
+    let Some(setup) = config.scanner_gain.clone() else {
+        return Default::default();
+    };
+    let fleet = crate::io::fleet::Fleet::new(config.beacons.clone());
+    let mut tracker = crate::presence::gain::GainTracker::new(setup);
+    let mut frames = Vec::new();
+    let mut last_ms = i64::MIN;
+    for s in sightings {
+        frames.clear();
+        crate::decode::decode_into(&s.adv, &config.decode, &mut frames);
+        if let Some(beacon) = fleet.identify(&frames) {
+            tracker.observe(beacon, &s.scanner, s.rssi, s.at_ms);
+            last_ms = last_ms.max(s.at_ms);
+        }
+    }
+    if last_ms == i64::MIN {
+        return Default::default();
+    }
+    tracker.evaluate(last_ms);
+    tracker
+        .gains()
+        .filter_map(|(s, g, _)| Some((s.to_string(), g?)))
+        .collect()
 }
 
 #[cfg(test)]

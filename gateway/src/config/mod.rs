@@ -73,6 +73,13 @@ pub struct Config {
     pub caps: Caps,
     pub quiet_hours: Option<QuietHours>,
     pub presence: PresenceConfig,
+    /// What each scanner should hear of the store's beacons, when the
+    /// site file gives their positions (`presence::gain`); `None`: no gain
+    /// is learned.
+    pub scanner_gain: Option<crate::presence::gain::GainSetup>,
+    /// The radio map file `presence.radio_map` names, as written: the
+    /// reload watcher watches it beside the site file.
+    pub radio_map_path: Option<PathBuf>,
     pub max_future_skew_ms: i64,
     pub decode: DecodeOptions,
     pub nudge_expiry: Duration,
@@ -488,9 +495,21 @@ impl Collect {
 /// section is checked (one section's problems never hide another's) and
 /// every problem is returned, in file order.
 fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
+    let radio_map_path = raw
+        .presence
+        .radio_map
+        .as_deref()
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from);
     let hash = {
-        let digest = Sha256::digest(format!("{raw:?}").as_bytes());
-        hex::encode(&digest[..6])
+        let mut digest = Sha256::new();
+        digest.update(format!("{raw:?}").as_bytes());
+        // The map's contents, not only its path: a map written again in
+        // place (`gateway calibrate` after a new walk) is a new config.
+        if let Some(Ok(bytes)) = radio_map_path.as_deref().map(|p| inputs.file(p)) {
+            digest.update(bytes);
+        }
+        hex::encode(&digest.finalize()[..6])
     };
     let mut c = Collect(Vec::new());
     let store = c.take(sections::store(&raw.store));
@@ -508,6 +527,10 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         None => Some(None),
     };
     let beacons = c.take(sections::beacons(&raw.beacons));
+    let beacon_places = c.take(sections::beacon_places(
+        &raw.beacons,
+        crate::presence::PresenceTuning::default().reference_tx_power_dbm,
+    ));
     let zone_ids: HashSet<&str> = raw.zones.iter().map(|z| z.id.as_str()).collect();
     let rules = c.take(sections::rules(&raw.rules, &zone_ids));
     let catalog = c.take(sections::catalog(raw.catalog.as_ref(), inputs));
@@ -536,7 +559,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(()),
         Some(caps),
         Some(quiet_hours),
-        Some((mut presence, max_future_skew_ms)),
+        Some((mut presence, max_future_skew_ms, antenna_height_m)),
         Some(decode),
         Some((nudge_expiry, nudges_enabled)),
         Some(retention),
@@ -544,6 +567,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(admin_listen),
         Some((homeassistant, homeassistant_scope)),
         Some(radio_map),
+        Some(beacon_places),
     ) = (
         store,
         mqtt,
@@ -564,10 +588,19 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         admin_listen,
         homeassistant,
         radio_map,
+        beacon_places,
     )
     else {
         return Err(c.0);
     };
+    let scanner_gain = crate::presence::gain::GainSetup::new(
+        &zones.scanner_position,
+        &zones.scanner_offset_db,
+        &beacon_places,
+        presence.path_loss_exponent,
+        antenna_height_m,
+        presence.min_rssi,
+    );
     presence.scanner_zone = zones.scanner_zone;
     presence.scanner_offset_db = zones.scanner_offset_db;
     presence.radio_map = radio_map;
@@ -600,6 +633,8 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         caps,
         quiet_hours,
         presence,
+        scanner_gain,
+        radio_map_path,
         max_future_skew_ms,
         decode,
         nudge_expiry,

@@ -144,9 +144,24 @@ pub struct RawBeacon {
     pub id3: Option<i64>,
     pub low_battery_mv: Option<i64>,
     pub missing_after_s: Option<i64>,
+    /// Where the beacon is (metres, the floor plan's axes), both or
+    /// neither: with the scanners' positions, what each scanner should
+    /// hear of it, so a scanner's gain is learned (`presence::gain`).
+    pub x: Option<f64>,
+    pub y: Option<f64>,
+    /// Its received power at 1 m (dBm); default the reference phone's.
+    pub tx_power_1m: Option<i64>,
     /// The id the store's ESPresense nodes report this beacon under when it
     /// was given an alias there.
     pub espresense_id: Option<String>,
+}
+
+/// A point of the floor plan, metres.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    pub x: f64,
+    pub y: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +171,9 @@ pub struct RawZone {
     pub scanners: Vec<String>,
     #[serde(default)]
     pub calibration_db: BTreeMap<String, f32>,
+    /// Scanner id → where it hangs (for the gain learned from the beacons).
+    #[serde(default)]
+    pub positions: BTreeMap<String, RawPoint>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +229,10 @@ pub struct RawPresence {
     /// A radio map written by `gateway calibrate`; none: place from levels.
     #[serde(default)]
     pub radio_map: Option<String>,
+    /// How far above the store's beacons (and phones) the scanners'
+    /// antennas hang, metres; only for the gain learned from the beacons.
+    #[serde(default)]
+    pub antenna_height_m: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

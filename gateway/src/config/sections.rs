@@ -549,6 +549,8 @@ pub struct Zones {
     pub zones: Vec<ZoneSettings>,
     pub scanner_zone: HashMap<String, ZoneId>,
     pub scanner_offset_db: HashMap<String, f32>,
+    /// Scanner id → position (metres), where the site file gives one.
+    pub scanner_position: HashMap<String, (f32, f32)>,
 }
 
 pub fn zones(raw: &[RawZone]) -> Checked<Zones> {
@@ -557,6 +559,7 @@ pub fn zones(raw: &[RawZone]) -> Checked<Zones> {
     let mut zone_ids = HashSet::new();
     let mut scanner_zone: HashMap<String, ZoneId> = HashMap::new();
     let mut scanner_offset_db = HashMap::new();
+    let mut scanner_position = HashMap::new();
     for (i, zone) in raw.iter().enumerate() {
         p.id(&format!("zones[{i}].id"), &zone.id);
         if !zone_ids.insert(zone.id.clone()) {
@@ -595,6 +598,14 @@ pub fn zones(raw: &[RawZone]) -> Checked<Zones> {
             }
             scanner_offset_db.insert(scanner.clone(), *offset);
         }
+        for (scanner, at) in &zone.positions {
+            let path = format!("zones[{i}].positions.{scanner}");
+            if !zone.scanners.contains(scanner) {
+                p.add(path, "not a scanner of this zone");
+            } else if let Some(point) = point(&mut p, &path, at.x, at.y) {
+                scanner_position.insert(scanner.clone(), point);
+            }
+        }
         zones.push(ZoneSettings {
             id,
             scanners: zone.scanners.clone(),
@@ -604,7 +615,62 @@ pub fn zones(raw: &[RawZone]) -> Checked<Zones> {
         zones,
         scanner_zone,
         scanner_offset_db,
+        scanner_position,
     })
+}
+
+/// Coordinates of the floor plan: finite, within 10 km of the origin.
+fn point(p: &mut Problems, path: &str, x: f64, y: f64) -> Option<(f32, f32)> {
+    if x.is_finite() && y.is_finite() && x.abs() <= 10_000.0 && y.abs() <= 10_000.0 {
+        Some((x as f32, y as f32))
+    } else {
+        p.add(path, "x and y must be numbers within 10000 m");
+        None
+    }
+}
+
+/// `[[beacons]]` positions and powers: per beacon (in file order) where
+/// it is, if the file says. `reference_dbm`: the power of a beacon that
+/// does not say its own.
+pub fn beacon_places(
+    raw: &[RawBeacon],
+    reference_dbm: f32,
+) -> Checked<Vec<Option<crate::presence::gain::BeaconPlace>>> {
+    let mut p = Problems::default();
+    let places = raw
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let path = |f: &str| format!("beacons[{i}].{f}");
+            let tx_power_1m = match b.tx_power_1m {
+                None => reference_dbm,
+                Some(v) if (-127..=20).contains(&v) => v as f32,
+                Some(_) => {
+                    p.add(path("tx_power_1m"), "must be between -127 and 20 dBm");
+                    reference_dbm
+                }
+            };
+            match (b.x, b.y) {
+                (None, None) => None,
+                (Some(x), Some(y)) => point(&mut p, &path("x"), x, y).map(|(x_m, y_m)| {
+                    crate::presence::gain::BeaconPlace {
+                        x_m,
+                        y_m,
+                        tx_power_1m,
+                    }
+                }),
+                (Some(_), None) => {
+                    p.add(path("y"), "missing (x and y go together)");
+                    None
+                }
+                (None, Some(_)) => {
+                    p.add(path("x"), "missing (x and y go together)");
+                    None
+                }
+            }
+        })
+        .collect();
+    p.finish(places)
 }
 
 /// `[[beacons]]`: the store's own beacons, for fleet health.
@@ -925,8 +991,19 @@ pub fn quiet_hours(raw: Option<&RawQuietHours>) -> Checked<Option<QuietHours>> {
 /// `[presence]`: the engine's settings (its scanner map, offsets and dwell
 /// thresholds are filled in from the zones and rules) and the clock's
 /// `max_future_skew_ms`.
-pub fn presence(r: &RawPresence) -> Checked<(PresenceConfig, i64)> {
+pub fn presence(r: &RawPresence) -> Checked<(PresenceConfig, i64, f32)> {
     let mut p = Problems::default();
+    let antenna_height_m = match r.antenna_height_m {
+        None => DEFAULT_ANTENNA_HEIGHT_M,
+        Some(h) if (0.0..=30.0).contains(&h) => h as f32,
+        Some(_) => {
+            p.add(
+                "presence.antenna_height_m",
+                "must be between 0 and 30 metres",
+            );
+            DEFAULT_ANTENNA_HEIGHT_M
+        }
+    };
     if !(r.switch_margin_db.is_finite() && r.switch_margin_db >= 0.0) {
         p.add("presence.switch_margin_db", "must be a number >= 0");
     }
@@ -963,8 +1040,11 @@ pub fn presence(r: &RawPresence) -> Checked<(PresenceConfig, i64)> {
         radio_map: None,
     };
     let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
-    p.finish((presence, max_future_skew_ms))
+    p.finish((presence, max_future_skew_ms, antenna_height_m))
 }
+
+/// Scanners on a 2.5 m ceiling, beacons and phones at 1.2 m.
+const DEFAULT_ANTENNA_HEIGHT_M: f32 = 1.3;
 
 /// `[decode]`.
 pub fn decode(raw: &RawDecode) -> Checked<DecodeOptions> {

@@ -188,6 +188,46 @@ fn scanner_sources_and_beacons_are_validated_with_paths() {
 }
 
 #[test]
+fn beacon_and_scanner_positions_give_a_gain_setup_or_errors_with_paths() {
+    let beacon = "[[beacons]]\nid = \"door\"\nkind = \"ibeacon\"\nuuid = \"426c7565436861726d426561636f6e73\"\nmajor = 1\nminor = 1\n";
+    let good = format!(
+        "{MINIMAL_SITE}\n[[zones]]\nid = \"hall-desk\"\nscanners = [\"s1\"]\npositions = {{ s1 = {{ x = 2.0, y = 3.0 }} }}\n\n\
+         {beacon}x = 4.0\ny = 3.0\ntx_power_1m = -61\n"
+    );
+    let c = load(&good, &[]).unwrap();
+    let setup = c.scanner_gain.expect("positions given");
+    assert!(setup.scanners.contains(&"s1".to_string()));
+    let s1 = setup.scanners.iter().position(|s| s == "s1").unwrap();
+    // 2 m across, 1.3 m up: -61 - 22 log10(2.39) = -69.3 dBm.
+    let expected = setup.expected[0][s1].unwrap();
+    assert!((expected + 69.3).abs() < 0.1, "{expected}");
+    // Without positions: nothing is learned, as before.
+    assert!(load(MINIMAL_SITE, &[]).unwrap().scanner_gain.is_none());
+
+    let bad = format!(
+        "{MINIMAL_SITE}\n[presence]\nantenna_height_m = -1\n\n[[zones]]\nid = \"z\"\nscanners = [\"s1\"]\npositions = {{ s9 = {{ x = 1.0, y = 1.0 }} }}\n\n\
+         [[zones]]\nid = \"w\"\nscanners = [\"s2\"]\npositions = {{ s2 = {{ x = nan, y = 1.0 }} }}\n\n\
+         {beacon}x = 1.0\ntx_power_1m = 99\n"
+    );
+    let ConfigError::Invalid { problems, .. } = load(&bad, &[]).unwrap_err() else {
+        panic!("expected problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "presence.antenna_height_m",
+        "zones[1].positions.s9",
+        "zones[2].positions.s2",
+        "beacons[0].y",
+        "beacons[0].tx_power_1m",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+}
+
+#[test]
 fn effective_config_masks_secrets() {
     let mut value: toml::Value = toml::from_str(
         "[mqtt]\nurl = \"mqtt://x:1\"\npassword = \"hunter2\"\n[[sources]]\nsecret_token = \"s\"\n",

@@ -26,13 +26,14 @@ use crate::io::record::CaptureRecorder;
 use crate::io::scanners::{self, AdvertMerger};
 use crate::io::sources::{self, Ingested};
 use crate::people::People;
+use crate::presence::gain::{GainStatus, GainTracker};
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;
 use crate::ratelimit::{PerSecond, RecipientLimiter};
 use crate::reservations::{self, DecisionJob, Reservations};
 use crate::store::{FeedbackEntry, ReserveCandidate, Store, StoreError};
 use crate::telemetry::{
-    MAX_ECHO_CHARS, MAX_REASON_CHARS, MAX_TOPIC_ECHO_CHARS, Telemetry, events, truncated,
+    GainAlert, MAX_ECHO_CHARS, MAX_REASON_CHARS, MAX_TOPIC_ECHO_CHARS, Telemetry, events, truncated,
 };
 use crate::topics::{self, Incoming, classify};
 

@@ -29,6 +29,10 @@ pub struct Pipeline {
     /// The store's own beacons: battery, temperature, last seen.
     pub(super) fleet: Fleet,
     pub(super) last_fleet_report_ms: i64,
+    /// Every scanner's gain learned from those beacons, when the site file
+    /// gives their positions (`presence::gain`).
+    pub(super) gain: Option<GainTracker>,
+    pub(super) last_gain_ms: i64,
     /// The arrival of the sighting being handled, if any.
     pub(super) current_arrival: Option<std::time::Instant>,
     /// Where scanner nodes publish, from the config in force.
@@ -48,6 +52,10 @@ pub struct Pipeline {
 /// Error reports published per second at most; the rest are counted
 /// (`error_reports_suppressed_total`). Far above what real mistakes make.
 const ERROR_REPORTS_PER_SECOND: u32 = 100;
+
+/// How often scanner gains are worked out, exported and applied (event
+/// time): a gain drifts over hours, a median of minutes needs no more.
+const GAIN_EVERY_MS: i64 = 10_000;
 
 /// How often the fleet report is published (event time).
 const FLEET_REPORT_EVERY_MS: i64 = 30_000;
@@ -78,7 +86,7 @@ impl Pipeline {
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             config,
             store,
             telemetry,
@@ -94,6 +102,8 @@ impl Pipeline {
             last_sweep_ms: now,
             fleet,
             last_fleet_report_ms: i64::MIN,
+            gain: None,
+            last_gain_ms: i64::MIN,
             current_arrival: None,
             scanner_filters,
             merger,
@@ -101,7 +111,65 @@ impl Pipeline {
             recorder: None,
             rate_limit,
             error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
-        })
+        };
+        pipeline.gain = pipeline.new_gain_tracker(None);
+        Ok(pipeline)
+    }
+
+    /// A gain tracker for the config in force (`None`: the site file gives
+    /// no positions to learn from). The series of scanners the old one
+    /// (`old`) knew and the new one does not are removed, and their
+    /// corrections undone.
+    fn new_gain_tracker(&mut self, old: Option<&GainTracker>) -> Option<GainTracker> {
+        let setup = self.config.scanner_gain.clone();
+        if let Some(old) = old {
+            for scanner in &old.setup().scanners {
+                if setup.as_ref().is_none_or(|s| !s.scanners.contains(scanner)) {
+                    events::scanner_gain_forget(&self.telemetry, scanner);
+                }
+                self.presence.set_scanner_gain(scanner, None);
+            }
+        }
+        let mut tracker = GainTracker::new(setup?);
+        if let Some(reference) = gain_reference(&self.config) {
+            tracker.set_reference(&reference);
+        }
+        Some(tracker)
+    }
+
+    /// Work out every scanner's gain: export it, report changes of status,
+    /// and hand the drift to presence.
+    pub(super) fn update_gains(&mut self, now_ms: i64) {
+        let Some(tracker) = &mut self.gain else {
+            return;
+        };
+        for change in tracker.evaluate(now_ms) {
+            let status = match change.to {
+                GainStatus::Drifted => GainAlert::Drifted,
+                GainStatus::Deaf => GainAlert::Deaf,
+                GainStatus::Ok => GainAlert::Ok,
+                // Evidence too old to say: nothing to alert about.
+                GainStatus::Unknown => continue,
+            };
+            events::scanner_gain_alert(&self.telemetry, &change.scanner, status, change.gain_db);
+        }
+        // With a radio map that does not say what gains it was learned
+        // with, a correction would be against an unknown level: none.
+        let apply = gain_reference(&self.config).is_some();
+        for (scanner, gain_db, status) in tracker.gains() {
+            events::scanner_gain(
+                &self.telemetry,
+                scanner,
+                gain_db,
+                status == GainStatus::Deaf,
+            );
+            let drift = if apply {
+                tracker.correction(scanner)
+            } else {
+                None
+            };
+            self.presence.set_scanner_gain(scanner, drift);
+        }
     }
 
     pub(super) async fn run(
@@ -143,11 +211,24 @@ impl Pipeline {
             self.fleet = Fleet::new(config.beacons.clone());
             self.last_fleet_report_ms = i64::MIN;
         }
+        // Every reload reads the map again (a new Arc): compare what the
+        // gains are corrected towards, so an unrelated change does not
+        // throw away minutes of learned medians.
+        let gain_changed = config.scanner_gain != self.config.scanner_gain
+            || config.beacons != self.config.beacons
+            || gain_reference(&config) != gain_reference(&self.config);
         self.presence.set_config(config.presence.clone());
         self.scanner_filters = topics::scanner_filters(&config.topics);
         self.scanner_nodes.set_known(zone_scanners(&config));
         self.rate_limit.set_limit(config.incoming_rate);
         self.config = config;
+        if gain_changed {
+            // Other positions, beacons or reference: what was learned was
+            // against other expectations; learn again.
+            let old = self.gain.take();
+            self.gain = self.new_gain_tracker(old.as_ref());
+            self.last_gain_ms = i64::MIN;
+        }
     }
 
     pub(super) async fn on_tick(&mut self) {
@@ -180,6 +261,10 @@ impl Pipeline {
                 correlation_data: None,
                 retain: true,
             });
+        }
+        if self.gain.is_some() && now.saturating_sub(self.last_gain_ms) >= GAIN_EVERY_MS {
+            self.last_gain_ms = now;
+            self.update_gains(now);
         }
         if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
             self.last_sweep_ms = now;
@@ -256,6 +341,9 @@ impl Pipeline {
         if !frames.is_empty() {
             self.fleet
                 .observe(&frames, sighting.addr, sighting.rssi, sighting.at_ms);
+            if let (Some(gain), Some(beacon)) = (&mut self.gain, self.fleet.identify(&frames)) {
+                gain.observe(beacon, &sighting.scanner, sighting.rssi, sighting.at_ms);
+            }
         }
         if let Some(recorder) = &mut self.recorder {
             // Only the store's own beacons and people who opted in: a
@@ -478,6 +566,19 @@ fn scanner_merge_window(config: &Config) -> i64 {
         .unwrap_or(scanners::MERGE_WINDOW_MS)
 }
 
+/// The gains the scanners are corrected towards: 0 without a radio map;
+/// with one, the gains its walk was made with (`beacon_gain_db`), or
+/// `None` when the map does not say (then nothing is corrected).
+fn gain_reference(config: &Config) -> Option<HashMap<String, f32>> {
+    match &config.presence.radio_map {
+        None => Some(HashMap::new()),
+        Some(model) => {
+            let gains = &model.map().beacon_gain_db;
+            (!gains.is_empty()).then(|| gains.iter().map(|(s, g)| (s.clone(), *g)).collect())
+        }
+    }
+}
+
 /// The scanner nodes the configuration names (zones' `scanners`).
 fn zone_scanners(config: &Config) -> Vec<String> {
     config
@@ -551,5 +652,109 @@ mod tests {
             i64::MIN,
             "reported at the next tick"
         );
+    }
+
+    /// The twin's ten-zone store with its `tv` scanner 10 dB deaf (the
+    /// store plan's `gain_db`, which the site file does not know): from
+    /// the store's beacons alone the pipeline learns it, exports
+    /// `gateway_scanner_gain_db{scanner="tv"}` near -10, counts one
+    /// `drifted` alert, and takes the drift off tv's readings in presence.
+    #[tokio::test]
+    async fn a_scanner_gone_10_db_deaf_shows_in_the_gain_metric_and_an_alert() {
+        let mut spec = firmware_sim::StoreSpec::from_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/sim/electronics-store.toml"
+        ))
+        .unwrap();
+        spec.scanners
+            .iter_mut()
+            .find(|s| s.id == "tv")
+            .unwrap()
+            .gain_db = Some(-10.0);
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        let site = firmware_sim::site::site_toml(&spec);
+        let config = Arc::new(
+            crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap(),
+        );
+        assert!(
+            config.scanner_gain.is_some(),
+            "the twin's site file gives positions"
+        );
+        let store = Store::open(&storage).unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (reservations, _decider) = reservations::stage(
+            store.clone(),
+            telemetry.clone(),
+            Arc::new(Notify::new()),
+            crate::telemetry::LatencyStamps::default(),
+            1,
+            1,
+        );
+        let (outgoing, _out) = mpsc::channel(1);
+        let mut pipeline =
+            Pipeline::new(config, store, telemetry.clone(), reservations, outgoing).unwrap();
+        let mut sim = firmware_sim::Simulation::new(
+            spec.clone(),
+            firmware_sim::Scenario::tour(&spec, 3, 5),
+            firmware_sim::DEFAULT_START_UNIX_MS,
+            3,
+        )
+        .unwrap();
+        let records = sim.run_for(Duration::from_secs(180));
+        let mut last_ms = 0;
+        for r in &records {
+            let sighting =
+                crate::sighting::Sighting::from_json(&serde_json::to_string(r).unwrap()).unwrap();
+            last_ms = sighting.at_ms;
+            pipeline
+                .handle_sighting(Ingested {
+                    source: crate::telemetry::Source::Replay,
+                    sighting,
+                    received: std::time::Instant::now(),
+                })
+                .await;
+        }
+        pipeline.update_gains(last_ms);
+        let gain = |scanner: &str| -> f64 {
+            let text = telemetry.render();
+            let prefix = format!("gateway_scanner_gain_db{{scanner=\"{scanner}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no gain series for {scanner}"))
+                .parse()
+                .unwrap()
+        };
+        assert!((gain("tv") + 10.0).abs() <= 1.5, "tv: {}", gain("tv"));
+        for scanner in ["entrance", "laptops", "phones", "audio", "checkout"] {
+            assert!(gain(scanner).abs() <= 1.5, "{scanner}: {}", gain(scanner));
+        }
+        assert_eq!(
+            telemetry.counter("scanner_gain_alerts_total", &[("status", "drifted")]),
+            1
+        );
+        assert_eq!(
+            telemetry.counter("scanner_gain_alerts_total", &[("status", "deaf")]),
+            0
+        );
+        // Presence takes the drift off tv's readings (no map: against 0).
+        let drift = pipeline.gain.as_ref().unwrap().correction("tv").unwrap();
+        assert!((drift + 10.0).abs() <= 1.5);
+        assert!(!telemetry.render().contains("scanner=\"unknown"));
+
+        // A reload of the same site keeps what was learned; one that moves
+        // a scanner starts learning again (its expectations changed).
+        let again = Arc::new(
+            crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap(),
+        );
+        pipeline.apply_config(again);
+        assert!(pipeline.gain.as_ref().unwrap().gain("tv").is_some());
+        let moved = site.replacen("x = 34.0", "x = 33.0", 1);
+        assert_ne!(moved, site);
+        let moved = Arc::new(
+            crate::config::from_layers("site.toml", Some(&moved), Default::default()).unwrap(),
+        );
+        pipeline.apply_config(moved);
+        assert_eq!(pipeline.gain.as_ref().unwrap().gain("tv"), None);
     }
 }

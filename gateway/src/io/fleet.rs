@@ -105,6 +105,14 @@ impl Fleet {
             .any(|f| self.beacons.iter().any(|b| b.kind.matches(f)))
     }
 
+    /// The index (in the configured list) of the beacon one of these frames
+    /// identifies, if any: what `presence::gain` learns a scanner's gain from.
+    pub fn identify(&self, frames: &[Frame]) -> Option<usize> {
+        frames
+            .iter()
+            .find_map(|f| self.beacons.iter().position(|b| b.kind.matches(f)))
+    }
+
     /// Whether `addr` is where one of the store's beacons was last heard.
     pub fn knows_addr(&self, addr: &BdAddr) -> bool {
         self.state.iter().any(|s| s.addr.as_ref() == Some(addr))

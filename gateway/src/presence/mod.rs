@@ -46,6 +46,7 @@
 //! map. Without a map nothing of this runs.
 
 pub mod eval;
+pub mod gain;
 pub mod radiomap;
 
 use std::collections::{BTreeSet, HashMap};
@@ -320,6 +321,9 @@ struct ScannerInfo {
     name: Box<str>,
     zone: ZoneId,
     offset_db: f32,
+    /// The drift of its gain learned from the store's beacons ([`gain`]),
+    /// taken off every reading (0 when unknown).
+    gain_db: f32,
     /// The scanner's index in the radio map, if there is a map and it
     /// has the scanner.
     map_index: Option<u16>,
@@ -536,6 +540,9 @@ pub struct PresenceEngine {
     scanner_index: HashMap<Box<str>, u32>,
     people: HashMap<PersonId, PersonState>,
     seeds: HashMap<PersonId, VisitSeed>,
+    /// Gain drifts set by [`PresenceEngine::set_scanner_gain`], for
+    /// scanners not heard yet.
+    gains: HashMap<Box<str>, f32>,
 }
 
 fn same_zone(a: &ZoneId, b: &ZoneId) -> bool {
@@ -564,6 +571,22 @@ impl PresenceEngine {
             scanner_index: HashMap::new(),
             people: HashMap::new(),
             seeds: HashMap::new(),
+            gains: HashMap::new(),
+        }
+    }
+
+    /// The drift of a scanner's gain learned from the store's beacons
+    /// (`gain::GainTracker::correction`): taken off its readings from now
+    /// on. `None` (not known, or deaf) takes nothing off.
+    pub fn set_scanner_gain(&mut self, scanner: &str, drift_db: Option<f32>) {
+        let drift = drift_db.filter(|g| g.is_finite()).unwrap_or(0.0);
+        if drift == 0.0 {
+            self.gains.remove(scanner);
+        } else {
+            self.gains.insert(scanner.into(), drift);
+        }
+        if let Some(&id) = self.scanner_index.get(scanner) {
+            self.scanners[id as usize].gain_db = drift;
         }
     }
 
@@ -658,7 +681,8 @@ impl PresenceEngine {
             return;
         }
         let scanner = self.scanner_id(scanner);
-        let offset = self.scanners[scanner as usize].offset_db;
+        let info = &self.scanners[scanner as usize];
+        let offset = info.offset_db - info.gain_db;
         // Time can jump (a replay, a restart, a simulated night): a reading
         // after more than the visit gap ends the old visit before it starts
         // a new one, whether or not a tick saw the gap.
@@ -786,6 +810,7 @@ impl PresenceEngine {
             name: scanner.into(),
             zone: self.config.zone_of(scanner),
             offset_db: offset_of(&self.config, scanner),
+            gain_db: self.gains.get(scanner).copied().unwrap_or(0.0),
             map_index: map_index_of(&self.config, scanner),
         });
         self.scanner_index.insert(scanner.into(), id);

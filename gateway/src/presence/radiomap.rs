@@ -75,6 +75,13 @@ pub struct RadioMap {
     /// Per scanner: the mean level it hears in its own zone, minus the
     /// median of the same over the scanners (0 when its zone was not walked).
     pub scanner_gain_db: Vec<f32>,
+    /// Per scanner: its gain learned from the store's beacons during the
+    /// walk (`presence::gain`), when the site file gave their positions.
+    /// The engine corrects a scanner's later drift relative to this, so
+    /// that the histograms, learned at these gains, still fit. Empty: not
+    /// known (then no drift is corrected with this map).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub beacon_gain_db: BTreeMap<String, f32>,
     /// Zone pairs the walk went between without crossing the hall.
     pub adjacency: Vec<[String; 2]>,
     /// How much of each place the walk covered, in `places` order.
@@ -230,6 +237,14 @@ impl RadioMap {
                 format!("must be {n} finite numbers, one per scanner"),
             ));
         }
+        for (s, g) in &self.beacon_gain_db {
+            if !self.scanners.contains(s) || !g.is_finite() {
+                return Err(MapError::new(
+                    format!("beacon_gain_db.{s}"),
+                    "must be a finite number for a scanner of the map",
+                ));
+            }
+        }
         for (i, [a, b]) in self.adjacency.iter().enumerate() {
             if !places.contains(a.as_str()) || !places.contains(b.as_str()) || a == b {
                 return Err(MapError::new(
@@ -308,7 +323,11 @@ impl RadioMap {
             );
         }
         for (s, g) in self.scanners.iter().zip(&self.scanner_gain_db) {
-            let _ = writeln!(out, "  scanner {s:<20} gain {g:+.1} dB");
+            let _ = write!(out, "  scanner {s:<20} gain {g:+.1} dB");
+            if let Some(b) = self.beacon_gain_db.get(s) {
+                let _ = write!(out, ", {b:+.1} dB from the store's beacons");
+            }
+            let _ = writeln!(out);
         }
         out
     }
@@ -605,6 +624,7 @@ pub fn calibrate(
             scanners,
             places: place_levels,
             scanner_gain_db,
+            beacon_gain_db: BTreeMap::new(),
             adjacency: adjacency.into_iter().collect(),
             coverage,
         },
