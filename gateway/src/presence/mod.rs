@@ -594,7 +594,7 @@ impl PresenceEngine {
     pub fn set_config(&mut self, config: PresenceConfig) {
         self.hall = HallRule::new(&config, &self.tuning);
         let same_map = match (&self.config.radio_map, &config.radio_map) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a.same_as(b),
             (None, None) => true,
             _ => false,
         };

@@ -735,6 +735,13 @@ impl std::fmt::Debug for RadioModel {
 const ANYWHERE_SHARE: f32 = 0.05;
 
 impl RadioModel {
+    /// Whether two models are built from the same map for the same places:
+    /// a reload reads the map file again, and an unchanged map must not
+    /// restart every present person's filter.
+    pub fn same_as(&self, other: &RadioModel) -> bool {
+        self.map == other.map && self.places == other.places
+    }
+
     /// `zone_ids`: the engine's zone ids, so that the map's places are the
     /// very ids events carry.
     pub fn new(map: RadioMap, zone_ids: &[super::ZoneId]) -> Self {

@@ -333,6 +333,25 @@ fn swapping_the_map_keeps_who_is_present() {
     assert_eq!(places(&out), ["entered", "+a"]);
 }
 
+/// A reload reads the map file again: the same map, rebuilt, keeps every
+/// present person's filter where it was.
+#[test]
+fn a_reload_with_the_same_map_keeps_the_filters() {
+    let mut e = engine_with_map();
+    let p = crate::identity::PersonId::from("p-1");
+    let mut out = Vec::new();
+    for i in 0..10 {
+        e.observe(&p, "s-a", -60, i * 500, &mut out);
+        e.observe(&p, "s-b", -85, i * 500, &mut out);
+    }
+    let filtering = |e: &PresenceEngine| e.people.values().all(|s| s.map.is_some());
+    assert!(filtering(&e));
+    let mut config = e.config().clone();
+    config.radio_map = engine_with_map().config().radio_map.clone();
+    e.set_config(config);
+    assert!(filtering(&e), "an unchanged map restarted the filter");
+}
+
 proptest! {
     /// The filter's sparse moves are the dense move shares.
     #[test]
