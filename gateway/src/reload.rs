@@ -119,12 +119,13 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     })
 }
 
-/// The stamps of the files watched: the site file, then the radio map of
-/// the configuration in force (a new map path is watched once applied).
+/// The stamps of the files watched: the site file, then the catalog and
+/// the radio map of the configuration in force (a new path is watched once
+/// applied).
 fn stamps(path: &std::path::Path, current: &watch::Sender<Arc<Config>>) -> Vec<Option<Stamp>> {
-    let map = current.borrow().radio_map_path.clone();
+    let others = current.borrow().content_files.clone();
     std::iter::once(stamp(path))
-        .chain(map.map(|m| stamp(&m)))
+        .chain(others.iter().map(|f| stamp(f)))
         .collect()
 }
 
@@ -393,6 +394,50 @@ mod tests {
             .scanners[0]
             .heard;
         assert_eq!(heard, 0.625);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// The catalog is part of the configuration: rewritten in place, the
+    /// site file untouched, it is reloaded (its contents are in the hash).
+    #[tokio::test]
+    async fn a_catalog_rewritten_in_place_is_reloaded_by_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        let catalog = dir.path().join("catalog.toml");
+        let product = |price: &str| {
+            format!(
+                "currency = \"EUR\"\n[[products]]\nid = \"lt-1\"\nname = \"Aero\"\n\
+                 category = \"laptops\"\nprice = \"{price}\"\nrating = 4.5\nreviews = 10\n"
+            )
+        };
+        std::fs::write(&catalog, product("999.00")).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{SITE}[catalog]\npath = {:?}\n",
+                catalog.display().to_string()
+            ),
+        )
+        .unwrap();
+        let (tx, mut rx) = watch::channel(Arc::new(config::load(Some(&path)).unwrap()));
+        let first_hash = rx.borrow().hash.clone();
+        let telemetry = Arc::new(Telemetry::new());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(path.clone(), tx, telemetry.clone(), cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&catalog, product("1099.00")).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("reloaded within 10 s")
+            .unwrap();
+        let price = {
+            let config = rx.borrow();
+            let catalog = config.catalog.as_ref().unwrap();
+            catalog.in_category("laptops")[0].price.cents
+        };
+        assert_eq!(price, 109_900);
+        assert_ne!(rx.borrow().hash, first_hash);
         cancel.cancel();
         task.await.unwrap();
     }

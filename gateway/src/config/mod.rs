@@ -80,6 +80,9 @@ pub struct Config {
     /// The radio map file `presence.radio_map` names, as written: the
     /// reload watcher watches it beside the site file.
     pub radio_map_path: Option<PathBuf>,
+    /// The catalog's and the radio map's files: their contents are in
+    /// [`Config::hash`], and the reload watcher watches them.
+    pub content_files: Vec<PathBuf>,
     pub max_future_skew_ms: i64,
     pub decode: DecodeOptions,
     pub nudge_expiry: Duration,
@@ -501,12 +504,21 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         .as_deref()
         .filter(|p| !p.trim().is_empty())
         .map(PathBuf::from);
+    // The files whose contents are part of the configuration, not only
+    // their paths: a catalog or a map written again in place (`gateway
+    // calibrate` after a new walk) is a new config. Secrets are left out:
+    // the hash is published with the status.
+    let content_files: Vec<PathBuf> = raw
+        .catalog
+        .as_ref()
+        .map(|c| PathBuf::from(&c.path))
+        .into_iter()
+        .chain(radio_map_path.clone())
+        .collect();
     let hash = {
         let mut digest = Sha256::new();
         digest.update(format!("{raw:?}").as_bytes());
-        // The map's contents, not only its path: a map written again in
-        // place (`gateway calibrate` after a new walk) is a new config.
-        if let Some(Ok(bytes)) = radio_map_path.as_deref().map(|p| inputs.file(p)) {
+        for bytes in content_files.iter().filter_map(|p| inputs.file(p).ok()) {
             digest.update(bytes);
         }
         hex::encode(&digest.finalize()[..6])
@@ -635,6 +647,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         presence,
         scanner_gain,
         radio_map_path,
+        content_files,
         max_future_skew_ms,
         decode,
         nudge_expiry,
