@@ -313,6 +313,9 @@ label_values! {
         Tombstone = "tombstone",
         UpsertPerson = "upsert_person",
         ReloadPeople = "reload_people",
+        /// A person's record read for a decision, a check-in, a purchase
+        /// or a CRM change (only the hot part is held in memory).
+        PersonRecord = "person_record",
         Erase = "erase",
         PurgeOutbox = "purge_outbox",
         Feedback = "feedback",

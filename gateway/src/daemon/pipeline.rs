@@ -66,9 +66,9 @@ impl Pipeline {
         reservations: Reservations,
         outgoing: mpsc::Sender<OutgoingMessage>,
     ) -> Result<Self, StoreError> {
-        let records = store.people().collect::<Result<Vec<_>, _>>()?;
         let now = wall_ms();
-        let people = People::load(records, now / 1000);
+        // Streamed: only the hot part of each record stays in memory.
+        let people = People::load(store.people(), Arc::new(store.clone()), now / 1000)?;
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);
@@ -334,8 +334,13 @@ impl Pipeline {
     /// A presence event → the candidates it triggers (dwell, exit, n-th
     /// visit) → decisions.
     pub(super) async fn decide_event(&mut self, event: &PresenceEvent) {
-        let Some(person) = self.people.get(event.person()) else {
-            return;
+        let person = match self.people.get(event.person()) {
+            Ok(Some(person)) => person,
+            Ok(None) => return,
+            Err(e) => {
+                events::storage_error(&self.telemetry, "person_record", &e);
+                return;
+            }
         };
         let visit_number = match event {
             PresenceEvent::Entered { .. } => {
