@@ -95,6 +95,14 @@ pub struct People {
     fingerprints: RandomState,
     table: RotatingIdTable,
     records: Arc<dyn Records>,
+    /// Heap of the person ids held in `slots` (kept as they change, so
+    /// that [`People::heap_bytes`] costs nothing at a million people).
+    id_bytes: usize,
+}
+
+/// What a person id costs on the heap: its text and the reference counts.
+fn id_bytes(person: &PersonId) -> usize {
+    person.as_str().len() + 2 * size_of::<usize>()
 }
 
 /// What an upsert changed, for the caller to persist and act on.
@@ -136,6 +144,7 @@ impl People {
             fingerprints: RandomState::new(),
             table: RotatingIdTable::new(),
             records,
+            id_bytes: 0,
         }
     }
 
@@ -286,12 +295,7 @@ impl People {
     pub fn heap_bytes(&self) -> PeopleBytes {
         let buckets = |capacity: usize| (capacity * 8 / 7).next_power_of_two();
         let table = |t: &HashTable<u32>| buckets(t.capacity()) * (1 + size_of::<u32>());
-        let ids: usize = self
-            .slots
-            .iter()
-            .flatten()
-            .map(|h| h.person.as_str().len() + 2 * size_of::<usize>())
-            .sum();
+        let ids = self.id_bytes;
         PeopleBytes {
             people: self.slots.capacity() * size_of::<Option<Hot>>()
                 + self.free.capacity() * size_of::<u32>()
@@ -383,6 +387,7 @@ impl People {
         // Their e-mails and cards are not known without the record: a
         // sweep, for a rare event.
         self.named.retain(|n| n.slot != slot);
+        self.id_bytes -= id_bytes(person);
         self.slots[slot as usize] = None;
         self.free.push(slot);
         self.table.remove_person(person);
@@ -443,6 +448,7 @@ impl People {
                 slot
             }
             None => {
+                self.id_bytes += id_bytes(&record.person);
                 let hot = Hot {
                     person: record.person.clone(),
                     recipient,

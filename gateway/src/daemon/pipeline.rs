@@ -4,6 +4,7 @@
 //! reloads. Incoming MQTT messages are handled in `incoming/`.
 
 use super::*;
+use crate::telemetry::{Cache, MemoryPart};
 
 /// The pure core driven by I/O: decode → resolve → presence → decide, plus
 /// the people-changing messages (CRM, consent, check-ins).
@@ -78,6 +79,7 @@ impl Pipeline {
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
+        events::cache_limit(&telemetry, Cache::Sled, config.storage_cache_bytes);
         Ok(Pipeline {
             config,
             store,
@@ -159,6 +161,7 @@ impl Pipeline {
         self.handle_events(&events).await;
         self.events = events;
         events::people_present(&self.telemetry, self.presence.present_count());
+        self.report_memory();
         for sighting in self.merger.flush_due(now) {
             self.on_sighting(Ingested {
                 source: topics::ScannerFeed::OpenMqttGateway.into(),
@@ -185,6 +188,16 @@ impl Pipeline {
             self.last_sweep_ms = now;
             self.sweep(now).await;
         }
+    }
+
+    /// The heap held for the people enrolled, by part (every tick: each
+    /// part is read from capacities, at no cost).
+    pub(super) fn report_memory(&self) {
+        let people = self.people.heap_bytes();
+        events::memory(&self.telemetry, MemoryPart::People, people.people);
+        events::memory(&self.telemetry, MemoryPart::RotatingIds, people.rotating_ids);
+        let vault = self.store.vault_heap_bytes();
+        events::memory(&self.telemetry, MemoryPart::VaultIndex, vault);
     }
 
     /// Retention: decision-log entries older than the window go.

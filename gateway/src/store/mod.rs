@@ -763,6 +763,11 @@ impl Store {
         })
     }
 
+    /// Heap held by the key vault's index of its file.
+    pub fn vault_heap_bytes(&self) -> usize {
+        self.vault().heap_bytes()
+    }
+
     pub fn people_count(&self) -> usize {
         self.people.len()
     }
