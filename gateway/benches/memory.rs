@@ -126,7 +126,10 @@ fn main() {
     // Only the hot part stays: whole records are read from the store when
     // needed (here an empty map stands for it; nothing below reads one).
     let people = People::load(
-        records.iter().cloned().map(Ok::<_, std::convert::Infallible>),
+        records
+            .iter()
+            .cloned()
+            .map(Ok::<_, std::convert::Infallible>),
         std::sync::Arc::new(MemoryRecords::new()),
         START_S,
     )

@@ -52,9 +52,7 @@ impl MemoryRecords {
         self.map().remove(person);
     }
 
-    fn map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PersonId, PersonRecord>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PersonId, PersonRecord>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -276,8 +274,18 @@ impl People {
         self.resolve(rotating_id).filter(|p| self.opted_in(p))
     }
 
+    /// Centres the rotating-ID table on `now_s`'s interval at once.
     pub fn roll_to(&mut self, now_s: i64) {
         self.table.roll_to(now_s);
+    }
+
+    /// Moves the rotating-ID table towards `now_s`'s interval by at most
+    /// `max_keys` keys (a roll by one interval; larger jumps are done at
+    /// once): the pipeline's way, so that no sighting waits for a whole
+    /// roll. Returns whether the table is centred on it.
+    pub fn roll_toward(&mut self, now_s: i64, max_keys: usize) -> bool {
+        self.table.start_roll(now_s);
+        self.table.roll_some(max_keys)
     }
 
     pub fn len(&self) -> usize {
@@ -420,10 +428,9 @@ impl People {
     /// Takes one e-mail or card of the person in `slot` out of the index.
     fn unname(&mut self, identity: &Identity, slot: u32) {
         let fingerprint = self.fingerprints.hash_one(identity);
-        if let Ok(found) = self
-            .named
-            .find_entry(fingerprint, |n| n.fingerprint == fingerprint && n.slot == slot)
-        {
+        if let Ok(found) = self.named.find_entry(fingerprint, |n| {
+            n.fingerprint == fingerprint && n.slot == slot
+        }) {
             found.remove();
         }
     }
@@ -465,11 +472,10 @@ impl People {
                     }
                 };
                 let (slots, hasher) = (&self.slots, &self.hasher);
-                self.by_person.insert_unique(
-                    hasher.hash_one(record.person.as_str()),
-                    slot,
-                    |&i| hasher.hash_one(slot_of(slots, i).person.as_str()),
-                );
+                self.by_person
+                    .insert_unique(hasher.hash_one(record.person.as_str()), slot, |&i| {
+                        hasher.hash_one(slot_of(slots, i).person.as_str())
+                    });
                 slot
             }
         };

@@ -169,9 +169,11 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
     let mut lines = JsonLines::open(path)?;
     while let Some(line) = lines.next_line()? {
         let (number, offset) = (line.number, line.offset);
-        let record = match line.text.map_err(String::from).and_then(|text| {
-            PersonRecord::from_json(&text).map_err(|e| e.to_string())
-        }) {
+        let record = match line
+            .text
+            .map_err(String::from)
+            .and_then(|text| PersonRecord::from_json(&text).map_err(|e| e.to_string()))
+        {
             Ok(record) => record,
             Err(e) => {
                 errors.push(format!("{}:{number}: {e}", path.display()));
@@ -269,9 +271,9 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
         let line = lines.next_line()?;
         let done = line.is_none();
         if let Some(line) = line.filter(|l| !bad_lines.contains(&l.number)) {
-            let text = line.text.map_err(|e| {
-                CliError::new(format!("{}:{}: {e}", path.display(), line.number))
-            })?;
+            let text = line
+                .text
+                .map_err(|e| CliError::new(format!("{}:{}: {e}", path.display(), line.number)))?;
             let record = PersonRecord::from_json(&text)
                 .map_err(|e| CliError::new(format!("{}:{}: {e}", path.display(), line.number)))?;
             let id = record.person.to_string();
@@ -279,9 +281,8 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
             let erased_at = store.tombstone(&id).map_err(store_err)?;
             // Folded as in the first pass: the store is locked to this
             // process, and each person is in the file once.
-            let record = PersonRecord::fold(held, record, erased_at, now).map_err(|e| {
-                CliError::new(format!("{}: person {id}: {e}", path.display()))
-            })?;
+            let record = PersonRecord::fold(held, record, erased_at, now)
+                .map_err(|e| CliError::new(format!("{}: person {id}: {e}", path.display())))?;
             chunk.push(record);
         }
         if chunk.len() == IMPORT_CHUNK || (done && !chunk.is_empty()) {
@@ -378,7 +379,11 @@ impl JsonLines {
             .seek(SeekFrom::Start(offset))
             .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
         let changed = || CliError::new(format!("{}: changed while it was read", path.display()));
-        let text = lines.next_line()?.ok_or_else(changed)?.text.map_err(|_| changed())?;
+        let text = lines
+            .next_line()?
+            .ok_or_else(changed)?
+            .text
+            .map_err(|_| changed())?;
         PersonRecord::from_json(&text).map_err(|_| changed())
     }
 }

@@ -56,6 +56,13 @@ const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 /// How stale the persisted "last seen" of a visit may get. Well under the
 /// visit gap, so that a quick restart continues the visit.
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
+/// Keys of the rotating-ID table rolled per sighting or tick while a roll
+/// by one interval is under way (about a millisecond's work): a million
+/// keys roll over some 250 sightings instead of stopping the pipeline for
+/// the whole roll, and both windows of a roll under way hold the current
+/// interval (`identity::table`).
+pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
+
 /// How often retention runs (event time).
 const SWEEP_EVERY_MS: i64 = 3_600_000;
 
@@ -154,7 +161,7 @@ impl Pipeline {
 
     pub(super) async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
-        self.people.roll_to(now / 1000);
+        self.people.roll_toward(now / 1000, ROLL_KEYS_PER_STEP);
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
@@ -195,7 +202,11 @@ impl Pipeline {
     pub(super) fn report_memory(&self) {
         let people = self.people.heap_bytes();
         events::memory(&self.telemetry, MemoryPart::People, people.people);
-        events::memory(&self.telemetry, MemoryPart::RotatingIds, people.rotating_ids);
+        events::memory(
+            &self.telemetry,
+            MemoryPart::RotatingIds,
+            people.rotating_ids,
+        );
         let vault = self.store.vault_heap_bytes();
         events::memory(&self.telemetry, MemoryPart::VaultIndex, vault);
     }
@@ -243,7 +254,8 @@ impl Pipeline {
             );
             return;
         }
-        self.people.roll_to(self.clock.now_ms() / 1000);
+        self.people
+            .roll_toward(self.clock.now_ms() / 1000, ROLL_KEYS_PER_STEP);
         let mut frames = std::mem::take(&mut self.frames);
         if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
             events::advert_undecodable(&self.telemetry, item.source);

@@ -39,15 +39,16 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "person_record", &e);
             rejection("storage", "could not be read; nothing changed")
         })?;
-        let merged = PersonRecord::fold(held, record, erased_at, now)
-            .inspect_err(|_| {
-                events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
-            })?;
+        let merged = PersonRecord::fold(held, record, erased_at, now).inspect_err(|_| {
+            events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
+        })?;
         self.upsert(merged).await
     }
 
     pub(super) async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
-        self.people.check(&record).map_err(|e| self.people_rejection(e))?;
+        self.people
+            .check(&record)
+            .map_err(|e| self.people_rejection(e))?;
         let held = self.people.get(&record.person).map_err(|e| {
             events::storage_error(&self.telemetry, "person_record", &e);
             rejection("storage", "could not be read; nothing changed")
