@@ -130,6 +130,7 @@ fn main() {
             .iter()
             .cloned()
             .map(Ok::<_, std::convert::Infallible>),
+        records.len(),
         std::sync::Arc::new(MemoryRecords::new()),
         START_S,
     )

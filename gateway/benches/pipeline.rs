@@ -278,8 +278,10 @@ impl Pipeline {
         for record in &records {
             store.put(record.clone());
         }
+        let count = records.len();
         let people = People::load(
             records.into_iter().map(Ok::<_, std::convert::Infallible>),
+            count,
             store,
             START_MS / 1000,
         )

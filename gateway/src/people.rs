@@ -147,15 +147,18 @@ impl People {
     }
 
     /// Index stored records (no checks: they were validated when stored),
-    /// one at a time: the records themselves are not kept.
+    /// one at a time: the records themselves are not kept. `expected` is
+    /// how many there are, about (room is made for them up front: growing
+    /// the tables on the way would hold the old and the new at once).
     pub fn load<E>(
         stored: impl IntoIterator<Item = Result<PersonRecord, E>>,
+        expected: usize,
         records: Arc<dyn Records>,
         now_s: i64,
     ) -> Result<Self, E> {
         let stored = stored.into_iter();
         let mut people = People::new(records);
-        people.reserve(stored.size_hint().0);
+        people.reserve(stored.size_hint().0.max(expected));
         for record in stored {
             people.index(&record?);
         }
@@ -567,6 +570,7 @@ mod tests {
             }
             let people = People::load(
                 stored.into_iter().map(Ok::<_, RecordsError>),
+                0,
                 records.clone(),
                 now_s,
             )

@@ -76,7 +76,12 @@ impl Pipeline {
     ) -> Result<Self, StoreError> {
         let now = wall_ms();
         // Streamed: only the hot part of each record stays in memory.
-        let people = People::load(store.people(), Arc::new(store.clone()), now / 1000)?;
+        let people = People::load(
+            store.people(),
+            store.people_hint(),
+            Arc::new(store.clone()),
+            now / 1000,
+        )?;
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);

@@ -763,6 +763,12 @@ impl Store {
         })
     }
 
+    /// About how many people are stored, at no cost: the vault's keys (one
+    /// a person; `people_count` walks the tree).
+    pub fn people_hint(&self) -> usize {
+        self.vault().len()
+    }
+
     /// Heap held by the key vault's index of its file.
     pub fn vault_heap_bytes(&self) -> usize {
         self.vault().heap_bytes()

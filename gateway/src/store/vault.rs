@@ -192,6 +192,15 @@ impl Vault {
         Ok(None)
     }
 
+    /// How many keys the vault holds.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// Heap held by the index, from capacities (one control byte and one
     /// slot number per bucket, 8 bytes of tag per slot of the file).
     pub fn heap_bytes(&self) -> usize {
