@@ -694,6 +694,11 @@ mod tests {
         /// Roll to base interval + offset (jumps forward and back, small
         /// and large).
         Roll(i8),
+        /// Start a roll to base interval + offset (by one interval: left
+        /// under way; larger jumps: done at once).
+        Start(i8),
+        /// Roll this many key slots of a roll under way.
+        Step(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -702,6 +707,8 @@ mod tests {
             1 => (0..6u8).prop_map(Op::RemoveKey),
             1 => (0..4u8).prop_map(Op::RemovePerson),
             2 => (-6..6i8).prop_map(Op::Roll),
+            2 => (-6..6i8).prop_map(Op::Start),
+            2 => (0..4u8).prop_map(Op::Step),
         ]
     }
 
@@ -725,6 +732,8 @@ mod tests {
             let mut table = RotatingIdTable::new();
             let mut model: BTreeMap<u8, u8> = BTreeMap::new();
             let mut centre: Option<i64> = None;
+            // The interval a roll under way heads to.
+            let mut target: Option<i64> = None;
             for op in ops {
                 match op {
                     Op::Insert(p, k) => {
@@ -742,16 +751,54 @@ mod tests {
                     Op::Roll(offset) => {
                         let interval = BASE + i64::from(offset);
                         let rolled = table.roll_to(interval * 600 + 599);
-                        prop_assert_eq!(rolled, centre != Some(interval));
+                        prop_assert_eq!(rolled, target.or(centre) != Some(interval));
                         centre = Some(interval);
+                        target = None;
+                    }
+                    Op::Start(offset) => {
+                        let interval = BASE + i64::from(offset);
+                        let started = table.start_roll(interval * 600 + 599);
+                        prop_assert_eq!(started, target.or(centre) != Some(interval));
+                        if started {
+                            // A roll under way is finished first.
+                            centre = target.or(centre);
+                            match centre {
+                                Some(c) if (interval - c).abs() == 1 => target = Some(interval),
+                                _ => {
+                                    centre = Some(interval);
+                                    target = None;
+                                }
+                            }
+                        }
+                    }
+                    Op::Step(n) => {
+                        if table.roll_some(usize::from(n)) {
+                            centre = target.or(centre);
+                            target = None;
+                        }
                     }
                 }
+                prop_assert_eq!(table.rolling(), target.is_some());
                 prop_assert_eq!(table.key_count(), model.len());
                 let expected_ids = if centre.is_some() { model.len() * 3 } else { 0 };
                 prop_assert_eq!(table.id_count(), expected_ids);
                 for k in 0..6u8 {
                     for interval in BASE - 9..=BASE + 9 {
                         let id = rpi_with(&ciphers[k as usize], interval as u32);
+                        if let (Some(c), Some(t)) = (centre, target) {
+                            // Under way: what both windows hold resolves,
+                            // what neither holds does not; the rest depends
+                            // on where the key's slot is.
+                            let in_old = (interval - c).abs() <= 1;
+                            let in_new = (interval - t).abs() <= 1;
+                            let owner = model.get(&k).map(|p| &people[*p as usize]);
+                            if in_old && in_new {
+                                prop_assert_eq!(table.lookup(&id), owner);
+                            } else if !in_old && !in_new {
+                                prop_assert_eq!(table.lookup(&id), None);
+                            }
+                            continue;
+                        }
                         let live = centre.is_some_and(|c| (interval - c).abs() <= 1);
                         let expected = model.get(&k).filter(|_| live).map(|p| &people[*p as usize]);
                         prop_assert_eq!(table.lookup(&id), expected);
