@@ -141,6 +141,36 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     assert_eq!(table.id_count() as u64, 3 * n);
+
+    // The daemon's way: a roll in steps of 4,096 keys, one step per
+    // sighting or tick (daemon::pipeline), so the longest step is the
+    // longest a sighting waits for the roll.
+    for _ in 0..3 {
+        now_s += 600;
+        table.start_roll(now_s);
+        let mut steps = Vec::new();
+        let whole = Instant::now();
+        loop {
+            let t = Instant::now();
+            let done = table.roll_some(4096);
+            steps.push(t.elapsed());
+            if done {
+                break;
+            }
+        }
+        let whole = whole.elapsed();
+        steps.sort_unstable();
+        let at = |q: f64| steps[((steps.len() - 1) as f64 * q) as usize];
+        println!(
+            "roll in steps of 4096 keys, {n} keys: {} steps, {whole:.2?} in all; \
+             step median {:.2?}, p99 {:.2?}, max {:.2?}",
+            steps.len(),
+            at(0.5),
+            at(0.99),
+            steps[steps.len() - 1]
+        );
+    }
+    assert_eq!(table.id_count() as u64, 3 * n);
 }
 
 criterion_group!(benches, bench);

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
-use gateway::people::People;
+use gateway::people::{MemoryRecords, People};
 use gateway::presence::{PresenceConfig, PresenceEngine, ZoneId};
 
 const START_S: i64 = 1_795_485_600;
@@ -120,39 +120,34 @@ fn main() {
         (with_presence - before_presence) as f64 / PRESENT as f64
     );
     // Records as they come out of the store: built first, measured apart.
-    let consent = Consent {
-        proximity: true,
-        product_info: true,
-        offers: false,
-        thanks: true,
-        feedback: false,
-    };
-    let records: Vec<PersonRecord> = (0..PEOPLE)
-        .map(|i| PersonRecord {
-            person: PersonId::from(format!("p-{i:06}").as_str()),
-            recipient: format!("r-{i:06}"),
-            timezone: None,
-            identities: vec![Identity::App { key: key(i) }],
-            consent,
-            interests: vec!["laptops".into()],
-            owns: Vec::new(),
-            stamps: Default::default(),
-        })
-        .collect();
+    let records = people_records();
     let with_records = resident_bytes();
-    let people_base = with_presence;
     let t = Instant::now();
-    let people = People::load(records, START_S);
+    // Only the hot part stays: whole records are read from the store when
+    // needed (here an empty map stands for it; nothing below reads one).
+    let people = People::load(
+        records
+            .iter()
+            .cloned()
+            .map(Ok::<_, std::convert::Infallible>),
+        records.len(),
+        std::sync::Arc::new(MemoryRecords::new()),
+        START_S,
+    )
+    .unwrap_or_else(|e| match e {});
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let with_people = resident_bytes();
     println!(
         "memory: People::load of {PEOPLE} records (1 app key each) took {load_ms:.0} ms; \
-         resident {:.1} MB over baseline ({:.1} MB of it the input Vec<PersonRecord>, \
-         moved into People), {:.0} bytes/person",
-        mb(with_people - people_base),
-        mb(with_records - people_base),
-        (with_people - people_base) as f64 / PEOPLE as f64
+         resident {:.1} MB over the input Vec<PersonRecord> ({:.1} MB, dropped below), \
+         {:.0} bytes/person; heap_bytes() says {:?}",
+        mb(with_people.saturating_sub(with_records)),
+        mb(with_records - with_presence),
+        with_people.saturating_sub(with_records) as f64 / PEOPLE as f64,
+        people.heap_bytes()
     );
+    let people_bytes = with_people.saturating_sub(with_records);
+    drop(records);
 
     let with_both = resident_bytes();
     let total = with_both - base;
@@ -175,26 +170,45 @@ fn main() {
         mb(trimmed_resident_bytes().saturating_sub(base)),
         mb(with_both.saturating_sub(trimmed_resident_bytes()))
     );
-    components(&people, &ids, with_people - people_base);
     println!(
         "memory: people {} (sanity {}), present {}",
         people.len(),
-        people.get(&ids[0]).is_some(),
+        people.contains(&ids[0]),
         engine.present_count()
     );
+    components(&people_records(), &ids, people_bytes);
+}
+
+/// The enrolled people's records, as they come out of the store.
+fn people_records() -> Vec<PersonRecord> {
+    let consent = Consent {
+        proximity: true,
+        product_info: true,
+        offers: false,
+        thanks: true,
+        feedback: false,
+    };
+    (0..PEOPLE)
+        .map(|i| PersonRecord {
+            person: PersonId::from(format!("p-{i:06}").as_str()),
+            recipient: format!("r-{i:06}"),
+            timezone: None,
+            identities: vec![Identity::App { key: key(i) }],
+            consent,
+            interests: vec!["laptops".into()],
+            owns: Vec::new(),
+            stamps: Default::default(),
+        })
+        .collect()
 }
 
 /// What dominates: each part built alone, measured as a trimmed live set.
-fn components(people: &People, ids: &[PersonId], people_bytes: u64) {
+fn components(records: &[PersonRecord], ids: &[PersonId], people_bytes: u64) {
     use gateway::identity::{IdentityIndex, RotatingIdTable};
     use std::collections::HashMap;
-    let records: Vec<PersonRecord> = (0..PEOPLE)
-        .map(|i| people.get(&PersonId::from(format!("p-{i:06}").as_str())))
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
     let base = trimmed_resident_bytes();
     let mut table = RotatingIdTable::new();
-    for r in &records {
+    for r in records {
         for k in r.app_keys() {
             table.insert_key(r.person.clone(), *k);
         }
@@ -220,7 +234,7 @@ fn components(people: &People, ids: &[PersonId], people_bytes: u64) {
     // For comparison: the structures People kept before it was compacted.
     let base = trimmed_resident_bytes();
     let mut index = IdentityIndex::new();
-    for r in &records {
+    for r in records {
         let _ = index.apply_record(r);
     }
     let after = trimmed_resident_bytes();

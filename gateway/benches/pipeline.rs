@@ -32,7 +32,7 @@ use gateway::decide::{
 use gateway::decode::{DecodeOptions, Frame, decode_into};
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord, interval_of, rotating_id};
 use gateway::io::fleet::{BeaconKind, Fleet, FleetBeacon};
-use gateway::people::People;
+use gateway::people::{MemoryRecords, People};
 use gateway::presence::{PresenceConfig, PresenceEngine, PresenceEvent, ZoneId};
 use gateway::sighting::BdAddr;
 
@@ -275,7 +275,18 @@ impl Pipeline {
     pub fn new() -> Self {
         let records = records();
         let keys: Vec<[u8; 16]> = (0..ENROLLED).map(key).collect();
-        let people = People::load(records, START_MS / 1000);
+        let store = std::sync::Arc::new(MemoryRecords::new());
+        for record in &records {
+            store.put(record.clone());
+        }
+        let count = records.len();
+        let people = People::load(
+            records.into_iter().map(Ok::<_, std::convert::Infallible>),
+            count,
+            store,
+            START_MS / 1000,
+        )
+        .unwrap_or_else(|e| match e {});
         let mut rng = Rng(0x5EED_0042);
         let interval = interval_of(START_MS / 1000);
         let items = (0..BATCH)
@@ -434,7 +445,7 @@ impl Pipeline {
 
     fn decide(&mut self, event: &PresenceEvent) {
         self.dwell_events += 1;
-        let Some(person) = self.people.get(event.person()) else {
+        let Ok(Some(person)) = self.people.get(event.person()) else {
             return;
         };
         let prepared = prepare(

@@ -326,6 +326,9 @@ label_values! {
         Tombstone = "tombstone",
         UpsertPerson = "upsert_person",
         ReloadPeople = "reload_people",
+        /// A person's record read for a decision, a check-in, a purchase
+        /// or a CRM change (only the hot part is held in memory).
+        PersonRecord = "person_record",
         Erase = "erase",
         PurgeOutbox = "purge_outbox",
         Feedback = "feedback",
@@ -370,6 +373,28 @@ label_values! {
     /// The config field naming a secret file.
     SecretField {
         MqttPasswordFile = "mqtt.password_file",
+    }
+}
+
+label_values! {
+    /// A part of the gateway's memory that grows with the people enrolled
+    /// (BENCHMARKS.md §2a): what is held per person, nothing more.
+    MemoryPart {
+        /// People's hot part: ids, consent, recipient and e-mail/card
+        /// fingerprints (`people::People`).
+        People = "people",
+        /// The rotating-identifier table (keys and three ids each).
+        RotatingIds = "rotating_ids",
+        /// The key vault's index of its file (`store::vault`).
+        VaultIndex = "vault_index",
+    }
+}
+
+label_values! {
+    /// A cache bounded by configuration.
+    Cache {
+        /// sled's page cache (`[storage] cache_mb`).
+        Sled = "sled",
     }
 }
 
@@ -425,6 +450,16 @@ struct ByHeldReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByPurpose {
     purpose: ConsentPurpose,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByMemoryPart {
+    part: MemoryPart,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByCache {
+    cache: Cache,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -500,6 +535,8 @@ struct Metrics {
     people_erased: Counter,
     people_refused_erased: Counter,
     people_present: Gauge,
+    memory_bytes: Family<ByMemoryPart, Gauge>,
+    cache_limit_bytes: Family<ByCache, Gauge>,
     incoming: Family<ByTopicKind, Counter>,
     incoming_rejected: Family<ByTopicKindField, Counter>,
     incoming_rate_limited: Family<ByTopicKind, Counter>,
@@ -561,6 +598,8 @@ impl Metrics {
             people_erased: Default::default(),
             people_refused_erased: Default::default(),
             people_present: Default::default(),
+            memory_bytes: Default::default(),
+            cache_limit_bytes: Default::default(),
             incoming: Default::default(),
             incoming_rejected: Default::default(),
             incoming_rate_limited: Default::default(),
@@ -691,6 +730,16 @@ impl Metrics {
             "people_present",
             "People present in the store now",
             people_present
+        );
+        reg!(
+            "memory_bytes",
+            "Heap held for the people enrolled, by part (from capacities)",
+            memory_bytes
+        );
+        reg!(
+            "cache_limit_bytes",
+            "The configured bound of each cache, by cache",
+            cache_limit_bytes
         );
         reg!(
             "incoming",
@@ -1083,7 +1132,7 @@ pub mod events {
         ByBuyer, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish, ByPurpose,
         ByReloadResult, ByState,
     };
-    use super::{ByGainStatus, ByScanner, GainAlert};
+    use super::{ByCache, ByGainStatus, ByMemoryPart, ByScanner, Cache, GainAlert, MemoryPart};
     use crate::decide::{NudgeKind, SkipReason};
 
     /// Home Assistant discovery published (`entities` configs) and
@@ -1194,6 +1243,20 @@ pub mod events {
     pub fn person_recognised(t: &Telemetry, person_hash: &str) {
         t.m.people_recognised.inc();
         tracing::debug!(person = person_hash, "person recognised");
+    }
+
+    /// The heap held for the people enrolled, by part.
+    pub fn memory(t: &Telemetry, part: MemoryPart, bytes: usize) {
+        t.m.memory_bytes
+            .get_or_create(&ByMemoryPart { part })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A cache's configured bound.
+    pub fn cache_limit(t: &Telemetry, cache: Cache, bytes: u64) {
+        t.m.cache_limit_bytes
+            .get_or_create(&ByCache { cache })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// How many people are present now (every tick).
@@ -1750,6 +1813,7 @@ mod tests {
             "outbox_expire",
             "outbox_read",
             "outbox_remove",
+            "person_record",
             "purge_outbox",
             "reload_people",
             "reserve",

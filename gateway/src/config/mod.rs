@@ -59,6 +59,8 @@ pub struct Config {
     pub storage_path: PathBuf,
     /// The bound on sled's page cache, in bytes (`[storage] cache_mb`).
     pub storage_cache_bytes: u64,
+    /// The same for `people import` (`[storage] import_cache_mb`).
+    pub storage_import_cache_bytes: u64,
     pub sources: Vec<SourceSettings>,
     pub zones: Vec<ZoneSettings>,
     /// The store's own beacons, for fleet health (`io::fleet`).
@@ -562,7 +564,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     let (
         Some((store_id, timezone)),
         Some(mqtt),
-        Some((storage_path, storage_cache_bytes)),
+        Some((storage_path, storage_cache_bytes, storage_import_cache_bytes)),
         Some(sources),
         Some(zones),
         Some(beacons),
@@ -635,6 +637,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         mqtt,
         storage_path,
         storage_cache_bytes,
+        storage_import_cache_bytes,
         sources,
         zones: zones.zones,
         beacons,

@@ -89,6 +89,9 @@ pub struct RawStorage {
     /// sled's page cache, in MiB (`config/default.toml`: 16, as
     /// `store::DEFAULT_CACHE_MB` for stores opened without a config).
     pub cache_mb: u64,
+    /// sled's page cache for `gateway people import`, in MiB
+    /// (`config/default.toml`: 256).
+    pub import_cache_mb: u64,
 }
 
 #[derive(Debug, Deserialize)]

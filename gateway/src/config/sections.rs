@@ -448,9 +448,9 @@ pub(super) fn credential_path(
     }
 }
 
-/// `[storage]`: the database's directory and the bound on sled's page
-/// cache, in bytes.
-pub fn storage(raw: &RawStorage) -> Checked<(PathBuf, u64)> {
+/// `[storage]`: the database's directory and the bounds on sled's page
+/// cache, in bytes: the daemon's and the import's.
+pub fn storage(raw: &RawStorage) -> Checked<(PathBuf, u64, u64)> {
     let mut p = Problems::default();
     if raw.path.trim().is_empty() {
         p.add("storage.path", "must not be empty");
@@ -458,8 +458,15 @@ pub fn storage(raw: &RawStorage) -> Checked<(PathBuf, u64)> {
     if !(1..=4096).contains(&raw.cache_mb) {
         p.add("storage.cache_mb", "must be between 1 and 4096 (MiB)");
     }
+    if !(1..=4096).contains(&raw.import_cache_mb) {
+        p.add(
+            "storage.import_cache_mb",
+            "must be between 1 and 4096 (MiB)",
+        );
+    }
     let cache_bytes = raw.cache_mb.clamp(1, 4096) * 1024 * 1024;
-    p.finish((PathBuf::from(&raw.path), cache_bytes))
+    let import_bytes = raw.import_cache_mb.clamp(1, 4096) * 1024 * 1024;
+    p.finish((PathBuf::from(&raw.path), cache_bytes, import_bytes))
 }
 
 /// `[[sources]]`.

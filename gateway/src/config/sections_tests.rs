@@ -181,6 +181,7 @@ fn problems_in_many_sections_are_all_reported_in_file_order() {
     site.store.timezone = "Mars/Olympus".into();
     site.mqtt.prefix = "#".into();
     site.storage.cache_mb = 0;
+    site.storage.import_cache_mb = 5000;
     site.caps.per_day = -1;
     site.presence.window_ms = 0;
     site.admin.listen = Some("nowhere".into());
@@ -191,6 +192,7 @@ fn problems_in_many_sections_are_all_reported_in_file_order() {
             "store.timezone",
             "mqtt.prefix",
             "storage.cache_mb",
+            "storage.import_cache_mb",
             "caps.per_day",
             "presence.window_ms",
             "admin.listen"

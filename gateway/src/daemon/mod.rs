@@ -25,7 +25,7 @@ use crate::io::mqtt::{self, IncomingMessage, OutgoingMessage};
 use crate::io::record::CaptureRecorder;
 use crate::io::scanners::{self, AdvertMerger};
 use crate::io::sources::{self, Ingested};
-use crate::people::People;
+use crate::people::{People, PeopleError};
 use crate::presence::gain::{GainStatus, GainTracker};
 use crate::presence::{PresenceEngine, PresenceEvent, VisitSeed};
 use crate::privacy::hashed;

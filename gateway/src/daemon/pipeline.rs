@@ -4,6 +4,7 @@
 //! reloads. Incoming MQTT messages are handled in `incoming/`.
 
 use super::*;
+use crate::telemetry::{Cache, MemoryPart};
 
 /// The pure core driven by I/O: decode → resolve → presence → decide, plus
 /// the people-changing messages (CRM, consent, check-ins).
@@ -63,6 +64,13 @@ const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 /// How stale the persisted "last seen" of a visit may get. Well under the
 /// visit gap, so that a quick restart continues the visit.
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
+/// Keys of the rotating-ID table rolled per sighting or tick while a roll
+/// by one interval is under way (about a millisecond's work): a million
+/// keys roll over some 250 sightings instead of stopping the pipeline for
+/// the whole roll, and both windows of a roll under way hold the current
+/// interval (`identity::table`).
+pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
+
 /// How often retention runs (event time).
 const SWEEP_EVERY_MS: i64 = 3_600_000;
 
@@ -74,9 +82,14 @@ impl Pipeline {
         reservations: Reservations,
         outgoing: mpsc::Sender<OutgoingMessage>,
     ) -> Result<Self, StoreError> {
-        let records = store.people().collect::<Result<Vec<_>, _>>()?;
         let now = wall_ms();
-        let people = People::load(records, now / 1000);
+        // Streamed: only the hot part of each record stays in memory.
+        let people = People::load(
+            store.people(),
+            store.people_hint(),
+            Arc::new(store.clone()),
+            now / 1000,
+        )?;
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);
@@ -86,6 +99,7 @@ impl Pipeline {
         let merger = AdvertMerger::new(scanner_merge_window(&config), 1024);
         let scanner_nodes = scanners::NodeTally::new(zone_scanners(&config));
         let rate_limit = RecipientLimiter::new(config.incoming_rate);
+        events::cache_limit(&telemetry, Cache::Sled, config.storage_cache_bytes);
         let mut pipeline = Pipeline {
             config,
             store,
@@ -233,13 +247,14 @@ impl Pipeline {
 
     pub(super) async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
-        self.people.roll_to(now / 1000);
+        self.people.roll_toward(now / 1000, ROLL_KEYS_PER_STEP);
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
         self.handle_events(&events).await;
         self.events = events;
         events::people_present(&self.telemetry, self.presence.present_count());
+        self.report_memory();
         for sighting in self.merger.flush_due(now) {
             self.on_sighting(Ingested {
                 source: topics::ScannerFeed::OpenMqttGateway.into(),
@@ -270,6 +285,20 @@ impl Pipeline {
             self.last_sweep_ms = now;
             self.sweep(now).await;
         }
+    }
+
+    /// The heap held for the people enrolled, by part (every tick: each
+    /// part is read from capacities, at no cost).
+    pub(super) fn report_memory(&self) {
+        let people = self.people.heap_bytes();
+        events::memory(&self.telemetry, MemoryPart::People, people.people);
+        events::memory(
+            &self.telemetry,
+            MemoryPart::RotatingIds,
+            people.rotating_ids,
+        );
+        let vault = self.store.vault_heap_bytes();
+        events::memory(&self.telemetry, MemoryPart::VaultIndex, vault);
     }
 
     /// Retention: decision-log entries older than the window go.
@@ -315,7 +344,8 @@ impl Pipeline {
             );
             return;
         }
-        self.people.roll_to(self.clock.now_ms() / 1000);
+        self.people
+            .roll_toward(self.clock.now_ms() / 1000, ROLL_KEYS_PER_STEP);
         let mut frames = std::mem::take(&mut self.frames);
         if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
             events::advert_undecodable(&self.telemetry, item.source);
@@ -422,8 +452,13 @@ impl Pipeline {
     /// A presence event → the candidates it triggers (dwell, exit, n-th
     /// visit) → decisions.
     pub(super) async fn decide_event(&mut self, event: &PresenceEvent) {
-        let Some(person) = self.people.get(event.person()) else {
-            return;
+        let person = match self.people.get(event.person()) {
+            Ok(Some(person)) => person,
+            Ok(None) => return,
+            Err(e) => {
+                events::storage_error(&self.telemetry, "person_record", &e);
+                return;
+            }
         };
         let visit_number = match event {
             PresenceEvent::Entered { .. } => {

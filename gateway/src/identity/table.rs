@@ -2,23 +2,31 @@
 //! of the previous, current and next interval, so that resolving an advert is
 //! one hash probe. Rolled forward when the interval changes.
 //!
-//! Built for a million enrolled keys on one core:
+//! Built for a million enrolled keys on one core, in as little memory as a
+//! hash probe allows (BENCHMARKS.md §2a):
 //!
 //! - Per key the table keeps the 16-byte RPIK, not the expanded AES key
-//!   schedule: the `aes` crate's runtime-dispatched cipher is about 700 bytes
-//!   (it holds room for the software fallback), which would be 700 MB for a
-//!   million keys, while expanding an AES-128 key with AES-NI costs tens of
-//!   nanoseconds per roll.
-//! - Rolling by one interval is incremental: per key, one identifier leaves
-//!   the map and one enters; the rest stay. Larger jumps (a clock step, a
-//!   restart) remove and add only the intervals that differ, and rebuild when
-//!   none are shared.
-//! - Identifiers map to a `u32` key slot, not to a cloned [`PersonId`]: moving
-//!   a key to another person changes one slot and none of its identifiers.
-//! - Identifiers are hashed by taking their first 8 bytes (`IdHasher`, private).
+//!   schedule (the `aes` crate's runtime-dispatched cipher is about 700
+//!   bytes), nor the key itself: keys are found by their RPIK, which is
+//!   derived from the key (`person_of_key` derives it).
+//! - The identifiers themselves are not stored. `by_id` is a table of `u32`
+//!   entries, each a key slot and the interval's two low bits, filed under
+//!   the identifier's first 8 bytes; a probe recomputes the candidate's
+//!   identifier (one AES block) and compares all 16 bytes. 5 bytes a bucket
+//!   instead of 21: about 20 MB for a million keys instead of 84 MB. Two low
+//!   bits name the interval because at most four consecutive intervals are
+//!   live at once (three, or four while rolling by one).
+//! - Rolling by one interval is incremental, in steps: per key one
+//!   identifier leaves and one enters, a bounded number of keys per step
+//!   ([`RotatingIdTable::roll_some`]), so that the pipeline never stops for
+//!   a whole roll. While a roll is under way, keys already rolled resolve
+//!   the new window and the rest the old one: both hold the old and the new
+//!   current interval, so a phone with a good clock is resolved throughout.
+//!   Larger jumps (a clock step, a restart) rebuild at once.
+//! - Identifiers map to a key slot, not to a cloned [`PersonId`]: moving a
+//!   key to another person changes one slot and none of its identifiers.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 
 use aes::Aes128Enc;
 use aes::cipher::KeyInit;
@@ -34,59 +42,32 @@ const WINDOW: [i64; 3] = [-1, 0, 1];
 /// End of a list of key slots.
 const NONE: u32 = u32::MAX;
 
-/// A rotating identifier as a map key. It hashes as its first 8 bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Rpi([u8; 16]);
+/// Key slots an entry of `by_id` can name (30 bits; two name the interval).
+const MAX_SLOTS: usize = 1 << 30;
 
-impl Rpi {
-    fn hash_u64(&self) -> u64 {
-        let [a, b, c, d, e, f, g, h, ..] = self.0;
-        u64::from_le_bytes([a, b, c, d, e, f, g, h])
-    }
-}
-
-impl Hash for Rpi {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash_u64());
-    }
-}
-
-/// The hasher for [`Rpi`]: the identity function on the 8 bytes it is given.
+/// The hash `by_id` files an identifier under: its first 8 bytes.
 ///
-/// Safe here, and only here, because of what the map holds and who chooses it.
-/// Every stored identifier is AES-128 output under a secret per-person key, so
-/// its bytes are uniformly distributed and no one outside the back office can
-/// predict them: the buckets fill as evenly as under any keyed hash. An
-/// attacker does choose the identifiers we *look up* (any phone can advertise
-/// any 16 bytes), but a lookup never inserts, so chosen ids cannot build
-/// collision chains; at worst one lookup walks one probe sequence of a table
-/// whose layout the attacker cannot see. (The key-by-key map, whose keys come
-/// from enrollment and may be sequential in tests, keeps SipHash.)
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    /// Not used by [`Rpi`]; a plain FNV-1a fold so the hasher stays correct if
-    /// something else is ever hashed with it.
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// Safe here, and only here, because of what the table holds and who
+/// chooses it. Every stored identifier is AES-128 output under a secret
+/// per-person key, so its bytes are uniformly distributed and no one outside
+/// the back office can predict them: the buckets fill as evenly as under any
+/// keyed hash. An attacker does choose the identifiers we *look up* (any
+/// phone can advertise any 16 bytes), but a lookup never inserts, so chosen
+/// ids cannot build collision chains; at worst one lookup walks one probe
+/// sequence of a table whose layout the attacker cannot see. (The key and
+/// person indexes, whose keys come from enrollment and may be sequential in
+/// tests, keep SipHash.)
+fn id_hash(id: &[u8; 16]) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = *id;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
 }
 
-type IdMap = HashMap<Rpi, u32, BuildHasherDefault<IdHasher>>;
+/// A `by_id` entry: a key slot and an interval's two low bits.
+fn entry(slot: u32, interval: u32) -> u32 {
+    slot << 2 | (interval & 3)
+}
 
 struct KeySlot {
-    key: [u8; 16],
     rpik: [u8; 16],
     /// `None` for a free slot.
     person: Option<PersonId>,
@@ -100,12 +81,20 @@ impl KeySlot {
     }
 }
 
+/// A roll by one interval under way: slots below `next` are on `target`'s
+/// window, the rest on `centre`'s.
+#[derive(Clone, Copy)]
+struct Rolling {
+    target: u32,
+    next: u32,
+}
+
 pub struct RotatingIdTable {
     slots: Vec<KeySlot>,
     /// Head of the free-slot list.
     free: u32,
-    /// Slots by their key (a table of slot numbers hashing the slot's own
-    /// key: each key is held once, in its slot).
+    /// Slots by their RPIK (a table of slot numbers hashing the slot's own
+    /// RPIK: each is held once, in its slot).
     by_key: HashTable<u32>,
     /// Head of each person's list of key slots (linked through `next`), by
     /// the head slot's person.
@@ -115,7 +104,10 @@ pub struct RotatingIdTable {
     hasher: RandomState,
     /// Interval the table is centred on; `None` before the first roll.
     centre: Option<u32>,
-    by_id: IdMap,
+    rolling: Option<Rolling>,
+    /// Entries ([`entry`]) by their identifier's first 8 bytes.
+    by_id: HashTable<u32>,
+    keys: usize,
 }
 
 /// Not derived: an empty free list is `NONE`, not slot 0.
@@ -128,7 +120,48 @@ impl Default for RotatingIdTable {
             people: HashTable::new(),
             hasher: RandomState::new(),
             centre: None,
-            by_id: IdMap::default(),
+            rolling: None,
+            by_id: HashTable::new(),
+            keys: 0,
+        }
+    }
+}
+
+/// What `by_id`'s entries need to be hashed again or compared: the slots
+/// and which intervals are live.
+struct Ids<'a> {
+    slots: &'a [KeySlot],
+    centre: Option<u32>,
+    rolling: Option<Rolling>,
+}
+
+impl Ids<'_> {
+    /// The live interval with these two low bits.
+    fn interval(&self, low: u32) -> Option<u32> {
+        let live = self.centre.map(window).unwrap_or_default();
+        let next = self.rolling.map(|r| window(r.target)).unwrap_or_default();
+        live.into_iter()
+            .chain(next)
+            .flatten()
+            .find(|i| i & 3 == low)
+    }
+
+    /// The identifier an entry stands for.
+    fn id(&self, entry: u32) -> Option<[u8; 16]> {
+        let slot = self.slots.get((entry >> 2) as usize)?;
+        let interval = self.interval(entry & 3)?;
+        Some(rpi_with(&slot.cipher(), interval))
+    }
+
+    fn hash(&self, entry: u32) -> u64 {
+        self.id(entry).map(|id| id_hash(&id)).unwrap_or(0)
+    }
+
+    /// The window a slot's identifiers are on.
+    fn window_of(&self, slot: u32) -> [Option<u32>; 3] {
+        match self.rolling {
+            Some(r) if slot < r.next => window(r.target),
+            _ => self.centre.map(window).unwrap_or_default(),
         }
     }
 }
@@ -138,6 +171,14 @@ impl RotatingIdTable {
         Self::default()
     }
 
+    fn ids(&self) -> Ids<'_> {
+        Ids {
+            slots: &self.slots,
+            centre: self.centre,
+            rolling: self.rolling,
+        }
+    }
+
     /// Makes room for `keys` more keys without rehashing on the way.
     pub fn reserve(&mut self, keys: usize) {
         self.slots.reserve(keys);
@@ -145,14 +186,20 @@ impl RotatingIdTable {
         self.by_key.reserve(keys, |&i| key_hash(hasher, slots, i));
         self.people
             .reserve(keys, |&i| person_hash(hasher, slots, i));
-        self.by_id.reserve(keys * WINDOW.len());
+        let ids = Ids {
+            slots: &self.slots,
+            centre: self.centre,
+            rolling: self.rolling,
+        };
+        self.by_id.reserve(keys * WINDOW.len(), |&e| ids.hash(e));
     }
 
     /// Enrol (or re-enrol under another person) an app key. Re-enrolling a
     /// key under the same person does nothing; under another person it moves
     /// the key without touching its identifiers.
     pub fn insert_key(&mut self, person: PersonId, key: [u8; 16]) {
-        if let Some(slot) = self.key_slot(&key) {
+        let rpik = rpik(&key);
+        if let Some(slot) = self.rpik_slot(&rpik) {
             if self.slots[slot as usize].person.as_ref() == Some(&person) {
                 return;
             }
@@ -161,12 +208,15 @@ impl RotatingIdTable {
             return;
         }
         let entry = KeySlot {
-            key,
-            rpik: rpik(&key),
+            rpik,
             person: None,
             next: NONE,
         };
         let slot = if self.free == NONE {
+            assert!(
+                self.slots.len() < MAX_SLOTS,
+                "more app keys than the table can name"
+            );
             self.slots.push(entry);
             (self.slots.len() - 1) as u32
         } else {
@@ -175,16 +225,13 @@ impl RotatingIdTable {
             self.slots[slot as usize] = entry;
             slot
         };
+        self.keys += 1;
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.by_key
-            .insert_unique(hasher.hash_one(key), slot, |&i| key_hash(hasher, slots, i));
+            .insert_unique(hasher.hash_one(rpik), slot, |&i| key_hash(hasher, slots, i));
         self.link(person, slot);
-        if let Some(centre) = self.centre {
-            let cipher = self.slots[slot as usize].cipher();
-            for interval in window(centre).into_iter().flatten() {
-                self.by_id.insert(Rpi(rpi_with(&cipher, interval)), slot);
-            }
-        }
+        let window = self.ids().window_of(slot);
+        self.add_ids(slot, window.into_iter().flatten());
     }
 
     /// Forget every key of a person.
@@ -216,69 +263,143 @@ impl RotatingIdTable {
         }
     }
 
-    /// Centre the table on the interval of `unix_s`; recomputes only when the
-    /// interval changed, and then only the identifiers that differ. Returns
-    /// whether it rolled.
+    /// Centre the table on the interval of `unix_s`, at once (a roll under
+    /// way is finished). Recomputes only when the interval changed, and
+    /// then only the identifiers that differ. Returns whether it rolled.
     pub fn roll_to(&mut self, unix_s: i64) -> bool {
+        let rolled = self.start_roll(unix_s);
+        self.roll_some(usize::MAX);
+        rolled
+    }
+
+    /// Starts centring the table on the interval of `unix_s`: a roll by one
+    /// interval is left to [`Self::roll_some`]; the first roll, and any
+    /// larger jump, is done at once. A roll still under way towards another
+    /// interval is finished first. Returns whether the interval changed.
+    pub fn start_roll(&mut self, unix_s: i64) -> bool {
         let interval = interval_of(unix_s);
-        if self.centre == Some(interval) {
+        let heading = self.rolling.map(|r| r.target).or(self.centre);
+        if heading == Some(interval) {
             return false;
         }
-        let new = window(interval);
-        let old = self.centre.map(window).unwrap_or_default();
-        self.centre = Some(interval);
+        self.roll_some(usize::MAX);
+        match self.centre {
+            Some(centre) if centre.abs_diff(interval) == 1 => {
+                self.rolling = Some(Rolling {
+                    target: interval,
+                    next: 0,
+                });
+            }
+            _ => self.rebuild(interval),
+        }
+        true
+    }
+
+    /// Whether a roll is under way.
+    pub fn rolling(&self) -> bool {
+        self.rolling.is_some()
+    }
+
+    /// Rolls up to `max_slots` key slots of a roll under way. Returns
+    /// whether the roll is done (or none was under way).
+    pub fn roll_some(&mut self, max_slots: usize) -> bool {
+        let Some(Rolling { target, next }) = self.rolling else {
+            return true;
+        };
+        let centre = self.centre.expect("a roll starts from a centre");
+        let (old, new) = (window(centre), window(target));
+        let leaving: Vec<u32> = old
+            .into_iter()
+            .flatten()
+            .filter(|i| !new.contains(&Some(*i)))
+            .collect();
         let entering: Vec<u32> = new
             .into_iter()
             .flatten()
             .filter(|i| !old.contains(&Some(*i)))
             .collect();
-        let mut leaving: Vec<u32> = old
-            .into_iter()
-            .flatten()
-            .filter(|i| !new.contains(&Some(*i)))
-            .collect();
-        if leaving.len() == old.iter().flatten().count() {
-            // Nothing shared: start from an empty map (keeps its allocation)
-            // rather than removing every identifier one by one.
-            self.by_id.clear();
-            self.by_id.reserve(self.by_key.len() * entering.len());
-            leaving.clear();
-        }
-        let mut gone: Vec<(Rpi, u32)> = Vec::with_capacity(self.by_key.len() * leaving.len());
-        let mut new_ids: Vec<(Rpi, u32)> = Vec::with_capacity(self.by_key.len() * entering.len());
-        for (slot, entry) in self.slots.iter().enumerate() {
-            if entry.person.is_none() {
+        let end = (next as usize)
+            .saturating_add(max_slots)
+            .min(self.slots.len()) as u32;
+        for slot in next..end {
+            if self.slots[slot as usize].person.is_none() {
                 continue;
             }
-            let cipher = entry.cipher();
-            gone.extend(
-                leaving
-                    .iter()
-                    .map(|&i| (Rpi(rpi_with(&cipher, i)), slot as u32)),
-            );
-            new_ids.extend(
-                entering
-                    .iter()
-                    .map(|&i| (Rpi(rpi_with(&cipher, i)), slot as u32)),
-            );
+            self.remove_ids(slot, leaving.iter().copied());
+            // The slot is on the new window from here: `window_of` (and so
+            // a rehash while adding) must say so.
+            self.rolling = Some(Rolling {
+                target,
+                next: slot + 1,
+            });
+            self.add_ids(slot, entering.iter().copied());
         }
-        // Visit the map in bucket order rather than at random: with a million
-        // keys this turns most cache and TLB misses into sequential access
-        // and more than halves the roll. The order only affects speed.
-        self.by_id.reserve(new_ids.len().saturating_sub(gone.len()));
-        let buckets = (self.by_id.capacity() * 8 / 7).next_power_of_two() as u64;
-        let bucket = |id: &Rpi| id.hash_u64() & (buckets - 1);
-        gone.sort_unstable_by_key(|(id, _)| bucket(id));
-        new_ids.sort_unstable_by_key(|(id, _)| bucket(id));
-        for (id, slot) in gone {
-            remove_if_owned(&mut self.by_id, id, slot);
+        if end as usize == self.slots.len() {
+            self.centre = Some(target);
+            self.rolling = None;
+            true
+        } else {
+            self.rolling = Some(Rolling { target, next: end });
+            false
         }
-        self.by_id.extend(new_ids);
-        true
+    }
+
+    /// Every identifier made again for a window centred on `interval`.
+    fn rebuild(&mut self, interval: u32) {
+        self.rolling = None;
+        self.by_id.clear();
+        self.centre = Some(interval);
+        let live = window(interval);
+        let ids = Ids {
+            slots: &self.slots,
+            centre: self.centre,
+            rolling: None,
+        };
+        // Room for a fourth id a key: a roll removes and adds an id per
+        // key, and hashbrown does not give back the buckets its removals
+        // leave as tombstones; without the room the table would grow (or
+        // rehash, recomputing every id) in the middle of a roll.
+        self.by_id
+            .reserve(self.keys * (WINDOW.len() + 1), |&e| ids.hash(e));
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].person.is_some() {
+                self.add_ids(slot, live.into_iter().flatten());
+            }
+        }
+    }
+
+    /// Files a slot's identifiers for `intervals` (each must be live).
+    fn add_ids(&mut self, slot: u32, intervals: impl IntoIterator<Item = u32>) {
+        let cipher = self.slots[slot as usize].cipher();
+        for interval in intervals {
+            let id = rpi_with(&cipher, interval);
+            let ids = Ids {
+                slots: &self.slots,
+                centre: self.centre,
+                rolling: self.rolling,
+            };
+            self.by_id
+                .insert_unique(id_hash(&id), entry(slot, interval), |&e| ids.hash(e));
+        }
+    }
+
+    /// Takes a slot's identifiers for `intervals` out of `by_id`.
+    fn remove_ids(&mut self, slot: u32, intervals: impl IntoIterator<Item = u32>) {
+        let cipher = self.slots[slot as usize].cipher();
+        for interval in intervals {
+            let id = rpi_with(&cipher, interval);
+            let wanted = entry(slot, interval);
+            if let Ok(found) = self.by_id.find_entry(id_hash(&id), |&e| e == wanted) {
+                found.remove();
+            }
+        }
     }
 
     pub fn lookup(&self, rotating_id: &[u8; 16]) -> Option<&PersonId> {
-        let slot = *self.by_id.get(&Rpi(*rotating_id))?;
+        let ids = self.ids();
+        let slot = *self.by_id.find(id_hash(rotating_id), |&e| {
+            ids.id(e).as_ref() == Some(rotating_id)
+        })? >> 2;
         self.slots.get(slot as usize)?.person.as_ref()
     }
 
@@ -303,9 +424,9 @@ impl RotatingIdTable {
     }
 
     /// A lower bound on the heap the table holds, from its capacities (hash
-    /// maps counted as one control byte plus one entry per bucket). Does not
-    /// count the person ids' string allocations, which the table shares with
-    /// the rest of the gateway.
+    /// tables counted as one control byte plus one entry per bucket). Does
+    /// not count the person ids' string allocations, which the table shares
+    /// with the rest of the gateway.
     pub fn heap_bytes(&self) -> usize {
         // hashbrown keeps capacity at 7/8 of a power-of-two bucket count.
         let buckets = |capacity: usize| (capacity * 8 / 7).next_power_of_two();
@@ -313,7 +434,7 @@ impl RotatingIdTable {
         self.slots.capacity() * size_of::<KeySlot>()
             + table(&self.by_key)
             + table(&self.people)
-            + buckets(self.by_id.capacity()) * (1 + size_of::<(Rpi, u32)>())
+            + table(&self.by_id)
     }
 
     /// Puts `slot` at the head of `person`'s list.
@@ -337,10 +458,14 @@ impl RotatingIdTable {
     }
 
     fn key_slot(&self, key: &[u8; 16]) -> Option<u32> {
+        self.rpik_slot(&rpik(key))
+    }
+
+    fn rpik_slot(&self, rpik: &[u8; 16]) -> Option<u32> {
         let slots = &self.slots;
         self.by_key
-            .find(self.hasher.hash_one(key), |&i| {
-                slots[i as usize].key == *key
+            .find(self.hasher.hash_one(rpik), |&i| {
+                slots[i as usize].rpik == *rpik
             })
             .copied()
     }
@@ -392,38 +517,26 @@ impl RotatingIdTable {
     /// Removes the slot's identifiers and puts it on the free list. The slot
     /// must already be out of its person's list and `by_key`.
     fn release(&mut self, slot: u32) {
-        if let Some(centre) = self.centre {
-            let cipher = self.slots[slot as usize].cipher();
-            for interval in window(centre).into_iter().flatten() {
-                remove_if_owned(&mut self.by_id, Rpi(rpi_with(&cipher, interval)), slot);
-            }
-        }
+        let window = self.ids().window_of(slot);
+        self.remove_ids(slot, window.into_iter().flatten());
         let entry = &mut self.slots[slot as usize];
         entry.person = None;
         entry.rpik = [0; 16];
-        entry.key = [0; 16];
         entry.next = self.free;
         self.free = slot;
+        self.keys -= 1;
     }
 }
 
-/// The hash `by_key` files a slot under: its key's.
+/// The hash `by_key` files a slot under: its RPIK's.
 fn key_hash(hasher: &RandomState, slots: &[KeySlot], slot: u32) -> u64 {
-    hasher.hash_one(slots[slot as usize].key)
+    hasher.hash_one(slots[slot as usize].rpik)
 }
 
 /// The hash `people` files a head slot under: its person's id.
 fn person_hash(hasher: &RandomState, slots: &[KeySlot], slot: u32) -> u64 {
     let person = slots[slot as usize].person.as_ref();
     hasher.hash_one(person.expect("a listed slot has a person").as_str())
-}
-
-/// Removes `id` only if it maps to `slot`: two keys sharing an identifier is
-/// a 2^-128 event, but removing one must not unmap the other.
-fn remove_if_owned(by_id: &mut IdMap, id: Rpi, slot: u32) {
-    if by_id.get(&id) == Some(&slot) {
-        by_id.remove(&id);
-    }
 }
 
 /// The intervals of the window centred on `centre`; `None` off either end of
@@ -508,6 +621,71 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_roll_in_steps_resolves_the_current_interval_throughout_and_ends_like_a_fresh_table() {
+        let key = |k: u32| {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&k.to_le_bytes());
+            key
+        };
+        let person = |k: u32| PersonId::from(format!("p-{k}").as_str());
+        let c = 2_642_976u32;
+        let mut table = RotatingIdTable::new();
+        for k in 0..50 {
+            table.insert_key(person(k), key(k));
+        }
+        table.roll_to(i64::from(c) * 600);
+        assert!(table.start_roll(i64::from(c + 1) * 600));
+        assert!(
+            !table.start_roll(i64::from(c + 1) * 600 + 5),
+            "already heading there"
+        );
+        let mut live: Vec<u32> = (0..50).collect();
+        let mut step = 0;
+        while !table.roll_some(7) {
+            step += 1;
+            // Mid-roll: one key leaves (its slot is reused below or above
+            // the roll's front), one arrives.
+            if step == 2 {
+                table.remove_key(&key(3));
+                table.remove_person(&person(40));
+                live.retain(|k| *k != 3 && *k != 40);
+                table.insert_key(person(100), key(100));
+                table.insert_key(person(101), key(101));
+                table.insert_key(person(102), key(102));
+                live.extend([100, 101, 102]);
+            }
+            for &k in &live {
+                for interval in [c, c + 1] {
+                    assert_eq!(
+                        table.lookup(&rotating_id(&key(k), interval)),
+                        Some(&person(k))
+                    );
+                }
+                for interval in [c - 2, c + 3] {
+                    assert_eq!(table.lookup(&rotating_id(&key(k), interval)), None);
+                }
+            }
+            for k in [3, 40].into_iter().filter(|_| step >= 2) {
+                assert_eq!(table.lookup(&rotating_id(&key(k), c)), None, "removed");
+            }
+        }
+        assert!(step >= 7, "rolled in steps");
+        assert!(!table.rolling());
+        assert_eq!(table.id_count(), live.len() * 3);
+        for &k in &live {
+            for interval in [c, c + 1, c + 2] {
+                assert_eq!(
+                    table.lookup(&rotating_id(&key(k), interval)),
+                    Some(&person(k))
+                );
+            }
+            assert_eq!(table.lookup(&rotating_id(&key(k), c - 1)), None);
+            assert_eq!(table.person_of_key(&key(k)), Some(&person(k)));
+        }
+        assert_eq!(table.person_of_key(&key(3)), None);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u8, u8),
@@ -516,6 +694,11 @@ mod tests {
         /// Roll to base interval + offset (jumps forward and back, small
         /// and large).
         Roll(i8),
+        /// Start a roll to base interval + offset (by one interval: left
+        /// under way; larger jumps: done at once).
+        Start(i8),
+        /// Roll this many key slots of a roll under way.
+        Step(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -524,6 +707,8 @@ mod tests {
             1 => (0..6u8).prop_map(Op::RemoveKey),
             1 => (0..4u8).prop_map(Op::RemovePerson),
             2 => (-6..6i8).prop_map(Op::Roll),
+            2 => (-6..6i8).prop_map(Op::Start),
+            2 => (0..4u8).prop_map(Op::Step),
         ]
     }
 
@@ -547,6 +732,8 @@ mod tests {
             let mut table = RotatingIdTable::new();
             let mut model: BTreeMap<u8, u8> = BTreeMap::new();
             let mut centre: Option<i64> = None;
+            // The interval a roll under way heads to.
+            let mut target: Option<i64> = None;
             for op in ops {
                 match op {
                     Op::Insert(p, k) => {
@@ -564,16 +751,54 @@ mod tests {
                     Op::Roll(offset) => {
                         let interval = BASE + i64::from(offset);
                         let rolled = table.roll_to(interval * 600 + 599);
-                        prop_assert_eq!(rolled, centre != Some(interval));
+                        prop_assert_eq!(rolled, target.or(centre) != Some(interval));
                         centre = Some(interval);
+                        target = None;
+                    }
+                    Op::Start(offset) => {
+                        let interval = BASE + i64::from(offset);
+                        let started = table.start_roll(interval * 600 + 599);
+                        prop_assert_eq!(started, target.or(centre) != Some(interval));
+                        if started {
+                            // A roll under way is finished first.
+                            centre = target.or(centre);
+                            match centre {
+                                Some(c) if (interval - c).abs() == 1 => target = Some(interval),
+                                _ => {
+                                    centre = Some(interval);
+                                    target = None;
+                                }
+                            }
+                        }
+                    }
+                    Op::Step(n) => {
+                        if table.roll_some(usize::from(n)) {
+                            centre = target.or(centre);
+                            target = None;
+                        }
                     }
                 }
+                prop_assert_eq!(table.rolling(), target.is_some());
                 prop_assert_eq!(table.key_count(), model.len());
                 let expected_ids = if centre.is_some() { model.len() * 3 } else { 0 };
                 prop_assert_eq!(table.id_count(), expected_ids);
                 for k in 0..6u8 {
                     for interval in BASE - 9..=BASE + 9 {
                         let id = rpi_with(&ciphers[k as usize], interval as u32);
+                        if let (Some(c), Some(t)) = (centre, target) {
+                            // Under way: what both windows hold resolves,
+                            // what neither holds does not; the rest depends
+                            // on where the key's slot is.
+                            let in_old = (interval - c).abs() <= 1;
+                            let in_new = (interval - t).abs() <= 1;
+                            let owner = model.get(&k).map(|p| &people[*p as usize]);
+                            if in_old && in_new {
+                                prop_assert_eq!(table.lookup(&id), owner);
+                            } else if !in_old && !in_new {
+                                prop_assert_eq!(table.lookup(&id), None);
+                            }
+                            continue;
+                        }
                         let live = centre.is_some_and(|c| (interval - c).abs() <= 1);
                         let expected = model.get(&k).filter(|_| live).map(|p| &people[*p as usize]);
                         prop_assert_eq!(table.lookup(&id), expected);

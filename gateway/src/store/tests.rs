@@ -369,7 +369,7 @@ fn erasure_leaves_nothing_readable_in_the_raw_files() {
             .unwrap();
         store.flush().unwrap();
         let tag = store.person_tag("p-1001");
-        let key = store.vault().key(&tag).unwrap();
+        let key = store.vault().key(&tag).unwrap().unwrap();
         // Even before erasure nothing personal is in sled in the clear.
         let raw_key = hex::decode(KEY).unwrap();
         for (file, bytes) in raw_files(dir.path()) {

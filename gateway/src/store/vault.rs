@@ -19,11 +19,20 @@
 //!
 //! File layout: a 64-byte header (`GWVAULT1`, the 32-byte site secret,
 //! padding), then 64-byte slots: `used` (1), tag (16), key (32), padding.
+//!
+//! The keys stay in the file (BENCHMARKS.md §2a): memory holds, per person,
+//! the first 8 bytes of their tag and one slot number in a hash table
+//! (about 18 bytes, against 64 for tag and key), and a key is read from
+//! its slot when a value is sealed or opened (the page cache serves it).
+//! Tags are HMAC output, so their first 8 bytes are as good as a hash; two
+//! tags sharing them are told apart by the full tag in the slot.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use hashbrown::HashTable;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -52,9 +61,16 @@ pub struct Vault {
     path: PathBuf,
     file: File,
     site_secret: [u8; 32],
-    slots: HashMap<Tag, (u32, [u8; 32])>,
+    /// Used slots, by the first 8 bytes of their tag (`prefixes`).
+    index: HashTable<u32>,
+    /// Per slot of the file: the first 8 bytes of its tag (0 when free).
+    prefixes: Vec<u64>,
     free: Vec<u32>,
-    slot_count: u32,
+}
+
+/// The first 8 bytes of a tag: its hash in the index.
+fn prefix(tag: &Tag) -> u64 {
+    u64::from_le_bytes(tag[..8].try_into().expect("8 bytes"))
 }
 
 fn random<const N: usize>() -> Result<[u8; N], VaultError> {
@@ -75,9 +91,13 @@ impl Vault {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        if bytes.is_empty() {
+        let len = file.metadata().map_err(io)?.len();
+        let mut header = Vec::with_capacity(HEADER);
+        (&mut file)
+            .take(HEADER as u64)
+            .read_to_end(&mut header)
+            .map_err(io)?;
+        if header.is_empty() {
             let secret: [u8; 32] = random()?;
             let mut header = [0u8; HEADER];
             header[..8].copy_from_slice(MAGIC);
@@ -90,39 +110,104 @@ impl Vault {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
             }
-            bytes = header.to_vec();
+            return Ok(Vault {
+                path: path.to_path_buf(),
+                file,
+                site_secret: secret,
+                index: HashTable::new(),
+                prefixes: Vec::new(),
+                free: Vec::new(),
+            });
         }
         let corrupt = |reason: &str| VaultError::Corrupt {
             path: path.display().to_string(),
             reason: reason.into(),
         };
-        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        if header.len() < HEADER || &header[..8] != MAGIC {
             return Err(corrupt("bad header"));
         }
-        if (bytes.len() - HEADER) % SLOT != 0 {
+        if (len - HEADER as u64) % SLOT as u64 != 0 {
             return Err(corrupt("truncated slot"));
         }
+        let slots = (len - HEADER as u64) / SLOT as u64;
+        let slots = u32::try_from(slots).map_err(|_| corrupt("more slots than it can hold"))?;
         let mut site_secret = [0u8; 32];
-        site_secret.copy_from_slice(&bytes[8..40]);
+        site_secret.copy_from_slice(&header[8..40]);
         let mut vault = Vault {
             path: path.to_path_buf(),
             file,
             site_secret,
-            slots: HashMap::new(),
+            index: HashTable::with_capacity(slots as usize),
+            prefixes: Vec::with_capacity(slots as usize),
             free: Vec::new(),
-            slot_count: 0,
         };
-        for (index, slot) in bytes[HEADER..].chunks_exact(SLOT).enumerate() {
-            vault.slot_count += 1;
+        // Streamed: the file is 64 bytes a person, its keys are not kept.
+        let file = vault.file.try_clone().map_err(io)?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut slot = [0u8; SLOT];
+        for index in 0..slots {
+            reader.read_exact(&mut slot).map_err(io)?;
             if slot[0] == 1 {
                 let tag: Tag = slot[1..17].try_into().expect("16 bytes");
-                let key: [u8; 32] = slot[17..49].try_into().expect("32 bytes");
-                vault.slots.insert(tag, (index as u32, key));
+                vault.file_slot(index, prefix(&tag));
             } else {
-                vault.free.push(index as u32);
+                vault.prefixes.push(0);
+                vault.free.push(index);
             }
         }
+        slot.fill(0);
         Ok(vault)
+    }
+
+    /// Files `slot` (the next one of the file, or a free one) under a tag.
+    fn file_slot(&mut self, slot: u32, prefix: u64) {
+        if slot as usize == self.prefixes.len() {
+            self.prefixes.push(prefix);
+        } else {
+            self.prefixes[slot as usize] = prefix;
+        }
+        let prefixes = &self.prefixes;
+        self.index
+            .insert_unique(prefix, slot, |&i| prefixes[i as usize]);
+    }
+
+    /// The slot holding `tag`, and its key.
+    fn find(&self, tag: &Tag) -> Result<Option<(u32, [u8; 32])>, VaultError> {
+        let prefix = prefix(tag);
+        for &slot in self.index.iter_hash(prefix) {
+            if self.prefixes[slot as usize] != prefix {
+                continue;
+            }
+            let mut bytes = [0u8; SLOT];
+            let at = (HEADER + slot as usize * SLOT) as u64;
+            self.file
+                .read_exact_at(&mut bytes, at)
+                .map_err(|e| self.io_error(e))?;
+            if bytes[0] == 1 && bytes[1..17] == tag[..] {
+                let key: [u8; 32] = bytes[17..49].try_into().expect("32 bytes");
+                bytes.fill(0);
+                return Ok(Some((slot, key)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many keys the vault holds.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Heap held by the index, from capacities (one control byte and one
+    /// slot number per bucket, 8 bytes of tag per slot of the file).
+    pub fn heap_bytes(&self) -> usize {
+        let buckets = (self.index.capacity() * 8 / 7).next_power_of_two();
+        buckets * (1 + size_of::<u32>())
+            + self.prefixes.capacity() * size_of::<u64>()
+            + self.free.capacity() * size_of::<u32>()
     }
 
     pub fn path(&self) -> &Path {
@@ -141,8 +226,10 @@ impl Vault {
             .expect("16 bytes")
     }
 
-    pub fn key(&self, tag: &Tag) -> Option<[u8; 32]> {
-        self.slots.get(tag).map(|(_, key)| *key)
+    /// The person's key, read from its slot; `None` if they have none
+    /// (never had, or erased).
+    pub fn key(&self, tag: &Tag) -> Result<Option<[u8; 32]>, VaultError> {
+        Ok(self.find(tag)?.map(|(_, key)| key))
     }
 
     /// The person's key, made (and synced to disk) on first use.
@@ -158,21 +245,27 @@ impl Vault {
         let mut keys = Vec::with_capacity(tags.len());
         let mut written = false;
         for tag in tags {
-            if let Some(key) = self.key(tag) {
+            if let Some(key) = self.key(tag)? {
                 keys.push(key);
                 continue;
             }
             let key: [u8; 32] = random()?;
-            let index = self.free.pop().unwrap_or_else(|| {
-                self.slot_count += 1;
-                self.slot_count - 1
-            });
+            let index = match self.free.last() {
+                Some(&free) => free,
+                None => u32::try_from(self.prefixes.len()).map_err(|_| VaultError::Io {
+                    path: self.path.display().to_string(),
+                    reason: "no slot left".into(),
+                })?,
+            };
             let mut slot = [0u8; SLOT];
             slot[0] = 1;
             slot[1..17].copy_from_slice(tag);
             slot[17..49].copy_from_slice(&key);
             self.write_slot(index, &slot)?;
-            self.slots.insert(*tag, (index, key));
+            if self.free.last() == Some(&index) {
+                self.free.pop();
+            }
+            self.file_slot(index, prefix(tag));
             keys.push(key);
             written = true;
         }
@@ -185,11 +278,15 @@ impl Vault {
     /// Overwrite the person's slot with zeros and sync: every value sealed
     /// under that key is unreadable from now on, wherever it lies.
     pub fn destroy(&mut self, tag: &Tag) -> Result<bool, VaultError> {
-        let Some((index, _)) = self.slots.remove(tag) else {
+        let Some((index, _)) = self.find(tag)? else {
             return Ok(false);
         };
         self.write_slot(index, &[0u8; SLOT])?;
         self.sync()?;
+        if let Ok(found) = self.index.find_entry(prefix(tag), |&i| i == index) {
+            found.remove();
+        }
+        self.prefixes[index as usize] = 0;
         self.free.push(index);
         Ok(true)
     }
@@ -204,11 +301,9 @@ impl Vault {
     /// Write one slot in place; not durable until [`Vault::sync`].
     fn write_slot(&mut self, index: u32, slot: &[u8; SLOT]) -> Result<(), VaultError> {
         let at = (HEADER + index as usize * SLOT) as u64;
-        let written = self
-            .file
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| self.file.write_all(slot));
-        written.map_err(|e| self.io_error(e))
+        self.file
+            .write_all_at(slot, at)
+            .map_err(|e| self.io_error(e))
     }
 
     /// Make every slot written so far durable.
@@ -273,7 +368,7 @@ mod tests {
         };
         let mut vault = Vault::open(&path).unwrap();
         assert_eq!(vault.tag("person", "p-1"), tag, "the site secret persists");
-        assert_eq!(vault.key(&tag), Some(key));
+        assert_eq!(vault.key(&tag).unwrap(), Some(key));
         let sealed = seal(&key, &tag, &nonce().unwrap(), b"ana@example.com");
         assert_eq!(
             open(&key, &tag, &sealed).as_deref(),
@@ -289,7 +384,7 @@ mod tests {
             !bytes.windows(32).any(|w| w == key),
             "the key's bytes are gone from the file"
         );
-        assert!(Vault::open(&path).unwrap().key(&tag).is_none());
+        assert!(Vault::open(&path).unwrap().key(&tag).unwrap().is_none());
         let other = vault.tag("person", "p-2");
         vault.key_or_create(&other).unwrap();
         assert_eq!(
@@ -316,9 +411,34 @@ mod tests {
         drop(vault);
         let reopened = Vault::open(&path).unwrap();
         for (tag, key) in tags.iter().zip(&keys) {
-            assert_eq!(reopened.key(tag), Some(*key), "in the order asked");
+            assert_eq!(reopened.key(tag).unwrap(), Some(*key), "in the order asked");
         }
         assert_eq!(std::fs::read(&path).unwrap().len(), HEADER + 100 * SLOT);
+    }
+
+    #[test]
+    fn tags_sharing_their_first_bytes_keep_their_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.vault");
+        let mut vault = Vault::open(&path).unwrap();
+        // The index files tags by their first 8 bytes: these three share them.
+        let tags: Vec<Tag> = (1..=3u8)
+            .map(|i| {
+                let mut tag = [7u8; 16];
+                tag[15] = i;
+                tag
+            })
+            .collect();
+        let keys = vault.keys_or_create(&tags).unwrap();
+        assert!(vault.destroy(&tags[1]).unwrap());
+        let mut other = tags[0];
+        other[14] = 0;
+        for vault in [vault, Vault::open(&path).unwrap()] {
+            assert_eq!(vault.key(&tags[0]).unwrap(), Some(keys[0]));
+            assert_eq!(vault.key(&tags[1]).unwrap(), None, "destroyed");
+            assert_eq!(vault.key(&tags[2]).unwrap(), Some(keys[2]));
+            assert_eq!(vault.key(&other).unwrap(), None, "never made");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! store's beacons).
 
 use super::*;
+use crate::daemon::pipeline::ROLL_KEYS_PER_STEP;
 
 impl Pipeline {
     /// An iOS check-in: the app heard the store's beacons and says which
@@ -13,8 +14,15 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let checkin = CheckIn::from_json(text)?;
-        let expected = self.people.by_recipient(recipient).map(|r| r.person);
-        self.people.roll_to(self.clock.now_ms() / 1000);
+        let expected = match self.people.by_recipient(recipient) {
+            Ok(owner) => owner.map(|r| r.person),
+            Err(e) => {
+                events::storage_error(&self.telemetry, "person_record", &e);
+                return Err(rejection("storage", "could not be read; retry"));
+            }
+        };
+        self.people
+            .roll_toward(self.clock.now_ms() / 1000, ROLL_KEYS_PER_STEP);
         let resolved = self.people.resolve(&checkin.rotating_id).cloned();
         let person = match (expected, resolved) {
             (Some(expected), Some(resolved)) if expected == resolved => expected,

@@ -14,10 +14,7 @@ impl Pipeline {
         let text =
             std::str::from_utf8(&message.payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let change = ConsentChange::from_json(text, recipient)?;
-        let record = self
-            .people
-            .by_recipient(recipient)
-            .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
+        let record = self.recipient_record(recipient)?;
         let mut updated = record.clone();
         let now = wall_ms();
         let status = match change.apply(&mut updated, change.said_at_ms(now)) {

@@ -12,10 +12,7 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let feedback = Feedback::from_json(text)?;
-        let record = self
-            .people
-            .by_recipient(recipient)
-            .ok_or_else(|| rejection("recipient", "unknown recipient"))?;
+        let record = self.recipient_record(recipient)?;
         if !record.consent.allows(crate::identity::Purpose::Feedback) {
             return Err(rejection("consent", "no consent for feedback"));
         }

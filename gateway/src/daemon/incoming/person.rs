@@ -21,7 +21,7 @@ impl Pipeline {
             // The back office clearing a record the gateway does not hold
             // (one it erased already, or a person of another store): there
             // is nothing to erase, and no tombstone to write.
-            if self.people.consent(&person).is_none() {
+            if !self.people.contains(&person) {
                 return Ok(());
             }
             return self.erase(&person, now).await;
@@ -35,18 +35,25 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "tombstone", &e);
             rejection("storage", "could not be checked; nothing changed")
         })?;
-        let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
-            .inspect_err(|_| {
-                events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
-            })?;
+        let held = self.people.get(&record.person).map_err(|e| {
+            events::storage_error(&self.telemetry, "person_record", &e);
+            rejection("storage", "could not be read; nothing changed")
+        })?;
+        let merged = PersonRecord::fold(held, record, erased_at, now).inspect_err(|_| {
+            events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
+        })?;
         self.upsert(merged).await
     }
 
     pub(super) async fn upsert(&mut self, record: PersonRecord) -> Result<(), Rejection> {
         self.people
             .check(&record)
-            .map_err(|e| rejection("recipient", e.to_string()))?;
-        let unchanged = self.people.get(&record.person).as_ref() == Some(&record);
+            .map_err(|e| self.people_rejection(e))?;
+        let held = self.people.get(&record.person).map_err(|e| {
+            events::storage_error(&self.telemetry, "person_record", &e);
+            rejection("storage", "could not be read; nothing changed")
+        })?;
+        let unchanged = held.as_ref() == Some(&record);
         if unchanged {
             // A retained record seen again after a reconnect: nothing to do.
             return Ok(());
@@ -54,7 +61,7 @@ impl Pipeline {
         let upserted = self
             .people
             .upsert(record)
-            .map_err(|e| rejection("recipient", e.to_string()))?;
+            .map_err(|e| self.people_rejection(e))?;
         if !upserted.withdrawn.is_empty() {
             self.settle_decisions().await;
         }
@@ -87,9 +94,35 @@ impl Pipeline {
 
     /// After a storage failure, memory goes back to what is on disk.
     pub(super) fn reload_people(&mut self) {
-        match self.store.people().collect::<Result<Vec<_>, _>>() {
-            Ok(records) => self.people = People::load(records, self.clock.now_ms() / 1000),
+        let now_s = self.clock.now_ms() / 1000;
+        let (people, hint) = (self.store.people(), self.store.people_hint());
+        match People::load(people, hint, Arc::new(self.store.clone()), now_s) {
+            Ok(people) => self.people = people,
             Err(e) => events::storage_error(&self.telemetry, "reload_people", &e),
+        }
+    }
+
+    /// The record of the person a recipient on an app topic belongs to.
+    pub(super) fn recipient_record(&self, recipient: &str) -> Result<PersonRecord, Rejection> {
+        match self.people.by_recipient(recipient) {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(rejection("recipient", "unknown recipient")),
+            Err(e) => {
+                events::storage_error(&self.telemetry, "person_record", &e);
+                Err(rejection("storage", "could not be read; retry"))
+            }
+        }
+    }
+
+    /// A refused upsert: a taken recipient, or a record that could not be
+    /// read (nothing changed either way).
+    fn people_rejection(&self, e: PeopleError) -> Rejection {
+        match e {
+            PeopleError::RecipientTaken { .. } => rejection("recipient", e.to_string()),
+            PeopleError::Records(e) => {
+                events::storage_error(&self.telemetry, "person_record", &e);
+                rejection("storage", "could not be read; nothing changed")
+            }
         }
     }
 

@@ -11,13 +11,18 @@ impl Pipeline {
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let purchase = Purchase::from_json(text)?;
         let person = match &purchase.buyer {
-            Buyer::Person(id) => self.people.get(id).map(|r| r.person),
-            Buyer::Identity(identity) => self.people.person_of(identity).cloned(),
+            Buyer::Person(id) => Ok(Some(id.clone())),
+            Buyer::Identity(identity) => self.people.person_of(identity),
         };
-        let Some(record) = person
-            .and_then(|p| self.people.get(&p))
-            .filter(|r| r.consent.opted_in_to_proximity())
-        else {
+        let record = person.and_then(|p| match p {
+            Some(p) => self.people.get(&p),
+            None => Ok(None),
+        });
+        let record = record.unwrap_or_else(|e| {
+            events::storage_error(&self.telemetry, "person_record", &e);
+            None
+        });
+        let Some(record) = record.filter(|r| r.consent.opted_in_to_proximity()) else {
             events::purchase(&self.telemetry, false);
             return Ok(());
         };
