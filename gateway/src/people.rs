@@ -520,13 +520,6 @@ fn slot_of(slots: &[Option<Hot>], slot: u32) -> &Hot {
         .expect("an indexed slot holds a person")
 }
 
-impl Records for crate::store::Store {
-    fn record(&self, person: &PersonId) -> Result<Option<PersonRecord>, RecordsError> {
-        self.person(person.as_str())
-            .map_err(|e| RecordsError(e.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1503,7 +1503,7 @@ pub mod events {
                 kind: TopicKind::of(kind),
             })
             .inc();
-        if kind == crate::io::mqtt::HOMEASSISTANT_KIND {
+        if TopicKind::of(kind) == TopicKind::HomeassistantDiscovery {
             tracing::warn!(
                 kind,
                 code = format_args!("{code:#04x}"),

@@ -326,6 +326,18 @@ impl Sealer {
     }
 }
 
+/// The people's whole records are read from here when a decision needs
+/// them (`people` keeps only the hot part in memory).
+impl crate::people::Records for Store {
+    fn record(
+        &self,
+        person: &PersonId,
+    ) -> Result<Option<PersonRecord>, crate::people::RecordsError> {
+        self.person(person.as_str())
+            .map_err(|e| crate::people::RecordsError(e.to_string()))
+    }
+}
+
 impl Store {
     /// Open (or create) the database directory, readable by its owner only,
     /// with its key vault.
