@@ -69,7 +69,9 @@ pub enum DaemonError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSummary {
     pub sightings: u64,
-    pub people_recognised: usize,
+    /// Recognised once per visit (a person who comes back is counted
+    /// again): the run keeps no list of everyone it saw.
+    pub people_recognised: u64,
     pub nudges_reserved: u64,
     pub nudges_held_by_caps: u64,
     pub nudges_held_other: u64,
@@ -312,7 +314,6 @@ pub async fn run(
     // is still queued (durably) and stops once the pipeline is dropped.
     // Then delivery publishes what it can of them and says offline.
     cancel.cancel();
-    let people_recognised = pipeline.recognised.len();
     drop(pipeline);
     if let Err(e) = decider.await {
         events::storage_error(&telemetry, "reserve", &e);
@@ -324,7 +325,7 @@ pub async fn run(
     if let Err(e) = store.flush_async().await {
         events::storage_error(&telemetry, "shutdown_flush", &e);
     }
-    Ok(summarise(&telemetry, people_recognised))
+    Ok(summarise(&telemetry))
 }
 
 /// Run a sighting source as a task, counted in `running` (what `/readyz`
@@ -342,7 +343,7 @@ fn spawn_source(
     });
 }
 
-fn summarise(t: &Telemetry, people_recognised: usize) -> RunSummary {
+fn summarise(t: &Telemetry) -> RunSummary {
     let caps = [
         "per_visit",
         "per_day",
@@ -359,7 +360,7 @@ fn summarise(t: &Telemetry, people_recognised: usize) -> RunSummary {
         .sum();
     RunSummary {
         sightings: t.counter("sightings_total", &[]),
-        people_recognised,
+        people_recognised: t.counter("people_recognised_total", &[]),
         nudges_reserved: t.counter("nudges_reserved_total", &[]),
         nudges_held_by_caps: held_by_caps,
         nudges_held_other: t.counter("nudges_held_total", &[]) - held_by_caps,

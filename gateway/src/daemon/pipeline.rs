@@ -20,7 +20,11 @@ pub struct Pipeline {
     pub(super) clock: EventClock,
     pub(super) frames: Vec<Frame>,
     pub(super) events: Vec<PresenceEvent>,
-    /// Who was recognised this run, for the summary only; never persisted.
+    /// Who was recognised in their current visit, so that the "person
+    /// recognised" event goes out once per visit; pruned every tick to the
+    /// people presence still follows, so it never outgrows who is in the
+    /// store (a run of months would otherwise hold every visitor). Never
+    /// persisted.
     pub(super) recognised: HashSet<PersonId>,
     /// When each present person's visit was last written (event time), so
     /// a restart continues the visit (and its per-visit cap) without a
@@ -253,6 +257,9 @@ impl Pipeline {
         self.presence.tick(now, &mut events);
         self.handle_events(&events).await;
         self.events = events;
+        let presence = &self.presence;
+        self.recognised
+            .retain(|person| presence.visit_of(person).is_some());
         events::people_present(&self.telemetry, self.presence.present_count());
         self.report_memory();
         for sighting in self.merger.flush_due(now) {
@@ -687,6 +694,46 @@ mod tests {
             i64::MIN,
             "reported at the next tick"
         );
+    }
+
+    /// The set behind "recognised once per visit" holds only the people
+    /// presence still follows: one who has left is dropped at the next
+    /// tick, so a long run does not keep every visitor.
+    #[tokio::test]
+    async fn who_was_recognised_is_forgotten_once_presence_lets_them_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        let store = Store::open(&storage).unwrap();
+        let telemetry = Arc::new(Telemetry::new());
+        let (reservations, _decider) = reservations::stage(
+            store.clone(),
+            telemetry.clone(),
+            Arc::new(Notify::new()),
+            crate::telemetry::LatencyStamps::default(),
+            1,
+            1,
+        );
+        let (outgoing, _out) = mpsc::channel(16);
+        let mut pipeline = Pipeline::new(
+            config(&storage, ""),
+            store,
+            telemetry,
+            reservations,
+            outgoing,
+        )
+        .unwrap();
+        let here = PersonId::from("p-here");
+        let gone = PersonId::from("p-gone");
+        let now = pipeline.clock.now_ms();
+        let mut events = Vec::new();
+        pipeline
+            .presence
+            .observe(&here, "entrance", -55, now, &mut events);
+        pipeline.recognised.insert(here.clone());
+        pipeline.recognised.insert(gone.clone());
+        pipeline.on_tick().await;
+        assert!(pipeline.recognised.contains(&here));
+        assert!(!pipeline.recognised.contains(&gone));
     }
 
     /// The twin's ten-zone store with its `tv` scanner 10 dB deaf (the
