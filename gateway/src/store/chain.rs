@@ -731,3 +731,166 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod interleaving {
+    //! The chain caps through the store itself: reservations and folds
+    //! interleaved on one real database, each reservation's verdict
+    //! compared with a count of what had been folded and reserved before.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::decide::{Caps, ChainDay, Limits, NudgeKind, SkipReason};
+    use crate::privacy::chain_person;
+    use crate::store::{Reservation, ReserveCandidate, ReserveJob};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const T0: i64 = 1_796_644_800_000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Reserve {
+            person: u8,
+            after_ms: i64,
+        },
+        Fold {
+            person: u8,
+            after_ms: i64,
+            back_ms: i64,
+            id: u8,
+        },
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let after = prop_oneof![0i64..600_000, 0i64..20 * 3_600_000];
+        proptest::collection::vec(
+            prop_oneof![
+                (0u8..2, after.clone())
+                    .prop_map(|(person, after_ms)| Op::Reserve { person, after_ms }),
+                (0u8..2, after, 0i64..2 * 86_400_000, 0u8..12).prop_map(
+                    |(person, after_ms, back_ms, id)| Op::Fold {
+                        person,
+                        after_ms,
+                        back_ms,
+                        id
+                    }
+                ),
+            ],
+            1..25,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn reservations_keep_the_chain_caps_over_what_was_folded_before_them(
+            ops in ops(),
+            per_day in 1u32..3,
+            per_week in 1u32..5,
+            min_gap_s in prop_oneof![Just(0u32), 0u32..3600],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let caps = Caps {
+                per_visit: 1000,
+                per_day: 1000,
+                per_week: 1000,
+                min_gap_s: 0,
+                per_kind_per_day: None,
+                rule_cooldown_s: 0,
+                store_per_minute: None,
+            };
+            let chain = ChainCaps {
+                per_day,
+                per_week,
+                min_gap_s,
+                day: ChainDay::Chain,
+                timezone: chrono_tz::Europe::Berlin,
+            };
+            let tz = chrono_tz::Europe::Berlin;
+            // What each person has, as far as this store knows: own sends
+            // and folded entries (nudge id → time), in the model.
+            let mut known: [Vec<(String, i64)>; 2] = [Vec::new(), Vec::new()];
+            let mut now = T0;
+            for (n, op) in ops.iter().enumerate() {
+                match *op {
+                    Op::Fold { person, after_ms, back_ms, id } => {
+                        now += after_ms;
+                        let nudge_id = format!("other-{id}");
+                        let at_ms = now - back_ms;
+                        let p = chain_person(SECRET, &format!("p-{person}"));
+                        let outcome = store
+                            .chain_fold(&[(p, ChainEntry { at_ms, nudge_id: nudge_id.clone(), kind: NudgeKind::Info, rule: "r".into() })], now)
+                            .unwrap()[0];
+                        // A nudge id names one entry of one person.
+                        let seen = known.iter().flatten().any(|(id, _)| *id == nudge_id);
+                        prop_assert_eq!(outcome == FoldOutcome::Duplicate, seen);
+                        if !seen {
+                            known[usize::from(person)].push((nudge_id, at_ms));
+                        }
+                    }
+                    Op::Reserve { person, after_ms } => {
+                        now += after_ms;
+                        let id = format!("p-{person}");
+                        let candidates = [ReserveCandidate {
+                            nudge_id: format!("own-{n}"),
+                            topic: "t".into(),
+                            payload: "{}".into(),
+                            kind: NudgeKind::Info,
+                            rule: "r".into(),
+                            zone: "z".into(),
+                            visit: n as i64,
+                            now_ms: now,
+                            expires_at_ms: now + 900_000,
+                            held: None,
+                        }];
+                        let person_id = PersonId::from(id.as_str());
+                        let job = ReserveJob {
+                            person: &person_id,
+                            recipient: "r",
+                            candidates: &candidates,
+                            limits: Limits { caps: &caps, quiet: None, tz: &tz, enabled: true },
+                            chain: Some(ChainJob {
+                                person: chain_person(SECRET, &id),
+                                caps: &chain,
+                                home: None,
+                                topic: "retail/chain/decisions/s1",
+                            }),
+                        };
+                        let got = store.reserve_batch_unflushed(&[job]).unwrap().remove(0).remove(0);
+                        let times: Vec<i64> = known[usize::from(person)].iter().map(|(_, t)| *t).collect();
+                        let date = |ms: i64| chrono::TimeZone::timestamp_millis_opt(&tz, ms).unwrap().date_naive();
+                        let monday = |ms: i64| {
+                            let d = date(ms);
+                            d - chrono::Days::new(chrono::Datelike::weekday(&d).num_days_from_monday().into())
+                        };
+                        let day = times.iter().filter(|&&t| date(t) >= date(now)).count() as u32;
+                        let week = times.iter().filter(|&&t| monday(t) >= monday(now)).count() as u32;
+                        let close = times.iter().any(|&t| (now - t).abs() < i64::from(min_gap_s) * 1000);
+                        let expected = if day >= per_day {
+                            Some(SkipReason::ChainPerDay { limit: per_day })
+                        } else if week >= per_week {
+                            Some(SkipReason::ChainPerWeek { limit: per_week })
+                        } else if close {
+                            Some(SkipReason::ChainMinGap { gap_s: min_gap_s })
+                        } else {
+                            None
+                        };
+                        match expected {
+                            Some(reason) => prop_assert_eq!(got, Reservation::Held(reason)),
+                            None => {
+                                prop_assert!(matches!(got, Reservation::Reserved { .. }), "{:?}", got);
+                                known[usize::from(person)].push((format!("own-{n}"), now));
+                            }
+                        }
+                    }
+                }
+            }
+            // Every reserved nudge is in the chain outbox, once.
+            let own: usize = known.iter().flatten().filter(|(id, _)| id.starts_with("own-")).count();
+            prop_assert_eq!(store.chain_outbox_len(), own);
+        }
+    }
+}
