@@ -275,16 +275,24 @@ impl Store {
     }
 
     /// Record who these chain hashes are here (`chain_people.v4`), sealed
-    /// under each person's key: erased with them. Not flushed (the caller
-    /// flushes with what it writes alongside).
+    /// under each person's key: erased with them. An entry that already
+    /// names the person is left alone (one read, no write: a CRM record
+    /// seen again costs nothing more). Not flushed: a lost entry is
+    /// written again by [`Store::chain_index_sync`] at the next start.
     pub fn chain_index_put(&self, people: &[(ChainPerson, &str)]) -> Result<(), StoreError> {
-        if people.is_empty() {
+        let mut missing = Vec::new();
+        for (person, id) in people {
+            if self.chain_index_entry(person)?.as_deref() != Some(*id) {
+                missing.push((*person, *id));
+            }
+        }
+        if missing.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = people.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<&str> = missing.iter().map(|(_, id)| *id).collect();
         let sealers = self.sealers(&ids)?;
         let mut batch = sled::Batch::default();
-        for ((person, id), sealer) in people.iter().zip(sealers) {
+        for ((person, id), sealer) in missing.iter().zip(sealers) {
             let value = [
                 &sealer.tag[..],
                 &sealer.seal(id.as_bytes(), &vault::nonce()?),
@@ -296,23 +304,26 @@ impl Store {
         Ok(())
     }
 
-    /// The local person a chain hash names, if they are enrolled here.
-    pub fn chain_index_person(&self, person: &ChainPerson) -> Result<Option<PersonId>, StoreError> {
+    /// The person id a chain hash's index entry names, if it opens with
+    /// that person's key: an entry left by an erasure the chain did not
+    /// hear of (`people forget` offline) opens with no key, or not with
+    /// the key of the person enrolled again since, and names no one.
+    fn chain_index_entry(&self, person: &ChainPerson) -> Result<Option<String>, StoreError> {
         let Some(value) = self.chain_people.get(keys::chain(person))? else {
             return Ok(None);
         };
         let tag = tag_of(&value, keys::CHAIN_PEOPLE)?;
-        // An erased person's key is gone: they are no one here any more.
-        let Some(sealer) = self.sealer_for_tag(tag) else {
-            return Ok(None);
-        };
-        let Some(id) = vault::open(&sealer.key, &sealer.tag, &value[16..]) else {
-            return Err(StoreError::Corrupt {
-                tree: keys::CHAIN_PEOPLE,
-                reason: "does not open with the person's key".into(),
-            });
-        };
-        Ok(Some(PersonId::from(String::from_utf8_lossy(&id).as_ref())))
+        Ok(self
+            .sealer_for_tag(tag)
+            .and_then(|sealer| vault::open(&sealer.key, &sealer.tag, &value[16..]))
+            .map(|id| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    /// The local person a chain hash names, if they are enrolled here.
+    pub fn chain_index_person(&self, person: &ChainPerson) -> Result<Option<PersonId>, StoreError> {
+        Ok(self
+            .chain_index_entry(person)?
+            .map(|id| PersonId::from(id.as_str())))
     }
 
     /// Bring `chain_people.v4` up to date with the people: after an import
@@ -335,7 +346,7 @@ impl Store {
         for record in self.people() {
             let record = record?;
             let person = hash(record.person.as_str());
-            if self.chain_people.get(keys::chain(&person))?.is_none() {
+            if self.chain_index_entry(&person)?.as_deref() != Some(record.person.as_str()) {
                 missing.push((person, record.person.as_str().to_string()));
             }
             if missing.len() >= 1024 {
@@ -684,9 +695,23 @@ mod tests {
             store.chain_index_person(&hash("p-2")).unwrap(),
             Some(PersonId::from("p-2"))
         );
-        // Erased locally: the key is gone, so is who the hash was.
+        // Erased locally (offline, the chain not told): the key is gone,
+        // so is who the hash was.
         store.forget_person("p-2", NOON).unwrap();
         assert_eq!(store.chain_index_person(&hash("p-2")).unwrap(), None);
+        // Enrolled again (a new key): the stale entry is written anew.
+        let again = crate::identity::PersonRecord::from_json(
+            r#"{"person": "p-2", "recipient": "r-2", "consent": {"proximity": true}}"#,
+        )
+        .unwrap();
+        store.upsert_person(&again).unwrap();
+        assert_eq!(store.chain_index_person(&hash("p-2")).unwrap(), None);
+        assert_eq!(store.chain_index_sync(&hash(""), hash).unwrap(), 1);
+        assert_eq!(
+            store.chain_index_person(&hash("p-2")).unwrap(),
+            Some(PersonId::from("p-2"))
+        );
+        store.forget_person("p-2", NOON + 1).unwrap();
         // Another secret: the index is rebuilt under it.
         let other = |id: &str| chain_person(b"another secret, 16+ bytes", id);
         assert_eq!(store.chain_index_sync(&other(""), other).unwrap(), 1);
