@@ -2,8 +2,9 @@
 //! gateways, two stores of one chain, on one real Mosquitto. The same
 //! person is enrolled in both (`people import`); with `[caps.chain]
 //! per_day = 1`, a thank-you sent in store A holds the one B would send
-//! (reason `chain_per_day`, from B's own metrics), and a forget in A
-//! erases the person in B, where an old CRM record cannot bring them back.
+//! (reason `chain_per_day`, from B's own metrics), a consent withdrawal
+//! in A is applied in B, and a forget in A erases the person in B, where
+//! an old CRM record cannot bring them back.
 
 use std::time::Duration;
 
@@ -173,6 +174,30 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     phone.expect_exactly(1, Duration::from_millis(500)).await?;
     assert_eq!(b.metric("gateway_nudges_reserved_total")?, 0);
 
+    // A consent change from the app in store A reaches B: thank-yous off.
+    till.publish_acked(
+        &format!("retail/{STORE_A}/consent/r-1"),
+        br#"{"id": "c-thanks", "consent": {"thanks": false}}"#.as_slice(),
+        false,
+        PublishProperties::default(),
+    )
+    .await?;
+    e2e::wait_until(Duration::from_secs(15), || {
+        b.metric("gateway_consent_withdrawn_total{purpose=\"thanks\"}")
+            .unwrap_or(0)
+            >= 1
+    })
+    .await
+    .map_err(logs)?;
+    let told = chain
+        .wait_for(2, Duration::from_secs(15))
+        .await
+        .map_err(logs)?;
+    assert_eq!(told[1].topic, format!("retail/chain/consent/{STORE_A}"));
+    let consent = told[1].json()?;
+    assert_eq!(consent["consent"], serde_json::json!({"thanks": false}));
+    assert_schema("chain-consent", &consent);
+
     // A forget from the app in store A: the person is erased in B too.
     till.publish_acked(
         &format!("retail/{STORE_A}/consent/r-1"),
@@ -188,11 +213,11 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     .map_err(logs)?;
     // What A told the chain: the erasure, by the same person hash.
     let told = chain
-        .wait_for(2, Duration::from_secs(15))
+        .wait_for(3, Duration::from_secs(15))
         .await
         .map_err(logs)?;
-    assert_eq!(told[1].topic, format!("retail/chain/erasures/{STORE_A}"));
-    let erasure = told[1].json()?;
+    assert_eq!(told[2].topic, format!("retail/chain/erasures/{STORE_A}"));
+    let erasure = told[2].json()?;
     assert_eq!(erasure["person"], decision["person"]);
     assert_schema("chain-erasure", &erasure);
     // The CRM's old record, republished, does not bring them back in B.
