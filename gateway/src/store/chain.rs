@@ -767,6 +767,30 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_3_database_opens_as_4_with_everything_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            assert!(matches!(
+                reserve(&store, "p-1", "n-a", NOON),
+                Reservation::Reserved { .. }
+            ));
+            // As a gateway before the chain left it.
+            store.chain_outbox.clear().unwrap();
+            store
+                .meta
+                .insert(keys::META_LAYOUT_VERSION, &3u32.to_be_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.layout_version().unwrap(), 4);
+        assert_eq!(store.ledger("p-1").unwrap().sent.len(), 1);
+        assert_eq!(store.outbox_from(0).count(), 1);
+        assert_eq!(store.chain_outbox_len(), 0);
+    }
+
+    #[test]
     fn the_sweep_drops_what_no_chain_cap_can_see() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
