@@ -99,6 +99,9 @@ pub struct Config {
     /// earlier run left there (discovery turned off or a beacon removed
     /// while the gateway was down) is found and cleared.
     pub homeassistant_scope: HomeAssistantScope,
+    /// `[caps.chain]` and the chain secret; `None`: caps are the store's
+    /// alone and nothing goes to or comes from the chain's topics.
+    pub chain: Option<ChainSettings>,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
     /// The MQTT topic names: prefix, store, scanner feeds (`topics`).
@@ -120,6 +123,42 @@ pub struct HomeAssistantSettings {
 pub struct HomeAssistantScope {
     pub discovery_prefix: String,
     pub node_id: String,
+}
+
+/// Chain-wide caps (`[caps.chain]`) and the secret keying the chain
+/// person hash (`[chain]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainSettings {
+    pub caps: crate::decide::ChainCaps,
+    /// Restart-only: a reload keeps the running one.
+    pub secret: ChainSecret,
+}
+
+impl ChainSettings {
+    /// The person's hash on the chain's topics.
+    pub fn person(&self, person_id: &str) -> crate::privacy::ChainPerson {
+        crate::privacy::chain_person(self.secret.expose(), person_id)
+    }
+}
+
+/// The chain secret's bytes: `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainSecret(Vec<u8>);
+
+impl ChainSecret {
+    pub fn new(bytes: Vec<u8>) -> ChainSecret {
+        ChainSecret(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChainSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Home Assistant's default discovery prefix.
@@ -561,6 +600,12 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         raw.homeassistant.as_ref(),
         store_id,
     ));
+    let chain = c.take(sections::chain(
+        raw.caps.chain.as_ref(),
+        raw.chain.as_ref(),
+        store_id,
+        inputs,
+    ));
     let (
         Some((store_id, timezone)),
         Some(mqtt),
@@ -582,6 +627,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some((homeassistant, homeassistant_scope)),
         Some(radio_map),
         Some(beacon_places),
+        Some(chain),
     ) = (
         store,
         mqtt,
@@ -603,6 +649,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         homeassistant,
         radio_map,
         beacon_places,
+        chain,
     )
     else {
         return Err(c.0);
@@ -620,7 +667,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     presence.radio_map = radio_map;
     presence.dwell_thresholds_s = rules.iter().map(|r| r.dwell_s).collect();
     let topics = sources.iter().fold(
-        TopicNames::new(&mqtt.prefix, &store_id),
+        TopicNames::new(&mqtt.prefix, &store_id).with_chain(chain.is_some()),
         |topics, source| match source {
             SourceSettings::MqttScanners {
                 own,
@@ -660,6 +707,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         incoming_rate,
         homeassistant,
         homeassistant_scope,
+        chain,
         hash,
         topics,
     })

@@ -2,6 +2,7 @@
 //! app, receipted once on disk.
 
 use super::*;
+use crate::identity::ChangeRequest;
 
 impl Pipeline {
     /// A consent or preference change from the app. The receipt goes out
@@ -19,7 +20,8 @@ impl Pipeline {
         let now = wall_ms();
         let status = match change.apply(&mut updated, change.said_at_ms(now)) {
             Applied::Forget => {
-                self.erase(&record.person, now).await?;
+                // The other stores of a chain forget them too.
+                self.erase(&record.person, now, true).await?;
                 // The back office keeps the person's retained record: tell
                 // it, so that it clears it (the tombstone refuses it here
                 // meanwhile).
@@ -37,7 +39,13 @@ impl Pipeline {
             }
             Applied::Updated { withdrawn } => {
                 let person = record.person.as_str().to_string();
+                let said_at_ms = change.said_at_ms(now);
                 self.upsert(updated).await?;
+                if let ChangeRequest::Update { consent, .. } = &change.request {
+                    // The other stores of the chain apply it too.
+                    self.publish_chain_consent(&record.person, consent, said_at_ms)
+                        .await;
+                }
                 if !withdrawn.is_empty() {
                     // Nothing pending may go out under a purpose just
                     // withdrawn, queued decisions included.

@@ -24,17 +24,26 @@ impl Pipeline {
             if !self.people.contains(&person) {
                 return Ok(());
             }
-            return self.erase(&person, now).await;
+            // Every store of a chain hears the CRM itself: the chain is
+            // not told again (`tell_chain` false).
+            return self.erase(&person, now, false).await;
         }
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let record = PersonRecord::from_json(text)?;
         if record.person.as_str() != person {
             return Err(rejection("person", "does not match the topic"));
         }
-        let erased_at = self.store.tombstone(person).map_err(|e| {
-            events::storage_error(&self.telemetry, "tombstone", &e);
-            rejection("storage", "could not be checked; nothing changed")
-        })?;
+        let erased_at = self
+            .store
+            .tombstone(person)
+            .and_then(|local| {
+                // Erased in another store of the chain counts as here.
+                Ok(local.max(self.chain_tombstone(person)?))
+            })
+            .map_err(|e| {
+                events::storage_error(&self.telemetry, "tombstone", &e);
+                rejection("storage", "could not be checked; nothing changed")
+            })?;
         let held = self.people.get(&record.person).map_err(|e| {
             events::storage_error(&self.telemetry, "person_record", &e);
             rejection("storage", "could not be read; nothing changed")
@@ -66,6 +75,7 @@ impl Pipeline {
             self.settle_decisions().await;
         }
         let to_store = upserted.to_store.clone();
+        let to_index = (self.config.chain.is_some()).then(|| to_store.clone());
         let withdrawn: Vec<String> = upserted
             .withdrawn
             .iter()
@@ -84,6 +94,9 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "upsert_person", &e);
             self.reload_people();
             return Err(rejection("storage", "could not be saved; nothing changed"));
+        }
+        if let Some(records) = to_index {
+            self.chain_index(&records).await;
         }
         for person in upserted.withdrawn {
             self.forget_presence(&person);
@@ -133,8 +146,24 @@ impl Pipeline {
     }
 
     /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
-    /// that refuses their older records (the CRM's retained one above all).
+    /// that refuses their older records (the CRM's retained one above all);
+    /// in a chain, their chain ledger and index entry go too, a chain
+    /// tombstone stays, and with `tell_chain` the other stores are told
+    /// (`daemon/incoming/chain.rs`).
     pub(super) async fn erase(
+        &mut self,
+        person: &PersonId,
+        erased_at_ms: i64,
+        tell_chain: bool,
+    ) -> Result<(), Rejection> {
+        self.erase_only_here(person, erased_at_ms).await?;
+        self.chain_forget(person, erased_at_ms, tell_chain).await;
+        Ok(())
+    }
+
+    /// [`Pipeline::erase`] without the chain's side (an erasure from the
+    /// chain does that by the hash it names).
+    pub(super) async fn erase_only_here(
         &mut self,
         person: &PersonId,
         erased_at_ms: i64,
