@@ -101,6 +101,7 @@ fn decide_batch(store: &Store, caps: &Caps, n: u64, size: u64) -> Duration {
                 tz: &chrono_tz::Europe::Berlin,
                 enabled: true,
             },
+            chain: None,
         })
         .collect();
     let started = Instant::now();

@@ -130,6 +130,7 @@ async fn produce(
                 person: person.person.clone(),
                 person_hash: String::new(),
                 recipient: person.recipient.clone(),
+                chain: None,
                 candidates: vec![ReserveCandidate {
                     topic: config.nudge_topic(&person.recipient),
                     nudge_id,

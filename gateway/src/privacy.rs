@@ -1,6 +1,7 @@
 //! What may appear in logs and metrics about a person: a short keyed hash,
 //! never the CRM id, a key or an e-mail.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// A stable, short, non-reversible tag for a personal identifier, for logs.
@@ -50,6 +51,51 @@ fn salt() -> &'static [u8] {
     })
 }
 
+/// A person as every store of a chain names them on the chain's topics:
+/// `HMAC-SHA256(chain secret, "chain-person-v1" || person id)`, its first
+/// 16 bytes (32 lowercase hex characters on the wire). Without the chain
+/// secret it can be neither computed from a guessed id nor reversed; the
+/// same id under the same secret gives the same hash in every store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChainPerson(pub [u8; 16]);
+
+impl ChainPerson {
+    /// 32 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Exactly 32 lowercase hex characters, as [`ChainPerson::to_hex`] writes.
+    pub fn from_hex(text: &str) -> Option<ChainPerson> {
+        if text.len() != 32 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(ChainPerson(bytes))
+    }
+}
+
+impl std::fmt::Debug for ChainPerson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A pseudonym, but one every store of the chain shares: not in logs.
+        f.write_str("ChainPerson(..)")
+    }
+}
+
+/// The chain person hash of `person_id` under `secret` (the first line of
+/// `chain.secret_file`, its bytes as they are).
+pub fn chain_person(secret: &[u8], person_id: &str) -> ChainPerson {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(b"chain-person-v1");
+    mac.update(person_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    ChainPerson(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -61,4 +107,30 @@ mod tests {
         // Once a salt is in place, the pure form gives the same hash.
         assert_eq!(super::hashed_if_salted("ana@example.com"), Some(h));
     }
+
+    /// The fixed vector of docs/design.md (chain-wide caps): any store, or
+    /// a load generator, must compute the same.
+    #[test]
+    fn chain_person_hash_matches_the_written_vector() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let hash = super::chain_person(secret, "p-1");
+        assert_eq!(hash.to_hex(), CHAIN_VECTOR_P1);
+        assert_eq!(super::ChainPerson::from_hex(CHAIN_VECTOR_P1), Some(hash));
+        assert_ne!(super::chain_person(secret, "p-2"), hash);
+        assert_ne!(
+            super::chain_person(b"another secret of 16+ bytes", "p-1"),
+            hash
+        );
+        assert_eq!(format!("{hash:?}"), "ChainPerson(..)");
+        for bad in [
+            "",
+            "ABCDEF0123456789ABCDEF0123456789",
+            &CHAIN_VECTOR_P1[..31],
+            "g".repeat(32).as_str(),
+        ] {
+            assert_eq!(super::ChainPerson::from_hex(bad), None, "{bad}");
+        }
+    }
+
+    const CHAIN_VECTOR_P1: &str = "d7d8958469d7ad49398d29056543538d";
 }

@@ -43,6 +43,17 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     if running.admin_listen != new.admin_listen {
         changed.push("admin.listen");
     }
+    // Joining or leaving a chain changes the subscriptions, and the secret
+    // keys every chain hash already exchanged: both only on restart. The
+    // chain caps' values apply at once.
+    if running.chain.is_some() != new.chain.is_some() {
+        changed.push("caps.chain");
+    }
+    if let (Some(running), Some(new)) = (&running.chain, &new.chain) {
+        if running.secret != new.secret {
+            changed.push("chain.secret_file");
+        }
+    }
     changed
 }
 
@@ -55,6 +66,13 @@ pub fn applicable(running: &Config, new: Config) -> Config {
         storage_cache_bytes: running.storage_cache_bytes,
         sources: running.sources.clone(),
         admin_listen: running.admin_listen,
+        chain: match (&running.chain, new.chain) {
+            (Some(running), Some(new)) => Some(config::ChainSettings {
+                caps: new.caps,
+                secret: running.secret.clone(),
+            }),
+            (running, _) => running.clone(),
+        },
         // Built from the store id, the prefix and the sources.
         topics: running.topics.clone(),
         ..new

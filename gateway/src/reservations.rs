@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::config::Config;
 use crate::decide::Limits;
 use crate::identity::PersonId;
-use crate::store::{Reservation, ReserveCandidate, ReserveJob, Store, StoreError};
+use crate::store::{ChainJob, Reservation, ReserveCandidate, ReserveJob, Store, StoreError};
 use crate::telemetry::{LatencyStamps, MAX_LATENCY_STAMPS, Telemetry, events};
 
 /// Jobs that may wait for the decider before the pipeline waits too.
@@ -42,6 +42,9 @@ pub struct DecisionJob {
     pub person_hash: String,
     pub recipient: String,
     pub candidates: Vec<ReserveCandidate>,
+    /// In a chain (`config.chain`): the person's chain hash, their own
+    /// time zone (for `day = "home"`) and the decisions topic.
+    pub chain: Option<ChainPersonJob>,
     /// The configuration in force when the candidates were made: caps,
     /// quiet hours, time zone, kill switch.
     pub config: Arc<Config>,
@@ -53,9 +56,28 @@ pub struct DecisionJob {
     pub reply: Option<oneshot::Sender<JobOutcome>>,
 }
 
+/// What a decision needs to know of the person in a chain.
+#[derive(Clone, Debug)]
+pub struct ChainPersonJob {
+    pub person: crate::privacy::ChainPerson,
+    pub home: Option<chrono_tz::Tz>,
+    /// This store's `<p>/chain/decisions/<s>`.
+    pub topic: String,
+}
+
 impl DecisionJob {
     fn view(&self) -> ReserveJob<'_> {
+        let chain = match (&self.chain, &self.config.chain) {
+            (Some(job), Some(settings)) => Some(ChainJob {
+                person: job.person,
+                caps: &settings.caps,
+                home: job.home,
+                topic: &job.topic,
+            }),
+            _ => None,
+        };
         ReserveJob {
+            chain,
             person: &self.person,
             recipient: &self.recipient,
             candidates: &self.candidates,

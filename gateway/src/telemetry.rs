@@ -131,6 +131,8 @@ label_values! {
         MqttOwn = "mqtt_own",
         MqttOpenMqttGateway = "mqtt_openmqttgateway",
         MqttEspresense = "mqtt_espresense",
+        /// `<p>/chain/+/+` (`[caps.chain]`).
+        Chain = "chain",
     }
 }
 
@@ -175,6 +177,11 @@ label_values! {
         Timezone = "timezone",
         Topic = "topic",
         TopicRecipient = "topic recipient",
+        // The chain's messages (`daemon/incoming/chain.rs`).
+        V = "v",
+        Kind = "kind",
+        Rule = "rule",
+        ErasedAtMs = "erased_at_ms",
         // Sighting records (`sighting.rs`) and scanner feeds (`io::scanners`).
         Scanner = "scanner",
         Addr = "addr",
@@ -224,6 +231,34 @@ impl Field {
 }
 
 label_values! {
+    /// Which way a chain entry went (`gateway_chain_entries_total`).
+    ChainDirection {
+        Out = "out",
+        In = "in",
+    }
+}
+
+label_values! {
+    /// What became of a chain entry. Out: `queued` (in the chain outbox,
+    /// with its reservation or the erasure or consent change), `acked`
+    /// (the broker's PUBACK removed it), `refused` (the broker refused
+    /// it). In: `folded` (a decision counted from now on, or an erasure or
+    /// consent change applied), `duplicate` (a nudge id folded before),
+    /// `own` (this store's own, back from the broker), `refused` (not a
+    /// valid chain message; reported on `gateway/errors`).
+    ChainOutcome {
+        Queued = "queued",
+        Acked = "acked",
+        Folded = "folded",
+        Duplicate = "duplicate",
+        Own = "own",
+        Refused = "refused",
+        /// In: a decision dated before the person's erasure: dropped.
+        Erased = "erased",
+    }
+}
+
+label_values! {
     /// A nudge's kind (`decide::NudgeKind`).
     Kind {
         Info = "info",
@@ -259,6 +294,9 @@ label_values! {
         PerKindPerDay = "per_kind_per_day",
         RuleCooldown = "rule_cooldown",
         StoreRate = "store_rate",
+        ChainPerDay = "chain_per_day",
+        ChainPerWeek = "chain_per_week",
+        ChainMinGap = "chain_min_gap",
     }
 }
 
@@ -275,6 +313,9 @@ impl From<&SkipReason> for HeldReason {
             SkipReason::PerKindPerDay { .. } => HeldReason::PerKindPerDay,
             SkipReason::RuleCooldown { .. } => HeldReason::RuleCooldown,
             SkipReason::StoreRate { .. } => HeldReason::StoreRate,
+            SkipReason::ChainPerDay { .. } => HeldReason::ChainPerDay,
+            SkipReason::ChainPerWeek { .. } => HeldReason::ChainPerWeek,
+            SkipReason::ChainMinGap { .. } => HeldReason::ChainMinGap,
         }
     }
 }
@@ -410,6 +451,12 @@ struct ByHeldReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByChainEntry {
+    direction: ChainDirection,
+    outcome: ChainOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByPurpose {
     purpose: ConsentPurpose,
 }
@@ -494,6 +541,8 @@ struct Metrics {
     reservation_batches: Counter,
     retention_swept: Counter,
     outbox_depth: Gauge,
+    chain_entries: Family<ByChainEntry, Counter>,
+    chain_outbox_length: Gauge,
     homeassistant_discovery_published: Counter,
     homeassistant_entities: Gauge,
     mqtt_connected: Gauge,
@@ -550,6 +599,8 @@ impl Metrics {
             reservation_batches: Default::default(),
             retention_swept: Default::default(),
             outbox_depth: Default::default(),
+            chain_entries: Default::default(),
+            chain_outbox_length: Default::default(),
             homeassistant_discovery_published: Default::default(),
             homeassistant_entities: Default::default(),
             mqtt_connected: Default::default(),
@@ -742,6 +793,16 @@ impl Metrics {
             retention_swept
         );
         reg!("outbox_depth", "Nudges waiting in the outbox", outbox_depth);
+        reg!(
+            "chain_entries",
+            "Chain entries (decisions, erasures, consent) out and in, by outcome",
+            chain_entries
+        );
+        reg!(
+            "chain_outbox_length",
+            "Chain entries waiting for the broker's PUBACK",
+            chain_outbox_length
+        );
         reg!(
             "homeassistant_discovery_published",
             "Home Assistant discovery publications (start and reloads)",
@@ -976,6 +1037,10 @@ pub const INCOMING_FIELDS: &[&str] = &[
     "timezone",
     "topic",
     "topic recipient",
+    "v",
+    "kind",
+    "rule",
+    "erased_at_ms",
 ];
 
 /// The label text of a refused field (see [`Field::of`]).
@@ -1011,8 +1076,8 @@ pub mod events {
         ReloadResult, SecretField, Source, Telemetry, TopicKind,
     };
     use super::{
-        ByBuyer, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish, ByPurpose,
-        ByReloadResult, ByState,
+        ByBuyer, ByChainEntry, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish,
+        ByPurpose, ByReloadResult, ByState, ChainDirection, ChainOutcome,
     };
     use crate::decide::{NudgeKind, SkipReason};
 
@@ -1298,6 +1363,58 @@ pub mod events {
     /// How many nudges wait in the outbox (refreshed once a second).
     pub fn outbox_depth(t: &Telemetry, depth: usize) {
         t.m.outbox_depth.set(depth as i64);
+    }
+
+    /// A chain entry in or out, and what became of it. Neither the person
+    /// (a hash every store shares) nor the content is logged.
+    pub fn chain_entry(
+        t: &Telemetry,
+        direction: ChainDirection,
+        outcome: ChainOutcome,
+        kind: crate::topics::ChainKind,
+    ) {
+        t.m.chain_entries
+            .get_or_create(&ByChainEntry { direction, outcome })
+            .inc();
+        tracing::debug!(%direction, %outcome, kind = kind.level(), "chain entry");
+    }
+
+    /// Chain entries of a batch of reservations, queued with them.
+    pub fn chain_entries_queued(t: &Telemetry, count: usize) {
+        if count > 0 {
+            t.m.chain_entries
+                .get_or_create(&ByChainEntry {
+                    direction: ChainDirection::Out,
+                    outcome: ChainOutcome::Queued,
+                })
+                .inc_by(count as u64);
+        }
+    }
+
+    /// The broker acknowledged a chain entry: it left the chain outbox.
+    pub fn chain_entry_acked(t: &Telemetry) {
+        t.m.chain_entries
+            .get_or_create(&ByChainEntry {
+                direction: ChainDirection::Out,
+                outcome: ChainOutcome::Acked,
+            })
+            .inc();
+    }
+
+    /// A chain entry the broker refused (not acknowledged with success):
+    /// removed like a nudge the broker refused.
+    pub fn chain_entry_refused_by_broker(t: &Telemetry, seq: u64) {
+        t.m.chain_entries
+            .get_or_create(&ByChainEntry {
+                direction: ChainDirection::Out,
+                outcome: ChainOutcome::Refused,
+            })
+            .inc();
+        tracing::warn!(seq, "the broker refused a chain entry; dropped");
+    }
+
+    pub fn chain_outbox_length(t: &Telemetry, length: usize) {
+        t.m.chain_outbox_length.set(length as i64);
     }
 
     /// Capture records dropped by the retention sweep.

@@ -11,6 +11,10 @@ pub struct TopicNames {
     prefix: String,
     store: String,
     scanners: ScannerFilters,
+    /// The store's id, for the chain's topics (`<p>/chain/<kind>/<s>`).
+    store_id: String,
+    /// `[caps.chain]` is set: subscribe to `<p>/chain/+/+`.
+    chain: bool,
 }
 
 impl TopicNames {
@@ -19,7 +23,24 @@ impl TopicNames {
             prefix: prefix.to_string(),
             store: format!("{prefix}/{store_id}"),
             scanners: Vec::new(),
+            store_id: store_id.to_string(),
+            chain: false,
         }
+    }
+
+    /// Whether the store is in a chain (`[caps.chain]`).
+    pub fn with_chain(mut self, chain: bool) -> TopicNames {
+        self.chain = chain;
+        self
+    }
+
+    pub fn chain(&self) -> bool {
+        self.chain
+    }
+
+    /// `<p>/chain/<kind>/<own store>`: where this store publishes.
+    pub fn chain_topic(&self, kind: ChainKind) -> String {
+        format!("{}/chain/{}/{}", self.prefix, kind.level(), self.store_id)
     }
 
     /// Adds one `mqtt_scanners` source: our own nodes on
@@ -79,7 +100,42 @@ pub enum Incoming<'a> {
     Feedback(&'a str),
     /// `<p>/<s>/purchases`
     Purchase,
+    /// `<p>/chain/<kind>/<store>` (only in a chain): another store's entry,
+    /// or our own coming back (`own`).
+    Chain {
+        kind: ChainKind,
+        store: &'a str,
+        own: bool,
+    },
     Unknown,
+}
+
+/// The chain's topics (`<p>/chain/<kind>/<store>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainKind {
+    /// A nudge reserved in that store.
+    Decision,
+    /// A person forgotten in that store.
+    Erasure,
+    /// A consent change the app sent to that store.
+    Consent,
+}
+
+impl ChainKind {
+    pub const ALL: [ChainKind; 3] = [ChainKind::Decision, ChainKind::Erasure, ChainKind::Consent];
+
+    /// The topic level.
+    pub fn level(self) -> &'static str {
+        match self {
+            ChainKind::Decision => "decisions",
+            ChainKind::Erasure => "erasures",
+            ChainKind::Consent => "consent",
+        }
+    }
+
+    fn of(level: &str) -> Option<ChainKind> {
+        ChainKind::ALL.into_iter().find(|k| k.level() == level)
+    }
 }
 
 impl Incoming<'_> {
@@ -91,6 +147,7 @@ impl Incoming<'_> {
             Incoming::CheckIn(_) => "checkin",
             Incoming::Feedback(_) => "feedback",
             Incoming::Purchase => "purchase",
+            Incoming::Chain { .. } => "chain",
             Incoming::Unknown => "unknown",
         }
     }
@@ -111,6 +168,21 @@ pub fn classify<'a>(names: &TopicNames, topic: &'a str) -> Incoming<'a> {
     let single = |rest: &'a str| (!rest.is_empty() && !rest.contains('/')).then_some(rest);
     if let Some(rest) = topic.strip_prefix(&format!("{}/crm/people/", names.prefix)) {
         return single(rest).map_or(Incoming::Unknown, Incoming::Person);
+    }
+    if names.chain {
+        if let Some(rest) = topic.strip_prefix(&format!("{}/chain/", names.prefix)) {
+            return match rest.split_once('/') {
+                Some((level, store)) => match (ChainKind::of(level), single(store)) {
+                    (Some(kind), Some(store)) => Incoming::Chain {
+                        kind,
+                        store,
+                        own: store == names.store_id,
+                    },
+                    _ => Incoming::Unknown,
+                },
+                None => Incoming::Unknown,
+            };
+        }
     }
     let Some(rest) = topic.strip_prefix(&format!("{}/", names.store)) else {
         return Incoming::Unknown;
@@ -213,6 +285,13 @@ pub fn all_subscriptions(names: &TopicNames) -> Vec<Subscription> {
             retained_wanted: false,
         },
     ];
+    if names.chain {
+        all.push(Subscription {
+            filter: format!("{p}/chain/+/+"),
+            kind: "chain",
+            retained_wanted: false,
+        });
+    }
     all.extend(
         scanner_filters(names)
             .into_iter()
@@ -323,6 +402,65 @@ mod tests {
 
     fn config() -> TopicNames {
         TopicNames::new("retail", "s1")
+    }
+
+    #[test]
+    fn chain_topics_classify_only_in_a_chain_and_name_the_store() {
+        let plain = config();
+        assert_eq!(
+            classify(&plain, "retail/chain/decisions/s2"),
+            Incoming::Unknown
+        );
+        assert!(all_subscriptions(&plain).iter().all(|s| s.kind != "chain"));
+        let chained = config().with_chain(true);
+        assert_eq!(
+            chained.chain_topic(ChainKind::Decision),
+            "retail/chain/decisions/s1"
+        );
+        assert_eq!(
+            chained.chain_topic(ChainKind::Erasure),
+            "retail/chain/erasures/s1"
+        );
+        assert_eq!(
+            chained.chain_topic(ChainKind::Consent),
+            "retail/chain/consent/s1"
+        );
+        for kind in ChainKind::ALL {
+            let other = format!("retail/chain/{}/s2", kind.level());
+            assert_eq!(
+                classify(&chained, &other),
+                Incoming::Chain {
+                    kind,
+                    store: "s2",
+                    own: false
+                }
+            );
+            assert_eq!(
+                classify(&chained, &chained.chain_topic(kind)),
+                Incoming::Chain {
+                    kind,
+                    store: "s1",
+                    own: true
+                }
+            );
+        }
+        for other in [
+            "retail/chain/decisions",
+            "retail/chain/decisions/",
+            "retail/chain/visits/s2",
+            "retail/chain/decisions/s2/x",
+        ] {
+            assert_eq!(classify(&chained, other), Incoming::Unknown, "{other}");
+        }
+        let all = all_subscriptions(&chained);
+        let chain = all.iter().find(|s| s.kind == "chain").expect("subscribed");
+        assert_eq!(chain.filter, "retail/chain/+/+");
+        assert!(!chain.retained_wanted);
+        assert!(validate_filter(&chain.filter).is_ok());
+        assert_eq!(
+            subscription_of(&all, "retail/chain/erasures/s9").map(|s| s.kind),
+            Some("chain")
+        );
     }
 
     #[test]

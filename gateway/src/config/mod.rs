@@ -83,6 +83,9 @@ pub struct Config {
     pub incoming_rate: crate::ratelimit::RateLimit,
     /// Home Assistant MQTT discovery; `None`: off.
     pub homeassistant: Option<HomeAssistantSettings>,
+    /// `[caps.chain]` and the chain secret; `None`: caps are the store's
+    /// alone and nothing goes to or comes from the chain's topics.
+    pub chain: Option<ChainSettings>,
     /// Short hash of the effective configuration, published with the status.
     pub hash: String,
     /// The MQTT topic names: prefix, store, scanner feeds (`topics`).
@@ -96,6 +99,42 @@ pub struct HomeAssistantSettings {
     pub discovery_prefix: String,
     pub node_id: String,
     pub state_every: Duration,
+}
+
+/// Chain-wide caps (`[caps.chain]`) and the secret keying the chain
+/// person hash (`[chain]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainSettings {
+    pub caps: crate::decide::ChainCaps,
+    /// Restart-only: a reload keeps the running one.
+    pub secret: ChainSecret,
+}
+
+impl ChainSettings {
+    /// The person's hash on the chain's topics.
+    pub fn person(&self, person_id: &str) -> crate::privacy::ChainPerson {
+        crate::privacy::chain_person(self.secret.expose(), person_id)
+    }
+}
+
+/// The chain secret's bytes: `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainSecret(Vec<u8>);
+
+impl ChainSecret {
+    pub fn new(bytes: Vec<u8>) -> ChainSecret {
+        ChainSecret(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChainSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Home Assistant's default discovery prefix.
@@ -508,6 +547,12 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         raw.homeassistant.as_ref(),
         store_id,
     ));
+    let chain = c.take(sections::chain(
+        raw.caps.chain.as_ref(),
+        raw.chain.as_ref(),
+        store_id,
+        inputs,
+    ));
     let (
         Some((store_id, timezone)),
         Some(mqtt),
@@ -528,6 +573,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some(admin_listen),
         Some(homeassistant),
         Some(radio_map),
+        Some(chain),
     ) = (
         store,
         mqtt,
@@ -548,6 +594,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         admin_listen,
         homeassistant,
         radio_map,
+        chain,
     )
     else {
         return Err(c.0);
@@ -557,7 +604,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     presence.radio_map = radio_map;
     presence.dwell_thresholds_s = rules.iter().map(|r| r.dwell_s).collect();
     let topics = sources.iter().fold(
-        TopicNames::new(&mqtt.prefix, &store_id),
+        TopicNames::new(&mqtt.prefix, &store_id).with_chain(chain.is_some()),
         |topics, source| match source {
             SourceSettings::MqttScanners {
                 own,
@@ -592,6 +639,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         admin_listen,
         incoming_rate,
         homeassistant,
+        chain,
         hash,
         topics,
     })

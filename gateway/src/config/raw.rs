@@ -35,6 +35,34 @@ pub struct RawConfig {
     /// Home Assistant MQTT discovery (`io/homeassistant.rs`); absent: off.
     #[serde(default)]
     pub homeassistant: Option<RawHomeAssistant>,
+    /// Where the chain secret comes from (`[caps.chain]` needs it).
+    #[serde(default)]
+    pub chain: Option<RawChain>,
+}
+
+/// `[chain]`: the chain secret that keys the person hash on the chain's
+/// topics. Never the secret itself: a file, or a systemd credential.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChain {
+    /// File holding the secret (first line).
+    pub secret_file: Option<String>,
+    /// Name of a systemd credential holding it
+    /// (`$CREDENTIALS_DIRECTORY/<name>`).
+    pub secret_credential: Option<String>,
+}
+
+/// `[caps.chain]`: caps across every store of the chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChainCaps {
+    pub per_day: i64,
+    pub per_week: i64,
+    #[serde(default)]
+    pub min_gap_s: i64,
+    /// "chain" (default) or "home".
+    pub day: Option<String>,
+    pub timezone: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +212,9 @@ pub struct RawCaps {
     pub rule_cooldown_s: i64,
     pub per_kind_per_day: Option<i64>,
     pub store_per_minute: Option<i64>,
+    /// `[caps.chain]`; absent: caps are the store's alone, no chain traffic.
+    #[serde(default)]
+    pub chain: Option<RawChainCaps>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,7 +71,8 @@ impl fmt::Debug for Inputs {
 }
 
 /// Every file `raw` names: the TLS PEM files, the password file (or the
-/// systemd credential holding the password), the catalog and the radio
+/// systemd credential holding the password), the chain secret's file or
+/// credential (only with `[caps.chain]`), the catalog and the radio
 /// map. Pure; empty
 /// paths are left out (the validators report them).
 pub fn files_named(raw: &RawConfig, credentials_directory: Option<&OsStr>) -> Vec<PathBuf> {
@@ -84,6 +85,9 @@ pub fn files_named(raw: &RawConfig, credentials_directory: Option<&OsStr>) -> Ve
         .collect();
     if let Ok(Some(password)) = super::sections::password_file(mqtt, credentials_directory) {
         files.push(password);
+    }
+    if let Ok(Some(secret)) = super::sections::chain_secret_file(raw, credentials_directory) {
+        files.push(secret);
     }
     files.extend(raw.catalog.as_ref().map(|c| PathBuf::from(&c.path)));
     files.extend(

@@ -14,19 +14,19 @@ use chrono::NaiveTime;
 use chrono_tz::Tz;
 
 use super::raw::{
-    RawAdmin, RawBeacon, RawCaps, RawCatalog, RawDecode, RawHomeAssistant, RawIncoming, RawMqtt,
-    RawNudges, RawPresence, RawQuietHours, RawRetention, RawRule, RawSource, RawStorage, RawStore,
-    RawZone,
+    RawAdmin, RawBeacon, RawCaps, RawCatalog, RawChain, RawChainCaps, RawConfig, RawDecode,
+    RawHomeAssistant, RawIncoming, RawMqtt, RawNudges, RawPresence, RawQuietHours, RawRetention,
+    RawRule, RawSource, RawStorage, RawStore, RawZone,
 };
 use super::read::Inputs;
 use super::{
-    BeaconKind, FleetBeacon, HOMEASSISTANT_DEFAULT_PREFIX, HomeAssistantSettings,
-    MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings, TlsSettings,
-    ZoneSettings, one_line,
+    BeaconKind, ChainSecret, ChainSettings, FleetBeacon, HOMEASSISTANT_DEFAULT_PREFIX,
+    HomeAssistantSettings, MAX_MQTT_PACKET_BYTES, MqttSettings, Problem, Secret, SourceSettings,
+    TlsSettings, ZoneSettings, one_line,
 };
 use crate::decide::{
-    Caps, Catalog, NudgeKind, Offer, QuietHours, Rule, Trigger, TriggeredRule, check_wording,
-    validate_template, validate_trigger,
+    Caps, Catalog, ChainCaps, ChainDay, NudgeKind, Offer, QuietHours, Rule, Trigger, TriggeredRule,
+    check_wording, validate_template, validate_trigger,
 };
 use crate::decode::DecodeOptions;
 use crate::identity::person::validate_topic_id;
@@ -870,6 +870,134 @@ pub fn caps(c: &RawCaps) -> Checked<Caps> {
             .map(|v| p.int("caps.store_per_minute", v, 0)),
     };
     p.finish(caps)
+}
+
+/// The shortest chain secret accepted, in bytes (32 hex characters are
+/// 32 bytes; the line is the key as it is, see `chain_person`).
+pub const MIN_CHAIN_SECRET_BYTES: usize = 16;
+
+/// `[caps.chain]` with the secret `[chain]` names: `None` without
+/// `[caps.chain]` (no chain traffic at all, whatever `[chain]` says).
+/// The secret's file was read by the read step; its first line is the
+/// key. A store whose id is `chain` would share the chain's topics
+/// (`<p>/chain/...`), so it cannot join one.
+pub fn chain(
+    caps: Option<&RawChainCaps>,
+    raw: Option<&RawChain>,
+    store_id: &str,
+    inputs: &Inputs,
+) -> Checked<Option<ChainSettings>> {
+    let Some(c) = caps else {
+        return Ok(None);
+    };
+    let mut p = Problems::default();
+    let day = match c.day.as_deref() {
+        None | Some("chain") => ChainDay::Chain,
+        Some("home") => ChainDay::Home,
+        Some(_) => {
+            p.add("caps.chain.day", "must be \"chain\" or \"home\"");
+            ChainDay::Chain
+        }
+    };
+    let timezone = c.timezone.parse::<Tz>().unwrap_or_else(|_| {
+        p.add(
+            "caps.chain.timezone",
+            format!("unknown IANA time zone {:?}", c.timezone),
+        );
+        Tz::UTC
+    });
+    let caps = ChainCaps {
+        per_day: p.int("caps.chain.per_day", c.per_day, 0),
+        per_week: p.int("caps.chain.per_week", c.per_week, 0),
+        min_gap_s: p.int("caps.chain.min_gap_s", c.min_gap_s, 0),
+        day,
+        timezone,
+    };
+    if store_id == "chain" {
+        p.add(
+            "store.id",
+            "must not be \"chain\" in a chain ([caps.chain]): its topics would be the chain's",
+        );
+    }
+    let secret = match chain_secret_path(raw, inputs.credentials_directory()) {
+        Ok(Some(path)) => match inputs.file(&path) {
+            Ok(bytes) => {
+                let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+                let first = first.strip_suffix(b"\r").unwrap_or(first);
+                if first.len() < MIN_CHAIN_SECRET_BYTES {
+                    p.add(
+                        "chain.secret_file",
+                        format!(
+                            "{}: the first line must hold at least {MIN_CHAIN_SECRET_BYTES} bytes (e.g. 64 hex characters from `openssl rand -hex 32`)",
+                            path.display()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(ChainSecret::new(first.to_vec()))
+                }
+            }
+            Err(e) => {
+                p.add("chain.secret_file", format!("{}: {e}", path.display()));
+                None
+            }
+        },
+        Ok(None) => {
+            p.add(
+                "chain.secret_file",
+                "[caps.chain] needs the chain secret: set chain.secret_file or chain.secret_credential",
+            );
+            None
+        }
+        Err((field, reason)) => {
+            p.add(field, reason);
+            None
+        }
+    };
+    match (p.0.is_empty(), secret) {
+        (true, Some(secret)) => Ok(Some(ChainSettings { caps, secret })),
+        _ => Err(p.0),
+    }
+}
+
+/// The file the chain secret is read from, if `[caps.chain]` is set: for
+/// the read step.
+pub(super) fn chain_secret_file(
+    raw: &RawConfig,
+    credentials_directory: Option<&std::ffi::OsStr>,
+) -> Result<Option<PathBuf>, (&'static str, String)> {
+    if raw.caps.chain.is_none() {
+        return Ok(None);
+    }
+    chain_secret_path(raw.chain.as_ref(), credentials_directory)
+}
+
+/// `chain.secret_file`, or the systemd credential `chain.secret_credential`.
+fn chain_secret_path(
+    raw: Option<&RawChain>,
+    credentials_directory: Option<&std::ffi::OsStr>,
+) -> Result<Option<PathBuf>, (&'static str, String)> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let credential = match raw.secret_credential.as_deref() {
+        None => None,
+        Some(name) => Some(
+            credential_path(name, credentials_directory.map(ToOwned::to_owned))
+                .map_err(|reason| ("chain.secret_credential", reason))?,
+        ),
+    };
+    match (raw.secret_file.as_deref(), credential) {
+        (Some(_), Some(_)) => Err((
+            "chain.secret_file",
+            "set either chain.secret_file or chain.secret_credential, not both".into(),
+        )),
+        (Some(file), None) if file.trim().is_empty() => {
+            Err(("chain.secret_file", "must not be empty".into()))
+        }
+        (Some(file), None) => Ok(Some(PathBuf::from(file))),
+        (None, credential) => Ok(credential),
+    }
 }
 
 /// `[quiet_hours]`.

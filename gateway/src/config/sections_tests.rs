@@ -222,6 +222,7 @@ fn caps(values: [i64; 5]) -> RawCaps {
         rule_cooldown_s: values[4],
         per_kind_per_day: None,
         store_per_minute: None,
+        chain: None,
     }
 }
 
@@ -323,4 +324,150 @@ fn a_password_travels_in_the_clear_only_over_plain_tcp_to_another_host() {
     site.mqtt.url = "mqtt://broker.example".into();
     let mqtt = sections::mqtt(&site.mqtt, "s", &inputs).unwrap();
     assert!(!mqtt.password_in_clear());
+}
+
+const CHAIN: &str = r#"
+[caps.chain]
+per_day = 2
+per_week = 5
+min_gap_s = 1800
+day = "home"
+timezone = "Europe/Berlin"
+
+[chain]
+secret_file = "/etc/gateway/chain-secret"
+"#;
+
+#[test]
+fn chain_caps_take_the_secret_from_the_file_the_read_step_read() {
+    let site = raw(CHAIN);
+    assert_eq!(
+        files_named(&site, None)
+            .iter()
+            .filter(|p| p.ends_with("chain-secret"))
+            .count(),
+        1,
+        "the read step reads the chain secret"
+    );
+    let inputs = Inputs::default().with_file(
+        "/etc/gateway/chain-secret",
+        "0123456789abcdef0123456789abcdef\nsecond line ignored\n",
+    );
+    let config = validate(raw(CHAIN), &inputs).unwrap();
+    let chain = config.chain.as_ref().expect("chain configured");
+    assert_eq!(chain.caps.per_day, 2);
+    assert_eq!(chain.caps.per_week, 5);
+    assert_eq!(chain.caps.min_gap_s, 1800);
+    assert_eq!(chain.caps.day, crate::decide::ChainDay::Home);
+    assert_eq!(chain.caps.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!(chain.secret.expose(), b"0123456789abcdef0123456789abcdef");
+    assert_eq!(format!("{:?}", chain.secret), "***");
+    assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    // The vector of privacy.rs, through the config.
+    assert_eq!(
+        chain.person("p-1").to_hex(),
+        "d7d8958469d7ad49398d29056543538d"
+    );
+    assert!(
+        crate::topics::all_subscriptions(&config.topics)
+            .iter()
+            .any(|s| s.filter == "retail/chain/+/+")
+    );
+}
+
+#[test]
+fn without_chain_caps_there_is_no_chain_and_no_secret_is_read() {
+    let site = raw("[chain]\nsecret_file = \"/etc/gateway/chain-secret\"\n");
+    assert!(
+        files_named(&site, None)
+            .iter()
+            .all(|p| !p.ends_with("chain-secret"))
+    );
+    let config = validate(site, &Inputs::default()).unwrap();
+    assert!(config.chain.is_none());
+    assert!(
+        crate::topics::all_subscriptions(&config.topics)
+            .iter()
+            .all(|s| !s.filter.contains("/chain/"))
+    );
+}
+
+#[test]
+fn chain_problems_name_their_path() {
+    // No secret at all.
+    let no_secret = CHAIN.replace("[chain]\nsecret_file = \"/etc/gateway/chain-secret\"\n", "");
+    let problems = validate(raw(&no_secret), &Inputs::default()).unwrap_err();
+    assert_eq!(paths(&problems), ["chain.secret_file"]);
+    // Unreadable, too short, both file and credential.
+    let problems = validate(
+        raw(CHAIN),
+        &Inputs::default().with_unreadable("/etc/gateway/chain-secret", "permission denied"),
+    )
+    .unwrap_err();
+    assert_eq!(paths(&problems), ["chain.secret_file"]);
+    assert!(problems[0].reason.contains("permission denied"));
+    let short = Inputs::default().with_file("/etc/gateway/chain-secret", "short\n");
+    let problems = validate(raw(CHAIN), &short).unwrap_err();
+    assert_eq!(paths(&problems), ["chain.secret_file"]);
+    assert!(!problems[0].reason.contains("short\n"));
+    let both = format!("{CHAIN}secret_credential = \"chain\"\n");
+    let problems = validate(
+        raw(&both),
+        &Inputs::default().with_credentials_directory("/run/c"),
+    )
+    .unwrap_err();
+    assert_eq!(paths(&problems), ["chain.secret_file"]);
+    // Bad values: every one at its own path.
+    let bad = CHAIN
+        .replace("per_day = 2", "per_day = -1")
+        .replace("per_week = 5", "per_week = -2")
+        .replace("min_gap_s = 1800", "min_gap_s = -3")
+        .replace("day = \"home\"", "day = \"store\"")
+        .replace("Europe/Berlin\"\n\n[chain]", "Mars/Olympus\"\n\n[chain]");
+    let inputs = Inputs::default().with_file(
+        "/etc/gateway/chain-secret",
+        "0123456789abcdef0123456789abcdef\n",
+    );
+    let problems = validate(raw(&bad), &inputs).unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        [
+            "caps.chain.day",
+            "caps.chain.timezone",
+            "caps.chain.per_day",
+            "caps.chain.per_week",
+            "caps.chain.min_gap_s"
+        ]
+    );
+    // A store named like the chain's topics.
+    let mut site = raw(CHAIN);
+    site.store.id = Some("chain".into());
+    let problems = validate(site, &inputs).unwrap_err();
+    assert_eq!(paths(&problems), ["store.id"]);
+    // An unknown key is refused when parsing, naming it.
+    let unknown = format!("{CHAIN}secret = \"inline\"\n");
+    let err = parse(
+        "site.toml",
+        Some(&format!("{MINIMAL_SITE}{unknown}")),
+        HashMap::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("secret"), "{err}");
+    // A credential is looked up in $CREDENTIALS_DIRECTORY.
+    let credential = CHAIN.replace(
+        "secret_file = \"/etc/gateway/chain-secret\"",
+        "secret_credential = \"chain-secret\"",
+    );
+    let inputs = Inputs::default()
+        .with_credentials_directory("/run/creds")
+        .with_file(
+            "/run/creds/chain-secret",
+            "0123456789abcdef0123456789abcdef",
+        );
+    let site = raw(&credential);
+    assert!(
+        files_named(&site, Some(std::ffi::OsStr::new("/run/creds")))
+            .contains(&std::path::PathBuf::from("/run/creds/chain-secret"))
+    );
+    assert!(validate(site, &inputs).unwrap().chain.is_some());
 }

@@ -172,6 +172,35 @@ pub async fn run(
     // Stops once the pipeline (the only sender) is gone and the queue is
     // reserved; see the end of this function.
     let decider = tokio::spawn(decider.run());
+    // In a chain: other stores' decisions are folded by a task of their
+    // own (stops, like the decider, once the pipeline is gone), and the
+    // index from chain hash to person catches up with people imported
+    // while the daemon was stopped, off the start's critical path.
+    let chain_folder = match &config.chain {
+        Some(chain) => {
+            let (folds_tx, folds_rx) = mpsc::channel(incoming::FOLD_QUEUE);
+            pipeline.chain_folds = Some(folds_tx);
+            let (sync_store, sync_telemetry, chain) =
+                (store.clone(), telemetry.clone(), chain.clone());
+            tokio::task::spawn_blocking(move || {
+                let (store, telemetry) = (sync_store, sync_telemetry);
+                let index_of = chain.person("");
+                match store.chain_index_sync(&index_of, |id| chain.person(id)) {
+                    Ok(added) => tracing::info!(added, "chain index up to date"),
+                    Err(e) => events::storage_error(&telemetry, "chain_index", &e),
+                }
+            });
+            Some(tokio::spawn(
+                incoming::ChainFolder {
+                    store: store.clone(),
+                    telemetry: telemetry.clone(),
+                    rx: folds_rx,
+                }
+                .run(),
+            ))
+        }
+        None => None,
+    };
     if let Some(path) = &options.record {
         let recorder =
             crate::io::record::CaptureRecorder::create(path).map_err(|e| DaemonError::Record {
@@ -307,6 +336,11 @@ pub async fn run(
     if let Err(e) = decider.await {
         events::storage_error(&telemetry, "reserve", &e);
     }
+    if let Some(folder) = chain_folder {
+        if let Err(e) = folder.await {
+            events::storage_error(&telemetry, "chain_fold", &e);
+        }
+    }
     while tasks.join_next().await.is_some() {}
     outbox_ready.notify_one();
     delivery_cancel.cancel();
@@ -342,6 +376,9 @@ fn summarise(t: &Telemetry, people_recognised: usize) -> RunSummary {
         "rule_cooldown",
         "store_rate",
         "quiet_hours",
+        "chain_per_day",
+        "chain_per_week",
+        "chain_min_gap",
     ];
     let held_by_caps: u64 = caps
         .iter()

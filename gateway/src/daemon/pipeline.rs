@@ -43,6 +43,9 @@ pub struct Pipeline {
     pub(super) rate_limit: RecipientLimiter,
     /// Error reports on gateway/errors, per second (`ratelimit::PerSecond`).
     pub(super) error_reports: PerSecond,
+    /// In a chain: other stores' decisions go to the chain folder
+    /// (`incoming/chain.rs`); `None` outside a chain.
+    pub(super) chain_folds: Option<mpsc::Sender<incoming::FoldRequest>>,
 }
 
 /// Error reports published per second at most; the rest are counted
@@ -101,6 +104,7 @@ impl Pipeline {
             recorder: None,
             rate_limit,
             error_reports: PerSecond::new(ERROR_REPORTS_PER_SECOND),
+            chain_folds: None,
         })
     }
 
@@ -199,7 +203,19 @@ impl Pipeline {
                 }
             }
         }
-        match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+        let chain = self.config.chain.is_some();
+        let swept = tokio::task::spawn_blocking(move || {
+            let removed = store.sweep(cutoff)?;
+            // The chain's ledgers keep their eight days, its tombstones
+            // the retention window.
+            Ok::<_, StoreError>(if chain {
+                removed + store.chain_sweep(now_ms, cutoff)?
+            } else {
+                removed
+            })
+        })
+        .await;
+        match swept {
             Ok(Ok(removed)) => {
                 events::retention_swept(&self.telemetry, removed);
                 tracing::info!(removed, "retention sweep");
@@ -424,10 +440,22 @@ impl Pipeline {
         if prepared.is_empty() {
             return;
         }
+        let chain = config
+            .chain
+            .as_ref()
+            .map(|chain| reservations::ChainPersonJob {
+                person: chain.person(person.person.as_str()),
+                home: person
+                    .timezone
+                    .as_deref()
+                    .and_then(|tz| tz.parse::<chrono_tz::Tz>().ok()),
+                topic: config.topics.chain_topic(topics::ChainKind::Decision),
+            });
         let job = DecisionJob {
             person: person.person.clone(),
             person_hash: hashed(person.person.as_str()),
             recipient: person.recipient.clone(),
+            chain,
             candidates: prepared,
             config,
             arrival: self.current_arrival,

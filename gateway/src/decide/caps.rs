@@ -201,3 +201,122 @@ pub fn check_caps(
     }
     Ok(())
 }
+
+/// `[caps.chain]`: caps that hold for a person across every store of the
+/// chain, on top of (never instead of) the store's own [`Caps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainCaps {
+    pub per_day: u32,
+    pub per_week: u32,
+    pub min_gap_s: u32,
+    pub day: ChainDay,
+    /// The chain's time zone: days and weeks with `day = "chain"`, and
+    /// with `day = "home"` for a person whose record names none.
+    pub timezone: Tz,
+}
+
+/// Whose calendar a chain day (and week) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainDay {
+    /// The chain's time zone, the same for every store and person.
+    Chain,
+    /// The person's own time zone when their record has one, else the
+    /// chain's: a day is the customer's day wherever they shop.
+    Home,
+}
+
+/// One nudge another store of the chain reserved for a person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainEntry {
+    pub at_ms: i64,
+    pub nudge_id: String,
+    pub kind: NudgeKind,
+    pub rule: String,
+}
+
+/// The nudges other stores reserved for one person (keyed by the chain
+/// person hash in storage), the last eight days of them. The store's own
+/// sends are in the person's [`Ledger`]; together they are what
+/// [`check_chain_caps`] counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLedger {
+    pub entries: Vec<ChainEntry>,
+}
+
+impl ChainLedger {
+    /// Fold another store's entry in, once per nudge id. An entry dated
+    /// more than [`FUTURE_TOLERANCE_MS`] ahead of `now_ms` (a store with
+    /// a clock far ahead) is re-dated to `now_ms`, as the store's own
+    /// ledger does, so that it counts once and then ages. Entries no cap
+    /// can see any more are dropped, the new one included (a late entry
+    /// still counts while its week lasts). Returns whether it was new.
+    pub fn fold(&mut self, mut entry: ChainEntry, now_ms: i64) -> bool {
+        if self.entries.iter().any(|e| e.nudge_id == entry.nudge_id) {
+            return false;
+        }
+        if entry.at_ms > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            entry.at_ms = now_ms;
+        }
+        self.entries.push(entry);
+        self.prune(now_ms);
+        true
+    }
+
+    /// Drop entries older than every cap window (future-dated ones stay).
+    pub fn prune(&mut self, now_ms: i64) {
+        self.entries.retain(|e| now_ms - e.at_ms <= KEEP_MS);
+    }
+}
+
+/// How long anything of the chain is kept: the longest window a chain cap
+/// looks back over, as for the store's own [`Ledger`].
+pub const CHAIN_KEEP_MS: i64 = KEEP_MS;
+
+/// Would one more nudge at `now_ms` break a chain cap? Counts the store's
+/// own sends (`own`) and other stores' folded entries (`others`) alike,
+/// in the calendar [`ChainCaps::day`] names (`home`: the person's own
+/// time zone, if their record has one). Conservative like [`check_caps`]:
+/// an entry that looks future-dated counts against today and this week.
+/// Checked in the order per day, per week, minimum gap.
+pub fn check_chain_caps(
+    own: &Ledger,
+    others: &ChainLedger,
+    caps: &ChainCaps,
+    home: Option<&Tz>,
+    now_ms: i64,
+) -> Result<(), SkipReason> {
+    let tz = match (caps.day, home) {
+        (ChainDay::Home, Some(home)) => home,
+        _ => &caps.timezone,
+    };
+    let today = local_date(tz, now_ms);
+    let this_week = week_start(today);
+    let times = own
+        .sent
+        .iter()
+        .map(|s| s.at_ms)
+        .chain(others.entries.iter().map(|e| e.at_ms));
+    let (mut in_day, mut in_week, mut too_close) = (0u32, 0u32, false);
+    for at_ms in times {
+        let day = local_date(tz, at_ms);
+        in_day += u32::from(day >= today);
+        in_week += u32::from(week_start(day) >= this_week);
+        too_close |= (now_ms - at_ms).abs() < caps.min_gap_s as i64 * 1000;
+    }
+    if in_day >= caps.per_day {
+        return Err(SkipReason::ChainPerDay {
+            limit: caps.per_day,
+        });
+    }
+    if in_week >= caps.per_week {
+        return Err(SkipReason::ChainPerWeek {
+            limit: caps.per_week,
+        });
+    }
+    if too_close {
+        return Err(SkipReason::ChainMinGap {
+            gap_s: caps.min_gap_s,
+        });
+    }
+    Ok(())
+}

@@ -12,7 +12,10 @@ pub mod step;
 pub mod template;
 pub mod wording;
 
-pub use caps::{Caps, Ledger, QuietHours, SentNudge, StoreRateLedger, check_caps};
+pub use caps::{
+    CHAIN_KEEP_MS, Caps, ChainCaps, ChainDay, ChainEntry, ChainLedger, Ledger, QuietHours,
+    SentNudge, StoreRateLedger, check_caps, check_chain_caps,
+};
 pub use catalog::{Catalog, CatalogError, Item, comparison_items};
 pub use kinds::{
     STORE_ZONE, ThanksEvent, Trigger, TriggeredRule, candidates_for_event, dwell_rules,
@@ -24,8 +27,8 @@ pub use nudge::{
 };
 pub use offers::{Offer, Segment, best_offer};
 pub use step::{
-    Ask, Choice, Contender, ContentSources, Happening, Limits, NotReady, Prepared, Verdict, choose,
-    prepare,
+    Ask, ChainView, Choice, Contender, ContentSources, Happening, Limits, NotReady, Prepared,
+    Verdict, choose, choose_in_chain, prepare,
 };
 pub use template::{TemplateContext, TemplateError, render_template, validate_template};
 pub use wording::check_wording;
@@ -99,15 +102,42 @@ pub struct Rule {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SkipReason {
     KillSwitch,
-    NoConsent { purpose: Purpose },
+    NoConsent {
+        purpose: Purpose,
+    },
     QuietHours,
-    PerVisit { limit: u32 },
-    PerDay { limit: u32 },
-    PerWeek { limit: u32 },
-    MinGap { gap_s: u32 },
-    PerKindPerDay { limit: u32 },
-    RuleCooldown { cooldown_s: u32 },
-    StoreRate { per_minute: u32 },
+    PerVisit {
+        limit: u32,
+    },
+    PerDay {
+        limit: u32,
+    },
+    PerWeek {
+        limit: u32,
+    },
+    MinGap {
+        gap_s: u32,
+    },
+    PerKindPerDay {
+        limit: u32,
+    },
+    RuleCooldown {
+        cooldown_s: u32,
+    },
+    StoreRate {
+        per_minute: u32,
+    },
+    /// `[caps.chain]`: the person's nudges today across every store of the
+    /// chain (this store's own and other stores' folded entries).
+    ChainPerDay {
+        limit: u32,
+    },
+    ChainPerWeek {
+        limit: u32,
+    },
+    ChainMinGap {
+        gap_s: u32,
+    },
 }
 
 impl SkipReason {
@@ -124,6 +154,9 @@ impl SkipReason {
             SkipReason::PerKindPerDay { .. } => "per_kind_per_day",
             SkipReason::RuleCooldown { .. } => "rule_cooldown",
             SkipReason::StoreRate { .. } => "store_rate",
+            SkipReason::ChainPerDay { .. } => "chain_per_day",
+            SkipReason::ChainPerWeek { .. } => "chain_per_week",
+            SkipReason::ChainMinGap { .. } => "chain_min_gap",
         }
     }
 
@@ -167,6 +200,17 @@ impl SkipReason {
             }
             SkipReason::StoreRate { per_minute } => {
                 format!("held back: store-wide limit of {per_minute} per minute")
+            }
+            SkipReason::ChainPerDay { limit } => {
+                format!("held back: already {limit} nudge(s) today across the chain's stores")
+            }
+            SkipReason::ChainPerWeek { limit } => {
+                format!("held back: already {limit} nudge(s) this week across the chain's stores")
+            }
+            SkipReason::ChainMinGap { gap_s } => {
+                format!(
+                    "held back: less than {gap_s} s since the last nudge in any of the chain's stores"
+                )
             }
         }
     }

@@ -18,9 +18,10 @@
 use chrono_tz::Tz;
 
 use super::{
-    Candidate, Caps, Catalog, ComposeError, Ledger, NudgeContent, NudgeKind, Offer, QuietHours,
-    SentNudge, SkipReason, StoreRateLedger, ThanksEvent, TriggeredRule, best_offer, by_priority,
-    candidates_for_event, check_caps, check_consent, compose, thanks_candidates,
+    Candidate, Caps, Catalog, ChainCaps, ChainLedger, ComposeError, Ledger, NudgeContent,
+    NudgeKind, Offer, QuietHours, SentNudge, SkipReason, StoreRateLedger, ThanksEvent,
+    TriggeredRule, best_offer, by_priority, candidates_for_event, check_caps, check_chain_caps,
+    check_consent, compose, thanks_candidates,
 };
 use crate::identity::{PersonRecord, Purchase};
 use crate::presence::{PresenceEvent, VisitId};
@@ -217,6 +218,16 @@ impl Choice {
     }
 }
 
+/// What the chain knows of a person, for [`choose_in_chain`]: the chain
+/// caps in force, the nudges other stores reserved for them (folded) and
+/// their own time zone (for `day = "home"`).
+#[derive(Clone, Copy, Debug)]
+pub struct ChainView<'c> {
+    pub caps: &'c ChainCaps,
+    pub others: &'c ChainLedger,
+    pub home: Option<&'c Tz>,
+}
+
 /// Decide one person's candidates (highest priority first): the first one
 /// the limits allow is sent and recorded in `ledger` (and `rate`, when the
 /// store rate is capped). A held candidate lets the next one try only if
@@ -226,6 +237,21 @@ impl Choice {
 pub fn choose<C: Contender>(
     candidates: &[C],
     ledger: &mut Ledger,
+    rate: &mut StoreRateLedger,
+    limits: &Limits<'_>,
+) -> Choice {
+    choose_in_chain(candidates, ledger, None, rate, limits)
+}
+
+/// [`choose`], with the chain's caps (`[caps.chain]`) checked after the
+/// store's own: a candidate the store's caps allow is held if one more
+/// nudge would break a chain cap, counting the store's own sends in
+/// `ledger` and the other stores' in `chain.others` (docs/design.md,
+/// chain-wide caps). `None`: the store's caps alone, as without a chain.
+pub fn choose_in_chain<C: Contender>(
+    candidates: &[C],
+    ledger: &mut Ledger,
+    chain: Option<&ChainView<'_>>,
     rate: &mut StoreRateLedger,
     limits: &Limits<'_>,
 ) -> Choice {
@@ -255,6 +281,12 @@ pub fn choose<C: Contender>(
                 ask.visit,
                 ask.at_ms,
             )
+            .and_then(|()| match chain {
+                Some(chain) => {
+                    check_chain_caps(ledger, chain.others, chain.caps, chain.home, ask.at_ms)
+                }
+                None => Ok(()),
+            })
         } else {
             Err(SkipReason::KillSwitch)
         };

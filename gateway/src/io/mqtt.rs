@@ -624,6 +624,8 @@ async fn drive_event_loop(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
     Outbox(u64),
+    /// An entry of the chain outbox (`[caps.chain]`).
+    Chain(u64),
     Status,
     Other,
 }
@@ -643,6 +645,8 @@ struct Pump {
     in_flight: HashMap<u16, Pending>,
     /// Next outbox sequence to look at.
     cursor: u64,
+    /// Next chain outbox sequence to look at.
+    chain_cursor: u64,
     subscriptions: Arc<Vec<Subscription>>,
     /// Our SUBSCRIBE still has to be handed to rumqttc (after a connect,
     /// when its request channel was full).
@@ -676,20 +680,21 @@ impl Pump {
                 if !session_present {
                     // rumqttc dropped what was in flight: send it again, from
                     // the oldest.
-                    let mut lost: Vec<u64> = self
-                        .in_flight
-                        .drain()
-                        .filter_map(|(_, p)| {
-                            if let Pending::Outbox(seq) = p {
-                                Some(seq)
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
-                    lost.sort_unstable();
-                    if let Some(oldest) = lost.first() {
+                    let mut lost = Vec::new();
+                    let mut lost_chain = Vec::new();
+                    for (_, pending) in self.in_flight.drain() {
+                        match pending {
+                            Pending::Outbox(seq) => lost.push(seq),
+                            Pending::Chain(seq) => lost_chain.push(seq),
+                            Pending::Status | Pending::Other => {}
+                        }
+                    }
+                    if let Some(oldest) = lost.iter().min() {
                         self.cursor = self.cursor.min(*oldest);
+                    }
+                    // The chain's entries likewise: the same PUBACK rule.
+                    if let Some(oldest) = lost_chain.iter().min() {
+                        self.chain_cursor = self.chain_cursor.min(*oldest);
                     }
                 }
                 self.publish_status(true);
@@ -716,7 +721,15 @@ impl Pump {
                 }
             }
             LinkEvent::Acked { pkid, ok } => {
-                if let Some(Pending::Outbox(seq)) = self.in_flight.remove(&pkid) {
+                let pending = self.in_flight.remove(&pkid);
+                if let Some(Pending::Chain(seq)) = pending {
+                    match self.store.chain_outbox_remove(seq) {
+                        Ok(()) if ok => events::chain_entry_acked(&self.telemetry),
+                        Ok(()) => events::chain_entry_refused_by_broker(&self.telemetry, seq),
+                        Err(e) => events::storage_error(&self.telemetry, "chain_outbox_remove", &e),
+                    }
+                }
+                if let Some(Pending::Outbox(seq)) = pending {
                     if let Some(arrived) = self.timing.remove(&seq).filter(|_| ok) {
                         events::sighting_to_puback(&self.telemetry, arrived.elapsed());
                     }
@@ -805,12 +818,62 @@ impl Pump {
         }
     }
 
+    /// Hand chain outbox entries to rumqttc while connected and under the
+    /// window, after the nudges (a customer waits for those). QoS 1, not
+    /// retained, no expiry: a late entry still counts in the other stores.
+    fn pump_chain(&mut self) {
+        let mut to_send = Vec::new();
+        for item in self.store.chain_outbox_from(self.chain_cursor) {
+            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            match item {
+                Ok(entry) => to_send.push(entry),
+                Err(e) => {
+                    events::storage_error(&self.telemetry, "chain_outbox_read", &e);
+                    break;
+                }
+            }
+        }
+        for (seq, entry) in to_send {
+            let properties = PublishProperties {
+                content_type: Some("application/json".into()),
+                payload_format_indicator: Some(1),
+                ..Default::default()
+            };
+            match self.client.try_publish_with_properties(
+                entry.topic,
+                QoS::AtLeastOnce,
+                false,
+                entry.payload,
+                properties,
+            ) {
+                Ok(()) => {
+                    self.unsent.push_back(Pending::Chain(seq));
+                    self.chain_cursor = seq + 1;
+                }
+                Err(ClientError::TryRequest(_)) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
+                    break;
+                }
+            }
+        }
+    }
+
     /// Hand outbox entries to rumqttc while connected and under the window.
     fn pump(&mut self) {
         if !self.connected {
             return;
         }
         self.subscribe();
+        self.pump_nudges();
+        if self.config.chain.is_some() {
+            self.pump_chain();
+        }
+    }
+
+    fn pump_nudges(&mut self) {
         let now_ms = crate::clock::wall_ms();
         let mut to_send = Vec::new();
         for item in self.store.outbox_from(self.cursor) {
@@ -980,6 +1043,7 @@ impl Delivery {
             unsent: VecDeque::new(),
             in_flight: HashMap::new(),
             cursor: 0,
+            chain_cursor: 0,
         };
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -1011,6 +1075,9 @@ impl Delivery {
                     // quadratic (460 nudges/s from 5,000 queued). Once a
                     // second, connected or not (an outage must show).
                     events::outbox_depth(&pump.telemetry, pump.store.outbox_len());
+                    if pump.config.chain.is_some() {
+                        events::chain_outbox_length(&pump.telemetry, pump.store.chain_outbox_len());
+                    }
                 }
             }
             pump.pump();

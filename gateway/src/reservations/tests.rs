@@ -35,6 +35,7 @@ fn job(
         person: PersonId::from(person),
         person_hash: crate::privacy::hashed(person),
         recipient: format!("r-{person}"),
+        chain: None,
         candidates: vec![ReserveCandidate {
             nudge_id: format!("n-{person}-{n}"),
             topic: format!("retail/store-042/nudges/r-{person}"),

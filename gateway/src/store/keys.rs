@@ -2,7 +2,25 @@
 //! layout version. Change a layout here, bump [`LAYOUT_VERSION`] and add a
 //! step to `super::migrate`.
 //!
-//! Layout 3 (current). `tag(kind, id)` is an HMAC of the id under the site
+//! Layout 4 (current): layout 3 and the chain's trees (chain-wide caps,
+//! docs/design.md). `chain(person)` is the chain person hash
+//! (`privacy::chain_person`, 16 bytes): an HMAC under the chain secret,
+//! which is not in the storage directory; the same in every store.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `chain_index_of` | 16 bytes: `chain_person(secret, "")`, the secret the `chain_people.v4` index was built under |
+//! | `chain_ledgers.v4` | chain(person) | JSON [`crate::decide::ChainLedger`]: other stores' nudges (time, kind, rule, nudge id), the last eight days |
+//! | `chain_folded.v4` | nudge id (UTF-8) | i64 BE: the entry's time; folding is idempotent by nudge id; dropped with the ledgers' window |
+//! | `chain_outbox.v4` | seq u64 BE (the `outbox.v2` sequence: a decision's entry has its nudge's seq) | JSON [`super::chain::ChainOutboxEntry`] |
+//! | `chain_people.v4` | chain(person) | tag(person) ‖ sealed person id: a chain erasure or consent change finds the local person |
+//! | `chain_tombstones.v4` | chain(person) | erased at, i64 BE Unix ms: refuses older chain entries and CRM records |
+//!
+//! Layout 3 → 4 writes nothing: the chain trees start empty, and the
+//! daemon fills `chain_people.v4` from the people when it starts in a
+//! chain (`Store::chain_index_sync`).
+//!
+//! Layout 3. `tag(kind, id)` is an HMAC of the id under the site
 //! secret kept in the key vault (`keys.vault`, beside the sled files), so no
 //! person id or recipient appears in sled in the clear; `sealed` is
 //! AES-256-GCM under the person's key from the vault, bound to the tag
@@ -37,7 +55,7 @@
 
 use super::vault::Tag;
 
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const META: &str = "meta";
 pub const PEOPLE: &str = "people.v2";
@@ -48,6 +66,11 @@ pub const DECISIONS: &str = "decisions.v2";
 pub const VISITS: &str = "visits.v2";
 pub const FEEDBACK: &str = "feedback.v2";
 pub const TOMBSTONES: &str = "tombstones.v2";
+pub const CHAIN_LEDGERS: &str = "chain_ledgers.v4";
+pub const CHAIN_FOLDED: &str = "chain_folded.v4";
+pub const CHAIN_OUTBOX: &str = "chain_outbox.v4";
+pub const CHAIN_PEOPLE: &str = "chain_people.v4";
+pub const CHAIN_TOMBSTONES: &str = "chain_tombstones.v4";
 
 /// Layout 2's trees that layout 3 dropped.
 pub mod v2 {
@@ -77,6 +100,7 @@ pub mod v1 {
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_STORE_RATE: &[u8] = b"store_rate";
+pub const META_CHAIN_INDEX_OF: &[u8] = b"chain_index_of";
 
 /// The key vault's file name inside the storage directory.
 pub const VAULT_FILE: &str = "keys.vault";
@@ -112,4 +136,9 @@ pub fn feedback(person: &Tag, nudge_id: &str) -> Vec<u8> {
 /// The person tag a `decisions` key or an outbox value starts with.
 pub fn leading_tag(bytes: &[u8]) -> Option<Tag> {
     bytes.get(..16)?.try_into().ok()
+}
+
+/// A chain person's key in the chain trees.
+pub fn chain(person: &crate::privacy::ChainPerson) -> [u8; 16] {
+    person.0
 }

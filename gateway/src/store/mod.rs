@@ -2,6 +2,7 @@
 //! the outbox and the decision log are written in one transaction
 //! (docs/design.md §4 invariant 1), and flushed before anything is published.
 
+mod chain;
 mod commit;
 pub mod keys;
 pub mod vault;
@@ -17,10 +18,12 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::decide::{
-    Ask, Contender, Ledger, Limits, NudgeKind, SkipReason, StoreRateLedger, Verdict, choose,
+    Ask, ChainEntry, ChainLedger, ChainView, Contender, Ledger, Limits, NudgeKind, SkipReason,
+    StoreRateLedger, Verdict, choose_in_chain,
 };
 use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
+pub use chain::{ChainJob, ChainOutboxEntry, FoldOutcome, decision_payload};
 use vault::{Tag, Vault};
 
 /// The default bound on sled's page cache, in MiB (`[storage] cache_mb`).
@@ -148,6 +151,10 @@ pub struct ReserveJob<'a> {
     pub candidates: &'a [ReserveCandidate],
     /// Caps, quiet hours, time zone and kill switch in force.
     pub limits: Limits<'a>,
+    /// In a chain (`[caps.chain]`): the chain's caps are checked too, and
+    /// a reserved nudge goes into the chain outbox in the same
+    /// transaction. `None`: the store's caps alone.
+    pub chain: Option<ChainJob<'a>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +176,11 @@ pub struct Store {
     visits: sled::Tree,
     feedback: sled::Tree,
     tombstones: sled::Tree,
+    chain_ledgers: sled::Tree,
+    chain_folded: sled::Tree,
+    chain_outbox: sled::Tree,
+    chain_people: sled::Tree,
+    chain_tombstones: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
     /// The fsyncs that make a flush survive a power cut, not only a crash.
     files: Arc<commit::FileSync>,
@@ -211,6 +223,9 @@ fn tx_parse<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> T
 /// next sequence number.
 struct BatchState {
     ledgers: HashMap<usize, (Ledger, bool)>,
+    /// Chain ledgers (other stores' entries) by the index of the person's
+    /// sealer: read once, only read.
+    chain: HashMap<usize, ChainLedger>,
     rate: StoreRateLedger,
     rate_changed: bool,
     seq: u64,
@@ -221,6 +236,8 @@ struct BatchTrees<'t> {
     ledgers: &'t sled::transaction::TransactionalTree,
     outbox: &'t sled::transaction::TransactionalTree,
     decisions: &'t sled::transaction::TransactionalTree,
+    chain_ledgers: &'t sled::transaction::TransactionalTree,
+    chain_outbox: &'t sled::transaction::TransactionalTree,
 }
 
 impl BatchTrees<'_> {
@@ -244,6 +261,23 @@ impl BatchTrees<'_> {
                 };
                 e.insert((ledger, false))
             }
+        })
+    }
+
+    /// The other stores' entries for a chain person, as this transaction
+    /// sees them: read once per person and batch.
+    fn chain_ledger<'b>(
+        &self,
+        chain: &'b mut HashMap<usize, ChainLedger>,
+        person: &crate::privacy::ChainPerson,
+        sealer_index: usize,
+    ) -> TxResult<&'b ChainLedger> {
+        Ok(match chain.entry(sealer_index) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(match self.chain_ledgers.get(keys::chain(person))? {
+                Some(v) => tx_parse(keys::CHAIN_LEDGERS, &v)?,
+                None => ChainLedger::default(),
+            }),
         })
     }
 
@@ -370,6 +404,11 @@ impl Store {
             visits: db.open_tree(keys::VISITS)?,
             feedback: db.open_tree(keys::FEEDBACK)?,
             tombstones: db.open_tree(keys::TOMBSTONES)?,
+            chain_ledgers: db.open_tree(keys::CHAIN_LEDGERS)?,
+            chain_folded: db.open_tree(keys::CHAIN_FOLDED)?,
+            chain_outbox: db.open_tree(keys::CHAIN_OUTBOX)?,
+            chain_people: db.open_tree(keys::CHAIN_PEOPLE)?,
+            chain_tombstones: db.open_tree(keys::CHAIN_TOMBSTONES)?,
             group_commit: Arc::default(),
             files: Arc::new(files),
             durable_below: Arc::default(),
@@ -378,10 +417,13 @@ impl Store {
         store.migrate()?;
         store.flush()?;
         // Whatever was found on disk is durable.
-        let last_outbox = match store.outbox.last()? {
-            Some((key, _)) => keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)),
-            None => 0,
-        };
+        let mut last_outbox = 0;
+        for tree in [&store.outbox, &store.chain_outbox] {
+            if let Some((key, _)) = tree.last()? {
+                last_outbox =
+                    last_outbox.max(keys::outbox_seq(&key).map_or(0, |seq| seq.saturating_add(1)));
+            }
+        }
         store.durable_below.store(
             store.committed_next_seq()?.max(last_outbox),
             Ordering::SeqCst,
@@ -788,6 +830,7 @@ impl Store {
             recipient: req.recipient,
             candidates: std::slice::from_ref(&candidate),
             limits: req.limits,
+            chain: None,
         };
         self.reserve_batch(std::slice::from_ref(&job))?
             .pop()
@@ -875,7 +918,25 @@ impl Store {
                         .concat()
                     }
                 };
-                candidates.push((sealed_outbox, vault::nonce()?));
+                // What the chain hears if this one is reserved.
+                let chain_entry = match (&job.chain, &candidate.held) {
+                    (Some(chain), None) => json(&ChainOutboxEntry {
+                        person: chain.person.to_hex(),
+                        kind: "decisions".into(),
+                        topic: chain.topic.to_string(),
+                        payload: decision_payload(
+                            &chain.person,
+                            &ChainEntry {
+                                at_ms: candidate.now_ms,
+                                nudge_id: candidate.nudge_id.clone(),
+                                kind: candidate.kind,
+                                rule: candidate.rule.clone(),
+                            },
+                        ),
+                    }),
+                    _ => Vec::new(),
+                };
+                candidates.push((sealed_outbox, vault::nonce()?, chain_entry));
             }
             prepared.push((sealer, candidates));
         }
@@ -885,99 +946,143 @@ impl Store {
             .map(|_| vault::nonce())
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = unwrap_tx(
-            (&self.ledgers, &self.outbox, &self.decisions, &self.meta).transaction(
-                |(ledgers, outbox, decisions, meta)| {
-                    let trees = BatchTrees {
-                        ledgers,
-                        outbox,
-                        decisions,
-                    };
-                    let mut batch = BatchState {
-                        ledgers: HashMap::new(),
-                        rate: match meta.get(keys::META_STORE_RATE)? {
-                            Some(v) => tx_parse(keys::META, &v)?,
-                            None => StoreRateLedger::default(),
-                        },
-                        rate_changed: false,
-                        seq: seq_value(meta.get(keys::META_NEXT_SEQ)?.as_deref()),
-                    };
-                    let first_seq = batch.seq;
-                    let mut outcomes = Vec::with_capacity(jobs.len());
-                    for (job, (sealer_index, prepared)) in jobs.iter().zip(&prepared) {
-                        let sealer = &sealers[*sealer_index];
-                        // The one decision step (decide::step::choose),
-                        // on the ledgers as this transaction sees them.
-                        let limits = &job.limits;
-                        let choice = if job.candidates.iter().any(|c| c.held.is_none()) {
-                            let (ledger, changed) =
-                                trees.ledger(&mut batch.ledgers, sealer, *sealer_index)?;
-                            let choice = choose(job.candidates, ledger, &mut batch.rate, limits);
-                            *changed |= choice.ledger_changed;
-                            choice
-                        } else {
-                            // Every candidate held before the caps: the
-                            // ledger is not needed.
-                            choose(
-                                job.candidates,
-                                &mut Ledger::default(),
-                                &mut batch.rate,
-                                limits,
-                            )
+            (
+                &self.ledgers,
+                &self.outbox,
+                &self.decisions,
+                &self.meta,
+                &self.chain_ledgers,
+                &self.chain_outbox,
+            )
+                .transaction(
+                    |(ledgers, outbox, decisions, meta, chain_ledgers, chain_outbox)| {
+                        let trees = BatchTrees {
+                            ledgers,
+                            outbox,
+                            decisions,
+                            chain_ledgers,
+                            chain_outbox,
                         };
-                        batch.rate_changed |= choice.rate_changed;
-                        let mut tried = Vec::with_capacity(choice.verdicts.len());
-                        for ((candidate, (sealed_outbox, decision_nonce)), verdict) in
-                            job.candidates.iter().zip(prepared).zip(choice.verdicts)
-                        {
-                            let seq = batch.seq;
-                            batch.seq += 1;
-                            let verdict = match verdict {
-                                Verdict::Sent => {
-                                    trees
-                                        .outbox
-                                        .insert(&keys::outbox(seq), sealed_outbox.as_slice())?;
-                                    Ok(())
-                                }
-                                Verdict::Held(reason) => Err(reason),
-                                Verdict::NotReady => {
-                                    Err(candidate.held.clone().unwrap_or(SkipReason::NoConsent {
-                                        purpose: candidate.kind.purpose(),
-                                    }))
-                                }
+                        let mut batch = BatchState {
+                            ledgers: HashMap::new(),
+                            chain: HashMap::new(),
+                            rate: match meta.get(keys::META_STORE_RATE)? {
+                                Some(v) => tx_parse(keys::META, &v)?,
+                                None => StoreRateLedger::default(),
+                            },
+                            rate_changed: false,
+                            seq: seq_value(meta.get(keys::META_NEXT_SEQ)?.as_deref()),
+                        };
+                        let first_seq = batch.seq;
+                        let mut outcomes = Vec::with_capacity(jobs.len());
+                        for (job, (sealer_index, prepared)) in jobs.iter().zip(&prepared) {
+                            let sealer = &sealers[*sealer_index];
+                            // The one decision step (decide::step::choose),
+                            // on the ledgers as this transaction sees them.
+                            let limits = &job.limits;
+                            let choice = if job.candidates.iter().any(|c| c.held.is_none()) {
+                                let others = match &job.chain {
+                                    Some(chain) => Some(trees.chain_ledger(
+                                        &mut batch.chain,
+                                        &chain.person,
+                                        *sealer_index,
+                                    )?),
+                                    None => None,
+                                };
+                                let view = match (&job.chain, others) {
+                                    (Some(chain), Some(others)) => Some(ChainView {
+                                        caps: chain.caps,
+                                        others,
+                                        home: chain.home.as_ref(),
+                                    }),
+                                    _ => None,
+                                };
+                                let (ledger, changed) =
+                                    trees.ledger(&mut batch.ledgers, sealer, *sealer_index)?;
+                                let choice = choose_in_chain(
+                                    job.candidates,
+                                    ledger,
+                                    view.as_ref(),
+                                    &mut batch.rate,
+                                    limits,
+                                );
+                                *changed |= choice.ledger_changed;
+                                choice
+                            } else {
+                                // Every candidate held before the caps: the
+                                // ledger is not needed.
+                                choose_in_chain(
+                                    job.candidates,
+                                    &mut Ledger::default(),
+                                    None,
+                                    &mut batch.rate,
+                                    limits,
+                                )
                             };
-                            trees.log_decision(
-                                job,
-                                sealer,
-                                candidate,
-                                &verdict,
-                                seq,
-                                decision_nonce,
-                            )?;
-                            tried.push(match verdict {
-                                Ok(()) => Reservation::Reserved { seq },
-                                Err(reason) => Reservation::Held(reason),
-                            });
+                            batch.rate_changed |= choice.rate_changed;
+                            let mut tried = Vec::with_capacity(choice.verdicts.len());
+                            for (
+                                (candidate, (sealed_outbox, decision_nonce, chain_entry)),
+                                verdict,
+                            ) in job.candidates.iter().zip(prepared).zip(choice.verdicts)
+                            {
+                                let seq = batch.seq;
+                                batch.seq += 1;
+                                let verdict = match verdict {
+                                    Verdict::Sent => {
+                                        trees
+                                            .outbox
+                                            .insert(&keys::outbox(seq), sealed_outbox.as_slice())?;
+                                        if !chain_entry.is_empty() {
+                                            // The chain hears of it with the
+                                            // nudge's own sequence number.
+                                            trees.chain_outbox.insert(
+                                                &keys::outbox(seq),
+                                                chain_entry.as_slice(),
+                                            )?;
+                                        }
+                                        Ok(())
+                                    }
+                                    Verdict::Held(reason) => Err(reason),
+                                    Verdict::NotReady => Err(candidate.held.clone().unwrap_or(
+                                        SkipReason::NoConsent {
+                                            purpose: candidate.kind.purpose(),
+                                        },
+                                    )),
+                                };
+                                trees.log_decision(
+                                    job,
+                                    sealer,
+                                    candidate,
+                                    &verdict,
+                                    seq,
+                                    decision_nonce,
+                                )?;
+                                tried.push(match verdict {
+                                    Ok(()) => Reservation::Reserved { seq },
+                                    Err(reason) => Reservation::Held(reason),
+                                });
+                            }
+                            outcomes.push(tried);
                         }
-                        outcomes.push(tried);
-                    }
-                    for (&i, (ledger, changed)) in &batch.ledgers {
-                        if *changed {
-                            let sealer = &sealers[i];
-                            ledgers.insert(
-                                &sealer.tag[..],
-                                sealer.seal(&json(ledger), &ledger_nonces[i]),
-                            )?;
+                        for (&i, (ledger, changed)) in &batch.ledgers {
+                            if *changed {
+                                let sealer = &sealers[i];
+                                ledgers.insert(
+                                    &sealer.tag[..],
+                                    sealer.seal(&json(ledger), &ledger_nonces[i]),
+                                )?;
+                            }
                         }
-                    }
-                    if batch.rate_changed {
-                        meta.insert(keys::META_STORE_RATE, json(&batch.rate))?;
-                    }
-                    if batch.seq != first_seq {
-                        meta.insert(keys::META_NEXT_SEQ, &batch.seq.to_be_bytes())?;
-                    }
-                    Ok(outcomes)
-                },
-            ),
+                        if batch.rate_changed {
+                            meta.insert(keys::META_STORE_RATE, json(&batch.rate))?;
+                        }
+                        if batch.seq != first_seq {
+                            meta.insert(keys::META_NEXT_SEQ, &batch.seq.to_be_bytes())?;
+                        }
+                        Ok(outcomes)
+                    },
+                ),
         )?;
         Ok(outcomes)
     }

@@ -583,6 +583,7 @@ fn job<'a>(
             tz,
             enabled: true,
         },
+        chain: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! app, receipted once on disk.
 
 use super::*;
+use crate::identity::ChangeRequest;
 
 impl Pipeline {
     /// A consent or preference change from the app. The receipt goes out
@@ -40,7 +41,13 @@ impl Pipeline {
             }
             Applied::Updated { withdrawn } => {
                 let person = record.person.as_str().to_string();
+                let said_at_ms = change.said_at_ms(now);
                 self.upsert(updated).await?;
+                if let ChangeRequest::Update { consent, .. } = &change.request {
+                    // The other stores of the chain apply it too.
+                    self.publish_chain_consent(&record.person, consent, said_at_ms)
+                        .await;
+                }
                 if !withdrawn.is_empty() {
                     // Nothing pending may go out under a purpose just
                     // withdrawn, queued decisions included.

@@ -2,6 +2,7 @@
 //! purchases, feedback, check-ins, scanner nodes): classified, rate
 //! limited, size checked and rejected with a named field here.
 
+mod chain;
 mod checkin;
 mod consent;
 mod feedback;
@@ -9,6 +10,7 @@ mod person;
 mod purchase;
 mod scanner;
 
+pub use chain::{ChainFolder, FOLD_QUEUE, FoldRequest};
 pub use checkin::beacon_scanner_id;
 
 use super::*;
@@ -18,6 +20,7 @@ pub const MAX_INCOMING_BYTES: usize = 16 * 1024;
 const _: () = assert!(mqtt::MAX_INCOMING_PACKET_BYTES as usize > 2 * MAX_INCOMING_BYTES);
 
 /// A rejected incoming message: reported by kind and reason, never by content.
+#[derive(Debug)]
 pub(super) struct Rejection {
     field: String,
     reason: String,
@@ -52,6 +55,12 @@ impl Pipeline {
         let kind = classify(&self.config.topics, &topic);
         let label = kind.kind();
         events::incoming(&self.telemetry, label);
+        if let Incoming::Chain { kind, own, .. } = kind {
+            // Not rate limited per recipient (there is none); acked by the
+            // chain's handler, a decision only once folded.
+            self.on_chain(kind, own, message).await;
+            return;
+        }
         if let Incoming::Consent(recipient)
         | Incoming::CheckIn(recipient)
         | Incoming::Feedback(recipient) = kind
@@ -80,6 +89,7 @@ impl Pipeline {
                     self.on_feedback(recipient, &message.payload).await
                 }
                 Incoming::Purchase => self.on_purchase(&message.payload).await,
+                Incoming::Chain { .. } => Ok(()),
                 Incoming::Unknown => Err(rejection("topic", "not a topic the gateway reads")),
             }
         };

@@ -31,10 +31,17 @@ impl Pipeline {
         if record.person.as_str() != person {
             return Err(rejection("person", "does not match the topic"));
         }
-        let erased_at = self.store.tombstone(person).map_err(|e| {
-            events::storage_error(&self.telemetry, "tombstone", &e);
-            rejection("storage", "could not be checked; nothing changed")
-        })?;
+        let erased_at = self
+            .store
+            .tombstone(person)
+            .and_then(|local| {
+                // Erased in another store of the chain counts as here.
+                Ok(local.max(self.chain_tombstone(person)?))
+            })
+            .map_err(|e| {
+                events::storage_error(&self.telemetry, "tombstone", &e);
+                rejection("storage", "could not be checked; nothing changed")
+            })?;
         let merged = PersonRecord::fold(self.people.get(&record.person), record, erased_at, now)
             .inspect_err(|_| {
                 events::person_record_refused_after_erasure(&self.telemetry, &hashed(person));
@@ -59,6 +66,7 @@ impl Pipeline {
             self.settle_decisions().await;
         }
         let to_store = upserted.to_store.clone();
+        let to_index = (self.config.chain.is_some()).then(|| to_store.clone());
         let withdrawn: Vec<String> = upserted
             .withdrawn
             .iter()
@@ -77,6 +85,9 @@ impl Pipeline {
             events::storage_error(&self.telemetry, "upsert_person", &e);
             self.reload_people();
             return Err(rejection("storage", "could not be saved; nothing changed"));
+        }
+        if let Some(records) = to_index {
+            self.chain_index(&records).await;
         }
         for person in upserted.withdrawn {
             self.forget_presence(&person);
@@ -100,8 +111,21 @@ impl Pipeline {
     }
 
     /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
-    /// that refuses their older records (the CRM's retained one above all).
+    /// that refuses their older records (the CRM's retained one above all);
+    /// in a chain, tell the other stores (`daemon/incoming/chain.rs`).
     pub(super) async fn erase(
+        &mut self,
+        person: &PersonId,
+        erased_at_ms: i64,
+    ) -> Result<(), Rejection> {
+        self.erase_only_here(person, erased_at_ms).await?;
+        self.chain_forget(person, erased_at_ms, true).await;
+        Ok(())
+    }
+
+    /// [`Pipeline::erase`] without telling the chain (the erasure came
+    /// from it).
+    pub(super) async fn erase_only_here(
         &mut self,
         person: &PersonId,
         erased_at_ms: i64,

@@ -7,7 +7,7 @@ use chrono::{Datelike, TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::decide::{Rule, Trigger};
+use crate::decide::{ChainDay, ChainEntry, Rule, Trigger};
 use crate::identity::{PersonId, Purpose};
 
 fn berlin() -> Tz {
@@ -346,4 +346,270 @@ proptest! {
             prop_assert_eq!(second.verdicts, vec![Verdict::Held(SkipReason::PerVisit { limit: 1 })]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Chain-wide caps (`[caps.chain]`)
+// ---------------------------------------------------------------------------
+
+/// One step of a chain's life as one store sees it: its own decision, or
+/// another store's entry folded in (dated `offset_ms` from now: late ones
+/// in the past, a few from a clock ahead).
+#[derive(Clone, Debug)]
+enum ChainStep {
+    Own {
+        after_ms: i64,
+    },
+    Folded {
+        after_ms: i64,
+        offset_ms: i64,
+        id: u8,
+    },
+}
+
+fn chain_steps() -> impl Strategy<Value = Vec<ChainStep>> {
+    let after = prop_oneof![0i64..120_000, 0i64..7_200_000, 0i64..2 * 86_400_000];
+    let step = prop_oneof![
+        after
+            .clone()
+            .prop_map(|after_ms| ChainStep::Own { after_ms }),
+        (after, -3 * 86_400_000i64..7_200_000, 0u8..40).prop_map(|(after_ms, offset_ms, id)| {
+            ChainStep::Folded {
+                after_ms,
+                offset_ms,
+                id,
+            }
+        }),
+    ];
+    proptest::collection::vec(step, 1..60)
+}
+
+fn chain_caps_strategy() -> impl Strategy<Value = (ChainCaps, Option<Tz>)> {
+    (
+        1u32..4,
+        1u32..8,
+        prop_oneof![Just(0u32), 0u32..7200],
+        proptest::bool::ANY,
+        proptest::option::of(Just(chrono_tz::America::New_York)),
+    )
+        .prop_map(|(per_day, per_week, min_gap_s, home, home_tz)| {
+            (
+                ChainCaps {
+                    per_day,
+                    per_week,
+                    min_gap_s,
+                    day: if home {
+                        ChainDay::Home
+                    } else {
+                        ChainDay::Chain
+                    },
+                    timezone: berlin(),
+                },
+                home_tz,
+            )
+        })
+}
+
+/// The chain caps, counted again from scratch (a second formulation, not
+/// `check_chain_caps`): would a send at `at` keep every cap over what
+/// was known then (`known`: own sends and folded entries)?
+fn chain_allows(known: &[i64], at: i64, caps: &ChainCaps, home: Option<&Tz>) -> Option<SkipReason> {
+    let tz = match (caps.day, home) {
+        (ChainDay::Home, Some(tz)) => *tz,
+        _ => caps.timezone,
+    };
+    let date = |ms: i64| {
+        Utc.timestamp_millis_opt(ms)
+            .unwrap()
+            .with_timezone(&tz)
+            .date_naive()
+    };
+    let monday = |ms: i64| {
+        let d = date(ms);
+        d - chrono::Days::new(d.weekday().num_days_from_monday().into())
+    };
+    // Conservative like the store's caps: a send dated later still counts.
+    let today = known.iter().filter(|&&t| date(t) >= date(at)).count() as u32;
+    let week = known.iter().filter(|&&t| monday(t) >= monday(at)).count() as u32;
+    if today >= caps.per_day {
+        return Some(SkipReason::ChainPerDay {
+            limit: caps.per_day,
+        });
+    }
+    if week >= caps.per_week {
+        return Some(SkipReason::ChainPerWeek {
+            limit: caps.per_week,
+        });
+    }
+    if known
+        .iter()
+        .any(|&t| (at - t).abs() < i64::from(caps.min_gap_s) * 1000)
+    {
+        return Some(SkipReason::ChainMinGap {
+            gap_s: caps.min_gap_s,
+        });
+    }
+    None
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Over any interleaving of this store's decisions and other stores'
+    /// folded entries (late, duplicated, from a clock ahead), a send never
+    /// breaks a chain cap over what was known when it was decided, and a
+    /// hold names the chain cap it would have broken: `choose_in_chain`
+    /// sends exactly when the independent count allows. The store's own
+    /// caps are set so wide that only the chain's can hold.
+    #[test]
+    fn no_person_ever_exceeds_the_chain_caps(
+        (chain, home) in chain_caps_strategy(),
+        steps in chain_steps(),
+    ) {
+        let tz = berlin();
+        let caps = Caps {
+            per_visit: 1000,
+            per_day: 1000,
+            per_week: 1000,
+            min_gap_s: 0,
+            per_kind_per_day: None,
+            rule_cooldown_s: 0,
+            store_per_minute: None,
+        };
+        let limits = Limits { caps: &caps, quiet: None, tz: &tz, enabled: true };
+        let mut ledger = Ledger::default();
+        let mut others = ChainLedger::default();
+        let mut rate = StoreRateLedger::default();
+        let mut now = 1_795_334_400_000i64;
+        for step in &steps {
+            match *step {
+                ChainStep::Own { after_ms } => {
+                    now += after_ms;
+                    let known: Vec<i64> = ledger
+                        .sent
+                        .iter()
+                        .map(|s| s.at_ms)
+                        .chain(others.entries.iter().map(|e| e.at_ms))
+                        .collect();
+                    let expected = chain_allows(&known, now, &chain, home.as_ref());
+                    let view = ChainView { caps: &chain, others: &others, home: home.as_ref() };
+                    let ask = Ask { kind: NudgeKind::Info, rule: "r", visit: now, at_ms: now, ready: true };
+                    let choice = choose_in_chain(&[ask], &mut ledger, Some(&view), &mut rate, &limits);
+                    match expected {
+                        None => prop_assert_eq!(choice.verdicts, vec![Verdict::Sent]),
+                        Some(reason) => {
+                            prop_assert_eq!(choice.verdicts, vec![Verdict::Held(reason.clone())]);
+                            prop_assert!(!reason.lets_the_next_candidate_try());
+                        }
+                    }
+                }
+                ChainStep::Folded { after_ms, offset_ms, id } => {
+                    now += after_ms;
+                    others.fold(
+                        ChainEntry {
+                            at_ms: now + offset_ms,
+                            nudge_id: format!("other-{id}"),
+                            kind: NudgeKind::Info,
+                            rule: "r".into(),
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Folding is idempotent by nudge id: any sequence of entries, with
+    /// repeats, folds to what its first occurrences alone fold to, and
+    /// folding it all again changes nothing.
+    #[test]
+    fn folding_is_idempotent_by_nudge_id(
+        entries in proptest::collection::vec((0u8..20, -86_400_000i64..3_600_000), 0..60),
+    ) {
+        let now = 1_795_334_400_000i64;
+        let entry = |(id, offset): (u8, i64)| ChainEntry {
+            at_ms: now + offset,
+            nudge_id: format!("n-{id}"),
+            kind: NudgeKind::Thanks,
+            rule: "r".into(),
+        };
+        let mut all = ChainLedger::default();
+        let mut new = 0;
+        for e in &entries {
+            new += usize::from(all.fold(entry(*e), now));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut firsts = ChainLedger::default();
+        for e in entries.iter().filter(|(id, _)| seen.insert(*id)) {
+            prop_assert!(firsts.fold(entry(*e), now));
+        }
+        prop_assert_eq!(&all, &firsts);
+        prop_assert_eq!(new, seen.len());
+        let before = all.clone();
+        for e in &entries {
+            prop_assert!(!all.fold(entry(*e), now));
+        }
+        prop_assert_eq!(all, before);
+    }
+}
+
+#[test]
+fn chain_caps_count_own_and_folded_sends_in_the_chosen_calendar() {
+    // 2026-12-07 23:30 in Berlin is 17:30 in New York.
+    let late = Utc
+        .with_ymd_and_hms(2026, 12, 7, 22, 30, 0)
+        .unwrap()
+        .timestamp_millis();
+    let mut chain = ChainCaps {
+        per_day: 1,
+        per_week: 5,
+        min_gap_s: 1800,
+        day: ChainDay::Chain,
+        timezone: berlin(),
+    };
+    let ny = chrono_tz::America::New_York;
+    let own = Ledger::default();
+    let others = ChainLedger {
+        entries: vec![ChainEntry {
+            at_ms: late,
+            nudge_id: "n-1".into(),
+            kind: NudgeKind::Info,
+            rule: "r".into(),
+        }],
+    };
+    // One hour later it is the next day in Berlin, still the same in New York.
+    let next = late + 3_600_000;
+    assert_eq!(
+        check_chain_caps(&own, &others, &chain, Some(&ny), next),
+        Ok(())
+    );
+    chain.day = ChainDay::Home;
+    assert_eq!(
+        check_chain_caps(&own, &others, &chain, Some(&ny), next),
+        Err(SkipReason::ChainPerDay { limit: 1 })
+    );
+    // Home without a time zone of their own: the chain's.
+    assert_eq!(check_chain_caps(&own, &others, &chain, None, next), Ok(()));
+    // The gap, across stores.
+    chain.day = ChainDay::Chain;
+    chain.per_day = 5;
+    assert_eq!(
+        check_chain_caps(&own, &others, &chain, None, late + 60_000),
+        Err(SkipReason::ChainMinGap { gap_s: 1800 })
+    );
+    // The store's own sends count the same as other stores'.
+    let mine = Ledger {
+        sent: vec![SentNudge {
+            at_ms: late,
+            kind: NudgeKind::Info,
+            rule: "r".into(),
+            visit: 1,
+        }],
+        visits: 1,
+    };
+    chain.per_week = 2;
+    assert_eq!(
+        check_chain_caps(&mine, &others, &chain, None, late + 7_200_000),
+        Err(SkipReason::ChainPerWeek { limit: 2 })
+    );
 }

@@ -1,0 +1,602 @@
+//! `<p>/chain/<kind>/<store>` (only with `[caps.chain]`): other stores'
+//! decisions, erasures and consent changes (docs/design.md, chain-wide
+//! caps). Parsed strictly here (every field named, unknown ones refused);
+//! our own store's messages, back from the broker, are counted and
+//! ignored.
+//!
+//! Decisions are folded off the pipeline's task by [`ChainFolder`]: many
+//! at once in one transaction and one flush (a thousand stores' entries
+//! must not hold up this store's sightings), each acked to the broker only
+//! once on disk. Erasures and consent changes touch the people the
+//! pipeline holds, so they are applied here, in order with the rest.
+
+use super::*;
+use crate::decide::{ChainEntry, NudgeKind};
+use crate::identity::Purpose;
+use crate::identity::person::parse_consent_changes;
+use crate::privacy::ChainPerson;
+use crate::store::{ChainOutboxEntry, FoldOutcome};
+use crate::telemetry::{ChainDirection, ChainOutcome};
+use crate::topics::ChainKind;
+
+/// Earliest and latest time a chain message may carry (Unix ms, years
+/// 2000 to 2100), as the app's messages.
+const MIN_AT_MS: i64 = 946_684_800_000;
+const MAX_AT_MS: i64 = 4_102_444_800_000;
+/// Longest rule id or nudge id accepted from the chain.
+const MAX_ID_CHARS: usize = 128;
+
+/// Another store's decision: the person's chain hash and the entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainDecision {
+    pub person: ChainPerson,
+    pub entry: ChainEntry,
+}
+
+/// A person forgotten in another store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainErasure {
+    pub person: ChainPerson,
+    pub erased_at_ms: i64,
+}
+
+/// A consent change the app sent to another store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainConsent {
+    pub person: ChainPerson,
+    pub consent: Vec<(Purpose, bool)>,
+    pub at_ms: i64,
+}
+
+type Object = serde_json::Map<String, serde_json::Value>;
+
+fn object(payload: &[u8], fields: &[&str]) -> Result<Object, Rejection> {
+    let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| rejection("payload", format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(obj) = value else {
+        return Err(rejection("payload", "must be a JSON object"));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(rejection(unknown, "unknown field"));
+    }
+    match obj.get("v") {
+        None => return Err(rejection("v", "missing")),
+        Some(v) if v.as_i64() == Some(1) => {}
+        Some(_) => return Err(rejection("v", "must be 1 (the only version there is)")),
+    }
+    Ok(obj)
+}
+
+fn person(obj: &Object) -> Result<ChainPerson, Rejection> {
+    match obj.get("person") {
+        None => Err(rejection("person", "missing")),
+        Some(serde_json::Value::String(text)) => ChainPerson::from_hex(text)
+            .ok_or_else(|| rejection("person", "must be 32 lowercase hex characters")),
+        Some(_) => Err(rejection("person", "must be a string")),
+    }
+}
+
+fn time(obj: &Object, field: &str) -> Result<i64, Rejection> {
+    match obj.get(field) {
+        None => Err(rejection(field, "missing")),
+        Some(v) => match v.as_i64() {
+            Some(ms) if (MIN_AT_MS..MAX_AT_MS).contains(&ms) => Ok(ms),
+            _ => Err(rejection(
+                field,
+                "must be Unix time in milliseconds, an integer between 2000 and 2100",
+            )),
+        },
+    }
+}
+
+fn id(obj: &Object, field: &str) -> Result<String, Rejection> {
+    match obj.get(field) {
+        None => Err(rejection(field, "missing")),
+        Some(serde_json::Value::String(text))
+            if !text.is_empty()
+                && text.chars().count() <= MAX_ID_CHARS
+                && !text.chars().any(char::is_control) =>
+        {
+            Ok(text.clone())
+        }
+        Some(_) => Err(rejection(
+            field,
+            format!("must be a string of 1 to {MAX_ID_CHARS} printable characters"),
+        )),
+    }
+}
+
+/// `{"v": 1, "person", "kind", "rule", "at_ms", "nudge_id"}`: exactly these.
+pub fn parse_decision(payload: &[u8]) -> Result<ChainDecision, Rejection> {
+    let obj = object(
+        payload,
+        &["v", "person", "kind", "rule", "at_ms", "nudge_id"],
+    )?;
+    let person = person(&obj)?;
+    let kind = match obj.get("kind") {
+        None => return Err(rejection("kind", "missing")),
+        Some(v) => serde_json::from_value::<NudgeKind>(v.clone()).map_err(|_| {
+            rejection(
+                "kind",
+                "must be one of info, compare, thanks, feedback, offer",
+            )
+        })?,
+    };
+    let rule = id(&obj, "rule")?;
+    let at_ms = time(&obj, "at_ms")?;
+    let nudge_id = id(&obj, "nudge_id")?;
+    Ok(ChainDecision {
+        person,
+        entry: ChainEntry {
+            at_ms,
+            nudge_id,
+            kind,
+            rule,
+        },
+    })
+}
+
+/// `{"v": 1, "person", "erased_at_ms"}`.
+pub fn parse_erasure(payload: &[u8]) -> Result<ChainErasure, Rejection> {
+    let obj = object(payload, &["v", "person", "erased_at_ms"])?;
+    Ok(ChainErasure {
+        person: person(&obj)?,
+        erased_at_ms: time(&obj, "erased_at_ms")?,
+    })
+}
+
+/// `{"v": 1, "person", "consent": {purpose: bool, ...}, "at_ms"}`.
+pub fn parse_consent(payload: &[u8]) -> Result<ChainConsent, Rejection> {
+    let obj = object(payload, &["v", "person", "consent", "at_ms"])?;
+    let person = person(&obj)?;
+    let consent = match obj.get("consent") {
+        None => return Err(rejection("consent", "missing")),
+        Some(v) => parse_consent_changes("consent", v)?,
+    };
+    if consent.is_empty() {
+        return Err(rejection("consent", "names no purpose"));
+    }
+    Ok(ChainConsent {
+        person,
+        consent,
+        at_ms: time(&obj, "at_ms")?,
+    })
+}
+
+/// The `erasures` entry this store publishes for a person it forgot.
+pub fn erasure_entry(
+    topics: &topics::TopicNames,
+    person: &ChainPerson,
+    at_ms: i64,
+) -> ChainOutboxEntry {
+    ChainOutboxEntry {
+        person: person.to_hex(),
+        kind: ChainKind::Erasure.level().into(),
+        topic: topics.chain_topic(ChainKind::Erasure),
+        payload: serde_json::json!({
+            "v": 1,
+            "person": person.to_hex(),
+            "erased_at_ms": at_ms,
+        })
+        .to_string(),
+    }
+}
+
+/// The `consent` entry this store publishes for a change the app sent it.
+pub fn consent_entry(
+    topics: &topics::TopicNames,
+    person: &ChainPerson,
+    consent: &[(Purpose, bool)],
+    at_ms: i64,
+) -> ChainOutboxEntry {
+    let words: serde_json::Map<String, serde_json::Value> = consent
+        .iter()
+        .map(|(purpose, on)| (purpose.as_str().to_string(), serde_json::Value::Bool(*on)))
+        .collect();
+    ChainOutboxEntry {
+        person: person.to_hex(),
+        kind: ChainKind::Consent.level().into(),
+        topic: topics.chain_topic(ChainKind::Consent),
+        payload: serde_json::json!({
+            "v": 1,
+            "person": person.to_hex(),
+            "consent": words,
+            "at_ms": at_ms,
+        })
+        .to_string(),
+    }
+}
+
+/// A decision to fold, with the ack that goes once it is on disk.
+pub struct FoldRequest {
+    pub decision: ChainDecision,
+    pub ack: Option<mqtt::Acker>,
+}
+
+/// Folds after this many are queued at most once per transaction.
+const MAX_FOLD_BATCH: usize = 512;
+/// The folder's queue: bounded, so a flood waits in the broker.
+pub const FOLD_QUEUE: usize = 1024;
+
+/// The task that folds other stores' decisions (see the module's doc).
+pub struct ChainFolder {
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    pub rx: mpsc::Receiver<FoldRequest>,
+}
+
+impl ChainFolder {
+    /// Until every sender is gone: what is queued is folded first.
+    pub async fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_FOLD_BATCH);
+        while let Some(first) = self.rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_FOLD_BATCH {
+                match self.rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let entries: Vec<(ChainPerson, ChainEntry)> = batch
+                .iter()
+                .map(|r| (r.decision.person, r.decision.entry.clone()))
+                .collect();
+            let store = self.store.clone();
+            let folded = tokio::task::spawn_blocking(move || store.chain_fold(&entries, wall_ms()))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Flush(e.to_string())));
+            match folded {
+                Ok(outcomes) => {
+                    for (request, outcome) in batch.drain(..).zip(outcomes) {
+                        let outcome = match outcome {
+                            FoldOutcome::Folded => ChainOutcome::Folded,
+                            FoldOutcome::Duplicate => ChainOutcome::Duplicate,
+                            FoldOutcome::Erased => ChainOutcome::Erased,
+                        };
+                        events::chain_entry(
+                            &self.telemetry,
+                            ChainDirection::In,
+                            outcome,
+                            ChainKind::Decision,
+                        );
+                        if let Some(ack) = request.ack {
+                            ack.ack();
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Not acked: the broker delivers them again (to this
+                    // session, or the next after a restart).
+                    events::storage_error(&self.telemetry, "chain_fold", &e);
+                    batch.clear();
+                }
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// A message on the chain's topics. Acks it itself: a decision only
+    /// once folded (by the [`ChainFolder`]), the rest once applied.
+    pub(super) async fn on_chain(&mut self, kind: ChainKind, own: bool, message: IncomingMessage) {
+        let IncomingMessage {
+            topic,
+            payload,
+            ack,
+            ..
+        } = message;
+        if own {
+            events::chain_entry(&self.telemetry, ChainDirection::In, ChainOutcome::Own, kind);
+            if let Some(ack) = ack {
+                ack.ack();
+            }
+            return;
+        }
+        let result = if payload.len() > MAX_INCOMING_BYTES {
+            Err(rejection(
+                "payload",
+                format!("larger than {MAX_INCOMING_BYTES} bytes"),
+            ))
+        } else {
+            match kind {
+                ChainKind::Decision => match parse_decision(&payload) {
+                    Ok(decision) => {
+                        match &self.chain_folds {
+                            // Acked by the folder once on disk.
+                            Some(folds) => {
+                                if folds.send(FoldRequest { decision, ack }).await.is_err() {
+                                    events::storage_error(
+                                        &self.telemetry,
+                                        "chain_fold",
+                                        &"the chain folder has stopped",
+                                    );
+                                }
+                                return;
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+                ChainKind::Erasure => match parse_erasure(&payload) {
+                    Ok(erasure) => self.on_chain_erasure(erasure).await,
+                    Err(e) => Err(e),
+                },
+                ChainKind::Consent => match parse_consent(&payload) {
+                    Ok(consent) => self.on_chain_consent(consent).await,
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        let outcome = match &result {
+            Ok(()) => ChainOutcome::Folded,
+            Err(_) => ChainOutcome::Refused,
+        };
+        events::chain_entry(&self.telemetry, ChainDirection::In, outcome, kind);
+        if let Err(rejected) = result {
+            self.reject(&topic, "chain", &rejected);
+        }
+        if let Some(ack) = ack {
+            ack.ack();
+        }
+    }
+
+    /// The local person a chain hash names, if enrolled here.
+    async fn chain_local(&self, person: ChainPerson) -> Result<Option<PersonId>, Rejection> {
+        self.blocking(move |store| store.chain_index_person(&person))
+            .await
+            .map_err(|e| {
+                events::storage_error(&self.telemetry, "chain_index", &e);
+                rejection("storage", "could not be looked up; nothing changed")
+            })
+    }
+
+    /// Another store forgot the person: erase them here too (their local
+    /// tombstone refuses an older CRM record), then the chain side (ledger,
+    /// index, pending entries; a chain tombstone). Not published again.
+    async fn on_chain_erasure(&mut self, erasure: ChainErasure) -> Result<(), Rejection> {
+        // Never later than now: a far-future date would refuse the
+        // person's records for as long.
+        let erased_at_ms = erasure.erased_at_ms.min(wall_ms());
+        if let Some(local) = self.chain_local(erasure.person).await? {
+            self.erase_only_here(&local, erased_at_ms).await?;
+        }
+        let person = erasure.person;
+        self.blocking(move |store| store.chain_forget(&person, erased_at_ms, None))
+            .await
+            .map_err(|e| {
+                events::storage_error(&self.telemetry, "chain_forget", &e);
+                rejection("storage", "erasure failed; retry")
+            })?;
+        Ok(())
+    }
+
+    /// Another store's consent change: each purpose changes here only if
+    /// it is the newest word on it (`PersonRecord::set_consent`); a
+    /// withdrawal purges what is pending here for it.
+    async fn on_chain_consent(&mut self, change: ChainConsent) -> Result<(), Rejection> {
+        let Some(local) = self.chain_local(change.person).await? else {
+            return Ok(());
+        };
+        let Some(record) = self.people.get(&local) else {
+            return Ok(());
+        };
+        let mut updated = record.clone();
+        let at_ms = change.at_ms.min(wall_ms());
+        let withdrawn = updated.set_consent(&change.consent, at_ms);
+        let person = local.as_str().to_string();
+        self.upsert(updated).await?;
+        if !withdrawn.is_empty() {
+            self.settle_decisions().await;
+            let purged = self
+                .blocking(move |store| {
+                    store
+                        .purge_outbox(&person)
+                        .and_then(|n| store.flush().map(|()| n))
+                })
+                .await;
+            if let Err(e) = purged {
+                events::storage_error(&self.telemetry, "purge_outbox", &e);
+                return Err(rejection("storage", "could not purge pending nudges"));
+            }
+            for purpose in withdrawn {
+                events::consent_withdrawn(&self.telemetry, purpose);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the other stores (through the chain outbox, durably) that the
+    /// app changed these purposes here.
+    pub(super) async fn publish_chain_consent(
+        &self,
+        person: &PersonId,
+        consent: &[(Purpose, bool)],
+        at_ms: i64,
+    ) {
+        let Some(chain) = &self.config.chain else {
+            return;
+        };
+        if consent.is_empty() {
+            return;
+        }
+        let entry = consent_entry(
+            &self.config.topics,
+            &chain.person(person.as_str()),
+            consent,
+            at_ms,
+        );
+        match self
+            .blocking(move |store| store.chain_queue(&[entry]))
+            .await
+        {
+            Ok(()) => events::chain_entries_queued(&self.telemetry, 1),
+            Err(e) => events::storage_error(&self.telemetry, "chain_queue", &e),
+        }
+    }
+
+    /// The chain side of a local erasure: the chain's trees, and the
+    /// erasure for the other stores (`publish`), in one transaction.
+    pub(super) async fn chain_forget(&self, person: &PersonId, erased_at_ms: i64, publish: bool) {
+        let Some(chain) = &self.config.chain else {
+            return;
+        };
+        let hash = chain.person(person.as_str());
+        let notice = publish.then(|| erasure_entry(&self.config.topics, &hash, erased_at_ms));
+        match self
+            .blocking(move |store| store.chain_forget(&hash, erased_at_ms, notice.as_ref()))
+            .await
+        {
+            Ok(_) if publish => events::chain_entries_queued(&self.telemetry, 1),
+            Ok(_) => {}
+            Err(e) => events::storage_error(&self.telemetry, "chain_forget", &e),
+        }
+    }
+
+    /// Record in the chain index who the people just written are.
+    pub(super) async fn chain_index(&self, records: &[PersonRecord]) {
+        let Some(chain) = &self.config.chain else {
+            return;
+        };
+        let entries: Vec<(ChainPerson, String)> = records
+            .iter()
+            .map(|r| {
+                (
+                    chain.person(r.person.as_str()),
+                    r.person.as_str().to_string(),
+                )
+            })
+            .collect();
+        let indexed = self
+            .blocking(move |store| {
+                let refs: Vec<(ChainPerson, &str)> =
+                    entries.iter().map(|(p, id)| (*p, id.as_str())).collect();
+                store.chain_index_put(&refs)?;
+                store.flush()
+            })
+            .await;
+        if let Err(e) = indexed {
+            events::storage_error(&self.telemetry, "chain_index", &e);
+        }
+    }
+
+    /// When the person was last erased anywhere in the chain (the chain
+    /// tombstone), so that an old CRM record cannot bring back someone
+    /// another store forgot and this one never knew.
+    pub(super) fn chain_tombstone(&self, person: &str) -> Result<Option<i64>, StoreError> {
+        match &self.config.chain {
+            Some(chain) => self.store.chain_tombstone(&chain.person(person)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERSON: &str = "d7d8958469d7ad49398d29056543538d";
+
+    fn field(result: Result<impl std::fmt::Debug, Rejection>) -> (String, String) {
+        let e = result.expect_err("refused");
+        (e.field, e.reason)
+    }
+
+    #[test]
+    fn a_decision_parses_with_exactly_its_fields() {
+        let payload = format!(
+            r#"{{"v": 1, "person": "{PERSON}", "kind": "info", "rule": "laptop-dwell",
+                "at_ms": 1795334400123, "nudge_id": "0193a5c2-1"}}"#
+        );
+        let decision = parse_decision(payload.as_bytes()).unwrap();
+        assert_eq!(decision.person.to_hex(), PERSON);
+        assert_eq!(decision.entry.kind, NudgeKind::Info);
+        assert_eq!(decision.entry.rule, "laptop-dwell");
+        assert_eq!(decision.entry.at_ms, 1_795_334_400_123);
+        assert_eq!(decision.entry.nudge_id, "0193a5c2-1");
+        // What this store publishes parses back to the same.
+        let again = crate::store::decision_payload(&decision.person, &decision.entry);
+        assert_eq!(parse_decision(again.as_bytes()).unwrap(), decision);
+    }
+
+    #[test]
+    fn bad_chain_messages_are_refused_naming_the_field() {
+        let good = serde_json::json!({"v": 1, "person": PERSON, "kind": "info",
+            "rule": "r", "at_ms": 1_795_334_400_123i64, "nudge_id": "n-1"});
+        let with = |key: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[key] = value;
+            v.to_string()
+        };
+        let without = |key: &str| {
+            let mut v = good.clone();
+            v.as_object_mut().unwrap().remove(key);
+            v.to_string()
+        };
+        for (payload, expected) in [
+            (with("zone", "laptops".into()), "zone"),
+            (with("v", 2.into()), "v"),
+            (without("v"), "v"),
+            (with("person", "P-1".into()), "person"),
+            (with("person", PERSON.to_uppercase().into()), "person"),
+            (without("person"), "person"),
+            (with("kind", "spam".into()), "kind"),
+            (without("kind"), "kind"),
+            (with("rule", "".into()), "rule"),
+            (with("rule", 7.into()), "rule"),
+            (with("at_ms", 1_795_334_400i64.into()), "at_ms"),
+            (with("at_ms", "soon".into()), "at_ms"),
+            (without("at_ms"), "at_ms"),
+            (with("nudge_id", "x".repeat(500).into()), "nudge_id"),
+            (without("nudge_id"), "nudge_id"),
+            ("[1]".into(), "payload"),
+            ("{".into(), "payload"),
+        ] {
+            assert_eq!(
+                field(parse_decision(payload.as_bytes())).0,
+                expected,
+                "{payload}"
+            );
+        }
+        assert_eq!(field(parse_decision(&[0xff, 0xfe])).0, "payload");
+    }
+
+    #[test]
+    fn erasures_and_consent_parse_strictly() {
+        let erasure = format!(r#"{{"v": 1, "person": "{PERSON}", "erased_at_ms": 1795334400123}}"#);
+        assert_eq!(
+            parse_erasure(erasure.as_bytes()).unwrap().erased_at_ms,
+            1_795_334_400_123
+        );
+        let extra = format!(
+            r#"{{"v": 1, "person": "{PERSON}", "erased_at_ms": 1795334400123, "why": "x"}}"#
+        );
+        assert_eq!(field(parse_erasure(extra.as_bytes())).0, "why");
+        let missing = format!(r#"{{"v": 1, "person": "{PERSON}"}}"#);
+        assert_eq!(field(parse_erasure(missing.as_bytes())).0, "erased_at_ms");
+
+        let consent = format!(
+            r#"{{"v": 1, "person": "{PERSON}", "consent": {{"offers": false}}, "at_ms": 1795334400123}}"#
+        );
+        let parsed = parse_consent(consent.as_bytes()).unwrap();
+        assert_eq!(parsed.consent, vec![(Purpose::Offers, false)]);
+        let unknown = consent.replace("offers", "spam");
+        assert_eq!(field(parse_consent(unknown.as_bytes())).0, "consent.spam");
+        let empty = consent.replace(r#"{"offers": false}"#, "{}");
+        assert_eq!(field(parse_consent(empty.as_bytes())).0, "consent");
+        // What this store publishes parses back.
+        let names = topics::TopicNames::new("retail", "s1").with_chain(true);
+        let entry = consent_entry(&names, &parsed.person, &parsed.consent, parsed.at_ms);
+        assert_eq!(entry.topic, "retail/chain/consent/s1");
+        assert_eq!(parse_consent(entry.payload.as_bytes()).unwrap(), parsed);
+        let entry = erasure_entry(&names, &parsed.person, 1_795_334_400_000);
+        assert_eq!(entry.topic, "retail/chain/erasures/s1");
+        assert_eq!(
+            parse_erasure(entry.payload.as_bytes())
+                .unwrap()
+                .erased_at_ms,
+            1_795_334_400_000
+        );
+    }
+}
