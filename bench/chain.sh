@@ -141,7 +141,8 @@ for k, v in m1.items():
     if k.startswith("gateway_chain_entries_total{") and 'direction="in"' in k:
         o = re.search(r'outcome="([^"]*)"', k)
         by_outcome[o.group(1) if o else "?"] = int(v - m0.get(k, 0.0))
-folded = sum(by_outcome.values())
+# Other stores' entries processed: folded, or recognised as a duplicate.
+folded = by_outcome.get("folded", 0) + by_outcome.get("duplicate", 0)
 held_chain = delta("gateway_nudges_held_total{", lambda k: 'reason="chain_' in k)
 held_other = delta("gateway_nudges_held_total{", lambda k: 'reason="chain_' not in k)
 # sighting -> PUBACK from the histogram's bucket deltas, quantiles as

@@ -15,8 +15,9 @@
 //! store's uplink can be cut while the store and its gateway keep running,
 //! which is what a store sees when its line goes down.
 //!
-//! `CHAIN_SIM_STORES` (default 10) sets N; `bench/chain_sim.sh` runs the
-//! cut test at N = 50 and reads the convergence time it prints.
+//! `CHAIN_SIM_STORES` (default 10) sets N and `CHAIN_SIM_SHOPPERS` (default
+//! 12) the customers; `bench/chain_sim.sh` runs both tests at N = 50 and
+//! reads the figures they print.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -52,6 +53,15 @@ fn stores() -> usize {
 type PerDay = BTreeMap<(String, String), usize>;
 /// Nudges per (store index, recipient).
 type PerStore = BTreeMap<(usize, String), usize>;
+
+/// `CHAIN_SIM_SHOPPERS` (default 12): the customers who visit.
+fn shoppers() -> u32 {
+    std::env::var("CHAIN_SIM_SHOPPERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=1000).contains(n))
+        .unwrap_or(12)
+}
 
 fn store_id(i: usize) -> String {
     format!("store-{i:02}")
@@ -303,7 +313,7 @@ async fn shoppers_visiting_several_stores_get_no_more_than_the_chain_allows() ->
 {
     let _one = ONE_CHAIN.lock().await;
     let n = stores();
-    let shoppers = 12;
+    let shoppers = shoppers();
     let chain = Chain::start(n, shoppers, 5).await?;
     let start = e2e::site::now_ms();
     for v in 0..VISITS {
@@ -374,7 +384,7 @@ async fn a_store_cut_off_the_chain_exceeds_it_by_its_own_caps_at_most_and_catche
 -> anyhow::Result<()> {
     let _one = ONE_CHAIN.lock().await;
     let n = stores();
-    let shoppers = 12;
+    let shoppers = shoppers();
     let store_per_day = 1;
     let chain = Chain::start(n, shoppers, store_per_day).await?;
     let cut = 0;
