@@ -41,7 +41,7 @@ for rep in $(seq "$reps"); do
     GATEWAY_BIN="$gateway" CHAIN_SIM_STORES="$stores" CHAIN_SIM_SHOPPERS="$shoppers" \
         CARGO_TARGET_DIR="$root/target" \
         timeout 1800 cargo test -q -p e2e --test chain_sim -- --nocapture --test-threads 1 2>&1 \
-        | grep -E '^[0-9]+ stores|^convergence|^test result|panicked|^Error' | sed "s/^/run $rep: /" | tee -a "$out"
+        | grep -E '[0-9]+ stores, |convergence after|test result|panicked|^Error' | sed "s/^/run $rep: /" | tee -a "$out"
     echo "run $rep: $(($(date +%s) - started)) s wall, load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out"
 done
 echo "results: $out"
