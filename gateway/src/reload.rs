@@ -242,6 +242,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn chain_caps_reload_and_the_chain_secret_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        std::fs::write(&one, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::write(&two, "fedcba9876543210fedcba9876543210\n").unwrap();
+        let site = |per_day: u32, secret: &std::path::Path| {
+            format!(
+                "{SITE}[caps.chain]\nper_day = {per_day}\nper_week = 5\ntimezone = \"Europe/Berlin\"\n[chain]\nsecret_file = \"{}\"\n",
+                secret.display()
+            )
+        };
+        let path = dir.path().join("site.toml");
+        std::fs::write(&path, site(2, &one)).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(config::load(Some(&path)).unwrap()));
+        let telemetry = Telemetry::new();
+        let secret = |c: &Config| c.chain.as_ref().unwrap().secret.expose().to_vec();
+        let first_secret = secret(&rx.borrow());
+
+        std::fs::write(&path, site(1, &two)).unwrap();
+        assert_eq!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Applied {
+                needs_restart: vec!["chain.secret_file"]
+            }
+        );
+        assert_eq!(
+            rx.borrow().chain.as_ref().unwrap().caps.per_day,
+            1,
+            "caps apply at once"
+        );
+        assert_eq!(
+            secret(&rx.borrow()),
+            first_secret,
+            "the secret waits for a restart"
+        );
+
+        // Leaving the chain waits for a restart too: the chain stays as it was.
+        std::fs::write(&path, SITE).unwrap();
+        assert_eq!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Applied {
+                needs_restart: vec!["caps.chain"]
+            }
+        );
+        assert_eq!(rx.borrow().chain.as_ref().unwrap().caps.per_day, 1);
+    }
+
     #[tokio::test]
     async fn a_change_to_the_file_is_picked_up_once_it_settles() {
         let dir = tempfile::tempdir().unwrap();

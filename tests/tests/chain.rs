@@ -2,8 +2,9 @@
 //! gateways, two stores of one chain, on one real Mosquitto. The same
 //! person is enrolled in both (`people import`); with `[caps.chain]
 //! per_day = 1`, a thank-you sent in store A holds the one B would send
-//! (reason `chain_per_day`, from B's own metrics), and a forget in A
-//! erases the person in B, where an old CRM record cannot bring them back.
+//! (reason `chain_per_day`, from B's own metrics), a consent withdrawal
+//! in A is applied in B, and a forget in A erases the person in B, where
+//! an old CRM record cannot bring them back.
 
 use std::time::Duration;
 
@@ -40,6 +41,22 @@ secret_file = "{secret}"
 
 /// Enrolled long ago (the CRM's record), with consent to thank-yous.
 const PERSON: &str = r#"{"person": "p-1", "recipient": "r-1", "updated_at": "2026-01-05T09:00:00Z", "identities": [{"kind": "email", "value": "ana@example.com"}], "consent": {"proximity": true, "thanks": true}}"#;
+
+/// `instance` is valid against `schemas/<name>.schema.json`.
+fn assert_schema(name: &str, instance: &serde_json::Value) {
+    let path = format!(
+        "{}/../schemas/{name}.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {instance}: {errors:?}");
+}
 
 fn purchase() -> String {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -123,6 +140,7 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     assert_eq!(decision["nudge_id"], nudge["id"], "{decision} vs {nudge}");
     assert_eq!(decision["person"].as_str().map(str::len), Some(32));
     assert!(!told[0].payload_str().contains("p-1") && !told[0].payload_str().contains("r-1"));
+    assert_schema("chain-decision", &decision);
     // B folds it (and A ignores its own).
     e2e::wait_until(Duration::from_secs(15), || {
         b.metric("gateway_chain_entries_total{direction=\"in\",outcome=\"folded\"}")
@@ -156,6 +174,30 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     phone.expect_exactly(1, Duration::from_millis(500)).await?;
     assert_eq!(b.metric("gateway_nudges_reserved_total")?, 0);
 
+    // A consent change from the app in store A reaches B: thank-yous off.
+    till.publish_acked(
+        &format!("retail/{STORE_A}/consent/r-1"),
+        br#"{"id": "c-thanks", "consent": {"thanks": false}}"#.as_slice(),
+        false,
+        PublishProperties::default(),
+    )
+    .await?;
+    e2e::wait_until(Duration::from_secs(15), || {
+        b.metric("gateway_consent_withdrawn_total{purpose=\"thanks\"}")
+            .unwrap_or(0)
+            >= 1
+    })
+    .await
+    .map_err(logs)?;
+    let told = chain
+        .wait_for(2, Duration::from_secs(15))
+        .await
+        .map_err(logs)?;
+    assert_eq!(told[1].topic, format!("retail/chain/consent/{STORE_A}"));
+    let consent = told[1].json()?;
+    assert_eq!(consent["consent"], serde_json::json!({"thanks": false}));
+    assert_schema("chain-consent", &consent);
+
     // A forget from the app in store A: the person is erased in B too.
     till.publish_acked(
         &format!("retail/{STORE_A}/consent/r-1"),
@@ -169,6 +211,15 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     })
     .await
     .map_err(logs)?;
+    // What A told the chain: the erasure, by the same person hash.
+    let told = chain
+        .wait_for(3, Duration::from_secs(15))
+        .await
+        .map_err(logs)?;
+    assert_eq!(told[2].topic, format!("retail/chain/erasures/{STORE_A}"));
+    let erasure = told[2].json()?;
+    assert_eq!(erasure["person"], decision["person"]);
+    assert_schema("chain-erasure", &erasure);
     // The CRM's old record, republished, does not bring them back in B.
     till.publish_acked(
         "retail/crm/people/p-1",

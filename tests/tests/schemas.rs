@@ -10,7 +10,7 @@ use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, PublishProperties, Q
 use firmware_sim::{Scenario, Shopper, Simulation, Stop, StoreSpec};
 use serde_json::{Value, json};
 
-const SCHEMAS: [&str; 11] = [
+const SCHEMAS: [&str; 14] = [
     "nudge",
     "erasure-notice",
     "status",
@@ -22,6 +22,9 @@ const SCHEMAS: [&str; 11] = [
     "feedback",
     "purchase",
     "sighting-record",
+    "chain-decision",
+    "chain-erasure",
+    "chain-consent",
 ];
 
 fn schema_dir() -> PathBuf {
@@ -179,6 +182,40 @@ fn incoming_examples_are_valid_and_the_gateway_accepts_them() {
     for line in scenario.people_jsonl().lines() {
         assert_valid("person-record", &serde_json::from_str(line).unwrap());
     }
+}
+
+/// docs/design.md §10's chain payloads are valid; a field too many, a
+/// person that is not the 32-hex hash, or another version are not.
+#[test]
+fn the_chain_payloads_of_the_design_match_their_schemas() {
+    let person = "d7d8958469d7ad49398d29056543538d";
+    let decision = json!({"v": 1, "person": person, "kind": "info", "rule": "laptop-dwell",
+        "at_ms": 1795334400123_i64, "nudge_id": "0193a5c2-7c1e-7b3a-9f00-000000000001"});
+    assert_valid("chain-decision", &decision);
+    assert_valid(
+        "chain-erasure",
+        &json!({"v": 1, "person": person, "erased_at_ms": 1795334400123_i64}),
+    );
+    assert_valid(
+        "chain-consent",
+        &json!({"v": 1, "person": person, "consent": {"offers": false}, "at_ms": 1795334400123_i64}),
+    );
+    let mut extra = decision.clone();
+    extra["zone"] = json!("laptops");
+    let mut upper = decision.clone();
+    upper["person"] = json!(person.to_uppercase());
+    let mut v2 = decision.clone();
+    v2["v"] = json!(2);
+    for bad in [extra, upper, v2] {
+        assert!(!errors("chain-decision", &bad).is_empty(), "{bad}");
+    }
+    assert!(
+        !errors(
+            "chain-consent",
+            &json!({"v": 1, "person": person, "consent": {"spam": true}, "at_ms": 1795334400123_i64})
+        )
+        .is_empty()
+    );
 }
 
 #[test]

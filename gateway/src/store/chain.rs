@@ -275,16 +275,24 @@ impl Store {
     }
 
     /// Record who these chain hashes are here (`chain_people.v4`), sealed
-    /// under each person's key: erased with them. Not flushed (the caller
-    /// flushes with what it writes alongside).
+    /// under each person's key: erased with them. An entry that already
+    /// names the person is left alone (one read, no write: a CRM record
+    /// seen again costs nothing more). Not flushed: a lost entry is
+    /// written again by [`Store::chain_index_sync`] at the next start.
     pub fn chain_index_put(&self, people: &[(ChainPerson, &str)]) -> Result<(), StoreError> {
-        if people.is_empty() {
+        let mut missing = Vec::new();
+        for (person, id) in people {
+            if self.chain_index_entry(person)?.as_deref() != Some(*id) {
+                missing.push((*person, *id));
+            }
+        }
+        if missing.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = people.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<&str> = missing.iter().map(|(_, id)| *id).collect();
         let sealers = self.sealers(&ids)?;
         let mut batch = sled::Batch::default();
-        for ((person, id), sealer) in people.iter().zip(sealers) {
+        for ((person, id), sealer) in missing.iter().zip(sealers) {
             let value = [
                 &sealer.tag[..],
                 &sealer.seal(id.as_bytes(), &vault::nonce()?),
@@ -296,23 +304,26 @@ impl Store {
         Ok(())
     }
 
-    /// The local person a chain hash names, if they are enrolled here.
-    pub fn chain_index_person(&self, person: &ChainPerson) -> Result<Option<PersonId>, StoreError> {
+    /// The person id a chain hash's index entry names, if it opens with
+    /// that person's key: an entry left by an erasure the chain did not
+    /// hear of (`people forget` offline) opens with no key, or not with
+    /// the key of the person enrolled again since, and names no one.
+    fn chain_index_entry(&self, person: &ChainPerson) -> Result<Option<String>, StoreError> {
         let Some(value) = self.chain_people.get(keys::chain(person))? else {
             return Ok(None);
         };
         let tag = tag_of(&value, keys::CHAIN_PEOPLE)?;
-        // An erased person's key is gone: they are no one here any more.
-        let Some(sealer) = self.sealer_for_tag(tag) else {
-            return Ok(None);
-        };
-        let Some(id) = vault::open(&sealer.key, &sealer.tag, &value[16..]) else {
-            return Err(StoreError::Corrupt {
-                tree: keys::CHAIN_PEOPLE,
-                reason: "does not open with the person's key".into(),
-            });
-        };
-        Ok(Some(PersonId::from(String::from_utf8_lossy(&id).as_ref())))
+        Ok(self
+            .sealer_for_tag(tag)
+            .and_then(|sealer| vault::open(&sealer.key, &sealer.tag, &value[16..]))
+            .map(|id| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    /// The local person a chain hash names, if they are enrolled here.
+    pub fn chain_index_person(&self, person: &ChainPerson) -> Result<Option<PersonId>, StoreError> {
+        Ok(self
+            .chain_index_entry(person)?
+            .map(|id| PersonId::from(id.as_str())))
     }
 
     /// Bring `chain_people.v4` up to date with the people: after an import
@@ -335,7 +346,7 @@ impl Store {
         for record in self.people() {
             let record = record?;
             let person = hash(record.person.as_str());
-            if self.chain_people.get(keys::chain(&person))?.is_none() {
+            if self.chain_index_entry(&person)?.as_deref() != Some(record.person.as_str()) {
                 missing.push((person, record.person.as_str().to_string()));
             }
             if missing.len() >= 1024 {
@@ -684,9 +695,23 @@ mod tests {
             store.chain_index_person(&hash("p-2")).unwrap(),
             Some(PersonId::from("p-2"))
         );
-        // Erased locally: the key is gone, so is who the hash was.
+        // Erased locally (offline, the chain not told): the key is gone,
+        // so is who the hash was.
         store.forget_person("p-2", NOON).unwrap();
         assert_eq!(store.chain_index_person(&hash("p-2")).unwrap(), None);
+        // Enrolled again (a new key): the stale entry is written anew.
+        let again = crate::identity::PersonRecord::from_json(
+            r#"{"person": "p-2", "recipient": "r-2", "consent": {"proximity": true}}"#,
+        )
+        .unwrap();
+        store.upsert_person(&again).unwrap();
+        assert_eq!(store.chain_index_person(&hash("p-2")).unwrap(), None);
+        assert_eq!(store.chain_index_sync(&hash(""), hash).unwrap(), 1);
+        assert_eq!(
+            store.chain_index_person(&hash("p-2")).unwrap(),
+            Some(PersonId::from("p-2"))
+        );
+        store.forget_person("p-2", NOON + 1).unwrap();
         // Another secret: the index is rebuilt under it.
         let other = |id: &str| chain_person(b"another secret, 16+ bytes", id);
         assert_eq!(store.chain_index_sync(&other(""), other).unwrap(), 1);
@@ -729,5 +754,168 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod interleaving {
+    //! The chain caps through the store itself: reservations and folds
+    //! interleaved on one real database, each reservation's verdict
+    //! compared with a count of what had been folded and reserved before.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::decide::{Caps, ChainDay, Limits, NudgeKind, SkipReason};
+    use crate::privacy::chain_person;
+    use crate::store::{Reservation, ReserveCandidate, ReserveJob};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const T0: i64 = 1_796_644_800_000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Reserve {
+            person: u8,
+            after_ms: i64,
+        },
+        Fold {
+            person: u8,
+            after_ms: i64,
+            back_ms: i64,
+            id: u8,
+        },
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let after = prop_oneof![0i64..600_000, 0i64..20 * 3_600_000];
+        proptest::collection::vec(
+            prop_oneof![
+                (0u8..2, after.clone())
+                    .prop_map(|(person, after_ms)| Op::Reserve { person, after_ms }),
+                (0u8..2, after, 0i64..2 * 86_400_000, 0u8..12).prop_map(
+                    |(person, after_ms, back_ms, id)| Op::Fold {
+                        person,
+                        after_ms,
+                        back_ms,
+                        id
+                    }
+                ),
+            ],
+            1..25,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn reservations_keep_the_chain_caps_over_what_was_folded_before_them(
+            ops in ops(),
+            per_day in 1u32..3,
+            per_week in 1u32..5,
+            min_gap_s in prop_oneof![Just(0u32), 0u32..3600],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let caps = Caps {
+                per_visit: 1000,
+                per_day: 1000,
+                per_week: 1000,
+                min_gap_s: 0,
+                per_kind_per_day: None,
+                rule_cooldown_s: 0,
+                store_per_minute: None,
+            };
+            let chain = ChainCaps {
+                per_day,
+                per_week,
+                min_gap_s,
+                day: ChainDay::Chain,
+                timezone: chrono_tz::Europe::Berlin,
+            };
+            let tz = chrono_tz::Europe::Berlin;
+            // What each person has, as far as this store knows: own sends
+            // and folded entries (nudge id → time), in the model.
+            let mut known: [Vec<(String, i64)>; 2] = [Vec::new(), Vec::new()];
+            let mut now = T0;
+            for (n, op) in ops.iter().enumerate() {
+                match *op {
+                    Op::Fold { person, after_ms, back_ms, id } => {
+                        now += after_ms;
+                        let nudge_id = format!("other-{id}");
+                        let at_ms = now - back_ms;
+                        let p = chain_person(SECRET, &format!("p-{person}"));
+                        let outcome = store
+                            .chain_fold(&[(p, ChainEntry { at_ms, nudge_id: nudge_id.clone(), kind: NudgeKind::Info, rule: "r".into() })], now)
+                            .unwrap()[0];
+                        // A nudge id names one entry of one person.
+                        let seen = known.iter().flatten().any(|(id, _)| *id == nudge_id);
+                        prop_assert_eq!(outcome == FoldOutcome::Duplicate, seen);
+                        if !seen {
+                            known[usize::from(person)].push((nudge_id, at_ms));
+                        }
+                    }
+                    Op::Reserve { person, after_ms } => {
+                        now += after_ms;
+                        let id = format!("p-{person}");
+                        let candidates = [ReserveCandidate {
+                            nudge_id: format!("own-{n}"),
+                            topic: "t".into(),
+                            payload: "{}".into(),
+                            kind: NudgeKind::Info,
+                            rule: "r".into(),
+                            zone: "z".into(),
+                            visit: n as i64,
+                            now_ms: now,
+                            expires_at_ms: now + 900_000,
+                            held: None,
+                        }];
+                        let person_id = PersonId::from(id.as_str());
+                        let job = ReserveJob {
+                            person: &person_id,
+                            recipient: "r",
+                            candidates: &candidates,
+                            limits: Limits { caps: &caps, quiet: None, tz: &tz, enabled: true },
+                            chain: Some(ChainJob {
+                                person: chain_person(SECRET, &id),
+                                caps: &chain,
+                                home: None,
+                                topic: "retail/chain/decisions/s1",
+                            }),
+                        };
+                        let got = store.reserve_batch_unflushed(&[job]).unwrap().remove(0).remove(0);
+                        let times: Vec<i64> = known[usize::from(person)].iter().map(|(_, t)| *t).collect();
+                        let date = |ms: i64| chrono::TimeZone::timestamp_millis_opt(&tz, ms).unwrap().date_naive();
+                        let monday = |ms: i64| {
+                            let d = date(ms);
+                            d - chrono::Days::new(chrono::Datelike::weekday(&d).num_days_from_monday().into())
+                        };
+                        let day = times.iter().filter(|&&t| date(t) >= date(now)).count() as u32;
+                        let week = times.iter().filter(|&&t| monday(t) >= monday(now)).count() as u32;
+                        let close = times.iter().any(|&t| (now - t).abs() < i64::from(min_gap_s) * 1000);
+                        let expected = if day >= per_day {
+                            Some(SkipReason::ChainPerDay { limit: per_day })
+                        } else if week >= per_week {
+                            Some(SkipReason::ChainPerWeek { limit: per_week })
+                        } else if close {
+                            Some(SkipReason::ChainMinGap { gap_s: min_gap_s })
+                        } else {
+                            None
+                        };
+                        match expected {
+                            Some(reason) => prop_assert_eq!(got, Reservation::Held(reason)),
+                            None => {
+                                prop_assert!(matches!(got, Reservation::Reserved { .. }), "{:?}", got);
+                                known[usize::from(person)].push((format!("own-{n}"), now));
+                            }
+                        }
+                    }
+                }
+            }
+            // Every reserved nudge is in the chain outbox, once.
+            let own: usize = known.iter().flatten().filter(|(id, _)| id.starts_with("own-")).count();
+            prop_assert_eq!(store.chain_outbox_len(), own);
+        }
     }
 }

@@ -472,8 +472,7 @@ impl Pipeline {
             .blocking(move |store| {
                 let refs: Vec<(ChainPerson, &str)> =
                     entries.iter().map(|(p, id)| (*p, id.as_str())).collect();
-                store.chain_index_put(&refs)?;
-                store.flush()
+                store.chain_index_put(&refs)
             })
             .await;
         if let Err(e) = indexed {

@@ -23,7 +23,8 @@ impl Pipeline {
         let now = wall_ms();
         let status = match change.apply(&mut updated, change.said_at_ms(now)) {
             Applied::Forget => {
-                self.erase(&record.person, now).await?;
+                // The other stores of a chain forget them too.
+                self.erase(&record.person, now, true).await?;
                 // The back office keeps the person's retained record: tell
                 // it, so that it clears it (the tombstone refuses it here
                 // meanwhile).

@@ -24,7 +24,9 @@ impl Pipeline {
             if self.people.consent(&person).is_none() {
                 return Ok(());
             }
-            return self.erase(&person, now).await;
+            // Every store of a chain hears the CRM itself: the chain is
+            // not told again (`tell_chain` false).
+            return self.erase(&person, now, false).await;
         }
         let text = std::str::from_utf8(payload).map_err(|_| rejection("payload", "not UTF-8"))?;
         let record = PersonRecord::from_json(text)?;
@@ -112,19 +114,22 @@ impl Pipeline {
 
     /// Erase a person everywhere, leaving a tombstone dated `erased_at_ms`
     /// that refuses their older records (the CRM's retained one above all);
-    /// in a chain, tell the other stores (`daemon/incoming/chain.rs`).
+    /// in a chain, their chain ledger and index entry go too, a chain
+    /// tombstone stays, and with `tell_chain` the other stores are told
+    /// (`daemon/incoming/chain.rs`).
     pub(super) async fn erase(
         &mut self,
         person: &PersonId,
         erased_at_ms: i64,
+        tell_chain: bool,
     ) -> Result<(), Rejection> {
         self.erase_only_here(person, erased_at_ms).await?;
-        self.chain_forget(person, erased_at_ms, true).await;
+        self.chain_forget(person, erased_at_ms, tell_chain).await;
         Ok(())
     }
 
-    /// [`Pipeline::erase`] without telling the chain (the erasure came
-    /// from it).
+    /// [`Pipeline::erase`] without the chain's side (an erasure from the
+    /// chain does that by the hash it names).
     pub(super) async fn erase_only_here(
         &mut self,
         person: &PersonId,
