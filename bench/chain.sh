@@ -7,8 +7,8 @@
 # gateway (own sled directory, people imported), both loads for S seconds,
 # then from /metrics deltas: the store's sighting -> PUBACK p50/p99 while
 # folding (target p99 < 5 ms), nudges sent and held by the chain caps, the
-# fold rate (chain entries in, by outcome, per second), and the gateway's
-# CPU and peak RSS.
+# fold rate (other stores' entries folded or found duplicate, per second;
+# every outcome's count beside it), and the gateway's CPU and peak RSS.
 #
 # The chain entries name people p-100000 ... p-<100000 + CHAIN_PEOPLE - 1>
 # hashed with the chain secret: the store's enrolled shoppers are the
@@ -188,5 +188,5 @@ EOF
         grep -E 'WARN|ERROR' "$dir/gateway.err" | cut -c1-200 | sort | uniq -c | sort -rn | head -5 | tee -a "$out.txt" || true
     fi
 done
-echo "p50/p99/p999: sighting -> PUBACK from gateway_sighting_to_puback_seconds bucket deltas (no finer than its buckets); folded_per_s: gateway_chain_entries_total{direction=\"in\"} delta over the step (sending + 2 s drain)" | tee -a "$out.txt"
+echo "p50/p99/p999: sighting -> PUBACK from gateway_sighting_to_puback_seconds bucket deltas (no finer than its buckets); folded_per_s: gateway_chain_entries_total{direction=\"in\",outcome=\"folded\"|\"duplicate\"} delta over the step (sending + 2 s drain)" | tee -a "$out.txt"
 echo "results: $out"
