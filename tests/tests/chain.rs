@@ -39,6 +39,9 @@ secret_file = "{secret}"
     )
 }
 
+/// Forgotten by an operator in store A while its gateway is stopped.
+const SECOND: &str = r#"{"person": "p-2", "recipient": "r-2", "updated_at": "2026-01-05T09:00:00Z", "consent": {"proximity": true}}"#;
+
 /// Enrolled long ago (the CRM's record), with consent to thank-yous.
 const PERSON: &str = r#"{"person": "p-1", "recipient": "r-1", "updated_at": "2026-01-05T09:00:00Z", "identities": [{"kind": "email", "value": "ana@example.com"}], "consent": {"proximity": true, "thanks": true}}"#;
 
@@ -76,8 +79,9 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     )?;
     let mut a = Site::new(broker.port(), &extra(&secret))?;
     let mut b = Site::new(broker.port(), &extra(&secret))?;
-    a.import_people(PERSON)?;
-    b.import_people(PERSON)?;
+    let people = format!("{PERSON}\n{SECOND}\n");
+    a.import_people(&people)?;
+    b.import_people(&people)?;
     let gateway_a = a.start()?;
     // The site file names store A; B's id (and so its client id and its
     // topics) comes from the environment.
@@ -256,5 +260,29 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
         !text.contains("ana@example.com") && !text.contains("r-1"),
         "B still knows the person: {text}"
     );
+
+    // An operator forgets p-2 in store A with the gateway stopped: the
+    // erasure waits in A's chain outbox, goes out when A runs again, and
+    // B erases p-2 too.
+    let forgot = a.cli(&["people", "forget", "p-2"])?;
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let gateway_b = b.start_with_env(&[], [("GATEWAY__STORE__ID", STORE_B)])?;
+    let gateway_a = a.start()?;
+    e2e::wait_until(Duration::from_secs(15), || {
+        b.metric("gateway_people_erased_total").unwrap_or(0) >= 1
+    })
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "--- A ---\n{}\n--- B ---\n{}",
+            gateway_a.logs(),
+            gateway_b.logs()
+        ))
+    })?;
+    drop((gateway_a, gateway_b));
     Ok(())
 }

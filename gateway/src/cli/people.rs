@@ -256,11 +256,23 @@ pub fn forget(config: &Config, person: &str) -> Result<String, CliError> {
     if store.person(person).map_err(store_err)?.is_none() {
         return Err(CliError::new(format!("no person {person:?}")));
     }
-    let removed = store
-        .forget_person(person, crate::clock::wall_ms())
+    let now = crate::clock::wall_ms();
+    let removed = store.forget_person(person, now).map_err(store_err)?;
+    let Some(chain) = &config.chain else {
+        return Ok(format!(
+            "forgot {person}: {removed} entries removed and flushed"
+        ));
+    };
+    // In a chain the other stores forget them too: the erasure waits in
+    // the chain outbox for the daemon to publish it.
+    let hash = chain.person(person);
+    let notice = crate::store::erasure_entry(&config.topics, &hash, now);
+    let chained = store
+        .chain_forget(&hash, now, Some(&notice))
         .map_err(store_err)?;
     Ok(format!(
-        "forgot {person}: {removed} entries removed and flushed"
+        "forgot {person}: {} entries removed and flushed; the chain's other stores are told once the gateway runs",
+        removed + chained
     ))
 }
 

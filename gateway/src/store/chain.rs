@@ -68,6 +68,50 @@ pub fn decision_payload(person: &ChainPerson, entry: &ChainEntry) -> String {
     .to_string()
 }
 
+/// The `erasures` entry this store publishes for a person it forgot.
+pub fn erasure_entry(
+    topics: &crate::topics::TopicNames,
+    person: &ChainPerson,
+    at_ms: i64,
+) -> ChainOutboxEntry {
+    ChainOutboxEntry {
+        person: person.to_hex(),
+        kind: crate::topics::ChainKind::Erasure.level().into(),
+        topic: topics.chain_topic(crate::topics::ChainKind::Erasure),
+        payload: serde_json::json!({
+            "v": 1,
+            "person": person.to_hex(),
+            "erased_at_ms": at_ms,
+        })
+        .to_string(),
+    }
+}
+
+/// The `consent` entry this store publishes for a change the app sent it.
+pub fn consent_entry(
+    topics: &crate::topics::TopicNames,
+    person: &ChainPerson,
+    consent: &[(crate::identity::Purpose, bool)],
+    at_ms: i64,
+) -> ChainOutboxEntry {
+    let words: serde_json::Map<String, serde_json::Value> = consent
+        .iter()
+        .map(|(purpose, on)| (purpose.as_str().to_string(), serde_json::Value::Bool(*on)))
+        .collect();
+    ChainOutboxEntry {
+        person: person.to_hex(),
+        kind: crate::topics::ChainKind::Consent.level().into(),
+        topic: topics.chain_topic(crate::topics::ChainKind::Consent),
+        payload: serde_json::json!({
+            "v": 1,
+            "person": person.to_hex(),
+            "consent": words,
+            "at_ms": at_ms,
+        })
+        .to_string(),
+    }
+}
+
 fn i64_value(bytes: &[u8]) -> i64 {
     i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
@@ -720,6 +764,30 @@ mod tests {
             store.chain_index_person(&other("p-1")).unwrap(),
             Some(PersonId::from("p-1"))
         );
+    }
+
+    #[test]
+    fn a_layout_3_database_opens_as_4_with_everything_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            assert!(matches!(
+                reserve(&store, "p-1", "n-a", NOON),
+                Reservation::Reserved { .. }
+            ));
+            // As a gateway before the chain left it.
+            store.chain_outbox.clear().unwrap();
+            store
+                .meta
+                .insert(keys::META_LAYOUT_VERSION, &3u32.to_be_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.layout_version().unwrap(), 4);
+        assert_eq!(store.ledger("p-1").unwrap().sent.len(), 1);
+        assert_eq!(store.outbox_from(0).count(), 1);
+        assert_eq!(store.chain_outbox_len(), 0);
     }
 
     #[test]

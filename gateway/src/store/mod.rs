@@ -23,7 +23,9 @@ use crate::decide::{
 };
 use crate::identity::{PersonId, PersonRecord};
 use crate::presence::VisitSeed;
-pub use chain::{ChainJob, ChainOutboxEntry, FoldOutcome, decision_payload};
+pub use chain::{
+    ChainJob, ChainOutboxEntry, FoldOutcome, consent_entry, decision_payload, erasure_entry,
+};
 use vault::{Tag, Vault};
 
 /// The default bound on sled's page cache, in MiB (`[storage] cache_mb`).
