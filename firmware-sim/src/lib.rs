@@ -96,6 +96,7 @@
 //! accepted, and a duration is required.
 
 pub mod adverts;
+pub mod chain_load;
 pub mod checkin;
 pub mod espresense;
 pub mod hours;
@@ -110,6 +111,7 @@ pub mod site;
 pub mod spec;
 pub mod walk;
 
+pub use chain_load::{ChainLoadConfig, ChainLoadError, ChainLoadReport, run_chain_load};
 pub use checkin::{CheckIn, CheckInRecord, HeardBeacon};
 pub use espresense::{Espresense, EspresenseMessage, EspresenseReport, to_espresense};
 pub use load::{LoadConfig, LoadError, LoadReport, run_load};

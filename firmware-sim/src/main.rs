@@ -124,6 +124,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Chain load: decisions of N other stores of the chain, published on
+    /// `<prefix>/chain/decisions/<store>` at a total rate (loopback brokers
+    /// only), as their bridges would bring them to one store's broker.
+    ChainLoad {
+        /// Broker `host:port` (plain TCP, loopback).
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "retail")]
+        prefix: String,
+        /// Other stores posting (`chain-0000`, ...).
+        #[arg(long, default_value_t = 1000)]
+        stores: u32,
+        /// Entries per second, all stores together.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// People the entries are about: `p-100000` onwards, the enrolled
+        /// shoppers of `firmware-sim load`.
+        #[arg(long, default_value_t = 10_000)]
+        people: u32,
+        /// The chain secret's file (as the gateway's `chain.secret_file`):
+        /// entries about people the gateway knows. Without it, people no
+        /// gateway knows.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send sighting records over UDP, one per datagram.
     Udp {
         #[command(flatten)]
@@ -396,6 +428,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
+        }
+        Command::ChainLoad {
+            broker,
+            prefix,
+            stores,
+            rate,
+            duration,
+            people,
+            secret_file,
+            seed,
+            json,
+        } => {
+            let (host, port) = parse_broker(&broker)?;
+            let host = host
+                .parse()
+                .with_context(|| format!("--broker: {host:?} is not an IP address"))?;
+            let secret = match &secret_file {
+                Some(path) => Some(firmware_sim::chain_load::secret_from_file_text(
+                    &std::fs::read_to_string(path).with_context(|| {
+                        format!("--secret-file: cannot read {}", path.display())
+                    })?,
+                )),
+                None => None,
+            };
+            let config = firmware_sim::ChainLoadConfig {
+                host,
+                port,
+                prefix,
+                stores,
+                rate,
+                duration,
+                people,
+                first_person: firmware_sim::chain_load::FIRST_LOAD_PERSON,
+                secret,
+                seed,
+            };
+            config.validate()?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let on_ctrl_c = Arc::clone(&stop);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_ctrl_c.store(true, Ordering::Relaxed);
+                }
+            });
+            let report = firmware_sim::run_chain_load(&config, stop).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
         }
         Command::Load {
             target,

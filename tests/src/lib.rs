@@ -27,6 +27,7 @@
 //! ```
 
 pub mod bins;
+pub mod chain;
 pub mod flood;
 pub mod mosquitto;
 pub mod phone;

@@ -121,6 +121,8 @@ pub struct Site {
     pub config_path: PathBuf,
     pub udp: SocketAddr,
     pub admin: SocketAddr,
+    /// `[store] id`: [`STORE_ID`] unless made with [`Site::for_store`].
+    pub store: String,
     starts: usize,
 }
 
@@ -128,6 +130,11 @@ impl Site {
     /// Write a site file for `broker_port`; `extra` is appended verbatim
     /// (zones, rules, caps, presence tuning).
     pub fn new(broker_port: u16, extra: &str) -> Result<Site> {
+        Site::for_store(STORE_ID, broker_port, extra)
+    }
+
+    /// Like [`Site::new`] for the store `store` (several stores of a chain).
+    pub fn for_store(store: &str, broker_port: u16, extra: &str) -> Result<Site> {
         let dir = Workdir::new("gateway-site")?;
         let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
@@ -135,7 +142,7 @@ impl Site {
         let text = format!(
             r#"
 [store]
-id = "{STORE_ID}"
+id = "{store}"
 timezone = "Europe/Berlin"
 
 [mqtt]
@@ -163,12 +170,13 @@ listen = "{admin}"
             config_path,
             udp,
             admin,
+            store: store.to_string(),
             starts: 0,
         })
     }
 
     pub fn topic(&self, rest: &str) -> String {
-        format!("{PREFIX}/{STORE_ID}/{rest}")
+        format!("{PREFIX}/{}/{rest}", self.store)
     }
 
     /// Run a `gateway` subcommand with this site's config to completion.
