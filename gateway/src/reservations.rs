@@ -292,6 +292,11 @@ impl Decider {
                                     candidate.kind,
                                     &candidate.nudge_id,
                                 );
+                                // Its chain entry went into the chain
+                                // outbox in the same transaction.
+                                if job.chain.is_some() && job.config.chain.is_some() {
+                                    events::chain_entries_queued(&self.telemetry, 1);
+                                }
                             }
                             Reservation::Held(reason) => events::nudge_held(
                                 &self.telemetry,

@@ -159,6 +159,12 @@ async fn a_nudge_in_one_store_holds_the_next_in_another_and_a_forget_travels_the
     })
     .await
     .map_err(logs)?;
+    // The decision's entry was counted when it was queued with the
+    // reservation, as erasures and consent changes are.
+    assert_eq!(
+        a.metric("gateway_chain_entries_total{direction=\"out\",outcome=\"queued\"}")?,
+        1
+    );
 
     // Store B, the same day: held by the chain's per_day, nothing sent.
     till.publish_acked(
