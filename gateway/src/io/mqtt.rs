@@ -892,19 +892,10 @@ impl Pump {
     /// window, after the nudges (a customer waits for those). QoS 1, not
     /// retained, no expiry: a late entry still counts in the other stores.
     fn pump_chain(&mut self) {
-        let mut to_send = Vec::new();
-        for item in self.store.chain_outbox_from(self.chain_cursor) {
-            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
-                break;
-            }
-            match item {
-                Ok(entry) => to_send.push(entry),
-                Err(e) => {
-                    events::storage_error(&self.telemetry, "chain_outbox_read", &e);
-                    break;
-                }
-            }
-        }
+        let to_send = self.window(
+            self.store.chain_outbox_from(self.chain_cursor),
+            "chain_outbox_read",
+        );
         for (seq, entry) in to_send {
             let properties = PublishProperties {
                 content_type: Some("application/json".into()),
@@ -931,6 +922,30 @@ impl Pump {
         }
     }
 
+    /// The entries `items` holds that fit in the in-flight window, read in
+    /// order; a read error (counted as `during`) ends the batch, the rest
+    /// waits for the next pump.
+    fn window<T, E: std::fmt::Display>(
+        &self,
+        items: impl IntoIterator<Item = Result<T, E>>,
+        during: &'static str,
+    ) -> Vec<T> {
+        let mut to_send = Vec::new();
+        for item in items {
+            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            match item {
+                Ok(entry) => to_send.push(entry),
+                Err(e) => {
+                    events::storage_error(&self.telemetry, during, &e);
+                    break;
+                }
+            }
+        }
+        to_send
+    }
+
     /// Hand outbox entries to rumqttc while connected and under the window.
     fn pump(&mut self) {
         if !self.connected {
@@ -945,19 +960,7 @@ impl Pump {
 
     fn pump_nudges(&mut self) {
         let now_ms = crate::clock::wall_ms();
-        let mut to_send = Vec::new();
-        for item in self.store.outbox_from(self.cursor) {
-            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
-                break;
-            }
-            match item {
-                Ok((seq, entry)) => to_send.push((seq, entry)),
-                Err(e) => {
-                    events::storage_error(&self.telemetry, "outbox_read", &e);
-                    break;
-                }
-            }
-        }
+        let to_send = self.window(self.store.outbox_from(self.cursor), "outbox_read");
         for (seq, entry) in to_send {
             let limit = self.config.mqtt.max_publish_bytes;
             if entry.payload.len() > limit {
