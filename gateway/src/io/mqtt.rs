@@ -897,27 +897,37 @@ impl Pump {
             "chain_outbox_read",
         );
         for (seq, entry) in to_send {
-            let properties = PublishProperties {
-                content_type: Some("application/json".into()),
-                payload_format_indicator: Some(1),
-                ..Default::default()
-            };
-            match self.client.try_publish_with_properties(
-                entry.topic,
-                QoS::AtLeastOnce,
-                false,
-                entry.payload,
-                properties,
-            ) {
-                Ok(()) => {
-                    self.unsent.push_back(Pending::Chain(seq));
-                    self.chain_cursor = seq + 1;
-                }
-                Err(ClientError::TryRequest(_)) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
-                    break;
-                }
+            if !self.hand_over(entry.topic, entry.payload, None) {
+                break;
+            }
+            self.unsent.push_back(Pending::Chain(seq));
+            self.chain_cursor = seq + 1;
+        }
+    }
+
+    /// Hand one JSON message to rumqttc (QoS 1, not retained, with
+    /// `expiry_s` as its message expiry when given). False when it did not
+    /// take it (its request queue full, or refused: logged): the batch
+    /// stops there and the next pump starts again from that entry.
+    fn hand_over(&self, topic: String, payload: String, expiry_s: Option<u32>) -> bool {
+        let properties = PublishProperties {
+            message_expiry_interval: expiry_s,
+            content_type: Some("application/json".into()),
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        };
+        match self.client.try_publish_with_properties(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            properties,
+        ) {
+            Ok(()) => true,
+            Err(ClientError::TryRequest(_)) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish request refused by the MQTT client");
+                false
             }
         }
     }
@@ -986,38 +996,20 @@ impl Pump {
             }
             let remaining_s =
                 ((entry.expires_at_ms - now_ms + 999) / 1000).clamp(1, u32::MAX as i64) as u32;
-            let properties = PublishProperties {
-                message_expiry_interval: Some(remaining_s),
-                content_type: Some("application/json".into()),
-                payload_format_indicator: Some(1),
-                ..Default::default()
-            };
-            match self.client.try_publish_with_properties(
-                entry.topic,
-                QoS::AtLeastOnce,
-                false,
-                entry.payload,
-                properties,
-            ) {
-                Ok(()) => {
-                    if let Some(arrived) = self
-                        .stamps
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&entry.nudge_id)
-                    {
-                        self.timing.insert(seq, arrived);
-                    }
-                    self.unsent.push_back(Pending::Outbox(seq));
-                    self.cursor = seq + 1;
-                    events::nudge_published(&self.telemetry);
-                }
-                Err(ClientError::TryRequest(_)) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
-                    break;
-                }
+            if !self.hand_over(entry.topic, entry.payload, Some(remaining_s)) {
+                break;
             }
+            if let Some(arrived) = self
+                .stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&entry.nudge_id)
+            {
+                self.timing.insert(seq, arrived);
+            }
+            self.unsent.push_back(Pending::Outbox(seq));
+            self.cursor = seq + 1;
+            events::nudge_published(&self.telemetry);
         }
     }
 }
