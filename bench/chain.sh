@@ -80,16 +80,8 @@ timezone = "Europe/Berlin"
 [chain]
 secret_file = "$work/chain-secret"
 SITE
-    GATEWAY_LOG=warn "$gateway" --config "$dir/site.toml" people import "$work/people.jsonl" >"$dir/import.log" 2>&1 \
-        || { cat "$dir/import.log" >&2; exit 1; }
-    GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$dir/site.toml" run >"$dir/gateway.out" 2>"$dir/gateway.err" &
-    gw=$!
-    bench_pids+=($gw)
-    for _ in $(seq 200); do
-        curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
-        kill -0 "$gw" 2>/dev/null || { cat "$dir/gateway.err" >&2; exit 1; }
-        sleep 0.1
-    done
+    import_people "$gateway" "$dir/site.toml" "$work/people.jsonl" "$dir/import.log"
+    start_gateway "$gateway" "$dir/site.toml" "$dir" "$admin_port" readyz 200 0.1
     metrics "$admin_port" >"$dir/m0.txt"
     c0="$(awk '{ print $14 + $15 }' "/proc/$gw/stat")"; t0="$(date +%s.%N)"
     peak="$(rss_kb "$gw")"

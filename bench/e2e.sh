@@ -37,17 +37,9 @@ start_load_rig e2e "$gateway" "$sim"
 dummy_port="$(free_port udp)"
 "$sim" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$devices" \
     --strangers "$strangers" --duration 1ms --people "$work/people.jsonl" >/dev/null
-GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/people.jsonl" >"$work/import.log" 2>&1 \
-    || { cat "$work/import.log" >&2; exit 1; }
+import_people "$gateway" "$work/site.toml" "$work/people.jsonl" "$work/import.log"
 
-GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$work/site.toml" run >"$work/gateway.out" 2>"$work/gateway.err" &
-gw=$!
-bench_pids+=($gw)
-for _ in $(seq 200); do
-    curl -sf "http://127.0.0.1:$admin_port/livez" >/dev/null 2>&1 && break
-    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.err" >&2; exit 1; }
-    sleep 0.1
-done
+start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" livez 200 0.1
 
 metric() {
     curl -sf "http://127.0.0.1:$admin_port/metrics" | awk -v s="$1" '

@@ -65,14 +65,7 @@ PY
 read -r import_s import_peak_kb <"$work/import.time"
 
 t0="$(date +%s.%N)"
-GATEWAY_LOG=warn,rumqttc=error "$gateway" --config "$work/site.toml" run >"$work/gateway.out" 2>"$work/gateway.err" &
-gw=$!
-bench_pids+=($gw)
-for _ in $(seq 1200); do
-    curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
-    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.err" >&2; exit 1; }
-    sleep 0.05
-done
+start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" readyz 1200 0.05
 ready_s="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)")"
 sleep 5
 idle_kb="$(rss_kb "$gw")"

@@ -1,4 +1,5 @@
-# Shared by bench/e2e.sh and bench/footprint.sh (sourced, not run): free
+# Shared by bench/e2e.sh, bench/footprint.sh and bench/chain.sh (sourced,
+# not run): free
 # loopback ports, a private Mosquitto, process cleanup by pid, and /proc
 # readings of a process. Loopback only; every process started through
 # `spawn` is stopped on exit.
@@ -115,4 +116,26 @@ start_load_rig() {
     admin_port="$(free_port tcp)"
     start_broker "$work" "$broker_port"
     write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
+}
+
+# import_people GATEWAY CONFIG PEOPLE LOG: `gateway people import` of the
+# JSON lines PEOPLE; on a refusal, its output and exit 1.
+import_people() {
+    GATEWAY_LOG=warn "$1" --config "$2" people import "$3" >"$4" 2>&1 \
+        || { cat "$4" >&2; exit 1; }
+}
+
+# start_gateway GATEWAY CONFIG DIR ADMIN_PORT PATH TRIES PAUSE: `gateway run`
+# (output in DIR/gateway.out and DIR/gateway.err), stopped on exit; sets
+# gw to its pid and waits until http://127.0.0.1:ADMIN_PORT/PATH answers,
+# at most TRIES times PAUSE seconds (exit 1 with its stderr if it died).
+start_gateway() {
+    GATEWAY_LOG=warn,rumqttc=error "$1" --config "$2" run >"$3/gateway.out" 2>"$3/gateway.err" &
+    gw=$!
+    bench_pids+=($gw)
+    for _ in $(seq "$6"); do
+        curl -sf "http://127.0.0.1:$4/$5" >/dev/null 2>&1 && break
+        kill -0 "$gw" 2>/dev/null || { cat "$3/gateway.err" >&2; exit 1; }
+        sleep "$7"
+    done
 }

@@ -20,7 +20,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -284,8 +284,6 @@ pub async fn run_chain_load(
     stop: Arc<AtomicBool>,
 ) -> Result<ChainLoadReport, ChainLoadError> {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
     config.validate()?;
     let broker = config.broker();
@@ -294,31 +292,13 @@ pub async fn run_chain_load(
         message,
     };
     let client_id = format!("firmware-sim-chain-{}", std::process::id());
-    let mut options = MqttOptions::new(client_id, config.host.to_string(), config.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => return Err(mqtt_error(format!("cannot connect: {err}"))),
-        Err(_) => return Err(mqtt_error("no CONNACK within 10 s".into())),
-    }
-    let acked = Arc::new(AtomicU64::new(0));
-    let driver_acked = Arc::clone(&acked);
-    let driver = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    driver_acked.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(Event::Incoming(Packet::Disconnect(_))) => {
-                    return Err("broker disconnected".to_owned());
-                }
-                Ok(_) => {}
-                Err(rumqttc::v5::ConnectionError::RequestsDone) => return Ok(()),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
-    });
+    let crate::output::AckedClient {
+        client,
+        acked,
+        driver,
+    } = crate::output::connect_acked(client_id, config.host.to_string(), config.port, 1024)
+        .await
+        .map_err(mqtt_error)?;
 
     let mut entries = Entries::new(config);
     let topics: Vec<String> = (0..config.stores).map(|i| config.topic(i)).collect();

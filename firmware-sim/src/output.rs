@@ -185,10 +185,7 @@ pub async fn publish_mqtt(
     cancel: CancellationToken,
 ) -> Result<MqttReport, OutputError> {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
 
     if speed.is_nan() || speed < 0.0 {
         return Err(OutputError::BadSpeed(speed));
@@ -200,33 +197,13 @@ pub async fn publish_mqtt(
     };
     let unpaced = speed == 0.0 || speed.is_infinite();
     let client_id = format!("firmware-sim-{}", std::process::id());
-    let mut options = MqttOptions::new(client_id, host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-
-    // The first poll connects: fail early and clearly when nobody listens.
-    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => return Err(mqtt_error(format!("cannot connect: {err}"))),
-        Err(_) => return Err(mqtt_error("no CONNACK within 10 s".into())),
-    }
-    let acked = Arc::new(AtomicU64::new(0));
-    let driver_acked = Arc::clone(&acked);
-    let driver = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    driver_acked.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(Event::Incoming(Packet::Disconnect(_))) => {
-                    return Err("broker disconnected".to_owned());
-                }
-                Ok(_) => {}
-                Err(rumqttc::v5::ConnectionError::RequestsDone) => return Ok(()),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
-    });
+    let AckedClient {
+        client,
+        acked,
+        driver,
+    } = connect_acked(client_id, host.to_owned(), port, 64)
+        .await
+        .map_err(mqtt_error)?;
 
     let started = Instant::now();
     let mut first_at_ms = None;
@@ -274,6 +251,61 @@ pub async fn publish_mqtt(
         acked: acked.load(Ordering::SeqCst),
         duration: started.elapsed(),
         cancelled,
+    })
+}
+
+/// An MQTT v5 client whose event loop runs in `driver`, counting the
+/// PUBACKs it sees in `acked`; the driver ends `Ok` once the client
+/// disconnects, `Err` with the reason when the connection is lost.
+pub(crate) struct AckedClient {
+    pub client: rumqttc::v5::AsyncClient,
+    pub acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub driver: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+/// Connect (`capacity`: the client's request queue) and start the driver.
+/// The first poll connects: fail early and clearly (the error says why)
+/// when nobody listens.
+pub(crate) async fn connect_acked(
+    client_id: String,
+    host: String,
+    port: u16,
+    capacity: usize,
+) -> Result<AckedClient, String> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return Err(format!("cannot connect: {err}")),
+        Err(_) => return Err("no CONNACK within 10 s".into()),
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let driver_acked = Arc::clone(&acked);
+    let driver = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    driver_acked.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::Disconnect(_))) => {
+                    return Err("broker disconnected".to_owned());
+                }
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::RequestsDone) => return Ok(()),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+    });
+    Ok(AckedClient {
+        client,
+        acked,
+        driver,
     })
 }
 

@@ -98,18 +98,12 @@ fn main() {
                         let id = format!("own-{k:012}");
                         (
                             i,
-                            [ReserveCandidate {
-                                topic: format!("retail/s/nudges/{}", people[i].1),
-                                payload: format!("{{\"id\":\"{id}\"}}"),
-                                nudge_id: id,
-                                kind: NudgeKind::Compare,
-                                rule: "laptop-compare".into(),
-                                zone: "laptops".into(),
-                                visit: now_ms,
+                            [durable::laptop_compare(
+                                id.clone(),
+                                &people[i].1,
+                                format!("{{\"id\":\"{id}\"}}"),
                                 now_ms,
-                                expires_at_ms: now_ms + 900_000,
-                                held: None,
-                            }],
+                            )],
                         )
                     })
                     .collect();

@@ -74,18 +74,12 @@ fn decide_batch(store: &Store, caps: &Caps, n: u64, size: u64) -> Duration {
         .map(|(i, (_, recipient, now_ms))| {
             let id = format!("batch-{i:012}");
             let now_ms = *now_ms;
-            [ReserveCandidate {
-                topic: format!("retail/s/nudges/{recipient}"),
-                payload: payload(&id),
-                nudge_id: id,
-                kind: NudgeKind::Compare,
-                rule: "laptop-compare".into(),
-                zone: "laptops".into(),
-                visit: now_ms,
+            [durable::laptop_compare(
+                id.clone(),
+                recipient,
+                payload(&id),
                 now_ms,
-                expires_at_ms: now_ms + 900_000,
-                held: None,
-            }]
+            )]
         })
         .collect();
     let jobs: Vec<ReserveJob<'_>> = people

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
+use gateway::identity::{Consent, PersonId, PersonRecord};
 use gateway::people::{MemoryRecords, People};
 use gateway::presence::{PresenceConfig, PresenceEngine, ZoneId};
 
@@ -52,12 +52,8 @@ fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
 
-fn key(i: usize) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    k[8..].copy_from_slice(&(!(i as u64)).to_le_bytes());
-    k
-}
+#[path = "support/people.rs"]
+mod people;
 
 fn main() {
     // `cargo bench` passes --bench; a filter that does not mention memory
@@ -188,18 +184,7 @@ fn people_records() -> Vec<PersonRecord> {
         thanks: true,
         feedback: false,
     };
-    (0..PEOPLE)
-        .map(|i| PersonRecord {
-            person: PersonId::from(format!("p-{i:06}").as_str()),
-            recipient: format!("r-{i:06}"),
-            timezone: None,
-            identities: vec![Identity::App { key: key(i) }],
-            consent,
-            interests: vec!["laptops".into()],
-            owns: Vec::new(),
-            stamps: Default::default(),
-        })
-        .collect()
+    people::enrolled(PEOPLE, consent)
 }
 
 /// What dominates: each part built alone, measured as a trimmed live set.

@@ -30,7 +30,7 @@ use gateway::decide::{
     TriggeredRule, Verdict, choose, dwell_rules, prepare,
 };
 use gateway::decode::{DecodeOptions, Frame, decode_into};
-use gateway::identity::{Consent, Identity, PersonId, PersonRecord, interval_of, rotating_id};
+use gateway::identity::{Consent, PersonId, PersonRecord, interval_of, rotating_id};
 use gateway::io::fleet::{BeaconKind, Fleet, FleetBeacon};
 use gateway::people::{MemoryRecords, People};
 use gateway::presence::{PresenceConfig, PresenceEngine, PresenceEvent, ZoneId};
@@ -50,12 +50,9 @@ const STEP_US: i64 = 100;
 mod rng;
 use rng::Rng;
 
-fn key(i: usize) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    k[8..].copy_from_slice(&(!(i as u64)).to_le_bytes());
-    k
-}
+#[path = "support/people.rs"]
+mod people;
+use people::key;
 
 fn structure(ad_type: u8, data: &[u8]) -> Vec<u8> {
     let mut s = vec![(data.len() + 1) as u8, ad_type];
@@ -159,18 +156,7 @@ pub fn records() -> Vec<PersonRecord> {
         thanks: true,
         feedback: true,
     };
-    (0..ENROLLED)
-        .map(|i| PersonRecord {
-            person: PersonId::from(format!("p-{i:06}").as_str()),
-            recipient: format!("r-{i:06}"),
-            timezone: None,
-            identities: vec![Identity::App { key: key(i) }],
-            consent,
-            interests: vec!["laptops".into()],
-            owns: Vec::new(),
-            stamps: Default::default(),
-        })
-        .collect()
+    people::enrolled(ENROLLED, consent)
 }
 
 fn presence_config() -> PresenceConfig {

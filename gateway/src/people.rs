@@ -202,30 +202,13 @@ impl People {
     /// The record of the person a recipient belongs to.
     pub fn by_recipient(&self, recipient: &str) -> Result<Option<PersonRecord>, RecordsError> {
         let fingerprint = self.fingerprints.hash_one(recipient);
-        let mut failed = None;
-        let mut found = None;
         let slots = &self.slots;
-        let _ = self.by_recipient.find(fingerprint, |&i| {
-            let hot = slot_of(slots, i);
-            if hot.recipient != fingerprint || failed.is_some() {
-                return false;
-            }
-            match self.records.record(&hot.person) {
-                Ok(Some(record)) if record.recipient == recipient => {
-                    found = Some(record);
-                    true
-                }
-                Ok(_) => false,
-                Err(e) => {
-                    failed = Some(e);
-                    true
-                }
-            }
-        });
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(found),
-        }
+        self.find_record(
+            &self.by_recipient,
+            fingerprint,
+            |&i| (slot_of(slots, i).recipient == fingerprint).then_some(i),
+            |record| (record.recipient == recipient).then_some(record),
+        )
     }
 
     /// The person an identity (app key, e-mail, card) belongs to.
@@ -234,20 +217,49 @@ impl People {
             return Ok(self.table.person_of_key(key).cloned());
         }
         let fingerprint = self.fingerprints.hash_one(identity);
+        self.find_record(
+            &self.named,
+            fingerprint,
+            |named| (named.fingerprint == fingerprint).then_some(named.slot),
+            |record| {
+                record
+                    .identities
+                    .contains(identity)
+                    .then_some(record.person)
+            },
+        )
+    }
+
+    /// Look `fingerprint` up in `table`: `slot` gives the slot of an entry
+    /// whose fingerprint is it (`None`: another's, sharing the bucket), and
+    /// the stored record of that slot's person is checked with `pick` (a
+    /// fingerprint may collide); the first it takes is the answer. A read
+    /// error ends the search and is returned.
+    fn find_record<T, R>(
+        &self,
+        table: &HashTable<T>,
+        fingerprint: u64,
+        slot: impl Fn(&T) -> Option<u32>,
+        pick: impl Fn(PersonRecord) -> Option<R>,
+    ) -> Result<Option<R>, RecordsError> {
         let mut failed = None;
         let mut found = None;
-        let slots = &self.slots;
-        let _ = self.named.find(fingerprint, |named| {
-            if named.fingerprint != fingerprint || failed.is_some() {
+        let _ = table.find(fingerprint, |entry| {
+            let Some(i) = slot(entry) else {
+                return false;
+            };
+            if failed.is_some() {
                 return false;
             }
-            let person = &slot_of(slots, named.slot).person;
-            match self.records.record(person) {
-                Ok(Some(record)) if record.identities.contains(identity) => {
-                    found = Some(record.person);
-                    true
-                }
-                Ok(_) => false,
+            match self.records.record(&slot_of(&self.slots, i).person) {
+                Ok(Some(record)) => match pick(record) {
+                    Some(hit) => {
+                        found = Some(hit);
+                        true
+                    }
+                    None => false,
+                },
+                Ok(None) => false,
                 Err(e) => {
                     failed = Some(e);
                     true

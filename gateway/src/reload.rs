@@ -365,6 +365,12 @@ mod tests {
         .to_json()
     }
 
+    /// What the loaded radio map says the first place's first scanner
+    /// hears: the value the map tests write and read back.
+    fn first_heard(config: &Config) -> f32 {
+        config.presence.radio_map.as_ref().unwrap().map().places[0].scanners[0].heard
+    }
+
     fn site_with_map(map: &std::path::Path) -> String {
         format!(
             "{SITE}[[zones]]\nid = \"za\"\nscanners = [\"a\"]\n[[zones]]\nid = \"zb\"\nscanners = [\"b\"]\n[presence]\nradio_map = {:?}\n",
@@ -383,17 +389,7 @@ mod tests {
         assert_eq!(first.radio_map_path.as_deref(), Some(map.as_path()));
         let (tx, rx) = watch::channel(first);
         let telemetry = Telemetry::new();
-        let heard = |rx: &watch::Receiver<Arc<Config>>| {
-            rx.borrow()
-                .presence
-                .radio_map
-                .as_ref()
-                .unwrap()
-                .map()
-                .places[0]
-                .scanners[0]
-                .heard
-        };
+        let heard = |rx: &watch::Receiver<Arc<Config>>| first_heard(&rx.borrow());
 
         // Same path, new contents (a new walk): a new configuration.
         std::fs::write(&map, map_json(&["a", "b"], 0.7)).unwrap();
@@ -449,17 +445,7 @@ mod tests {
             .await
             .expect("reloaded within 10 s")
             .unwrap();
-        let heard = rx
-            .borrow()
-            .presence
-            .radio_map
-            .as_ref()
-            .unwrap()
-            .map()
-            .places[0]
-            .scanners[0]
-            .heard;
-        assert_eq!(heard, 0.625);
+        assert_eq!(first_heard(&rx.borrow()), 0.625);
         cancel.cancel();
         task.await.unwrap();
     }

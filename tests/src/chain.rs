@@ -34,45 +34,8 @@ const SHIPPED_BRIDGE_PASSWORD: &str = "change-me-per-store";
 
 const READY: Duration = Duration::from_secs(10);
 
-/// A throwaway CA and a certificate for 127.0.0.1 signed by it (PEM).
-#[derive(Debug, Clone)]
-pub struct Pki {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
-
-impl Pki {
-    pub fn generate() -> Result<Pki> {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        // Distinct names: OpenSSL (Mosquitto's bridge) takes a leaf whose
-        // subject equals its issuer for self-signed and refuses it.
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "e2e chain test CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca_key = rcgen::KeyPair::generate()?;
-        let ca = ca_params.self_signed(&ca_key)?;
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "e2e chain central broker");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
-        let key = rcgen::KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
-        Ok(Pki {
-            ca: ca.pem(),
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
-    }
-}
+/// The chain's brokers' TLS material (kept here under its old name).
+pub use crate::pki::Pki;
 
 /// A Mosquitto run from a config text written into its own directory.
 #[derive(Debug)]

@@ -102,6 +102,37 @@ pub const SIM_CLOCK: &str = r#"
 max_future_skew_ms = 86400000
 "#;
 
+/// A thank-you after every purchase (the chain tests' nudge: a till
+/// names the person, no presence needed).
+pub const THANK_YOU: &str = r#"
+[[rules]]
+id = "thank-you"
+on = "purchase"
+kind = "thanks"
+title = "Thank you"
+body = "Enjoy it. If anything is not right, the team at the service desk is happy to help."
+"#;
+
+/// A store of a chain: `[caps.chain]` with `per_day` nudges a person a
+/// chain day (five a week, no gap, the chain's day in Europe/Berlin) and
+/// `[chain]` reading the chain secret from `secret_file`.
+pub fn chain_caps(per_day: usize, secret_file: &std::path::Path) -> String {
+    format!(
+        r#"
+[caps.chain]
+per_day = {per_day}
+per_week = 5
+min_gap_s = 0
+day = "chain"
+timezone = "Europe/Berlin"
+
+[chain]
+secret_file = "{secret}"
+"#,
+        secret = secret_file.display(),
+    )
+}
+
 /// The twin's zones, the laptop rule, loose caps and the twin's clock:
 /// the site most end-to-end tests start from.
 pub fn laptop_site() -> String {

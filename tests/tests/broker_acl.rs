@@ -22,25 +22,6 @@ fn topic(rest: &str) -> String {
     format!("{STORE}/{rest}")
 }
 
-/// A throwaway CA and a server certificate for the shipped TLS listener.
-fn pki() -> anyhow::Result<(String, String, String)> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_key = rcgen::KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
-}
-
 /// Mosquitto from the shipped config: the loopback listener (where the
 /// gateway and these tests connect) and the TLS listener on free ports.
 struct ShippedBroker {
@@ -72,7 +53,7 @@ impl ShippedBroker {
         );
         dir.write("mosquitto.conf", &conf)?;
         dir.write("acl", ACL)?;
-        let (ca, cert, key) = pki()?;
+        let e2e::Pki { ca, cert, key, .. } = e2e::Pki::generate()?;
         dir.write("ca.crt", ca)?;
         dir.write("server.crt", cert)?;
         dir.write("server.key", key)?;

@@ -14,29 +14,12 @@ const STORE_A: &str = e2e::site::STORE_ID;
 const STORE_B: &str = "store-b";
 
 fn extra(secret_file: &std::path::Path) -> String {
-    format!(
-        r#"
-[[rules]]
-id = "thank-you"
-on = "purchase"
-kind = "thanks"
-title = "Thank you"
-body = "Enjoy it. If anything is not right, the team at the service desk is happy to help."
-
-{caps}
-[caps.chain]
-per_day = 1
-per_week = 5
-min_gap_s = 0
-day = "chain"
-timezone = "Europe/Berlin"
-
-[chain]
-secret_file = "{secret}"
-"#,
-        caps = e2e::site::LOOSE_CAPS,
-        secret = secret_file.display(),
-    )
+    [
+        e2e::site::THANK_YOU,
+        e2e::site::LOOSE_CAPS,
+        &e2e::site::chain_caps(1, secret_file),
+    ]
+    .concat()
 }
 
 /// Forgotten by an operator in store A while its gateway is stopped.

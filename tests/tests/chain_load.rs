@@ -13,28 +13,12 @@ use e2e::{Mosquitto, MosquittoOptions, Phone, PhoneOptions, Site, Workdir};
 const SECRET: &str = "3b7e1f0c9a2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5\n";
 
 fn site_extra(secret: &std::path::Path) -> String {
-    format!(
-        r#"
-[[rules]]
-id = "thank-you"
-on = "purchase"
-kind = "thanks"
-title = "Thank you"
-body = "Enjoy it. If anything is not right, the team at the service desk is happy to help."
-{caps}
-[caps.chain]
-per_day = 2
-per_week = 5
-min_gap_s = 0
-day = "chain"
-timezone = "Europe/Berlin"
-
-[chain]
-secret_file = "{secret}"
-"#,
-        caps = e2e::site::LOOSE_CAPS,
-        secret = secret.display(),
-    )
+    [
+        e2e::site::THANK_YOU,
+        e2e::site::LOOSE_CAPS,
+        &e2e::site::chain_caps(2, secret),
+    ]
+    .concat()
 }
 
 /// `p-100000`, the first person the chain load names, with an e-mail the

@@ -78,20 +78,10 @@ per_day = {store_per_day}
 per_week = 10
 min_gap_s = 0
 rule_cooldown_s = 0
-
-[caps.chain]
-per_day = {CHAIN_PER_DAY}
-per_week = 5
-min_gap_s = 0
-day = "chain"
-timezone = "Europe/Berlin"
-
-[chain]
-secret_file = "{secret}"
-{clock}"#,
+{chain}{clock}"#,
         zones = e2e::site::THREE_ZONES,
         rule = e2e::site::LAPTOP_COMPARE,
-        secret = secret.display(),
+        chain = e2e::site::chain_caps(CHAIN_PER_DAY, secret),
         clock = e2e::site::SIM_CLOCK,
     )
 }

@@ -285,38 +285,15 @@ struct Pki {
     other_ca_pem: String,
 }
 
-fn make_ca(name: &str) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert, key))
-}
-
+/// A CA and the broker's certificate signed by it, and another CA that
+/// signed nothing here.
 fn make_pki() -> anyhow::Result<Pki> {
-    let (ca, ca_key) = make_ca("gateway test CA")?;
-    let (other_ca, _) = make_ca("some other CA")?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test broker");
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let pki = e2e::Pki::named("gateway test CA")?;
     Ok(Pki {
-        ca_pem: ca.pem(),
-        server_cert_pem: cert.pem(),
-        server_key_pem: key.serialize_pem(),
-        other_ca_pem: other_ca.pem(),
+        ca_pem: pki.ca,
+        server_cert_pem: pki.cert,
+        server_key_pem: pki.key,
+        other_ca_pem: e2e::Pki::named("some other CA")?.ca,
     })
 }
 

@@ -37,16 +37,10 @@ on = "exit"
 kind = "feedback"
 title = "How was your visit?"
 body = "One tap: did you find what you came for?"
-
-[[rules]]
-id = "thank-you"
-on = "purchase"
-kind = "thanks"
-title = "Thank you"
-body = "Enjoy it. If anything is not right, the team at the service desk is happy to help."
-{caps}{clock}visit_gap_ms = 20000
+{thanks}{caps}{clock}visit_gap_ms = 20000
 "#,
         zones = e2e::site::THREE_ZONES,
+        thanks = e2e::site::THANK_YOU,
         caps = e2e::site::LOOSE_CAPS,
         clock = e2e::site::SIM_CLOCK,
     );

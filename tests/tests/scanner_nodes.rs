@@ -41,6 +41,24 @@ id3 = 42
 /// OpenMQTTGateway docs/use/ble.md: a decoded iBeacon, `pubadvdata` off.
 const OMG_DOC_IBEACON: &str = r#"{"id":"58:78:20:76:BC:24","mac_type":1,"rssi":-79,"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","mfid":"4c00","uuid":"1de4b189115e45f6b44e509352269977","major":0,"minor":0,"txpower":-66}"#;
 
+/// The gateway on `extra`, a phone watching its beacon reports (`ops`)
+/// and one publishing as the scanner nodes.
+async fn start(
+    broker: &Mosquitto,
+    extra: &str,
+) -> anyhow::Result<(Site, e2e::ChildGuard, Phone, Phone)> {
+    let mut site = Site::new(broker.port(), extra)?;
+    let gateway = site.start()?;
+    let ops = Phone::connect(PhoneOptions::new(
+        broker.port(),
+        "ops",
+        site.topic("ops/beacons"),
+    ))
+    .await?;
+    let node = Phone::connect(PhoneOptions::new(broker.port(), "nodes", "")).await?;
+    Ok((site, gateway, ops, node))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_scanner_boards_are_understood_and_garbage_is_counted_per_node()
 -> anyhow::Result<()> {
@@ -52,15 +70,7 @@ async fn shipped_scanner_boards_are_understood_and_garbage_is_counted_per_node()
         e2e::site::SIM_CLOCK,
     ]
     .concat();
-    let mut site = Site::new(broker.port(), &extra)?;
-    let gateway = site.start()?;
-    let ops = Phone::connect(PhoneOptions::new(
-        broker.port(),
-        "ops",
-        site.topic("ops/beacons"),
-    ))
-    .await?;
-    let node = Phone::connect(PhoneOptions::new(broker.port(), "nodes", "")).await?;
+    let (site, gateway, ops, node) = start(&broker, &extra).await?;
     let publish = |topic: String, payload: String| {
         let node = &node;
         async move {
@@ -197,15 +207,7 @@ espresense_id = "watch:darrell"
 
     let broker = Mosquitto::start(MosquittoOptions::default())?;
     let extra = [zones.as_str(), beacon, e2e::site::SIM_CLOCK].concat();
-    let mut site = Site::new(broker.port(), &extra)?;
-    let gateway = site.start()?;
-    let ops = Phone::connect(PhoneOptions::new(
-        broker.port(),
-        "ops",
-        site.topic("ops/beacons"),
-    ))
-    .await?;
-    let node = Phone::connect(PhoneOptions::new(broker.port(), "nodes", "")).await?;
+    let (site, gateway, ops, node) = start(&broker, &extra).await?;
     for (topic, payload) in &messages {
         node.publish(topic, payload.clone().into_bytes(), QoS::AtLeastOnce, false)
             .await?;

@@ -187,29 +187,6 @@ async fn a_phone_speaks_mqtt_over_websockets_to_the_broker() -> anyhow::Result<(
     }
 }
 
-/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1:
-/// (CA certificate DER, server certificate PEM, server key PEM).
-fn pki(ca_name: &str) -> anyhow::Result<(Vec<u8>, String, String)> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_key = rcgen::KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-    Ok((ca.der().to_vec(), cert.pem(), key.serialize_pem()))
-}
-
 /// A TLS connection to `port` on loopback that trusts only `ca_der`.
 async fn tls_to(
     port: u16,
@@ -242,8 +219,13 @@ async fn a_phone_speaks_mqtt_over_tls_websockets_to_the_broker() -> anyhow::Resu
             return Ok(());
         }
     }
-    let (ca_der, cert_pem, key_pem) = pki("websockets test CA")?;
-    let (other_ca_der, _, _) = pki("some other CA")?;
+    let e2e::Pki {
+        ca_der,
+        cert: cert_pem,
+        key: key_pem,
+        ..
+    } = e2e::Pki::named("websockets test CA")?;
+    let other_ca_der = e2e::Pki::named("some other CA")?.ca_der;
     let wss_port = free_tcp_port()?;
     // The deploy block (deploy/mosquitto/mosquitto.conf, `listener 8884`),
     // on a free loopback port, with this test's certificate.

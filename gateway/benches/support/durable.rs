@@ -1,8 +1,9 @@
 //! What the durable-decision benches and `examples/durable_decisions.rs`
 //! share: a site, caps that never hold a nudge back, and enrolled people.
 
-use gateway::decide::Caps;
+use gateway::decide::{Caps, NudgeKind};
 use gateway::identity::{Consent, Identity, PersonId, PersonRecord};
+use gateway::store::ReserveCandidate;
 
 /// The minimal site file the measured configuration starts from (the
 /// shipped example of docs/design.md §7; the example overrides its caps, quiet
@@ -43,5 +44,29 @@ pub fn enrolled(i: u64, person: PersonId, recipient: String) -> PersonRecord {
         owns: Vec::new(),
         // Enrolled before anything is said about them: any later word wins.
         stamps: Default::default(),
+    }
+}
+
+/// The nudge the benches reserve: the laptop compare, at the laptops,
+/// in the visit that starts `now_ms`, valid 15 minutes.
+// Not every file that includes this module reserves one.
+#[allow(dead_code)]
+pub fn laptop_compare(
+    nudge_id: String,
+    recipient: &str,
+    payload: String,
+    now_ms: i64,
+) -> ReserveCandidate {
+    ReserveCandidate {
+        topic: format!("retail/s/nudges/{recipient}"),
+        payload,
+        nudge_id,
+        kind: NudgeKind::Compare,
+        rule: "laptop-compare".into(),
+        zone: "laptops".into(),
+        visit: now_ms,
+        now_ms,
+        expires_at_ms: now_ms + 900_000,
+        held: None,
     }
 }

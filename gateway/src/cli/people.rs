@@ -104,20 +104,11 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         }
     }
     if !errors.is_empty() && !partial {
-        return Err(CliError::new(format!(
-            "{}\n{} refused record(s); nothing imported",
-            errors.join("\n"),
-            errors.len()
-        )));
+        return Err(nothing_imported(&errors));
     }
     let records = folded;
     if let Some(taken) = recipients_taken(&store, &records).map_err(store_err)? {
-        return Err(CliError::new(format!(
-            "{}: person {}: recipient: {:?} already belongs to another person; nothing imported",
-            path.display(),
-            taken.person,
-            taken.recipient
-        )));
+        return Err(recipient_taken(path, taken));
     }
     let mut imported = 0;
     for chunk in records.chunks(IMPORT_CHUNK) {
@@ -256,20 +247,11 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
         )));
     }
     if !refused.is_empty() && !partial {
-        return Err(CliError::new(format!(
-            "{}\n{} refused record(s); nothing imported",
-            refused.join("\n"),
-            refused.len()
-        )));
+        return Err(nothing_imported(&refused));
     }
     errors.extend(refused);
     if let Some(taken) = taken {
-        return Err(CliError::new(format!(
-            "{}: person {}: recipient: {:?} already belongs to another person; nothing imported",
-            path.display(),
-            taken.person,
-            taken.recipient
-        )));
+        return Err(recipient_taken(path, &taken));
     }
     // In chunks, so that a million records do not sit in one transaction's
     // memory (1.5 GB at 100,000). Everything that could refuse a record was
@@ -439,6 +421,27 @@ const IMPORT_CHUNK: usize = 5_000;
 /// The first record whose recipient belongs to a person other than its
 /// own, given the records before it in the file (a recipient one record
 /// gives up, a later one may take).
+/// The import refused for these records (each line names file, line or
+/// person and the reason); nothing was written.
+fn nothing_imported(refused: &[String]) -> CliError {
+    CliError::new(format!(
+        "{}\n{} refused record(s); nothing imported",
+        refused.join("\n"),
+        refused.len()
+    ))
+}
+
+/// The import refused because `taken`'s recipient is another person's;
+/// nothing was written.
+fn recipient_taken(path: &Path, taken: &PersonRecord) -> CliError {
+    CliError::new(format!(
+        "{}: person {}: recipient: {:?} already belongs to another person; nothing imported",
+        path.display(),
+        taken.person,
+        taken.recipient
+    ))
+}
+
 fn recipients_taken<'r>(
     store: &Store,
     records: &'r [PersonRecord],

@@ -671,6 +671,37 @@ mod tests {
         Arc::new(crate::config::from_layers("site.toml", Some(&site), Default::default()).unwrap())
     }
 
+    /// A pipeline over `config` on a store opened at `storage`, with the
+    /// decider and the outgoing receiver kept alive (dropped, they would
+    /// close the channels the pipeline sends into).
+    struct Rig {
+        pipeline: Pipeline,
+        _decider: reservations::Decider,
+        _out: mpsc::Receiver<OutgoingMessage>,
+    }
+
+    impl Rig {
+        fn new(config: Arc<Config>, storage: &std::path::Path, outgoing: usize) -> Rig {
+            let store = Store::open(storage).unwrap();
+            let telemetry = Arc::new(Telemetry::new());
+            let (reservations, decider) = reservations::stage(
+                store.clone(),
+                telemetry.clone(),
+                Arc::new(Notify::new()),
+                crate::telemetry::LatencyStamps::default(),
+                1,
+                1,
+            );
+            let (tx, out) = mpsc::channel(outgoing);
+            let pipeline = Pipeline::new(config, store, telemetry, reservations, tx).unwrap();
+            Rig {
+                pipeline,
+                _decider: decider,
+                _out: out,
+            }
+        }
+    }
+
     fn beacon(id: &str, minor: u16) -> String {
         format!(
             "[[beacons]]\nid = \"{id}\"\nkind = \"ibeacon\"\nuuid = \"426c7565436861726d426561636f6e73\"\nmajor = 1\nminor = {minor}\n"
@@ -691,18 +722,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("db");
         let first = config(&storage, &beacon("door", 1));
-        let store = Store::open(&storage).unwrap();
-        let telemetry = Arc::new(Telemetry::new());
-        let (reservations, _decider) = reservations::stage(
-            store.clone(),
-            telemetry.clone(),
-            Arc::new(Notify::new()),
-            crate::telemetry::LatencyStamps::default(),
-            1,
-            1,
-        );
-        let (outgoing, _out) = mpsc::channel(1);
-        let mut pipeline = Pipeline::new(first, store, telemetry, reservations, outgoing).unwrap();
+        let rig = Rig::new(first, &storage, 1);
+        let mut pipeline = rig.pipeline;
         assert_eq!(reported(&pipeline), ["door"]);
 
         // Same beacons: the fleet (and what it heard) stays.
@@ -731,25 +752,8 @@ mod tests {
     async fn who_was_recognised_is_forgotten_once_presence_lets_them_go() {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("db");
-        let store = Store::open(&storage).unwrap();
-        let telemetry = Arc::new(Telemetry::new());
-        let (reservations, _decider) = reservations::stage(
-            store.clone(),
-            telemetry.clone(),
-            Arc::new(Notify::new()),
-            crate::telemetry::LatencyStamps::default(),
-            1,
-            1,
-        );
-        let (outgoing, _out) = mpsc::channel(16);
-        let mut pipeline = Pipeline::new(
-            config(&storage, ""),
-            store,
-            telemetry,
-            reservations,
-            outgoing,
-        )
-        .unwrap();
+        let rig = Rig::new(config(&storage, ""), &storage, 16);
+        let mut pipeline = rig.pipeline;
         let here = PersonId::from("p-here");
         let gone = PersonId::from("p-gone");
         let now = pipeline.clock.now_ms();
@@ -791,19 +795,9 @@ mod tests {
             config.scanner_gain.is_some(),
             "the twin's site file gives positions"
         );
-        let store = Store::open(&storage).unwrap();
-        let telemetry = Arc::new(Telemetry::new());
-        let (reservations, _decider) = reservations::stage(
-            store.clone(),
-            telemetry.clone(),
-            Arc::new(Notify::new()),
-            crate::telemetry::LatencyStamps::default(),
-            1,
-            1,
-        );
-        let (outgoing, _out) = mpsc::channel(1);
-        let mut pipeline =
-            Pipeline::new(config, store, telemetry.clone(), reservations, outgoing).unwrap();
+        let rig = Rig::new(config, &storage, 1);
+        let telemetry = rig.pipeline.telemetry.clone();
+        let mut pipeline = rig.pipeline;
         let mut sim = firmware_sim::Simulation::new(
             spec.clone(),
             firmware_sim::Scenario::tour(&spec, 3, 5),

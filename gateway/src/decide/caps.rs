@@ -21,6 +21,23 @@ pub struct Caps {
     pub store_per_minute: Option<u32>,
 }
 
+#[cfg(test)]
+impl Caps {
+    /// Store caps so wide that a test's other caps (the chain's) are the
+    /// only ones that can hold.
+    pub(crate) fn wide() -> Caps {
+        Caps {
+            per_visit: 1000,
+            per_day: 1000,
+            per_week: 1000,
+            min_gap_s: 0,
+            per_kind_per_day: None,
+            rule_cooldown_s: 0,
+            store_per_minute: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuietHours {
     pub start: NaiveTime,

@@ -892,43 +892,68 @@ impl Pump {
     /// window, after the nudges (a customer waits for those). QoS 1, not
     /// retained, no expiry: a late entry still counts in the other stores.
     fn pump_chain(&mut self) {
+        let to_send = self.window(
+            self.store.chain_outbox_from(self.chain_cursor),
+            "chain_outbox_read",
+        );
+        for (seq, entry) in to_send {
+            if !self.hand_over(entry.topic, entry.payload, None) {
+                break;
+            }
+            self.unsent.push_back(Pending::Chain(seq));
+            self.chain_cursor = seq + 1;
+        }
+    }
+
+    /// Hand one JSON message to rumqttc (QoS 1, not retained, with
+    /// `expiry_s` as its message expiry when given). False when it did not
+    /// take it (its request queue full, or refused: logged): the batch
+    /// stops there and the next pump starts again from that entry.
+    fn hand_over(&self, topic: String, payload: String, expiry_s: Option<u32>) -> bool {
+        let properties = PublishProperties {
+            message_expiry_interval: expiry_s,
+            content_type: Some("application/json".into()),
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        };
+        match self.client.try_publish_with_properties(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            properties,
+        ) {
+            Ok(()) => true,
+            Err(ClientError::TryRequest(_)) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish request refused by the MQTT client");
+                false
+            }
+        }
+    }
+
+    /// The entries `items` holds that fit in the in-flight window, read in
+    /// order; a read error (counted as `during`) ends the batch, the rest
+    /// waits for the next pump.
+    fn window<T, E: std::fmt::Display>(
+        &self,
+        items: impl IntoIterator<Item = Result<T, E>>,
+        during: &'static str,
+    ) -> Vec<T> {
         let mut to_send = Vec::new();
-        for item in self.store.chain_outbox_from(self.chain_cursor) {
+        for item in items {
             if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
                 break;
             }
             match item {
                 Ok(entry) => to_send.push(entry),
                 Err(e) => {
-                    events::storage_error(&self.telemetry, "chain_outbox_read", &e);
+                    events::storage_error(&self.telemetry, during, &e);
                     break;
                 }
             }
         }
-        for (seq, entry) in to_send {
-            let properties = PublishProperties {
-                content_type: Some("application/json".into()),
-                payload_format_indicator: Some(1),
-                ..Default::default()
-            };
-            match self.client.try_publish_with_properties(
-                entry.topic,
-                QoS::AtLeastOnce,
-                false,
-                entry.payload,
-                properties,
-            ) {
-                Ok(()) => {
-                    self.unsent.push_back(Pending::Chain(seq));
-                    self.chain_cursor = seq + 1;
-                }
-                Err(ClientError::TryRequest(_)) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
-                    break;
-                }
-            }
-        }
+        to_send
     }
 
     /// Hand outbox entries to rumqttc while connected and under the window.
@@ -945,19 +970,7 @@ impl Pump {
 
     fn pump_nudges(&mut self) {
         let now_ms = crate::clock::wall_ms();
-        let mut to_send = Vec::new();
-        for item in self.store.outbox_from(self.cursor) {
-            if self.outstanding() + to_send.len() >= MAX_IN_FLIGHT {
-                break;
-            }
-            match item {
-                Ok((seq, entry)) => to_send.push((seq, entry)),
-                Err(e) => {
-                    events::storage_error(&self.telemetry, "outbox_read", &e);
-                    break;
-                }
-            }
-        }
+        let to_send = self.window(self.store.outbox_from(self.cursor), "outbox_read");
         for (seq, entry) in to_send {
             let limit = self.config.mqtt.max_publish_bytes;
             if entry.payload.len() > limit {
@@ -983,38 +996,20 @@ impl Pump {
             }
             let remaining_s =
                 ((entry.expires_at_ms - now_ms + 999) / 1000).clamp(1, u32::MAX as i64) as u32;
-            let properties = PublishProperties {
-                message_expiry_interval: Some(remaining_s),
-                content_type: Some("application/json".into()),
-                payload_format_indicator: Some(1),
-                ..Default::default()
-            };
-            match self.client.try_publish_with_properties(
-                entry.topic,
-                QoS::AtLeastOnce,
-                false,
-                entry.payload,
-                properties,
-            ) {
-                Ok(()) => {
-                    if let Some(arrived) = self
-                        .stamps
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&entry.nudge_id)
-                    {
-                        self.timing.insert(seq, arrived);
-                    }
-                    self.unsent.push_back(Pending::Outbox(seq));
-                    self.cursor = seq + 1;
-                    events::nudge_published(&self.telemetry);
-                }
-                Err(ClientError::TryRequest(_)) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish request refused by the MQTT client");
-                    break;
-                }
+            if !self.hand_over(entry.topic, entry.payload, Some(remaining_s)) {
+                break;
             }
+            if let Some(arrived) = self
+                .stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&entry.nudge_id)
+            {
+                self.timing.insert(seq, arrived);
+            }
+            self.unsent.push_back(Pending::Outbox(seq));
+            self.cursor = seq + 1;
+            events::nudge_published(&self.telemetry);
         }
     }
 }

@@ -886,15 +886,7 @@ mod interleaving {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path()).unwrap();
-            let caps = Caps {
-                per_visit: 1000,
-                per_day: 1000,
-                per_week: 1000,
-                min_gap_s: 0,
-                per_kind_per_day: None,
-                rule_cooldown_s: 0,
-                store_per_minute: None,
-            };
+            let caps = Caps::wide();
             let chain = ChainCaps {
                 per_day,
                 per_week,

@@ -349,24 +349,7 @@ impl Pipeline {
         let withdrawn = updated.set_consent(&change.consent, at_ms);
         let person = local.as_str().to_string();
         self.upsert(updated).await?;
-        if !withdrawn.is_empty() {
-            self.settle_decisions().await;
-            let purged = self
-                .blocking(move |store| {
-                    store
-                        .purge_outbox(&person)
-                        .and_then(|n| store.flush().map(|()| n))
-                })
-                .await;
-            if let Err(e) = purged {
-                events::storage_error(&self.telemetry, "purge_outbox", &e);
-                return Err(rejection("storage", "could not purge pending nudges"));
-            }
-            for purpose in withdrawn {
-                events::consent_withdrawn(&self.telemetry, purpose);
-            }
-        }
-        Ok(())
+        self.purge_withdrawn(person, withdrawn).await
     }
 
     /// Tell the other stores (through the chain outbox, durably) that the

@@ -46,25 +46,7 @@ impl Pipeline {
                     self.publish_chain_consent(&record.person, consent, said_at_ms)
                         .await;
                 }
-                if !withdrawn.is_empty() {
-                    // Nothing pending may go out under a purpose just
-                    // withdrawn, queued decisions included.
-                    self.settle_decisions().await;
-                    let purged = self
-                        .blocking(move |store| {
-                            store
-                                .purge_outbox(&person)
-                                .and_then(|n| store.flush().map(|()| n))
-                        })
-                        .await;
-                    if let Err(e) = purged {
-                        events::storage_error(&self.telemetry, "purge_outbox", &e);
-                        return Err(rejection("storage", "could not purge pending nudges"));
-                    }
-                    for purpose in &withdrawn {
-                        events::consent_withdrawn(&self.telemetry, *purpose);
-                    }
-                }
+                self.purge_withdrawn(person, withdrawn).await?;
                 "saved"
             }
         };
@@ -88,6 +70,35 @@ impl Pipeline {
             } else {
                 events::response_topic_refused(&self.telemetry);
             }
+        }
+        Ok(())
+    }
+    /// Purposes just withdrawn for `person` (by the app here or by another
+    /// store of the chain): nothing pending may go out under them, queued
+    /// decisions included, so the decisions are settled, the person's
+    /// outbox purged and flushed, and each withdrawal counted.
+    pub(super) async fn purge_withdrawn(
+        &mut self,
+        person: String,
+        withdrawn: Vec<crate::identity::Purpose>,
+    ) -> Result<(), Rejection> {
+        if withdrawn.is_empty() {
+            return Ok(());
+        }
+        self.settle_decisions().await;
+        let purged = self
+            .blocking(move |store| {
+                store
+                    .purge_outbox(&person)
+                    .and_then(|n| store.flush().map(|()| n))
+            })
+            .await;
+        if let Err(e) = purged {
+            events::storage_error(&self.telemetry, "purge_outbox", &e);
+            return Err(rejection("storage", "could not purge pending nudges"));
+        }
+        for purpose in withdrawn {
+            events::consent_withdrawn(&self.telemetry, purpose);
         }
         Ok(())
     }

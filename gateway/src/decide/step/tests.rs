@@ -467,15 +467,7 @@ proptest! {
         steps in chain_steps(),
     ) {
         let tz = berlin();
-        let caps = Caps {
-            per_visit: 1000,
-            per_day: 1000,
-            per_week: 1000,
-            min_gap_s: 0,
-            per_kind_per_day: None,
-            rule_cooldown_s: 0,
-            store_per_minute: None,
-        };
+        let caps = Caps::wide();
         let limits = Limits { caps: &caps, quiet: None, tz: &tz, enabled: true };
         let mut ledger = Ledger::default();
         let mut others = ChainLedger::default();

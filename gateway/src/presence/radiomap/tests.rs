@@ -309,10 +309,13 @@ fn one_wild_reading_does_not_move_a_person_with_a_map() {
     assert_eq!(places(&out), ["entered", "+a"]);
 }
 
-/// A reload that drops the map goes back to the level rules; one that
-/// brings another map starts the filters again; nobody is dropped.
-#[test]
-fn swapping_the_map_keeps_who_is_present() {
+/// An engine with the map and `p-1` settled in place `a` (five seconds
+/// strong at s-a, weak at s-b), with the events so far.
+fn settled_at_a() -> (
+    PresenceEngine,
+    crate::identity::PersonId,
+    Vec<crate::presence::PresenceEvent>,
+) {
     let mut e = engine_with_map();
     let p = crate::identity::PersonId::from("p-1");
     let mut out = Vec::new();
@@ -320,6 +323,14 @@ fn swapping_the_map_keeps_who_is_present() {
         e.observe(&p, "s-a", -60, i * 500, &mut out);
         e.observe(&p, "s-b", -85, i * 500, &mut out);
     }
+    (e, p, out)
+}
+
+/// A reload that drops the map goes back to the level rules; one that
+/// brings another map starts the filters again; nobody is dropped.
+#[test]
+fn swapping_the_map_keeps_who_is_present() {
+    let (mut e, p, mut out) = settled_at_a();
     let mut config = e.config().clone();
     config.radio_map = None;
     e.set_config(config.clone());
@@ -337,13 +348,7 @@ fn swapping_the_map_keeps_who_is_present() {
 /// present person's filter where it was.
 #[test]
 fn a_reload_with_the_same_map_keeps_the_filters() {
-    let mut e = engine_with_map();
-    let p = crate::identity::PersonId::from("p-1");
-    let mut out = Vec::new();
-    for i in 0..10 {
-        e.observe(&p, "s-a", -60, i * 500, &mut out);
-        e.observe(&p, "s-b", -85, i * 500, &mut out);
-    }
+    let (mut e, _, _) = settled_at_a();
     let filtering = |e: &PresenceEngine| e.people.values().all(|s| s.map.is_some());
     assert!(filtering(&e));
     let mut config = e.config().clone();
