@@ -395,9 +395,18 @@ impl StoreBroker {
 /// A TCP relay between a store's bridge and the central broker: the
 /// store's uplink, which a test cuts (every connection closed, new ones
 /// refused until restored) without touching either broker.
+///
+/// A cut closes the relay's listening socket, so the bridge's next
+/// connect is refused at the TCP level (as with a central broker that is
+/// down). Accepting and then closing instead, mid-TLS-handshake, makes
+/// Mosquitto before 2.0.15 spin in its bridge's `SSL_connect` and stop
+/// serving every client (eclipse-mosquitto/mosquitto#2594, fixed by
+/// "Backport SSL connect fixes"); Debian's 2.0.11 has that bug, and the
+/// chain simulation froze on it. `deploy/chain/README.md` says what it
+/// means for a real store.
 pub struct Uplink {
     port: u16,
-    up: Arc<AtomicBool>,
+    listener: Arc<Mutex<Option<TcpListener>>>,
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
@@ -412,38 +421,44 @@ impl std::fmt::Debug for Uplink {
     }
 }
 
+fn relay_listener(port: u16) -> Result<TcpListener> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).context("bind the uplink relay")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 impl Uplink {
     /// Relays 127.0.0.1:<new port> to 127.0.0.1:`target_port`.
     pub fn start(target_port: u16) -> Result<Uplink> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the uplink relay")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        let up = Arc::new(AtomicBool::new(true));
+        let first = relay_listener(0)?;
+        let port = first.local_addr()?.port();
+        let listener = Arc::new(Mutex::new(Some(first)));
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let acceptor = {
-            let (up, stop, open) = (up.clone(), stop.clone(), open.clone());
+            let (listener, stop, open) = (listener.clone(), stop.clone(), open.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((inbound, _)) => {
-                            if !up.load(Ordering::SeqCst) {
-                                // Cut: the connection is refused at once.
-                                drop(inbound);
-                                continue;
-                            }
+                    let accepted = listener
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .and_then(|l| l.accept().ok());
+                    match accepted {
+                        Some((inbound, _)) => {
+                            let _ = inbound.set_nonblocking(false);
                             if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)) {
                                 relay(inbound, outbound, &open);
                             }
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                        None => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
             })
         };
         Ok(Uplink {
             port,
-            up,
+            listener,
             stop,
             open,
             acceptor: Some(acceptor),
@@ -456,18 +471,39 @@ impl Uplink {
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
+        self.listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
-    /// Closes every relayed connection and refuses new ones.
+    /// Closes every relayed connection and refuses new ones (the
+    /// listening socket is closed).
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
+        self.listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         self.close_all();
     }
 
-    /// Lets connections through again (the bridge reconnects by itself).
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    /// Lets connections through again (the bridge reconnects by itself):
+    /// the relay listens on its port again, retried for a few seconds.
+    pub fn restore(&self) -> Result<()> {
+        let mut last = None;
+        for _ in 0..50 {
+            match relay_listener(self.port) {
+                Ok(listener) => {
+                    *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
+            .context(format!("listen on the uplink's port {} again", self.port)))
     }
 
     fn close_all(&self) {

@@ -383,7 +383,8 @@ async fn a_store_cut_off_the_chain_exceeds_it_by_its_own_caps_at_most_and_catche
         if v == 1 {
             chain.uplinks[cut].cut();
             // Both ends see the connection closed at once; the bridge
-            // retries (restart_timeout) and is refused until restored.
+            // retries (restart_timeout) and is refused (TCP) until
+            // restored.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         chain.play_visit(v, start).await?;
@@ -398,7 +399,7 @@ async fn a_store_cut_off_the_chain_exceeds_it_by_its_own_caps_at_most_and_catche
         }
         if v == 2 {
             let restored = Instant::now();
-            chain.uplinks[cut].restore();
+            chain.uplinks[cut].restore()?;
             chain
                 .wait_converged(Duration::from_secs(120))
                 .await
