@@ -387,6 +387,14 @@ impl Store {
         }
         let mut added = 0;
         let mut missing: Vec<(ChainPerson, String)> = Vec::new();
+        let mut put = |missing: &mut Vec<(ChainPerson, String)>| -> Result<(), StoreError> {
+            let batch: Vec<(ChainPerson, &str)> =
+                missing.iter().map(|(p, id)| (*p, id.as_str())).collect();
+            self.chain_index_put(&batch)?;
+            added += missing.len();
+            missing.clear();
+            Ok(())
+        };
         for record in self.people() {
             let record = record?;
             let person = hash(record.person.as_str());
@@ -394,17 +402,10 @@ impl Store {
                 missing.push((person, record.person.as_str().to_string()));
             }
             if missing.len() >= 1024 {
-                let batch: Vec<(ChainPerson, &str)> =
-                    missing.iter().map(|(p, id)| (*p, id.as_str())).collect();
-                self.chain_index_put(&batch)?;
-                added += missing.len();
-                missing.clear();
+                put(&mut missing)?;
             }
         }
-        let batch: Vec<(ChainPerson, &str)> =
-            missing.iter().map(|(p, id)| (*p, id.as_str())).collect();
-        self.chain_index_put(&batch)?;
-        added += missing.len();
+        put(&mut missing)?;
         self.flush()?;
         Ok(added)
     }
