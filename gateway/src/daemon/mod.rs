@@ -359,6 +359,21 @@ pub async fn run(
     if let Err(e) = store.flush_async().await {
         events::storage_error(&telemetry, "shutdown_flush", &e);
     }
+    // People changed while it ran: the next start would scan sled (slower,
+    // and sled keeps what the scan paged in); a snapshot written now saves
+    // that. Cut short by a kill, it is simply not used.
+    if !store.people_snapshot_current() {
+        let (snapshot_store, started) = (store.clone(), std::time::Instant::now());
+        match tokio::task::spawn_blocking(move || snapshot_store.write_people_snapshot()).await {
+            Ok(Ok(people)) => tracing::info!(
+                people,
+                ms = started.elapsed().as_millis() as u64,
+                "people snapshot written for the next start"
+            ),
+            Ok(Err(e)) => events::storage_error(&telemetry, "people_snapshot", &e),
+            Err(e) => tracing::warn!(error = %e, "people snapshot task failed"),
+        }
+    }
     Ok(summarise(&telemetry))
 }
 

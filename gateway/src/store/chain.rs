@@ -785,7 +785,7 @@ mod tests {
             store.flush().unwrap();
         }
         let store = open(dir.path());
-        assert_eq!(store.layout_version().unwrap(), 4);
+        assert_eq!(store.layout_version().unwrap(), keys::LAYOUT_VERSION);
         assert_eq!(store.ledger("p-1").unwrap().sent.len(), 1);
         assert_eq!(store.outbox_from(0).count(), 1);
         assert_eq!(store.chain_outbox_len(), 0);

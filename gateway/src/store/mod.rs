@@ -5,6 +5,7 @@
 mod chain;
 mod commit;
 pub mod keys;
+mod snapshot;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::presence::VisitSeed;
 pub use chain::{
     ChainJob, ChainOutboxEntry, FoldOutcome, consent_entry, decision_payload, erasure_entry,
 };
+pub use snapshot::PeopleSource;
 use vault::{Tag, Vault};
 
 /// The default bound on sled's page cache, in MiB (`[storage] cache_mb`).
@@ -191,6 +193,8 @@ pub struct Store {
     /// (its batch's flush still running) is never published, so a crash
     /// cannot lose a slot whose nudge went out.
     durable_below: Arc<AtomicU64>,
+    /// Whether the people snapshot file is current (`store::snapshot`).
+    snapshot: Arc<Mutex<snapshot::SnapshotState>>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -426,9 +430,14 @@ impl Store {
             group_commit: Arc::default(),
             files: Arc::new(files),
             durable_below: Arc::default(),
+            snapshot: Arc::default(),
             db,
         };
         store.migrate()?;
+        *store.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+            snapshot::SnapshotState::from_meta(
+                store.meta.get(keys::META_PEOPLE_SNAPSHOT)?.as_deref(),
+            );
         store.flush()?;
         // Whatever was found on disk is durable.
         let mut last_outbox = 0;
@@ -692,6 +701,7 @@ impl Store {
         &self,
         records: &[PersonRecord],
     ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
+        self.people_changing()?;
         // Keys and nonces first: the transaction closure may run twice.
         let ids: Vec<&str> = records.iter().map(|r| r.person.as_str()).collect();
         let sealers = self.sealers(&ids)?;
@@ -1318,6 +1328,7 @@ impl Store {
     /// the copies sled keeps in its segment files can never be read again
     /// (crypto-shredding). Returns how many entries went.
     pub fn forget_person(&self, id: &str, erased_at_ms: i64) -> Result<usize, StoreError> {
+        self.people_changing()?;
         let tag = self.person_tag(id);
         let mut removed = 0;
         let erased_at_ms = self
