@@ -30,8 +30,10 @@ Rooms: the flat's plan (Fig. 1 of dataset_description.pdf, drawn from
 the walk-in wardrobe beside the anteroom (no anchor) is the hall. The
 room outlines below are read off that figure and the wall vertices of
 `layout.csv`; a position outside every outline (inside a wall, a
-doorway's thickness) goes to the nearest room. Downloads nothing: give it
-a checkout of the dataset.
+doorway's thickness) goes to the nearest room. With OPEN_KITCHEN=1 in the
+environment the kitchen, open to the living room, is one zone with it.
+Reads only the CSV files (not the raw `*_ble.txt` or LiDAR scans) and
+downloads nothing: give it a checkout of the dataset.
 
     bench/kolakowski2021.py <dataset checkout> <out dir>
 
