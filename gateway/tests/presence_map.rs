@@ -229,24 +229,38 @@ fn a_map_from_one_walk_places_a_crowd_of_another_seed() {
     );
 }
 
-/// Real data (`bench/danis2021.py`'s output in `DANIS_DIR`, a map made by
-/// `gateway calibrate` in `DANIS_MAP`): the tracks scored with the
-/// `MAP_*` knobs, beside the engine without map (`NOMAP=1`). Reads only
-/// local files; `cargo test -p gateway --test presence_map -- --ignored
-/// --nocapture real_data`.
+/// Real data, from local files only: `bench/danis2021.py`'s output in
+/// `DANIS_DIR` (its `tracks.jsonl`) with a map made by `gateway calibrate`
+/// in `DANIS_MAP`, or `bench/kolakowski2021.py`'s in `FLAT_DIR` (its
+/// `robot.jsonl`, or `FLAT_CAPTURE=<name>` for `<name>.jsonl`) with the
+/// map in `FLAT_MAP`: scored with the `MAP_*` knobs, beside the engine
+/// without map (`NOMAP=1`). `cargo test -p gateway --test presence_map --
+/// --ignored --nocapture real_data`.
 #[test]
 #[ignore = "a measuring harness on local files, not a check"]
 fn real_data() {
-    let dir = std::path::PathBuf::from(std::env::var("DANIS_DIR").expect("DANIS_DIR"));
+    let (dir, capture, map) = match std::env::var("FLAT_DIR") {
+        Ok(dir) => (
+            dir,
+            std::env::var("FLAT_CAPTURE").unwrap_or_else(|_| "robot".into()),
+            std::env::var("FLAT_MAP").expect("FLAT_MAP"),
+        ),
+        Err(_) => (
+            std::env::var("DANIS_DIR").expect("DANIS_DIR or FLAT_DIR"),
+            "tracks".into(),
+            std::env::var("DANIS_MAP").expect("DANIS_MAP"),
+        ),
+    };
+    let dir = std::path::PathBuf::from(dir);
     let config = gateway::config::load(Some(&dir.join("site.toml"))).unwrap();
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     let (sightings, truth) = gateway::presence::eval::parse_capture_and_truth(
-        &read("tracks.jsonl"),
-        &read("tracks-truth.jsonl"),
+        &read(&format!("{capture}.jsonl")),
+        &read(&format!("{capture}-truth.jsonl")),
     )
     .unwrap();
     let map = gateway::presence::radiomap::load_for_site(
-        std::path::Path::new(&std::env::var("DANIS_MAP").expect("DANIS_MAP")),
+        std::path::Path::new(&map),
         &config.presence.scanner_zone,
     )
     .unwrap();
