@@ -121,7 +121,7 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         "imported {} person record(s) into {}{}",
         records.len(),
         config.storage_path.display(),
-        snapshot_after_import(&store)
+        snapshot_after_import(config, &store)
     );
     Ok(with_skipped(report, &errors))
 }
@@ -294,7 +294,7 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
     let report = format!(
         "imported {imported} person record(s) into {}{}",
         config.storage_path.display(),
-        snapshot_after_import(&store)
+        snapshot_after_import(config, &store)
     );
     Ok(with_skipped(report, &errors))
 }
@@ -303,10 +303,23 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
 /// start does not scan sled (`store::snapshot`). The import itself is done
 /// and durable: a snapshot that cannot be written only makes that start
 /// slower, so it is said, not an error.
-fn snapshot_after_import(store: &Store) -> String {
-    match store.write_people_snapshot() {
-        Ok(_) => String::new(),
-        Err(e) => format!(" (people snapshot not written: {e}; the gateway's next start reads every record instead)"),
+fn snapshot_after_import(config: &Config, store: &Store) -> String {
+    if let Err(e) = store.write_people_snapshot() {
+        return format!(" (people snapshot not written: {e}; the gateway's next start reads every record instead)");
+    }
+    // In a chain, the index from chain hash to person is brought up to
+    // date here, while memory does not matter, instead of at the daemon's
+    // start (where sled would keep what the check pages in).
+    let Some(chain) = &config.chain else {
+        return String::new();
+    };
+    let index_of = chain.person("");
+    match store
+        .chain_index_sync(&index_of, |id| chain.person(id))
+        .and_then(|_| store.mark_chain_index_complete())
+    {
+        Ok(()) => String::new(),
+        Err(e) => format!(" (chain index not brought up to date: {e}; the gateway does it when it starts)"),
     }
 }
 

@@ -12,6 +12,7 @@
 //! | tree or file | key | value |
 //! |---|---|---|
 //! | `meta` | `people_snapshot` | 16 bytes: the id in the current snapshot's header |
+//! | `meta` | `chain_index_at` | 16 bytes: the snapshot id for which `chain_people.v4` was known to hold every person (a start skips the index sync while it is the current one) |
 //! | file `people.snapshot` | | header `GWPEOPL1` ‖ id (16) ‖ count u64 LE ‖ 8 zero bytes; per person: tag(person) ‖ length u32 LE ‖ sealed JSON (person, recipient, identities, consent); HMAC-SHA256 under tag(`people-snapshot-mac`, "") of all before it |
 //!
 //! Layout 4: layout 3 and the chain's trees (chain-wide caps,
@@ -114,6 +115,7 @@ pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_STORE_RATE: &[u8] = b"store_rate";
 pub const META_CHAIN_INDEX_OF: &[u8] = b"chain_index_of";
 pub const META_PEOPLE_SNAPSHOT: &[u8] = b"people_snapshot";
+pub const META_CHAIN_INDEX_AT: &[u8] = b"chain_index_at";
 
 /// The key vault's file name inside the storage directory.
 pub const VAULT_FILE: &str = "keys.vault";

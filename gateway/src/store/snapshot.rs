@@ -326,7 +326,13 @@ impl Store {
 
     /// Whether the snapshot file is current (its marker is in `meta`).
     pub fn people_snapshot_current(&self) -> bool {
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).marker.is_some()
+        self.people_snapshot_id().is_some()
+    }
+
+    /// The current snapshot's id: it changes with every snapshot written,
+    /// so it also names "the people as they were then".
+    pub(super) fn people_snapshot_id(&self) -> Option<[u8; 16]> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).marker
     }
 
     /// To be called before anything changes the people (an upsert, an
