@@ -305,7 +305,9 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
 /// slower, so it is said, not an error.
 fn snapshot_after_import(config: &Config, store: &Store) -> String {
     if let Err(e) = store.write_people_snapshot() {
-        return format!(" (people snapshot not written: {e}; the gateway's next start reads every record instead)");
+        return format!(
+            " (people snapshot not written: {e}; the gateway's next start reads every record instead)"
+        );
     }
     // In a chain, the index from chain hash to person is brought up to
     // date here, while memory does not matter, instead of at the daemon's
@@ -319,7 +321,9 @@ fn snapshot_after_import(config: &Config, store: &Store) -> String {
         .and_then(|_| store.mark_chain_index_complete())
     {
         Ok(()) => String::new(),
-        Err(e) => format!(" (chain index not brought up to date: {e}; the gateway does it when it starts)"),
+        Err(e) => format!(
+            " (chain index not brought up to date: {e}; the gateway does it when it starts)"
+        ),
     }
 }
 

@@ -763,10 +763,16 @@ mod tests {
         store.mark_chain_index_complete().unwrap();
         assert!(!store.chain_index_complete(&hash("")).unwrap());
         store.write_people_snapshot().unwrap();
-        assert!(!store.chain_index_complete(&hash("")).unwrap(), "another snapshot");
+        assert!(
+            !store.chain_index_complete(&hash("")).unwrap(),
+            "another snapshot"
+        );
         store.mark_chain_index_complete().unwrap();
         assert!(store.chain_index_complete(&hash("")).unwrap());
-        assert!(!store.chain_index_complete(&other("")).unwrap(), "another secret");
+        assert!(
+            !store.chain_index_complete(&other("")).unwrap(),
+            "another secret"
+        );
         // Reopened, the same holds.
         drop(store);
         let store = open(dir.path());

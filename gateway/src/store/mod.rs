@@ -830,7 +830,7 @@ impl Store {
     }
 
     /// About how many people are stored, at no cost: the vault's keys (one
-    /// a person; `people_count` walks the tree).
+    /// a person; sled's `len` would walk the whole tree, and keep what it paged in).
     pub fn people_hint(&self) -> usize {
         self.vault().len()
     }
@@ -838,10 +838,6 @@ impl Store {
     /// Heap held by the key vault's index of its file.
     pub fn vault_heap_bytes(&self) -> usize {
         self.vault().heap_bytes()
-    }
-
-    pub fn people_count(&self) -> usize {
-        self.people.len()
     }
 
     pub fn ledger(&self, person: &str) -> Result<Ledger, StoreError> {

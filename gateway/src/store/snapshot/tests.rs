@@ -126,6 +126,9 @@ fn a_change_after_the_snapshot_makes_the_start_scan() {
     }
 }
 
+/// A way of damaging a snapshot file (given another store's file).
+type Damage = fn(&mut Vec<u8>, &[u8]);
+
 #[test]
 fn a_damaged_truncated_or_foreign_snapshot_is_not_used() {
     let other = tempfile::tempdir().unwrap();
@@ -134,7 +137,7 @@ fn a_damaged_truncated_or_foreign_snapshot_is_not_used() {
         store.write_people_snapshot().unwrap();
     }
     let foreign = std::fs::read(other.path().join(keys::PEOPLE_SNAPSHOT_FILE)).unwrap();
-    let damages: [(&str, fn(&mut Vec<u8>, &[u8])); 4] = [
+    let damages: [(&str, Damage); 4] = [
         ("a flipped byte", |file, _| {
             let at = file.len() / 2;
             file[at] ^= 0x40;
@@ -194,4 +197,83 @@ fn an_erased_persons_entry_in_an_old_copy_of_the_file_cannot_be_read() {
     for needle in [&b"p-1"[..], b"r-1", b"p1@example.com"] {
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
     }
+}
+
+#[test]
+fn a_start_that_scanned_asks_for_a_snapshot_in_slot_order() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(store_with(dir.path(), 0..20));
+    let store = reopen(dir.path());
+    assert!(store.people_snapshot_needs_writing(), "none yet");
+    let (_, source) = store.load_people(NOW_S).unwrap();
+    assert_eq!(source, PeopleSource::Scan);
+    assert!(store.people_snapshot_current());
+    assert!(
+        store.people_snapshot_needs_writing(),
+        "written during the scan, in tag order"
+    );
+    store.write_people_snapshot().unwrap();
+    assert!(!store.people_snapshot_needs_writing());
+    drop(store);
+    let store = reopen(dir.path());
+    let (people, source) = store.load_people(NOW_S).unwrap();
+    assert_eq!((source, people.len()), (PeopleSource::Snapshot, 20));
+    assert!(!store.people_snapshot_needs_writing());
+    for n in 0..20 {
+        assert_knows(&people, n);
+    }
+}
+
+#[test]
+fn entries_in_any_order_and_keys_moved_since_are_still_read() {
+    // Erase people between writing and reading: their slots go free and
+    // are taken by people enrolled after, so the cursor finds other tags
+    // in some slots and has to ask the vault.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = store_with(dir.path(), 0..30);
+        store.write_people_snapshot().unwrap();
+        for n in [3, 11, 12] {
+            store.forget_person(&format!("p-{n}"), 1).unwrap();
+        }
+        let records: Vec<PersonRecord> = (30..33).map(record).collect();
+        store.upsert_people(&records).unwrap();
+        // Twice: once in tag order (as a start that scanned), once sorted.
+        let (people, _) = store.load_people(NOW_S).unwrap();
+        assert_eq!(people.len(), 30);
+    }
+    let store = reopen(dir.path());
+    let (people, source) = store.load_people(NOW_S).unwrap();
+    assert_eq!((source, people.len()), (PeopleSource::Snapshot, 30));
+    for n in (0..33).filter(|n| ![3, 11, 12].contains(n)) {
+        assert_knows(&people, n);
+    }
+    for n in [3, 11, 12] {
+        assert_forgot(&people, n);
+    }
+}
+
+#[test]
+fn an_entry_round_trips_every_identity_kind_and_consent() {
+    for bits in 0u8..32 {
+        let mut record = record(7);
+        for (n, &purpose) in Purpose::ALL.iter().enumerate() {
+            record.consent.set(purpose, bits & (1 << n) != 0);
+        }
+        record.identities.push(Identity::Card {
+            value: "4711-ü".into(),
+        });
+        let back = decode_hot(&encode_hot(&record).unwrap()).unwrap();
+        assert_eq!(back.person, record.person);
+        assert_eq!(back.recipient, record.recipient);
+        assert_eq!(back.identities, record.identities);
+        assert_eq!(back.consent, record.consent);
+    }
+    let entry = encode_hot(&record(1)).unwrap();
+    for cut in 0..entry.len() {
+        assert!(decode_hot(&entry[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer = entry.clone();
+    longer.push(0);
+    assert!(decode_hot(&longer).is_err());
 }
