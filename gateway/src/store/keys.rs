@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `meta` | `people_snapshot` | 16 bytes: the id in the current snapshot's header |
 //! | `meta` | `chain_index_at` | 16 bytes: the snapshot id for which `chain_people.v4` was known to hold every person (a start skips the index sync while it is the current one) |
-//! | file `people.snapshot` | | header `GWPEOPL1` ‖ id (16) ‖ count u64 LE ‖ 8 zero bytes; per person: tag(person) ‖ length u32 LE ‖ sealed JSON (person, recipient, identities, consent); HMAC-SHA256 under tag(`people-snapshot-mac`, "") of all before it |
+//! | file `people.snapshot` | | header `GWPEOPL1` ‖ id (16) ‖ count u64 LE ‖ flags (1: in vault slot order) ‖ 7 zero bytes; per person: tag(person) ‖ vault slot u32 LE ‖ length u32 LE ‖ sealed binary entry (person, recipient, identities, consent; `store::snapshot`); HMAC-SHA256 under tag(`people-snapshot-mac`, "") of all before it |
 //!
 //! Layout 4: layout 3 and the chain's trees (chain-wide caps,
 //! docs/design.md). `chain(person)` is the chain person hash
