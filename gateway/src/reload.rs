@@ -361,6 +361,7 @@ mod tests {
                 })
                 .collect(),
             places,
+            tuning: None,
         }
         .to_json()
     }
