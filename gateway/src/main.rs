@@ -164,8 +164,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             capture,
             truth,
             out,
+            tune,
+            flip_penalty_s,
         } => match cli::require_config(config_path) {
-            Ok(config) => cli::calibrate(&config, &capture, &truth, &out),
+            Ok(config) => cli::calibrate(
+                &config,
+                &cli::CalibrateArgs {
+                    captures: &capture,
+                    truths: &truth,
+                    out: &out,
+                    tune,
+                    flip_penalty_s,
+                },
+            ),
             Err(e) => Err(e),
         },
     })
