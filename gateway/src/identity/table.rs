@@ -12,8 +12,11 @@
 //!   indexed by owner, instead of a hash table of people.
 //! - Per key the table keeps the 16-byte RPIK, not the expanded AES key
 //!   schedule (the `aes` crate's runtime-dispatched cipher is about 700
-//!   bytes), nor the key itself: keys are found by their RPIK, which is
-//!   derived from the key (`owner_of_key` derives it).
+//!   bytes), nor the key itself. Keys have no index of their own: a key is
+//!   found by its identifier for the centre interval (derived from the key,
+//!   as `owner_of_key` does), which every key has, rolled or not; before
+//!   the first roll, by its identifier for a parked interval kept only for
+//!   that.
 //! - The identifiers themselves are not stored. Each live interval has its
 //!   own table of key slots (`u32`), filed under the identifier's first 8
 //!   bytes; a probe recomputes the candidate's identifier (one AES block)
@@ -37,8 +40,6 @@
 //! - Identifiers map to a key slot, not to an owner: moving a key to another
 //!   owner changes one slot and none of its identifiers.
 
-use std::hash::{BuildHasher, RandomState};
-
 use aes::Aes128Enc;
 use aes::cipher::KeyInit;
 use hashbrown::HashTable;
@@ -52,6 +53,10 @@ const WINDOW: [i64; 3] = [-1, 0, 1];
 /// End of a list of key slots; the owner of a free slot; no owner's head.
 const NONE: u32 = u32::MAX;
 
+/// The interval keys are filed under before the first roll (never looked
+/// up: no interval is live then).
+const PARKED: u32 = 0;
+
 /// The hash an interval's table files an identifier under: its first 8
 /// bytes.
 ///
@@ -62,9 +67,9 @@ const NONE: u32 = u32::MAX;
 /// keyed hash. An attacker does choose the identifiers we *look up* (any
 /// phone can advertise any 16 bytes), but a lookup never inserts, so chosen
 /// ids cannot build collision chains; at worst one lookup walks one probe
-/// sequence per table, of tables whose layout the attacker cannot see. (The
-/// key index, whose keys come from enrollment and may be sequential in
-/// tests, keeps SipHash.)
+/// sequence per table, of tables whose layout the attacker cannot see. Keys
+/// are looked up the same way, by an identifier derived from them: even
+/// sequential keys (tests) give uniform identifiers.
 fn id_hash(id: &[u8; 16]) -> u64 {
     let [a, b, c, d, e, f, g, h, ..] = *id;
     u64::from_le_bytes([a, b, c, d, e, f, g, h])
@@ -106,12 +111,6 @@ pub struct RotatingIdTable {
     slots: Vec<KeySlot>,
     /// Head of the free-slot list.
     free: u32,
-    /// Slots by their RPIK (a table of slot numbers hashing the slot's own
-    /// RPIK: each is held once, in its slot).
-    by_key: HashTable<u32>,
-    /// Keyed SipHash for `by_key`: keys come from enrollment and may be
-    /// sequential in tests.
-    hasher: RandomState,
     /// Head of each owner's list of key slots (linked through `next`), by
     /// owner; `NONE` for an owner without keys.
     heads: Vec<u32>,
@@ -119,7 +118,8 @@ pub struct RotatingIdTable {
     centre: Option<u32>,
     rolling: Option<Rolling>,
     /// A table per live interval: the centre's window, and while rolling
-    /// the entering interval's too.
+    /// the entering interval's too. Before the first roll, the `PARKED`
+    /// interval's alone (once a key is enrolled).
     live: Vec<Interval>,
     /// Entries of slots already rolled still filed under the leaving
     /// interval (dropped with it when the roll ends).
@@ -133,8 +133,6 @@ impl Default for RotatingIdTable {
         RotatingIdTable {
             slots: Vec::new(),
             free: NONE,
-            by_key: HashTable::new(),
-            hasher: RandomState::new(),
             heads: Vec::new(),
             centre: None,
             rolling: None,
@@ -155,8 +153,8 @@ impl RotatingIdTable {
     pub fn reserve(&mut self, keys: usize) {
         self.slots.reserve(keys);
         self.heads.reserve(keys);
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_key.reserve(keys, |&i| key_hash(hasher, slots, i));
+        self.park();
+        let slots = &self.slots;
         for table in &mut self.live {
             table
                 .slots
@@ -200,12 +198,24 @@ impl RotatingIdTable {
             slot
         };
         self.keys += 1;
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_key
-            .insert_unique(hasher.hash_one(rpik), slot, |&i| key_hash(hasher, slots, i));
         self.link(owner, slot);
-        let window = self.window_of(slot);
-        self.add_ids(slot, window.into_iter().flatten());
+        if self.centre.is_none() {
+            self.park();
+            self.add_ids(slot, [PARKED]);
+        } else {
+            let window = self.window_of(slot);
+            self.add_ids(slot, window.into_iter().flatten());
+        }
+    }
+
+    /// Before the first roll: makes the table keys are filed under.
+    fn park(&mut self) {
+        if self.centre.is_none() && self.live.is_empty() {
+            self.live.push(Interval {
+                interval: PARKED,
+                slots: HashTable::new(),
+            });
+        }
     }
 
     /// Forget every key of an owner.
@@ -216,7 +226,6 @@ impl RotatingIdTable {
         let mut slot = std::mem::replace(head, NONE);
         while slot != NONE {
             let next = self.slots[slot as usize].next;
-            self.unindex_key(slot);
             self.release(slot);
             slot = next;
         }
@@ -225,7 +234,6 @@ impl RotatingIdTable {
     /// Forget one key.
     pub fn remove_key(&mut self, key: &[u8; 16]) {
         if let Some(slot) = self.key_slot(key) {
-            self.unindex_key(slot);
             self.unlink(slot);
             self.release(slot);
         }
@@ -335,23 +343,28 @@ impl RotatingIdTable {
         self.live.clear();
         self.live.shrink_to_fit();
         // The centre's table first: most adverts are of this interval.
-        for interval in [0, 1, -1].map(|o| u32::try_from(i64::from(interval) + o).ok()).into_iter().flatten() {
-            let mut table = Interval {
+        let order = [0, 1, -1].map(|o| u32::try_from(i64::from(interval) + o).ok());
+        for interval in order.into_iter().flatten() {
+            self.live.push(Interval {
                 interval,
                 slots: HashTable::with_capacity(self.keys),
-            };
-            for (slot, key) in self.slots.iter().enumerate() {
-                if key.owner != NONE {
-                    let id = rpi_with(&key.cipher(), interval);
-                    let slots = &self.slots;
-                    table
-                        .slots
-                        .insert_unique(id_hash(&id), slot as u32, |&i| {
-                            slot_hash(slots, i, interval)
-                        });
-                }
+            });
+        }
+        let slots = &self.slots;
+        for (slot, key) in slots.iter().enumerate() {
+            if key.owner == NONE {
+                continue;
             }
-            self.live.push(table);
+            // One key schedule for the key's three identifiers.
+            let cipher = key.cipher();
+            for table in &mut self.live {
+                let interval = table.interval;
+                table.slots.insert_unique(
+                    id_hash(&rpi_with(&cipher, interval)),
+                    slot as u32,
+                    |&i| slot_hash(slots, i, interval),
+                );
+            }
         }
     }
 
@@ -394,6 +407,7 @@ impl RotatingIdTable {
 
     /// The owner of the key whose identifier this is, in a live interval.
     pub fn lookup(&self, rotating_id: &[u8; 16]) -> Option<u32> {
+        self.centre?;
         let hash = id_hash(rotating_id);
         let slots = &self.slots;
         self.live.iter().find_map(|table| {
@@ -417,13 +431,16 @@ impl RotatingIdTable {
     }
 
     pub fn key_count(&self) -> usize {
-        self.by_key.len()
+        self.keys
     }
 
     /// Number of identifiers currently resolvable on each key's window
     /// (three per key once rolled; a rolled key's leaving identifier, kept
     /// until the roll ends, is not counted).
     pub fn id_count(&self) -> usize {
+        if self.centre.is_none() {
+            return 0;
+        }
         self.live.iter().map(|t| t.slots.len()).sum::<usize>() - self.stale
     }
 
@@ -443,7 +460,6 @@ impl RotatingIdTable {
         self.slots.capacity() * size_of::<KeySlot>()
             + self.heads.capacity() * size_of::<u32>()
             + self.live.capacity() * size_of::<Interval>()
-            + table(&self.by_key)
             + self.live.iter().map(|t| table(&t.slots)).sum::<usize>()
     }
 
@@ -463,21 +479,17 @@ impl RotatingIdTable {
         self.rpik_slot(&rpik(key))
     }
 
+    /// The slot of a key by its RPIK: found under its identifier for the
+    /// centre interval (or the parked one), which every key has.
     fn rpik_slot(&self, rpik: &[u8; 16]) -> Option<u32> {
+        let anchor = self.centre.unwrap_or(PARKED);
+        let table = self.live.iter().find(|t| t.interval == anchor)?;
+        let id = rpi_with(&Aes128Enc::new(&(*rpik).into()), anchor);
         let slots = &self.slots;
-        self.by_key
-            .find(self.hasher.hash_one(rpik), |&i| {
-                slots[i as usize].rpik == *rpik
-            })
+        table
+            .slots
+            .find(id_hash(&id), |&i| slots[i as usize].rpik == *rpik)
             .copied()
-    }
-
-    /// Takes `slot` out of `by_key`.
-    fn unindex_key(&mut self, slot: u32) {
-        let hash = key_hash(&self.hasher, &self.slots, slot);
-        if let Ok(found) = self.by_key.find_entry(hash, |&i| i == slot) {
-            found.remove();
-        }
     }
 
     /// Takes `slot` out of its owner's list.
@@ -503,7 +515,7 @@ impl RotatingIdTable {
     }
 
     /// Removes the slot's identifiers and puts it on the free list. The slot
-    /// must already be out of its owner's list and `by_key`.
+    /// must already be out of its owner's list.
     fn release(&mut self, slot: u32) {
         // A slot already rolled may still be filed under the leaving
         // interval: out with it too, and no longer counted as stale.
@@ -526,11 +538,6 @@ impl RotatingIdTable {
         self.free = slot;
         self.keys -= 1;
     }
-}
-
-/// The hash `by_key` files a slot under: its RPIK's.
-fn key_hash(hasher: &RandomState, slots: &[KeySlot], slot: u32) -> u64 {
-    hasher.hash_one(slots[slot as usize].rpik)
 }
 
 /// The intervals of the window centred on `centre`; `None` off either end of
