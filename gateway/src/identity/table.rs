@@ -410,13 +410,15 @@ impl RotatingIdTable {
         self.centre?;
         let hash = id_hash(rotating_id);
         let slots = &self.slots;
-        self.live.iter().find_map(|table| {
-            table.slots.find(hash, |&i| {
-                rpi_with(&slots[i as usize].cipher(), table.interval) == *rotating_id
+        self.live
+            .iter()
+            .find_map(|table| {
+                table.slots.find(hash, |&i| {
+                    rpi_with(&slots[i as usize].cipher(), table.interval) == *rotating_id
+                })
             })
-        })
-        .map(|&slot| self.slots[slot as usize].owner)
-        .filter(|&owner| owner != NONE)
+            .map(|&slot| self.slots[slot as usize].owner)
+            .filter(|&owner| owner != NONE)
     }
 
     /// The owner an app key is enrolled under.
@@ -592,10 +594,7 @@ mod tests {
         table.roll_to(2642976 * 600);
         table.insert_key(1, KEY);
         table.insert_key(2, KEY);
-        assert_eq!(
-            table.lookup(&rotating_id(&KEY, 2642976)),
-            Some(2)
-        );
+        assert_eq!(table.lookup(&rotating_id(&KEY, 2642976)), Some(2));
         table.remove_owner(1);
         assert_eq!(
             table.lookup(&rotating_id(&KEY, 2642976)),
@@ -616,10 +615,7 @@ mod tests {
         table.insert_key(1, KEY);
         table.roll_to(0);
         assert_eq!(table.id_count(), 2);
-        assert_eq!(
-            table.lookup(&rotating_id(&KEY, 1)),
-            Some(1)
-        );
+        assert_eq!(table.lookup(&rotating_id(&KEY, 1)), Some(1));
     }
 
     #[test]
