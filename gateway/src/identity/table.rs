@@ -683,6 +683,35 @@ mod tests {
         assert_eq!(table.owner_of_key(&key(3)), None);
     }
 
+    #[test]
+    fn a_roll_adds_one_intervals_table_and_gives_it_back_whole() {
+        let mut table = RotatingIdTable::new();
+        for k in 0..1000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&k.to_le_bytes());
+            table.insert_key(k, key);
+        }
+        let c = 2_642_976u32;
+        table.roll_to(i64::from(c) * 600);
+        let steady = table.heap_bytes();
+        let tables: Vec<usize> = table.live.iter().map(|t| t.slots.capacity()).collect();
+        assert_eq!(tables.len(), 3);
+        assert!(table.start_roll(i64::from(c + 1) * 600));
+        let mut steps = 0;
+        while !table.roll_some(64) {
+            steps += 1;
+            // The three tables neither grow nor rehash mid-roll; the
+            // entering one was made with room for every key.
+            let during: Vec<usize> = table.live.iter().map(|t| t.slots.capacity()).collect();
+            assert_eq!(during[..3], tables[..]);
+            assert!(during[3] >= table.key_count());
+        }
+        assert!(steps > 10, "rolled in steps");
+        assert_eq!(table.live.len(), 3);
+        assert_eq!(table.heap_bytes(), steady, "the leaving table went whole");
+        assert_eq!(table.live[0].interval, c + 1, "the centre's table first");
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u8, u8),
