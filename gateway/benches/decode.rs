@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway::decode::{DecodeOptions, Frame, decode_into};
-use gateway::identity::{PersonId, RotatingIdTable, interval_of, rotating_id};
+use gateway::identity::{RotatingIdTable, interval_of, rotating_id};
 
 /// Fixed time so the run is reproducible: 2026-11-23T10:00:00Z.
 const NOW_S: i64 = 1_795_485_600;
@@ -122,7 +122,7 @@ fn bench_decode(c: &mut Criterion) {
 fn bench_decode_and_resolve(c: &mut Criterion) {
     let mut table = RotatingIdTable::new();
     for i in 0..KEYS {
-        table.insert_key(PersonId::from(format!("p-{i}").as_str()), key(i));
+        table.insert_key(i as u32, key(i));
     }
     table.roll_to(NOW_S);
     let interval = interval_of(NOW_S);

@@ -193,9 +193,9 @@ fn components(records: &[PersonRecord], ids: &[PersonId], people_bytes: u64) {
     use std::collections::HashMap;
     let base = trimmed_resident_bytes();
     let mut table = RotatingIdTable::new();
-    for r in records {
+    for (owner, r) in records.iter().enumerate() {
         for k in r.app_keys() {
-            table.insert_key(r.person.clone(), *k);
+            table.insert_key(owner as u32, *k);
         }
     }
     table.roll_to(START_S);

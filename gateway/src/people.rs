@@ -9,8 +9,9 @@
 //! time zone, stamps) is read from the store when a decision, a check-in,
 //! a purchase or a CRM change needs it. Per person memory holds one slot
 //! (the id, the consent bits and a fingerprint of the recipient: 32 bytes),
-//! their app keys in the rotating-ID table, and one fingerprint per e-mail
-//! or card. A fingerprint is a 64-bit keyed hash: a match is confirmed
+//! their app keys in the rotating-ID table (owned by the slot's number), and
+//! one fingerprint per e-mail or card. A fingerprint is a keyed hash (64
+//! bits for recipients, 32 for e-mails and cards): a match is confirmed
 //! against the stored record before it is believed, so that two values
 //! sharing a fingerprint cannot be confused (it only costs a read).
 
@@ -71,11 +72,27 @@ struct Hot {
     consent: Consent,
 }
 
-/// An e-mail or card: its fingerprint and its person's slot.
+/// An e-mail or card: 32 bits of its fingerprint and its person's slot, 8
+/// bytes. 32 bits are enough: a match is confirmed against the stored
+/// record, so that values sharing them only cost a read, and at a million
+/// e-mails a lookup meets another's 32 bits about once in 4,000.
 #[derive(Clone, Copy)]
 struct Named {
-    fingerprint: u64,
+    fingerprint: u32,
     slot: u32,
+}
+
+impl Named {
+    fn hash(&self) -> u64 {
+        named_hash(self.fingerprint)
+    }
+}
+
+/// The hash `named` files a fingerprint under: its 32 bits spread over 64
+/// (hashbrown takes the bucket from the low bits and a tag from the top
+/// seven).
+fn named_hash(fingerprint: u32) -> u64 {
+    u64::from(fingerprint).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 pub struct People {
@@ -91,6 +108,7 @@ pub struct People {
     hasher: RandomState,
     /// Keyed: fingerprints are also the tables' hashes.
     fingerprints: RandomState,
+    /// App keys, owned by slot numbers.
     table: RotatingIdTable,
     records: Arc<dyn Records>,
     /// Heap of the person ids held in `slots` (kept as they change, so
@@ -215,12 +233,15 @@ impl People {
     /// The person an identity (app key, e-mail, card) belongs to.
     pub fn person_of(&self, identity: &Identity) -> Result<Option<PersonId>, RecordsError> {
         if let Identity::App { key } = identity {
-            return Ok(self.table.person_of_key(key).cloned());
+            return Ok(self
+                .table
+                .owner_of_key(key)
+                .map(|slot| slot_of(&self.slots, slot).person.clone()));
         }
-        let fingerprint = self.fingerprints.hash_one(identity);
+        let fingerprint = self.named_fingerprint(identity);
         self.find_record(
             &self.named,
-            fingerprint,
+            named_hash(fingerprint),
             |named| (named.fingerprint == fingerprint).then_some(named.slot),
             |record| {
                 record
@@ -231,21 +252,22 @@ impl People {
         )
     }
 
-    /// Look `fingerprint` up in `table`: `slot` gives the slot of an entry
-    /// whose fingerprint is it (`None`: another's, sharing the bucket), and
+    /// Look `hash` up in `table`: `slot` gives the slot of an entry whose
+    /// fingerprint is the one sought (`None`: another's, sharing the
+    /// bucket), and
     /// the stored record of that slot's person is checked with `pick` (a
     /// fingerprint may collide); the first it takes is the answer. A read
     /// error ends the search and is returned.
     fn find_record<T, R>(
         &self,
         table: &HashTable<T>,
-        fingerprint: u64,
+        hash: u64,
         slot: impl Fn(&T) -> Option<u32>,
         pick: impl Fn(PersonRecord) -> Option<R>,
     ) -> Result<Option<R>, RecordsError> {
         let mut failed = None;
         let mut found = None;
-        let _ = table.find(fingerprint, |entry| {
+        let _ = table.find(hash, |entry| {
             let Some(i) = slot(entry) else {
                 return false;
             };
@@ -274,7 +296,8 @@ impl People {
     }
 
     pub fn resolve(&self, rotating_id: &[u8; 16]) -> Option<&PersonId> {
-        self.table.lookup(rotating_id)
+        let slot = self.table.lookup(rotating_id)?;
+        Some(&slot_of(&self.slots, slot).person)
     }
 
     /// Whether the person is known and opted in to proximity
@@ -383,9 +406,11 @@ impl People {
                     self.unname(&moved.identity, slot);
                 }
             }
-            self.table.remove_person(&other.person);
-            for key in other.app_keys() {
-                self.table.insert_key(other.person.clone(), *key);
+            if let Some(slot) = self.person_slot(&other.person) {
+                self.table.remove_owner(slot);
+                for key in other.app_keys() {
+                    self.table.insert_key(slot, *key);
+                }
             }
         }
         self.index(&record);
@@ -412,9 +437,9 @@ impl People {
         // sweep, for a rare event.
         self.named.retain(|n| n.slot != slot);
         self.id_bytes -= id_bytes(person);
+        self.table.remove_owner(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);
-        self.table.remove_person(person);
         true
     }
 
@@ -443,8 +468,8 @@ impl People {
 
     /// Takes one e-mail or card of the person in `slot` out of the index.
     fn unname(&mut self, identity: &Identity, slot: u32) {
-        let fingerprint = self.fingerprints.hash_one(identity);
-        if let Ok(found) = self.named.find_entry(fingerprint, |n| {
+        let fingerprint = self.named_fingerprint(identity);
+        if let Ok(found) = self.named.find_entry(named_hash(fingerprint), |n| {
             n.fingerprint == fingerprint && n.slot == slot
         }) {
             found.remove();
@@ -462,7 +487,7 @@ impl People {
                 if let Ok(found) = self.by_recipient.find_entry(old, |&i| i == slot) {
                     found.remove();
                 }
-                self.table.remove_person(&record.person);
+                self.table.remove_owner(slot);
                 let hot = self.slots[slot as usize]
                     .as_mut()
                     .expect("an indexed slot holds a person");
@@ -503,13 +528,21 @@ impl People {
             {
                 continue;
             }
-            let fingerprint = self.fingerprints.hash_one(identity);
-            self.named
-                .insert_unique(fingerprint, Named { fingerprint, slot }, |n| n.fingerprint);
+            let fingerprint = self.named_fingerprint(identity);
+            self.named.insert_unique(
+                named_hash(fingerprint),
+                Named { fingerprint, slot },
+                Named::hash,
+            );
         }
         for key in record.app_keys() {
-            self.table.insert_key(record.person.clone(), *key);
+            self.table.insert_key(slot, *key);
         }
+    }
+
+    /// An e-mail's or card's fingerprint: the top 32 bits of its keyed hash.
+    fn named_fingerprint(&self, identity: &Identity) -> u32 {
+        (self.fingerprints.hash_one(identity) >> 32) as u32
     }
 }
 

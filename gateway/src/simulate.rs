@@ -172,9 +172,10 @@ pub fn simulate_with(
         }
     }
     let mut table = RotatingIdTable::new();
-    for p in people {
+    // Owners are positions in `people`.
+    for (owner, p) in people.iter().enumerate() {
         for key in p.app_keys() {
-            table.insert_key(p.person.clone(), *key);
+            table.insert_key(owner as u32, *key);
         }
     }
     let mut run = Run {
@@ -207,9 +208,10 @@ pub fn simulate_with(
         decode_into(&s.adv, &config.decode, &mut frames);
         events.clear();
         for (rotating_id, tx_power) in frames.iter().filter_map(Frame::app_token) {
-            let Some(person) = table.lookup(rotating_id) else {
+            let Some(owner) = table.lookup(rotating_id) else {
                 continue;
             };
+            let person = &people[owner as usize].person;
             // As the daemon: without proximity consent a person is a stranger.
             if !run
                 .people
