@@ -10,8 +10,11 @@
 # in-process probe (the `memory` bench) does not see.
 #
 # Usage: bench/footprint.sh [--people N] [--present P] [--seconds S] [--import-only]
-#        (defaults 100000, 10000, 30; --import-only stops after the import). Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
-#        (a TSV line is appended there), GATEWAY_STORAGE_CACHE_MB (given
+#        (defaults 100000, 10000, 30; --import-only stops after the import).
+#        Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
+#        (a TSV line is appended there), FOOTPRINT_METRICS (the gateway's
+#        /metrics at the end is written there, its /proc smaps beside it
+#        with .smaps appended), GATEWAY_STORAGE_CACHE_MB (given
 #        to the gateway as [storage] cache_mb when set).
 # Loopback only; bounded; every process it starts is stopped on exit.
 set -euo pipefail
@@ -82,6 +85,10 @@ idle_kb="$(rss_kb "$gw")"
 sleep 2
 present_kb="$(rss_kb "$gw")"
 peak_kb="$(hwm_kb "$gw")"
+if [ -n "${FOOTPRINT_METRICS:-}" ]; then
+    curl -sf "http://127.0.0.1:$admin_port/metrics" >"$FOOTPRINT_METRICS"
+    cp "/proc/$gw/smaps" "$FOOTPRINT_METRICS.smaps"
+fi
 heard="$(curl -sf "http://127.0.0.1:$admin_port/metrics" | awk 'index($0, "gateway_sightings_total{source=\"udp\"}") == 1 { v += $NF } END { printf "%d", v }')"
 
 mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }

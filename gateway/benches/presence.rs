@@ -157,6 +157,7 @@ fn radio_map() -> Arc<RadioModel> {
         scanners,
         places,
         adjacency: Vec::new(),
+        tuning: None,
     };
     map.validate().expect("the bench's map is valid");
     Arc::new(RadioModel::new(map, &zones))

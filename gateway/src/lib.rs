@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod decide;
 pub mod decode;
 pub mod demo;
+pub mod heap;
 pub mod identity;
 pub mod io;
 pub mod jsonl;

@@ -164,8 +164,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
             capture,
             truth,
             out,
+            tune,
+            flip_penalty_s,
         } => match cli::require_config(config_path) {
-            Ok(config) => cli::calibrate(&config, &capture, &truth, &out),
+            Ok(config) => cli::calibrate(
+                &config,
+                &cli::CalibrateArgs {
+                    captures: &capture,
+                    truths: &truth,
+                    out: &out,
+                    tune,
+                    flip_penalty_s,
+                },
+            ),
             Err(e) => Err(e),
         },
     })
@@ -196,8 +207,12 @@ fn main() -> ExitCode {
 /// (up to 8 per core) and keeps their freed memory: with the runtime's
 /// workers and blocking threads that was 12-27 MB of resident memory at
 /// 100,000 people (bench/footprint.sh, BENCHMARKS.md §2) for no speed we
-/// could measure. Two arenas, set before any thread starts.
+/// could measure. Two arenas, set before any thread starts, unless the
+/// environment says otherwise (`MALLOC_ARENA_MAX`, which glibc reads).
 fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes no pointers; called before any other thread
     // exists, so no allocation races with the setting.

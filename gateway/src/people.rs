@@ -163,7 +163,8 @@ impl People {
             people.index(&record?);
         }
         people.table.roll_to(now_s);
-        release_freed_heap();
+        // The records it was given, their spare capacity, rehashed tables.
+        crate::heap::release_freed_heap();
         Ok(people)
     }
 
@@ -509,19 +510,6 @@ impl People {
         for key in record.app_keys() {
             self.table.insert_key(record.person.clone(), *key);
         }
-    }
-}
-
-/// After a bulk load, hands the heap the load freed (the records it was
-/// given, their spare capacity, rehashed tables) back to the kernel: glibc
-/// keeps it otherwise, about 6 MB for 100,000 records (BENCHMARKS.md §2).
-/// Not I/O; a no-op off glibc.
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and has no preconditions; it
-    // only returns free pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

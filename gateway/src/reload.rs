@@ -361,6 +361,7 @@ mod tests {
                 })
                 .collect(),
             places,
+            tuning: None,
         }
         .to_json()
     }
@@ -376,6 +377,45 @@ mod tests {
             "{SITE}[[zones]]\nid = \"za\"\nscanners = [\"a\"]\n[[zones]]\nid = \"zb\"\nscanners = [\"b\"]\n[presence]\nradio_map = {:?}\n",
             map.display().to_string()
         )
+    }
+
+    /// `[presence.map]` is applied by a reload like the rest of
+    /// `[presence]` (no restart; the engine takes it in `set_config`), and
+    /// a knob out of range is refused naming it, the last good kept.
+    #[test]
+    fn presence_map_knobs_reload_and_a_bad_one_keeps_the_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        let map = dir.path().join("radio-map.json");
+        std::fs::write(&map, map_json(&["a", "b"], 0.5)).unwrap();
+        let site = |knobs: &str| format!("{}\n[presence.map]\n{knobs}\n", site_with_map(&map));
+        std::fs::write(&path, site("switch_p = 0.9")).unwrap();
+        let first = Arc::new(config::load(Some(&path)).unwrap());
+        let (tx, rx) = watch::channel(first);
+        let telemetry = Telemetry::new();
+        let engine_knobs = |rx: &watch::Receiver<Arc<Config>>| {
+            crate::presence::PresenceEngine::new(rx.borrow().presence.clone())
+                .map_tuning()
+                .clone()
+        };
+        assert_eq!(engine_knobs(&rx).switch_p, 0.9);
+
+        std::fs::write(&path, site("switch_p = 0.7\nhold_ms = 1000")).unwrap();
+        assert_eq!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Applied {
+                needs_restart: vec![]
+            }
+        );
+        let knobs = engine_knobs(&rx);
+        assert_eq!((knobs.switch_p, knobs.hold_ms), (0.7, 1_000));
+
+        std::fs::write(&path, site("switch_p = 2")).unwrap();
+        assert!(matches!(
+            reload_once(&path, &tx, &telemetry),
+            Outcome::Refused(reason) if reason.contains("presence.map.switch_p")
+        ));
+        assert_eq!(engine_knobs(&rx).switch_p, 0.7, "the last good knobs stay");
     }
 
     #[test]

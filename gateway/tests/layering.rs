@@ -24,6 +24,7 @@ const CORE: &[&str] = &[
     "presence",
     "decide",
     "people",
+    "heap",
 ];
 
 /// Each top-level module and the modules it may use, besides itself.
@@ -40,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("presence", &["core"]),
     ("decide", &["core"]),
     ("people", &["core"]),
+    ("heap", &[]),
     // Configuration: typed values of the core; never io, daemon, telemetry.
     ("config", &["core"]),
     ("simulate", &["core", "config"]),

@@ -3,6 +3,7 @@
 //! score on crowds of other seeds, with and without the map, exactly as
 //! `gateway calibrate` and `gateway eval-presence --radio-map` do.
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,24 +230,38 @@ fn a_map_from_one_walk_places_a_crowd_of_another_seed() {
     );
 }
 
-/// Real data (`bench/danis2021.py`'s output in `DANIS_DIR`, a map made by
-/// `gateway calibrate` in `DANIS_MAP`): the tracks scored with the
-/// `MAP_*` knobs, beside the engine without map (`NOMAP=1`). Reads only
-/// local files; `cargo test -p gateway --test presence_map -- --ignored
-/// --nocapture real_data`.
+/// Real data, from local files only: `bench/danis2021.py`'s output in
+/// `DANIS_DIR` (its `tracks.jsonl`) with a map made by `gateway calibrate`
+/// in `DANIS_MAP`, or `bench/kolakowski2021.py`'s in `FLAT_DIR` (its
+/// `robot.jsonl`, or `FLAT_CAPTURE=<name>` for `<name>.jsonl`) with the
+/// map in `FLAT_MAP`: scored with the `MAP_*` knobs, beside the engine
+/// without map (`NOMAP=1`). `cargo test -p gateway --test presence_map --
+/// --ignored --nocapture real_data`.
 #[test]
 #[ignore = "a measuring harness on local files, not a check"]
 fn real_data() {
-    let dir = std::path::PathBuf::from(std::env::var("DANIS_DIR").expect("DANIS_DIR"));
+    let (dir, capture, map) = match std::env::var("FLAT_DIR") {
+        Ok(dir) => (
+            dir,
+            std::env::var("FLAT_CAPTURE").unwrap_or_else(|_| "robot".into()),
+            std::env::var("FLAT_MAP").expect("FLAT_MAP"),
+        ),
+        Err(_) => (
+            std::env::var("DANIS_DIR").expect("DANIS_DIR or FLAT_DIR"),
+            "tracks".into(),
+            std::env::var("DANIS_MAP").expect("DANIS_MAP"),
+        ),
+    };
+    let dir = std::path::PathBuf::from(dir);
     let config = gateway::config::load(Some(&dir.join("site.toml"))).unwrap();
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     let (sightings, truth) = gateway::presence::eval::parse_capture_and_truth(
-        &read("tracks.jsonl"),
-        &read("tracks-truth.jsonl"),
+        &read(&format!("{capture}.jsonl")),
+        &read(&format!("{capture}-truth.jsonl")),
     )
     .unwrap();
     let map = gateway::presence::radiomap::load_for_site(
-        std::path::Path::new(&std::env::var("DANIS_MAP").expect("DANIS_MAP")),
+        std::path::Path::new(&map),
         &config.presence.scanner_zone,
     )
     .unwrap();
@@ -281,4 +296,162 @@ fn real_data() {
         );
     }
     println!("{:?}\n{line}", tuning.map);
+}
+
+/// Writes one twin walk as `gateway calibrate` reads it: a capture and
+/// its truth, JSON Lines.
+fn write_walk(dir: &std::path::Path, spec: &StoreSpec, seed: u64) -> (PathBuf, PathBuf) {
+    let walk = firmware_sim::calibration_walk(spec, DEFAULT_START_UNIX_MS, seed).unwrap();
+    let lines = |items: Vec<String>| items.join("\n") + "\n";
+    let capture = dir.join(format!("walk{seed}.jsonl"));
+    let truth = dir.join(format!("truth{seed}.jsonl"));
+    let records = walk
+        .records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap());
+    std::fs::write(&capture, lines(records.collect())).unwrap();
+    let spans = walk.truth.iter().map(|t| serde_json::to_string(t).unwrap());
+    std::fs::write(&truth, lines(spans.collect())).unwrap();
+    (capture, truth)
+}
+
+/// `gateway calibrate --tune` on two twin walks (two tags, so two
+/// sessions): the knobs are chosen with each walk held out of the map it
+/// is scored with, written into the map (version 2, `tuning`), the map
+/// loads for the site, and the engine runs with its knobs, the site
+/// file's `[presence.map]` winning over them. One walk is refused and
+/// nothing is written.
+#[test]
+fn calibrate_tune_writes_knobs_the_engine_runs_with() {
+    use gateway::presence::radiomap::{RADIO_MAP_VERSION_TUNED, RadioMap, for_site};
+    use gateway::presence::{MapTuningOverrides, PresenceEngine};
+    let spec = StoreSpec::small_store();
+    let dir = tempfile::tempdir().unwrap();
+    let site_text = firmware_sim::site::site_toml(&spec);
+    let config =
+        gateway::config::from_layers("site.toml", Some(&site_text), Default::default()).unwrap();
+    let (c1, t1) = write_walk(dir.path(), &spec, 100);
+    let (c2, t2) = write_walk(dir.path(), &spec, 101);
+    let out = dir.path().join("map.json");
+    let args = |captures: &'static [usize]| {
+        let all = [(&c1, &t1), (&c2, &t2)];
+        let captures: Vec<PathBuf> = captures.iter().map(|&i| all[i].0.clone()).collect();
+        let truths: Vec<PathBuf> = captures
+            .iter()
+            .map(|c| if *c == c1 { t1.clone() } else { t2.clone() })
+            .collect();
+        (captures, truths)
+    };
+
+    let (captures, truths) = args(&[0]);
+    let refused = gateway::cli::calibrate(
+        &config,
+        &gateway::cli::CalibrateArgs {
+            captures: &captures,
+            truths: &truths,
+            out: &out,
+            tune: true,
+            flip_penalty_s: 5.0,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        refused.message.contains("at least two sessions"),
+        "{}",
+        refused.message
+    );
+    assert!(!out.exists(), "a refused --tune writes nothing");
+
+    let (captures, truths) = args(&[0, 1]);
+    let summary = gateway::cli::calibrate(
+        &config,
+        &gateway::cli::CalibrateArgs {
+            captures: &captures,
+            truths: &truths,
+            out: &out,
+            tune: true,
+            flip_penalty_s: 5.0,
+        },
+    )
+    .unwrap();
+    println!("{summary}");
+    assert!(summary.contains("tuning: chosen"), "{summary}");
+    assert!(summary.contains("held out, defaults"), "{summary}");
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let map = RadioMap::from_json(&text).unwrap();
+    assert_eq!(map.version, RADIO_MAP_VERSION_TUNED);
+    let tuning = map.tuning.clone().expect("--tune writes a tuning");
+    let knobs: Vec<&str> = tuning.entries().iter().map(|e| e.0).collect();
+    assert_eq!(
+        knobs,
+        [
+            "zone_stay_s",
+            "hall_stay_s",
+            "evidence_weight",
+            "switch_p",
+            "bias_rate"
+        ]
+    );
+
+    // Loaded for the site, the map's knobs are the engine's.
+    let model = for_site(&text, &config.presence.scanner_zone).unwrap();
+    let mapped = PresenceConfig {
+        radio_map: Some(model),
+        ..config.presence.clone()
+    };
+    let engine = PresenceEngine::new(mapped.clone());
+    assert_eq!(
+        *engine.map_tuning(),
+        tuning.apply(&MapTuning::default()),
+        "{tuning:?}"
+    );
+    // The site file's `[presence.map]` wins over the map's.
+    let weight = if tuning.evidence_weight == Some(0.3) {
+        0.4
+    } else {
+        0.3
+    };
+    let site_wins = PresenceConfig {
+        map_tuning: MapTuningOverrides {
+            evidence_weight: Some(weight),
+            ..Default::default()
+        },
+        ..mapped.clone()
+    };
+    let engine = PresenceEngine::new(site_wins);
+    assert_eq!(engine.map_tuning().evidence_weight, weight);
+    assert_eq!(engine.map_tuning().switch_p, tuning.switch_p.unwrap());
+
+    // And the knobs are what the filter runs on: the walk replayed with
+    // the tuned map scores as with the untuned map under the same knobs
+    // given as defaults, and (here) differently from the shipped defaults.
+    let mut untuned = map.clone();
+    untuned.set_tuning(None);
+    let zones: Vec<ZoneId> = config.presence.scanner_zone.values().cloned().collect();
+    let plain = PresenceConfig {
+        radio_map: Some(Arc::new(RadioModel::new(untuned, &zones))),
+        ..config.presence.clone()
+    };
+    let walk = firmware_sim::calibration_walk(&spec, DEFAULT_START_UNIX_MS, 102).unwrap();
+    let sightings = sightings_of(&walk.records);
+    let truth: Vec<TruthSpan> = walk.truth.iter().map(TruthSpan::from).collect();
+    let tuned_defaults = PresenceTuning {
+        map: tuning.apply(&MapTuning::default()),
+        ..PresenceTuning::default()
+    };
+    let run = |config: &PresenceConfig, tuning: &PresenceTuning| {
+        let options = EvalOptions {
+            tuning: tuning.clone(),
+            ..EvalOptions::default()
+        };
+        evaluate(config, &sightings, &truth, &options).engine
+    };
+    let with_file = run(&mapped, &PresenceTuning::default());
+    let by_hand = run(&plain, &tuned_defaults);
+    assert_eq!(with_file, by_hand);
+    if tuning.apply(&MapTuning::default()) != MapTuning::default() {
+        let shipped = run(&plain, &PresenceTuning::default());
+        assert_ne!(with_file, shipped);
+    }
 }

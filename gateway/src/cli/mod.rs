@@ -117,14 +117,25 @@ pub enum Command {
     /// `[presence] radio_map`.
     Calibrate {
         /// Sighting records of the walk, JSON Lines (docs/design.md §7).
-        #[arg(long)]
-        capture: PathBuf,
+        /// Repeat for several walks, each with its own --truth, in order.
+        #[arg(long, required = true)]
+        capture: Vec<PathBuf>,
         /// Where the tag was: {"addr", "from_ms", "to_ms", "zone"} lines.
-        #[arg(long)]
-        truth: PathBuf,
+        #[arg(long, required = true)]
+        truth: Vec<PathBuf>,
         /// Where to write the radio map (JSON).
         #[arg(long)]
         out: PathBuf,
+        /// Also choose the filter's knobs (evidence weight, switch
+        /// probability, hall and zone stays, device bias rate) on the walk
+        /// itself, each session (tag address) held out of the map it is
+        /// scored with, and write them into the map. Needs two sessions.
+        #[arg(long)]
+        tune: bool,
+        /// With --tune: seconds of right place one wrong move (a change to a
+        /// place the truth is not in within 3 s) costs.
+        #[arg(long, default_value_t = crate::presence::tune::DEFAULT_FLIP_PENALTY_S)]
+        flip_penalty_s: f64,
     },
 }
 
@@ -237,7 +248,7 @@ pub fn decode(
 /// `gateway check-config`: prints a short summary, or every problem.
 pub fn check_config(file: &Path) -> Result<String, CliError> {
     let config = tls_checked(file, config::load(Some(file))?)?;
-    Ok(format!(
+    let mut text = format!(
         "{}: ok (store {}, {} zone(s), {} rule(s), {} source(s), config hash {})",
         file.display(),
         config.store_id,
@@ -245,7 +256,27 @@ pub fn check_config(file: &Path) -> Result<String, CliError> {
         config.rules.len(),
         config.sources.len(),
         config.hash
-    ))
+    );
+    let presence = &config.presence;
+    let map_tuning = presence
+        .radio_map
+        .as_ref()
+        .and_then(|m| m.map().tuning.as_ref());
+    if presence.radio_map.is_some() || !presence.map_tuning.is_empty() {
+        // Which knob comes from where: the site file over the map over the code.
+        let knobs = crate::presence::MapTuning::describe(
+            &crate::presence::MapTuning::default(),
+            map_tuning,
+            &presence.map_tuning,
+        );
+        let note = if presence.radio_map.is_none() {
+            " (unused: no radio map)"
+        } else {
+            ""
+        };
+        text.push_str(&format!("\npresence.map{note}: {knobs}"));
+    }
+    Ok(text)
 }
 
 /// `gateway simulate`.
@@ -350,39 +381,106 @@ pub fn eval_presence(
     })
 }
 
+/// What `gateway calibrate` is asked for.
+#[derive(Clone, Debug)]
+pub struct CalibrateArgs<'a> {
+    /// The walk's captures and truths, pairwise.
+    pub captures: &'a [PathBuf],
+    pub truths: &'a [PathBuf],
+    pub out: &'a Path,
+    /// Choose the filter's knobs on the walk (`presence::tune`).
+    pub tune: bool,
+    pub flip_penalty_s: f64,
+}
+
 /// `gateway calibrate`: learn a radio map from a walk and write it. The
-/// summary (coverage per place, gains) and any warning go to the output;
-/// a walk that misses a place writes nothing.
-pub fn calibrate(
-    config: &Config,
-    capture: &Path,
-    truth: &Path,
-    out: &Path,
-) -> Result<String, CliError> {
+/// summary (coverage per place, gains, the knobs chosen with `--tune`) and
+/// any warning go to the output; a walk that misses a place writes nothing.
+pub fn calibrate(config: &Config, args: &CalibrateArgs<'_>) -> Result<String, CliError> {
     use crate::presence::eval::{EvalError, parse_capture_and_truth};
     use crate::presence::radiomap;
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
     };
-    let (capture_text, truth_text) = (read(capture)?, read(truth)?);
-    let (sightings, spans) = parse_capture_and_truth(&capture_text, &truth_text).map_err(|e| {
-        let file = match e {
-            EvalError::Capture { .. } => capture,
-            EvalError::Truth { .. } => truth,
-        };
-        CliError::new(format!("{}: {e}", file.display()))
-    })?;
+    if args.captures.len() != args.truths.len() {
+        return Err(CliError::new(format!(
+            "calibrate: {} --capture but {} --truth: give one truth per capture, in the same order",
+            args.captures.len(),
+            args.truths.len()
+        )));
+    }
+    if !(args.flip_penalty_s.is_finite() && args.flip_penalty_s >= 0.0) {
+        return Err(CliError::new(
+            "calibrate: --flip-penalty-s must be a number >= 0",
+        ));
+    }
+    let mut sightings = Vec::new();
+    let mut spans = Vec::new();
+    // Walks are joined into one: a tag address is one session, so two
+    // files may not claim the same one.
+    let mut owner: std::collections::BTreeMap<String, &Path> = Default::default();
+    for (capture, truth) in args.captures.iter().zip(args.truths) {
+        let (capture_text, truth_text) = (read(capture)?, read(truth)?);
+        let (s, t) = parse_capture_and_truth(&capture_text, &truth_text).map_err(|e| {
+            let file = match e {
+                EvalError::Capture { .. } => capture,
+                EvalError::Truth { .. } => truth,
+            };
+            CliError::new(format!("{}: {e}", file.display()))
+        })?;
+        for addr in crate::presence::tune::sessions(&t) {
+            if let Some(other) = owner.insert(addr.to_string(), truth.as_path()) {
+                if other != truth.as_path() {
+                    return Err(CliError::new(format!(
+                        "{}: tag {addr} is also in {}: each walk needs its own tag address",
+                        truth.display(),
+                        other.display()
+                    )));
+                }
+            }
+        }
+        sightings.extend(s);
+        spans.extend(t);
+    }
+    sightings.sort_by_key(|s| s.at_ms);
     let site = radiomap::Site::from_presence(&config.presence);
     let mut calibration = radiomap::calibrate(&site, &sightings, &spans)
         .map_err(|e| CliError::new(format!("calibrate: {e}")))?;
     calibration.map.beacon_gain_db = walk_gains(config, &sightings);
+    let mut tuning_text = String::new();
+    if args.tune {
+        let options = crate::presence::tune::TuneOptions {
+            flip_penalty_s: args.flip_penalty_s,
+            decode: config.decode,
+            ..Default::default()
+        };
+        let tuned = crate::presence::tune::tune(&config.presence, &sightings, &spans, &options)
+            .map_err(|e| CliError::new(format!("calibrate: {e}")))?;
+        tuning_text = tuned.summary();
+        let shadowed: Vec<&str> = config
+            .presence
+            .map_tuning
+            .entries()
+            .iter()
+            .map(|e| e.0)
+            .filter(|k| tuned.chosen.entries().iter().any(|c| c.0 == *k))
+            .collect();
+        if !shadowed.is_empty() {
+            tuning_text.push_str(&format!(
+                "warning: the site file's [presence.map] sets {shadowed:?}: it wins over the map's tuning\n"
+            ));
+        }
+        calibration.map.set_tuning(Some(tuned.chosen));
+    }
     // Write to a temporary file beside the target, then rename: a reader
     // (a reload) never sees half a map.
+    let out = args.out;
     let tmp = out.with_extension("json.tmp");
     std::fs::write(&tmp, calibration.map.to_json())
         .and_then(|()| std::fs::rename(&tmp, out))
         .map_err(|e| CliError::new(format!("{}: {e}", out.display())))?;
     let mut text = calibration.map.summary();
+    text.push_str(&tuning_text);
     for warning in &calibration.warnings {
         text.push_str(&format!("warning: {warning}\n"));
     }

@@ -118,9 +118,10 @@ pub fn import(config: &Config, path: &Path, partial: bool) -> Result<String, Cli
         imported += chunk.len();
     }
     let report = format!(
-        "imported {} person record(s) into {}",
+        "imported {} person record(s) into {}{}",
         records.len(),
-        config.storage_path.display()
+        config.storage_path.display(),
+        snapshot_after_import(config, &store)
     );
     Ok(with_skipped(report, &errors))
 }
@@ -303,8 +304,9 @@ fn import_json_lines(config: &Config, path: &Path, partial: bool) -> Result<Stri
         written.and(read)
     })?;
     let report = format!(
-        "imported {imported} person record(s) into {}",
-        config.storage_path.display()
+        "imported {imported} person record(s) into {}{}",
+        config.storage_path.display(),
+        snapshot_after_import(config, &store)
     );
     Ok(with_skipped(report, &errors))
 }
@@ -346,6 +348,34 @@ fn read_chunks<'p>(
         let _ = chunks.send(store.prepare_people(&chunk).map_err(store_err)?);
     }
     Ok(())
+}
+
+/// Writes the people snapshot the daemon starts from, so that its next
+/// start does not scan sled (`store::snapshot`). The import itself is done
+/// and durable: a snapshot that cannot be written only makes that start
+/// slower, so it is said, not an error.
+fn snapshot_after_import(config: &Config, store: &Store) -> String {
+    if let Err(e) = store.write_people_snapshot() {
+        return format!(
+            " (people snapshot not written: {e}; the gateway's next start reads every record instead)"
+        );
+    }
+    // In a chain, the index from chain hash to person is brought up to
+    // date here, while memory does not matter, instead of at the daemon's
+    // start (where sled would keep what the check pages in).
+    let Some(chain) = &config.chain else {
+        return String::new();
+    };
+    let index_of = chain.person("");
+    match store
+        .chain_index_sync(&index_of, |id| chain.person(id))
+        .and_then(|_| store.mark_chain_index_complete())
+    {
+        Ok(()) => String::new(),
+        Err(e) => format!(
+            " (chain index not brought up to date: {e}; the gateway does it when it starts)"
+        ),
+    }
 }
 
 /// One non-blank line of a JSON Lines file: its number (from 1), where it

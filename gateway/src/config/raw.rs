@@ -267,6 +267,24 @@ pub struct RawPresence {
     /// antennas hang, metres; only for the gain learned from the beacons.
     #[serde(default)]
     pub antenna_height_m: Option<f64>,
+    /// `[presence.map]`: the radio map filter's knobs, each optional
+    /// (`presence::MapTuning`); they win over the map's own `tuning`.
+    #[serde(default)]
+    pub map: Option<RawMapTuning>,
+}
+
+/// `[presence.map]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMapTuning {
+    pub zone_stay_s: Option<f64>,
+    pub hall_stay_s: Option<f64>,
+    pub evidence_weight: Option<f64>,
+    pub enter_p: Option<f64>,
+    pub switch_p: Option<f64>,
+    pub hold_ms: Option<i64>,
+    pub bias_rate: Option<f64>,
+    pub bias_max_db: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

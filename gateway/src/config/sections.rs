@@ -1173,9 +1173,37 @@ pub fn presence(r: &RawPresence) -> Checked<(PresenceConfig, i64, f32)> {
         hall_distance_m,
         // Checked against the zones in `radio_map`, once they are known.
         radio_map: None,
+        map_tuning: map_tuning(&mut p, r.map.as_ref()),
     };
     let max_future_skew_ms = p.int("presence.max_future_skew_ms", r.max_future_skew_ms, 0);
     p.finish((presence, max_future_skew_ms, antenna_height_m))
+}
+
+/// `[presence.map]`: every knob optional, each in its range
+/// (`presence::MAP_TUNING_RANGES`).
+fn map_tuning(
+    p: &mut Problems,
+    raw: Option<&super::raw::RawMapTuning>,
+) -> crate::presence::MapTuningOverrides {
+    let Some(r) = raw else {
+        return Default::default();
+    };
+    // Out of f32's range is out of every knob's range: infinity is refused below.
+    let f = |v: Option<f64>| v.map(|v| v as f32);
+    let tuning = crate::presence::MapTuningOverrides {
+        zone_stay_s: f(r.zone_stay_s),
+        hall_stay_s: f(r.hall_stay_s),
+        evidence_weight: f(r.evidence_weight),
+        enter_p: f(r.enter_p),
+        switch_p: f(r.switch_p),
+        hold_ms: r.hold_ms,
+        bias_rate: f(r.bias_rate),
+        bias_max_db: f(r.bias_max_db),
+    };
+    for (knob, reason) in tuning.problems() {
+        p.add(format!("presence.map.{knob}"), reason);
+    }
+    tuning
 }
 
 /// Scanners on a 2.5 m ceiling, beacons and phones at 1.2 m.

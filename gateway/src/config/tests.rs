@@ -386,3 +386,52 @@ fn the_publish_limit_defaults_to_the_shipped_brokers_and_is_bounded() {
         assert!(e.contains("mqtt.max_publish_bytes"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn presence_map_knobs_are_optional_checked_and_unknown_keys_refused() {
+    let with = |extra: &str| load(&format!("{MINIMAL_SITE}\n[presence.map]\n{extra}\n"), &[]);
+    let none = load(MINIMAL_SITE, &[]).unwrap();
+    assert!(none.presence.map_tuning.is_empty());
+    let c = with("evidence_weight = 1.0\nswitch_p = 0.7\nhold_ms = 500\nbias_rate = 0").unwrap();
+    let t = &c.presence.map_tuning;
+    assert_eq!(t.evidence_weight, Some(1.0));
+    assert_eq!(t.switch_p, Some(0.7));
+    assert_eq!(t.hold_ms, Some(500));
+    assert_eq!(t.bias_rate, Some(0.0));
+    assert_eq!(
+        (t.zone_stay_s, t.hall_stay_s, t.enter_p),
+        (None, None, None)
+    );
+    // The other [presence] keys keep their defaults beside a [presence.map].
+    assert_eq!(c.presence.hall_distance_m, Some(5.3));
+    // Every knob out of range is reported, each naming its key, reason and range.
+    let ConfigError::Invalid { problems, .. } = with(
+        "zone_stay_s = 0\nhall_stay_s = -1\nevidence_weight = 3\nenter_p = 1.0\nswitch_p = nan\nhold_ms = -5\nbias_rate = 1.5\nbias_max_db = 40",
+    )
+    .unwrap_err() else {
+        panic!("expected validation problems")
+    };
+    let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "presence.map.zone_stay_s: must be between 1 and 86400",
+            "presence.map.hall_stay_s: must be between 0.1 and 86400",
+            "presence.map.evidence_weight: must be between 0.01 and 2",
+            "presence.map.enter_p: must be between 0.01 and 0.99",
+            "presence.map.switch_p: must be between 0.01 and 0.99",
+            "presence.map.hold_ms: must be between 0 and 60000",
+            "presence.map.bias_rate: must be between 0 and 1",
+            "presence.map.bias_max_db: must be between 0 and 30",
+        ]
+    );
+    let ConfigError::Parse { reason, .. } = with("evidence_wieght = 1.0").unwrap_err() else {
+        panic!("an unknown key is a parse error")
+    };
+    assert!(reason.contains("evidence_wieght"), "{reason}");
+    // The environment reaches the section like any other key.
+    let c = load(MINIMAL_SITE, &[("GATEWAY__PRESENCE__MAP__SWITCH_P", "0.9")]).unwrap();
+    assert_eq!(c.presence.map_tuning.switch_p, Some(0.9));
+    // A knob is part of the configuration: another value, another hash.
+    assert_ne!(with("switch_p = 0.9").unwrap().hash, none.hash);
+}

@@ -179,17 +179,35 @@ pub async fn run(
     // own (stops, like the decider, once the pipeline is gone), and the
     // index from chain hash to person catches up with people imported
     // while the daemon was stopped, off the start's critical path.
+    // Whether the chain index holds every person (it is kept as people
+    // change from here on): then a snapshot written at shutdown can say so.
+    let chain_index_complete = Arc::new(AtomicBool::new(false));
     let chain_folder = match &config.chain {
         Some(chain) => {
             let (folds_tx, folds_rx) = mpsc::channel(incoming::FOLD_QUEUE);
             pipeline.chain_folds = Some(folds_tx);
-            let (sync_store, sync_telemetry, chain) =
-                (store.clone(), telemetry.clone(), chain.clone());
+            let (sync_store, sync_telemetry, chain, complete) = (
+                store.clone(),
+                telemetry.clone(),
+                chain.clone(),
+                chain_index_complete.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 let (store, telemetry) = (sync_store, sync_telemetry);
                 let index_of = chain.person("");
-                match store.chain_index_sync(&index_of, |id| chain.person(id)) {
-                    Ok(added) => tracing::info!(added, "chain index up to date"),
+                if store.chain_index_complete(&index_of).unwrap_or(false) {
+                    complete.store(true, Ordering::SeqCst);
+                    tracing::info!("chain index complete for these people; not checked again");
+                    return;
+                }
+                match store
+                    .chain_index_sync(&index_of, |id| chain.person(id))
+                    .and_then(|added| store.mark_chain_index_complete().map(|()| added))
+                {
+                    Ok(added) => {
+                        complete.store(true, Ordering::SeqCst);
+                        tracing::info!(added, "chain index up to date");
+                    }
                     Err(e) => events::storage_error(&telemetry, "chain_index", &e),
                 }
             });
@@ -325,7 +343,9 @@ pub async fn run(
     if let Some(started) = started {
         let _ = started.send(handles);
     }
-    tracing::info!(store = %config.store_id, people = store.people_count(), outbox = store.outbox_len(), "gateway running");
+    // The people from memory: sled's `len` walks the whole tree, and sled
+    // keeps what a walk paged in (80 MB at a million people).
+    tracing::info!(store = %config.store_id, people = pipeline.people.len(), outbox = store.outbox_len(), "gateway running");
 
     if let Some(path) = options.config_path.clone() {
         tasks.spawn(crate::reload::run(
@@ -358,6 +378,30 @@ pub async fn run(
     let _ = delivery.await;
     if let Err(e) = store.flush_async().await {
         events::storage_error(&telemetry, "shutdown_flush", &e);
+    }
+    // People changed while it ran: the next start would scan sled (slower,
+    // and sled keeps what the scan paged in); a snapshot written now saves
+    // that (also when the current one is in tag order, written during this
+    // start's scan). Cut short by a kill, it is simply not used.
+    if store.people_snapshot_needs_writing() {
+        let (snapshot_store, started) = (store.clone(), std::time::Instant::now());
+        match tokio::task::spawn_blocking(move || snapshot_store.write_people_snapshot()).await {
+            Ok(Ok(people)) => {
+                tracing::info!(
+                    people,
+                    ms = started.elapsed().as_millis() as u64,
+                    "people snapshot written for the next start"
+                );
+                // Every person this run changed was indexed as it changed.
+                if config.chain.is_some() && chain_index_complete.load(Ordering::SeqCst) {
+                    if let Err(e) = store.mark_chain_index_complete() {
+                        events::storage_error(&telemetry, "chain_index", &e);
+                    }
+                }
+            }
+            Ok(Err(e)) => events::storage_error(&telemetry, "people_snapshot", &e),
+            Err(e) => tracing::warn!(error = %e, "people snapshot task failed"),
+        }
     }
     Ok(summarise(&telemetry))
 }

@@ -31,6 +31,8 @@ pub struct Pipeline {
     /// write per advert.
     pub(super) visit_saved_ms: HashMap<PersonId, i64>,
     pub(super) last_sweep_ms: i64,
+    /// When freed heap was last handed back (`crate::heap`), wall time.
+    last_heap_release: std::time::Instant,
     /// The store's own beacons: battery, temperature, last seen.
     pub(super) fleet: Fleet,
     pub(super) last_fleet_report_ms: i64,
@@ -64,6 +66,10 @@ const ERROR_REPORTS_PER_SECOND: u32 = 100;
 /// How often scanner gains are worked out, exported and applied (event
 /// time): a gain drifts over hours, a median of minutes needs no more.
 const GAIN_EVERY_MS: i64 = 10_000;
+/// How often freed heap goes back to the kernel (wall time): without it
+/// the daemon's resident memory stays at the high-water mark of the last
+/// crowd (BENCHMARKS.md §2a).
+const HEAP_RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the fleet report is published (event time).
 const FLEET_REPORT_EVERY_MS: i64 = 30_000;
@@ -91,12 +97,14 @@ impl Pipeline {
     ) -> Result<Self, StoreError> {
         let now = wall_ms();
         // Streamed: only the hot part of each record stays in memory.
-        let people = People::load(
-            store.people(),
-            store.people_hint(),
-            Arc::new(store.clone()),
-            now / 1000,
-        )?;
+        let started = std::time::Instant::now();
+        let (people, source) = store.load_people(now / 1000)?;
+        tracing::info!(
+            people = people.len(),
+            from = ?source,
+            ms = started.elapsed().as_millis() as u64,
+            "people loaded"
+        );
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {
             presence.seed_visit(person, seed);
@@ -121,6 +129,7 @@ impl Pipeline {
             recognised: HashSet::new(),
             visit_saved_ms: HashMap::new(),
             last_sweep_ms: now,
+            last_heap_release: std::time::Instant::now(),
             fleet,
             last_fleet_report_ms: i64::MIN,
             gain: None,
@@ -266,6 +275,10 @@ impl Pipeline {
             .retain(|person| presence.visit_of(person).is_some());
         events::people_present(&self.telemetry, self.presence.present_count());
         self.report_memory();
+        if self.last_heap_release.elapsed() >= HEAP_RELEASE_EVERY {
+            self.last_heap_release = std::time::Instant::now();
+            crate::heap::release_freed_heap();
+        }
         for sighting in self.merger.flush_due(now) {
             self.on_sighting(Ingested {
                 source: topics::ScannerFeed::OpenMqttGateway.into(),

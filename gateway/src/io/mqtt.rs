@@ -40,6 +40,15 @@ const REQUEST_CHANNEL: usize = 64;
 /// in rumqttc's request channel. Without it Mosquitto kept sending (65,535
 /// unacknowledged by default, more with no limit configured).
 pub const RECEIVE_MAXIMUM: u16 = 64;
+
+/// rumqttc's own bound on QoS 1 publishes awaiting a PUBACK (the broker
+/// may grant fewer). Delivery keeps at most [`MAX_IN_FLIGHT`] nudges out;
+/// status, chain entries and Home Assistant's messages add a few, so this
+/// is never what limits us. rumqttc sizes a table of this many slots when
+/// the client is made, 216 bytes each: left at its default (65,535) that
+/// was 14 MB of the daemon's resident memory (heaptrack, BENCHMARKS.md
+/// §2a).
+pub const OUTGOING_INFLIGHT: u16 = 256;
 /// Acks waiting for rumqttc's request channel: one per packet id at most.
 pub const ACK_QUEUE: usize = u16::MAX as usize;
 const LINK_EVENTS: usize = 1024;
@@ -376,6 +385,7 @@ fn options(config: &Config) -> Result<MqttOptions, TlsProblem> {
     opts.set_manual_acks(true);
     opts.set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES));
     opts.set_receive_maximum(Some(RECEIVE_MAXIMUM));
+    opts.set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT);
     opts.set_last_will(LastWill::new(
         config.status_topic(),
         status_payload(config, false),

@@ -265,6 +265,10 @@ pub struct Scores {
     /// Place changes made by the contender and in the truth (scored subjects).
     pub flips: u64,
     pub true_flips: u64,
+    /// The contender's place changes to a place the truth does not have
+    /// the subject in at any moment within [`WRONG_MOVE_TOLERANCE_MS`]:
+    /// unlike `flips - true_flips`, a missed true change does not hide one.
+    pub wrong_moves: u64,
     /// Subjects never entered / not exited within the replay.
     pub missed_entries: usize,
     pub missed_exits: usize,
@@ -294,6 +298,10 @@ pub struct EvalReport {
     /// lag, not a bound: real lags vary from move to move.
     pub lag_bound: Vec<(i64, f64)>,
 }
+
+/// How far from a reported change the truth may have the subject in the
+/// new place for the change not to count in [`Scores::wrong_moves`].
+pub const WRONG_MOVE_TOLERANCE_MS: i64 = 3_000;
 
 /// The lags [`EvalReport::lag_bound`] is computed for.
 pub const LAG_BOUND_MS: [i64; 5] = [500, 1_000, 1_500, 2_000, 3_000];
@@ -789,6 +797,14 @@ fn score(
                 if let (Some(prev), Place::Hall | Place::Zone(_)) = (previous, place) {
                     if *prev != Place::Absent && prev != place {
                         flips += 1;
+                        let (from, to) =
+                            (at - WRONG_MOVE_TOLERANCE_MS, at + WRONG_MOVE_TOLERANCE_MS);
+                        let near = spans
+                            .iter()
+                            .any(|s| s.from_ms <= to && from < s.to_ms && place.matches(&s.zone));
+                        if !near {
+                            s.wrong_moves += 1;
+                        }
                     }
                 }
             }

@@ -48,6 +48,7 @@
 pub mod eval;
 pub mod gain;
 pub mod radiomap;
+pub mod tune;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -88,6 +89,9 @@ pub struct PresenceConfig {
     /// The store's radio learned from a calibration walk; with it the place
     /// comes from the map's filter (module docs), without it from levels.
     pub radio_map: Option<Arc<RadioModel>>,
+    /// `[presence.map]`: the filter's knobs the site file sets; they win
+    /// over the map's own `tuning` and the defaults ([`MapTuning::resolve`]).
+    pub map_tuning: MapTuningOverrides,
 }
 
 impl Default for PresenceConfig {
@@ -105,6 +109,7 @@ impl Default for PresenceConfig {
             path_loss_exponent: 2.2,
             hall_distance_m: Some(5.3),
             radio_map: None,
+            map_tuning: MapTuningOverrides::default(),
         }
     }
 }
@@ -267,6 +272,170 @@ impl Default for MapTuning {
             hold_ms: 300,
             bias_rate: 0.1,
             bias_max_db: 8.0,
+        }
+    }
+}
+
+/// Some of the [`MapTuning`] knobs, each optional: what a site file's
+/// `[presence.map]` sets, and what `gateway calibrate --tune` writes into a
+/// radio map's `tuning`. Unknown keys are refused.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapTuningOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_stay_s: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hall_stay_s: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_weight: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enter_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_rate: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_max_db: Option<f32>,
+}
+
+/// The range each [`MapTuning`] knob may take: (name, least, most). Wide
+/// enough for any store; outside them the filter stops making sense (a
+/// probability of 1 is never reached, a stay of 0 s empties a place).
+pub const MAP_TUNING_RANGES: [(&str, f64, f64); 8] = [
+    ("zone_stay_s", 1.0, 86_400.0),
+    ("hall_stay_s", 0.1, 86_400.0),
+    ("evidence_weight", 0.01, 2.0),
+    ("enter_p", 0.01, 0.99),
+    ("switch_p", 0.01, 0.99),
+    ("hold_ms", 0.0, 60_000.0),
+    ("bias_rate", 0.0, 1.0),
+    ("bias_max_db", 0.0, 30.0),
+];
+
+impl MapTuningOverrides {
+    /// The knobs set, by name, as numbers.
+    pub fn entries(&self) -> Vec<(&'static str, f64)> {
+        // Six decimals: an f32's 0.8 reads 0.8, not 0.800000011920929.
+        let f = |v: Option<f32>| v.map(|v| (f64::from(v) * 1e6).round() / 1e6);
+        [
+            ("zone_stay_s", f(self.zone_stay_s)),
+            ("hall_stay_s", f(self.hall_stay_s)),
+            ("evidence_weight", f(self.evidence_weight)),
+            ("enter_p", f(self.enter_p)),
+            ("switch_p", f(self.switch_p)),
+            ("hold_ms", self.hold_ms.map(|v| v as f64)),
+            ("bias_rate", f(self.bias_rate)),
+            ("bias_max_db", f(self.bias_max_db)),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, v?)))
+        .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries().is_empty()
+    }
+
+    /// Every knob set in its range ([`MAP_TUNING_RANGES`]): each problem
+    /// as (knob, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(name, v)| {
+                let (_, lo, hi) = MAP_TUNING_RANGES.iter().find(|r| r.0 == name)?;
+                (!(v.is_finite() && (*lo..=*hi).contains(&v)))
+                    .then(|| (name, format!("must be between {lo} and {hi}")))
+            })
+            .collect()
+    }
+
+    /// `self`'s knobs over `base`'s.
+    pub fn over(&self, base: &MapTuningOverrides) -> MapTuningOverrides {
+        MapTuningOverrides {
+            zone_stay_s: self.zone_stay_s.or(base.zone_stay_s),
+            hall_stay_s: self.hall_stay_s.or(base.hall_stay_s),
+            evidence_weight: self.evidence_weight.or(base.evidence_weight),
+            enter_p: self.enter_p.or(base.enter_p),
+            switch_p: self.switch_p.or(base.switch_p),
+            hold_ms: self.hold_ms.or(base.hold_ms),
+            bias_rate: self.bias_rate.or(base.bias_rate),
+            bias_max_db: self.bias_max_db.or(base.bias_max_db),
+        }
+    }
+
+    /// `base` with the knobs set here put in.
+    pub fn apply(&self, base: &MapTuning) -> MapTuning {
+        MapTuning {
+            zone_stay_s: self.zone_stay_s.unwrap_or(base.zone_stay_s),
+            hall_stay_s: self.hall_stay_s.unwrap_or(base.hall_stay_s),
+            evidence_weight: self.evidence_weight.unwrap_or(base.evidence_weight),
+            enter_p: self.enter_p.unwrap_or(base.enter_p),
+            switch_p: self.switch_p.unwrap_or(base.switch_p),
+            hold_ms: self.hold_ms.unwrap_or(base.hold_ms),
+            bias_rate: self.bias_rate.unwrap_or(base.bias_rate),
+            bias_max_db: self.bias_max_db.unwrap_or(base.bias_max_db),
+        }
+    }
+}
+
+impl MapTuning {
+    /// The knobs the engine runs a map with: the site file's
+    /// `[presence.map]` over the map's `tuning` (learned with the map by
+    /// `gateway calibrate --tune`) over `defaults`.
+    pub fn resolve(
+        defaults: &MapTuning,
+        map: Option<&MapTuningOverrides>,
+        site: &MapTuningOverrides,
+    ) -> MapTuning {
+        match map {
+            Some(map) => site.over(map).apply(defaults),
+            None => site.apply(defaults),
+        }
+    }
+
+    /// Where each knob of [`MapTuning::resolve`] comes from, for people
+    /// (`check-config`): `name value (site file | radio map | default)`.
+    pub fn describe(
+        defaults: &MapTuning,
+        map: Option<&MapTuningOverrides>,
+        site: &MapTuningOverrides,
+    ) -> String {
+        let resolved = MapTuning::resolve(defaults, map, site);
+        let all = MapTuningOverrides::from(&resolved);
+        let site_set: Vec<&str> = site.entries().iter().map(|e| e.0).collect();
+        let map_set: Vec<&str> = map
+            .map(|m| m.entries().iter().map(|e| e.0).collect())
+            .unwrap_or_default();
+        all.entries()
+            .into_iter()
+            .map(|(name, v)| {
+                let from = if site_set.contains(&name) {
+                    "site file"
+                } else if map_set.contains(&name) {
+                    "radio map"
+                } else {
+                    "default"
+                };
+                format!("{name} {v} ({from})")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl From<&MapTuning> for MapTuningOverrides {
+    fn from(t: &MapTuning) -> Self {
+        MapTuningOverrides {
+            zone_stay_s: Some(t.zone_stay_s),
+            hall_stay_s: Some(t.hall_stay_s),
+            evidence_weight: Some(t.evidence_weight),
+            enter_p: Some(t.enter_p),
+            switch_p: Some(t.switch_p),
+            hold_ms: Some(t.hold_ms),
+            bias_rate: Some(t.bias_rate),
+            bias_max_db: Some(t.bias_max_db),
         }
     }
 }
@@ -535,6 +704,9 @@ pub struct VisitSeed {
 pub struct PresenceEngine {
     config: PresenceConfig,
     tuning: PresenceTuning,
+    /// The filter's knobs in force: `tuning.map` as defaults, under the
+    /// map's `tuning` and the site's `[presence.map]` ([`MapTuning::resolve`]).
+    map_tuning: MapTuning,
     hall: HallRule,
     scanners: Vec<ScannerInfo>,
     scanner_index: HashMap<Box<str>, u32>,
@@ -565,6 +737,7 @@ impl PresenceEngine {
     pub fn with_tuning(config: PresenceConfig, tuning: PresenceTuning) -> Self {
         PresenceEngine {
             hall: HallRule::new(&config, &tuning),
+            map_tuning: resolve_map_tuning(&config, &tuning),
             config,
             tuning,
             scanners: Vec::new(),
@@ -598,6 +771,7 @@ impl PresenceEngine {
             (None, None) => true,
             _ => false,
         };
+        self.map_tuning = resolve_map_tuning(&config, &self.tuning);
         self.config = config;
         // Zones and offsets may have changed: look them up again.
         for info in &mut self.scanners {
@@ -620,11 +794,18 @@ impl PresenceEngine {
 
     pub fn set_tuning(&mut self, tuning: PresenceTuning) {
         self.hall = HallRule::new(&self.config, &tuning);
+        self.map_tuning = resolve_map_tuning(&self.config, &tuning);
         self.tuning = tuning;
     }
 
     pub fn tuning(&self) -> &PresenceTuning {
         &self.tuning
+    }
+
+    /// The radio map filter's knobs in force (defaults, the map's, the
+    /// site file's).
+    pub fn map_tuning(&self) -> &MapTuning {
+        &self.map_tuning
     }
 
     /// After a restart: a person seen again within the visit gap continues
@@ -755,13 +936,13 @@ impl PresenceEngine {
             let map = state
                 .map
                 .get_or_insert_with(|| Box::new(MapState::new(model, at_ms)));
-            map.observe(model, &self.tuning.map, usize::from(index), reading, at_ms);
+            map.observe(model, &self.map_tuning, usize::from(index), reading, at_ms);
         }
         let now = state.last_seen_ms;
         Self::update_zone(
             &self.config,
             &self.hall,
-            &self.tuning.map,
+            &self.map_tuning,
             &self.scanners,
             person,
             state,
@@ -783,12 +964,12 @@ impl PresenceEngine {
             }
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
             if let (Some(model), Some(map)) = (&config.radio_map, state.map.as_deref_mut()) {
-                map.tick(model, &self.tuning.map, now_ms);
+                map.tick(model, &self.map_tuning, now_ms);
             }
             Self::update_zone(
                 config,
                 &self.hall,
-                &self.tuning.map,
+                &self.map_tuning,
                 &self.scanners,
                 person,
                 state,
@@ -1009,6 +1190,14 @@ fn map_wanted(
             (!same_place(&current, &place) && p >= t.switch_p).then_some((place, t.hold_ms))
         }
     }
+}
+
+fn resolve_map_tuning(config: &PresenceConfig, tuning: &PresenceTuning) -> MapTuning {
+    let map = config
+        .radio_map
+        .as_ref()
+        .and_then(|m| m.map().tuning.as_ref());
+    MapTuning::resolve(&tuning.map, map, &config.map_tuning)
 }
 
 fn map_index_of(config: &PresenceConfig, scanner: &str) -> Option<u16> {

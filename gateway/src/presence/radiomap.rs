@@ -34,8 +34,12 @@ use serde::{Deserialize, Serialize};
 use super::eval::{HALL, TruthSpan};
 use crate::sighting::Sighting;
 
-/// The version of the radio-map file this build writes and reads.
+/// The version of a radio-map file without a `tuning` (what `gateway
+/// calibrate` writes without `--tune`, so that older builds still read it).
 pub const RADIO_MAP_VERSION: u32 = 1;
+/// The version of a radio-map file that carries the filter's knobs
+/// (`tuning`, chosen by `gateway calibrate --tune`). This build reads both.
+pub const RADIO_MAP_VERSION_TUNED: u32 = 2;
 /// The weakest level of the histograms; weaker readings count in the first bin.
 pub const LEVEL_MIN_DBM: i16 = -100;
 /// The strongest level of the histograms; stronger ones count in the last bin.
@@ -86,6 +90,11 @@ pub struct RadioMap {
     pub adjacency: Vec<[String; 2]>,
     /// How much of each place the walk covered, in `places` order.
     pub coverage: Vec<Coverage>,
+    /// The filter's knobs chosen for this map on the walk itself
+    /// (`gateway calibrate --tune`); version 2 only. The site file's
+    /// `[presence.map]` wins over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<crate::presence::MapTuningOverrides>,
 }
 
 /// What every scanner hears in one place.
@@ -158,14 +167,28 @@ impl RadioMap {
 
     /// Every field in range; the first problem is the error.
     pub fn validate(&self) -> Result<(), MapError> {
-        if self.version != RADIO_MAP_VERSION {
+        if self.version != RADIO_MAP_VERSION && self.version != RADIO_MAP_VERSION_TUNED {
             return Err(MapError::new(
                 "version",
                 format!(
-                    "{} is not supported (this build reads version {RADIO_MAP_VERSION}; run `gateway calibrate` again)",
+                    "{} is not supported (this build reads versions {RADIO_MAP_VERSION} and {RADIO_MAP_VERSION_TUNED}; run `gateway calibrate` again)",
                     self.version
                 ),
             ));
+        }
+        if let Some(tuning) = &self.tuning {
+            if self.version < RADIO_MAP_VERSION_TUNED {
+                return Err(MapError::new(
+                    "tuning",
+                    format!(
+                        "needs version {RADIO_MAP_VERSION_TUNED} (a version {} map has no tuning)",
+                        self.version
+                    ),
+                ));
+            }
+            if let Some((knob, reason)) = tuning.problems().into_iter().next() {
+                return Err(MapError::new(format!("tuning.{knob}"), reason));
+            }
         }
         if self.scanners.is_empty() {
             return Err(MapError::new("scanners", "must not be empty"));
@@ -329,7 +352,25 @@ impl RadioMap {
             }
             let _ = writeln!(out);
         }
+        if let Some(t) = &self.tuning {
+            let knobs: Vec<String> = t
+                .entries()
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "  tuning: {}", knobs.join(", "));
+        }
         out
+    }
+
+    /// Carry `tuning` (the file becomes version 2), or none (version 1).
+    pub fn set_tuning(&mut self, tuning: Option<crate::presence::MapTuningOverrides>) {
+        self.version = if tuning.is_some() {
+            RADIO_MAP_VERSION_TUNED
+        } else {
+            RADIO_MAP_VERSION
+        };
+        self.tuning = tuning;
     }
 }
 
@@ -627,6 +668,7 @@ pub fn calibrate(
             beacon_gain_db: BTreeMap::new(),
             adjacency: adjacency.into_iter().collect(),
             coverage,
+            tuning: None,
         },
         warnings,
     })

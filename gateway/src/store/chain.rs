@@ -370,6 +370,33 @@ impl Store {
             .map(|id| PersonId::from(id.as_str())))
     }
 
+    /// Whether `chain_people.v4` is known to hold every person, so that a
+    /// start can skip [`Store::chain_index_sync`] (which reads every
+    /// record and every index entry: sled keeps what that pages in). True
+    /// when an index under this secret was marked complete for the people
+    /// snapshot that is current: any change to the people since would have
+    /// made another snapshot current, or none.
+    pub fn chain_index_complete(&self, index_of: &ChainPerson) -> Result<bool, StoreError> {
+        let Some(snapshot) = self.people_snapshot_id() else {
+            return Ok(false);
+        };
+        Ok(
+            self.meta.get(keys::META_CHAIN_INDEX_OF)?.as_deref() == Some(&index_of.0[..])
+                && self.meta.get(keys::META_CHAIN_INDEX_AT)?.as_deref() == Some(&snapshot[..]),
+        )
+    }
+
+    /// Record that the index holds every person of the current people
+    /// snapshot: after a sync, or after a run in which the daemon indexed
+    /// every person it changed. Nothing happens without a current snapshot.
+    pub fn mark_chain_index_complete(&self) -> Result<(), StoreError> {
+        if let Some(snapshot) = self.people_snapshot_id() {
+            self.meta.insert(keys::META_CHAIN_INDEX_AT, &snapshot[..])?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Bring `chain_people.v4` up to date with the people: after an import
     /// made while the daemon was stopped, or under a new chain secret
     /// (`index_of` is `chain_person(secret, "")`: another one clears the
@@ -719,6 +746,49 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_index_is_trusted_only_for_the_people_it_was_marked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let person = |n: u32| {
+            crate::identity::PersonRecord::from_json(&format!(
+                r#"{{"person": "p-{n}", "recipient": "r-{n}", "consent": {{"proximity": true}}}}"#
+            ))
+            .unwrap()
+        };
+        store.upsert_person(&person(1)).unwrap();
+        let hash = |id: &str| chain_person(SECRET, id);
+        let other = |id: &str| chain_person(b"another chain secret", id);
+        // No snapshot yet: nothing to vouch for.
+        store.chain_index_sync(&hash(""), hash).unwrap();
+        store.mark_chain_index_complete().unwrap();
+        assert!(!store.chain_index_complete(&hash("")).unwrap());
+        store.write_people_snapshot().unwrap();
+        assert!(
+            !store.chain_index_complete(&hash("")).unwrap(),
+            "another snapshot"
+        );
+        store.mark_chain_index_complete().unwrap();
+        assert!(store.chain_index_complete(&hash("")).unwrap());
+        assert!(
+            !store.chain_index_complete(&other("")).unwrap(),
+            "another secret"
+        );
+        // Reopened, the same holds.
+        drop(store);
+        let store = open(dir.path());
+        assert!(store.chain_index_complete(&hash("")).unwrap());
+        // A person changed (as by an import while the daemon was stopped):
+        // the index is not trusted, whatever snapshot follows.
+        store.upsert_person(&person(2)).unwrap();
+        assert!(!store.chain_index_complete(&hash("")).unwrap());
+        store.write_people_snapshot().unwrap();
+        assert!(!store.chain_index_complete(&hash("")).unwrap());
+        assert_eq!(store.chain_index_sync(&hash(""), hash).unwrap(), 1);
+        store.mark_chain_index_complete().unwrap();
+        assert!(store.chain_index_complete(&hash("")).unwrap());
+    }
+
+    #[test]
     fn the_index_follows_the_people_and_forgets_the_erased() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
@@ -785,7 +855,7 @@ mod tests {
             store.flush().unwrap();
         }
         let store = open(dir.path());
-        assert_eq!(store.layout_version().unwrap(), 4);
+        assert_eq!(store.layout_version().unwrap(), keys::LAYOUT_VERSION);
         assert_eq!(store.ledger("p-1").unwrap().sent.len(), 1);
         assert_eq!(store.outbox_from(0).count(), 1);
         assert_eq!(store.chain_outbox_len(), 0);

@@ -2,7 +2,20 @@
 //! layout version. Change a layout here, bump [`LAYOUT_VERSION`] and add a
 //! step to `super::migrate`.
 //!
-//! Layout 4 (current): layout 3 and the chain's trees (chain-wide caps,
+//! Layout 5 (current): layout 4 and the people snapshot, a file beside the
+//! sled files (`store::snapshot`) that the daemon reads at start instead of
+//! scanning `people.v2`. It is current only while `meta` names it; every
+//! change to the people removes that marker first. The version moved so
+//! that a gateway that does not know the marker (and would change people
+//! without removing it) refuses this store. 4 → 5 writes nothing.
+//!
+//! | tree or file | key | value |
+//! |---|---|---|
+//! | `meta` | `people_snapshot` | 16 bytes: the id in the current snapshot's header |
+//! | `meta` | `chain_index_at` | 16 bytes: the snapshot id for which `chain_people.v4` was known to hold every person (a start skips the index sync while it is the current one) |
+//! | file `people.snapshot` | | header `GWPEOPL1` ‖ id (16) ‖ count u64 LE ‖ flags (1: in vault slot order) ‖ 7 zero bytes; per person: tag(person) ‖ vault slot u32 LE ‖ length u32 LE ‖ sealed binary entry (person, recipient, identities, consent; `store::snapshot`); HMAC-SHA256 under tag(`people-snapshot-mac`, "") of all before it |
+//!
+//! Layout 4: layout 3 and the chain's trees (chain-wide caps,
 //! docs/design.md). `chain(person)` is the chain person hash
 //! (`privacy::chain_person`, 16 bytes): an HMAC under the chain secret,
 //! which is not in the storage directory; the same in every store.
@@ -55,7 +68,7 @@
 
 use super::vault::Tag;
 
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 pub const META: &str = "meta";
 pub const PEOPLE: &str = "people.v2";
@@ -101,15 +114,21 @@ pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_STORE_RATE: &[u8] = b"store_rate";
 pub const META_CHAIN_INDEX_OF: &[u8] = b"chain_index_of";
+pub const META_PEOPLE_SNAPSHOT: &[u8] = b"people_snapshot";
+pub const META_CHAIN_INDEX_AT: &[u8] = b"chain_index_at";
 
 /// The key vault's file name inside the storage directory.
 pub const VAULT_FILE: &str = "keys.vault";
+/// The people snapshot's file name inside the storage directory.
+pub const PEOPLE_SNAPSHOT_FILE: &str = "people.snapshot";
 
 pub const TAG_PERSON: &str = "person";
 pub const TAG_RECIPIENT: &str = "recipient";
 /// The log salt is the tag of this kind (and an empty id) under the site
 /// secret: random per gateway, kept with the vault, nothing more to store.
 pub const TAG_LOG_SALT: &str = "log-salt";
+/// The people snapshot's MAC key is the tag of this kind (and an empty id).
+pub const TAG_SNAPSHOT_MAC: &str = "people-snapshot-mac";
 
 pub fn outbox(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()

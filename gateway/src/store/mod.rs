@@ -5,6 +5,7 @@
 mod chain;
 mod commit;
 pub mod keys;
+mod snapshot;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::presence::VisitSeed;
 pub use chain::{
     ChainJob, ChainOutboxEntry, FoldOutcome, consent_entry, decision_payload, erasure_entry,
 };
+pub use snapshot::PeopleSource;
 use vault::{Tag, Vault};
 
 /// The default bound on sled's page cache, in MiB (`[storage] cache_mb`).
@@ -191,6 +193,8 @@ pub struct Store {
     /// (its batch's flush still running) is never published, so a crash
     /// cannot lose a slot whose nudge went out.
     durable_below: Arc<AtomicU64>,
+    /// Whether the people snapshot file is current (`store::snapshot`).
+    snapshot: Arc<Mutex<snapshot::SnapshotState>>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -450,9 +454,14 @@ impl Store {
             group_commit: Arc::default(),
             files: Arc::new(files),
             durable_below: Arc::default(),
+            snapshot: Arc::default(),
             db,
         };
         store.migrate()?;
+        *store.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+            snapshot::SnapshotState::from_meta(
+                store.meta.get(keys::META_PEOPLE_SNAPSHOT)?.as_deref(),
+            );
         store.flush()?;
         // Whatever was found on disk is durable.
         let mut last_outbox = 0;
@@ -762,6 +771,7 @@ impl Store {
         &self,
         prepared: &PreparedPeople,
     ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
+        self.people_changing()?;
         let previous = unwrap_tx((&self.people, &self.recipients).transaction(
             |(people, recipients)| {
                 let mut previous = Vec::with_capacity(prepared.0.len());
@@ -882,7 +892,7 @@ impl Store {
     }
 
     /// About how many people are stored, at no cost: the vault's keys (one
-    /// a person; `people_count` walks the tree).
+    /// a person; sled's `len` would walk the whole tree, and keep what it paged in).
     pub fn people_hint(&self) -> usize {
         self.vault().len()
     }
@@ -890,10 +900,6 @@ impl Store {
     /// Heap held by the key vault's index of its file.
     pub fn vault_heap_bytes(&self) -> usize {
         self.vault().heap_bytes()
-    }
-
-    pub fn people_count(&self) -> usize {
-        self.people.len()
     }
 
     pub fn ledger(&self, person: &str) -> Result<Ledger, StoreError> {
@@ -1380,6 +1386,7 @@ impl Store {
     /// the copies sled keeps in its segment files can never be read again
     /// (crypto-shredding). Returns how many entries went.
     pub fn forget_person(&self, id: &str, erased_at_ms: i64) -> Result<usize, StoreError> {
+        self.people_changing()?;
         let tag = self.person_tag(id);
         let mut removed = 0;
         let erased_at_ms = self

@@ -232,6 +232,27 @@ impl Vault {
         Ok(self.find(tag)?.map(|(_, key)| key))
     }
 
+    /// The slot holding the person's key, and the key.
+    pub fn slot_and_key(&self, tag: &Tag) -> Result<Option<(u32, [u8; 32])>, VaultError> {
+        self.find(tag)
+    }
+
+    /// Reads keys by slot in one forward pass over the file, for a reader
+    /// that asks for them in ascending slot order (the people snapshot):
+    /// no read call per person.
+    pub fn cursor(&self) -> Result<SlotCursor, VaultError> {
+        let file = File::open(&self.path).map_err(|e| self.io_error(e))?;
+        let mut input = BufReader::with_capacity(1 << 16, file);
+        input
+            .seek_relative(HEADER as i64)
+            .map_err(|e| self.io_error(e))?;
+        Ok(SlotCursor {
+            input,
+            next: 0,
+            slots: self.prefixes.len() as u32,
+        })
+    }
+
     /// The person's key, made (and synced to disk) on first use.
     pub fn key_or_create(&mut self, tag: &Tag) -> Result<[u8; 32], VaultError> {
         let mut keys = self.keys_or_create(std::slice::from_ref(tag))?;
@@ -309,6 +330,39 @@ impl Vault {
     /// Make every slot written so far durable.
     fn sync(&mut self) -> Result<(), VaultError> {
         self.file.sync_data().map_err(|e| self.io_error(e))
+    }
+}
+
+/// A forward-only reader of the vault file's slots ([`Vault::cursor`]).
+pub struct SlotCursor {
+    input: BufReader<File>,
+    /// The slot the file position is at.
+    next: u32,
+    slots: u32,
+}
+
+impl SlotCursor {
+    /// The key in `slot` if that slot holds `tag`. `None` when it does not
+    /// (erased, or the person's key moved), when the slot is behind the
+    /// cursor (asked out of order) or past the file's end: the caller then
+    /// asks [`Vault::key`].
+    pub fn key(&mut self, slot: u32, tag: &Tag) -> Result<Option<[u8; 32]>, VaultError> {
+        if slot < self.next || slot >= self.slots {
+            return Ok(None);
+        }
+        let io = |e: std::io::Error| VaultError::Io {
+            path: "keys.vault".into(),
+            reason: e.to_string(),
+        };
+        let skip = u64::from(slot - self.next) * SLOT as u64;
+        self.input.seek_relative(skip as i64).map_err(io)?;
+        let mut bytes = [0u8; SLOT];
+        self.input.read_exact(&mut bytes).map_err(io)?;
+        self.next = slot + 1;
+        let key = (bytes[0] == 1 && bytes[1..17] == tag[..])
+            .then(|| bytes[17..49].try_into().expect("32 bytes"));
+        bytes.fill(0);
+        Ok(key)
     }
 }
 

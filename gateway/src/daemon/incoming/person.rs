@@ -108,9 +108,8 @@ impl Pipeline {
     /// After a storage failure, memory goes back to what is on disk.
     pub(super) fn reload_people(&mut self) {
         let now_s = self.clock.now_ms() / 1000;
-        let (people, hint) = (self.store.people(), self.store.people_hint());
-        match People::load(people, hint, Arc::new(self.store.clone()), now_s) {
-            Ok(people) => self.people = people,
+        match self.store.load_people(now_s) {
+            Ok((people, _)) => self.people = people,
             Err(e) => events::storage_error(&self.telemetry, "reload_people", &e),
         }
     }

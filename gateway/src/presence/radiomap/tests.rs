@@ -425,3 +425,98 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_map_may_carry_its_tuning_from_version_2_and_old_maps_still_load() {
+    use crate::presence::{MapTuning, MapTuningOverrides};
+    let map = calibrate(&site(), &walk().0, &walk().1).unwrap().map;
+    // What `calibrate` writes without --tune is version 1, without `tuning`:
+    // what the builds before version 2 read.
+    assert_eq!(map.version, RADIO_MAP_VERSION);
+    let text = map.to_json();
+    assert!(!text.contains("tuning"), "{text}");
+    assert_eq!(RadioMap::from_json(&text).unwrap(), map);
+
+    let tuning = MapTuningOverrides {
+        evidence_weight: Some(1.0),
+        switch_p: Some(0.7),
+        ..Default::default()
+    };
+    let mut tuned = map.clone();
+    tuned.set_tuning(Some(tuning.clone()));
+    assert_eq!(tuned.version, RADIO_MAP_VERSION_TUNED);
+    let back = RadioMap::from_json(&tuned.to_json()).unwrap();
+    assert_eq!(back.tuning, Some(tuning.clone()));
+    assert!(
+        back.summary()
+            .contains("tuning: evidence_weight 1, switch_p 0.7")
+    );
+
+    let field = |edit: &dyn Fn(&mut RadioMap)| {
+        let mut m = tuned.clone();
+        edit(&mut m);
+        RadioMap::from_json(&serde_json::to_string(&m).unwrap()).unwrap_err()
+    };
+    // A version 1 map has no tuning; knobs are checked as the site file's are.
+    assert_eq!(field(&|m| m.version = RADIO_MAP_VERSION).field, "tuning");
+    let e = field(&|m| m.tuning.as_mut().unwrap().switch_p = Some(1.5));
+    assert_eq!(
+        e.to_string(),
+        "tuning.switch_p: must be between 0.01 and 0.99"
+    );
+    // An unknown knob is refused by name.
+    let unknown = tuned
+        .to_json()
+        .replace("\"switch_p\"", "\"switch_probability\"");
+    let e = RadioMap::from_json(&unknown).unwrap_err();
+    assert!(e.reason.contains("switch_probability"), "{e}");
+
+    // The engine runs the map's knobs; the site's win; the rest are defaults.
+    let zones = [ZoneId::from("a"), ZoneId::from("b")];
+    let config = PresenceConfig {
+        scanner_zone: [("s-a", "a"), ("s-b", "b")]
+            .iter()
+            .map(|(s, z)| (s.to_string(), ZoneId::from(*z)))
+            .collect(),
+        radio_map: Some(Arc::new(RadioModel::new(tuned, &zones))),
+        map_tuning: MapTuningOverrides {
+            switch_p: Some(0.9),
+            hold_ms: Some(1_000),
+            ..Default::default()
+        },
+        ..PresenceConfig::default()
+    };
+    let mut e = PresenceEngine::new(config.clone());
+    let want = MapTuning {
+        evidence_weight: 1.0,
+        switch_p: 0.9,
+        hold_ms: 1_000,
+        ..MapTuning::default()
+    };
+    assert_eq!(*e.map_tuning(), want);
+    assert!(
+        MapTuning::describe(
+            &MapTuning::default(),
+            Some(&tuning),
+            &config.map_tuning
+        )
+        .contains("evidence_weight 1 (radio map), enter_p 0.6 (default), switch_p 0.9 (site file), hold_ms 1000 (site file)")
+    );
+    // A reload without the site's knobs falls back to the map's.
+    e.set_config(PresenceConfig {
+        map_tuning: MapTuningOverrides::default(),
+        ..config.clone()
+    });
+    assert_eq!(e.map_tuning().switch_p, 0.7);
+    assert_eq!(e.map_tuning().hold_ms, MapTuning::default().hold_ms);
+    // Without a map, only the site's knobs count (unused until a map comes).
+    e.set_config(PresenceConfig {
+        radio_map: None,
+        ..config
+    });
+    assert_eq!(
+        e.map_tuning().evidence_weight,
+        MapTuning::default().evidence_weight
+    );
+    assert_eq!(e.map_tuning().switch_p, 0.9);
+}
