@@ -9,8 +9,9 @@
 # allocator's retained memory and the runtime included, which an
 # in-process probe (the `memory` bench) does not see.
 #
-# Usage: bench/footprint.sh [--people N] [--present P] [--seconds S]
-#        (defaults 100000, 10000, 30). Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
+# Usage: bench/footprint.sh [--people N] [--present P] [--seconds S] [--import-only]
+#        (defaults 100000, 10000, 30; --import-only stops after the import).
+#        Env: CARGO_TARGET_DIR, FOOTPRINT_OUT
 #        (a TSV line is appended there), FOOTPRINT_METRICS (the gateway's
 #        /metrics at the end is written there, its /proc smaps beside it
 #        with .smaps appended), GATEWAY_STORAGE_CACHE_MB (given
@@ -26,12 +27,14 @@ sim="$target/release/firmware-sim"
 people=100000
 present=10000
 seconds=30
+import_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --people) people="$2"; shift 2 ;;
         --present) present="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
-        *) echo "usage: bench/footprint.sh [--people N] [--present P] [--seconds S]" >&2; exit 2 ;;
+        --import-only) import_only=1; shift ;;
+        *) echo "usage: bench/footprint.sh [--people N] [--present P] [--seconds S] [--import-only]" >&2; exit 2 ;;
     esac
 done
 [ "$present" -le "$people" ] || { echo "--present must not exceed --people" >&2; exit 2; }
@@ -65,6 +68,11 @@ PY
     env GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/people.jsonl" \
     >"$work/import.log" 2>&1 || { cat "$work/import.log" >&2; exit 1; }
 read -r import_s import_peak_kb <"$work/import.time"
+if [ "$import_only" = 1 ]; then
+    echo "footprint: ${people} imported; commit $(git -C "$root" rev-parse --short HEAD); load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "  import:  ${import_s} s, peak resident $(awk -v k="$import_peak_kb" 'BEGIN { printf "%.0f", k / 1024 }') MB"
+    exit 0
+fi
 
 t0="$(date +%s.%N)"
 start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" readyz 1200 0.05

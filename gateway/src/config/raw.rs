@@ -118,7 +118,7 @@ pub struct RawStorage {
     /// `store::DEFAULT_CACHE_MB` for stores opened without a config).
     pub cache_mb: u64,
     /// sled's page cache for `gateway people import`, in MiB
-    /// (`config/default.toml`: 256).
+    /// (`config/default.toml`: 128).
     pub import_cache_mb: u64,
 }
 

@@ -335,6 +335,30 @@ fn tag_of(bytes: &[u8], tree: &'static str) -> Result<Tag, StoreError> {
     })
 }
 
+/// People sealed for [`Store::upsert_prepared_people`] by
+/// [`Store::prepare_people`], in the order given.
+pub struct PreparedPeople(Vec<PreparedPerson>);
+
+impl PreparedPeople {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+struct PreparedPerson {
+    recipient: String,
+    recipient_tag: Tag,
+    sealer: Sealer,
+    /// The record, sealed.
+    sealed: Vec<u8>,
+    /// The person's tag, sealed: the recipient's value.
+    owner: Vec<u8>,
+}
+
 /// What sealing a value for one person needs, fetched before a transaction.
 struct Sealer {
     tag: Tag,
@@ -460,6 +484,16 @@ impl Store {
 
     fn person_tag(&self, id: &str) -> Tag {
         self.vault().tag(keys::TAG_PERSON, id)
+    }
+
+    /// Where a person's record sits in the people tree: the first 8 bytes
+    /// of its key, big-endian, so that numbers sort as the keys do. People
+    /// written in this order meet each leaf of the tree once, where the
+    /// order of a file (random in the tree) pages leaves in and out again
+    /// (an import: BENCHMARKS.md §2a).
+    pub fn people_tree_order(&self, id: &str) -> u64 {
+        let tag = self.person_tag(id);
+        u64::from_be_bytes(tag[..8].try_into().expect("8 bytes"))
     }
 
     /// The salt of the person hashes in this gateway's logs (see
@@ -701,33 +735,61 @@ impl Store {
         &self,
         records: &[PersonRecord],
     ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
-        self.people_changing()?;
+        let prepared = self.prepare_people(records)?;
+        self.upsert_prepared_people(&prepared)
+    }
+
+    /// The first half of [`Store::upsert_people`], which writes nothing
+    /// to sled: each person's key (new ones made and synced to the vault
+    /// first, as a key must be on disk before anything sealed with it),
+    /// the record and its recipient's owner sealed under it. An import
+    /// prepares the next chunk on one thread while another writes the
+    /// last one; the people must not change in between (the import holds
+    /// the store, and names each person once).
+    pub fn prepare_people(&self, records: &[PersonRecord]) -> Result<PreparedPeople, StoreError> {
         // Keys and nonces first: the transaction closure may run twice.
         let ids: Vec<&str> = records.iter().map(|r| r.person.as_str()).collect();
         let sealers = self.sealers(&ids)?;
-        let mut prepared = Vec::with_capacity(records.len());
+        let mut people = Vec::with_capacity(records.len());
         for (record, sealer) in records.iter().zip(sealers) {
             let sealed = sealer.seal(&json(record), &vault::nonce()?);
             let owner = sealer.seal(&sealer.tag, &vault::nonce()?);
-            prepared.push((
-                record,
-                self.recipient_tag(&record.recipient),
+            people.push(PreparedPerson {
+                recipient: record.recipient.clone(),
+                recipient_tag: self.recipient_tag(&record.recipient),
                 sealer,
                 sealed,
                 owner,
-            ));
+            });
         }
+        Ok(PreparedPeople(people))
+    }
+
+    /// The second half of [`Store::upsert_people`]: one transaction over
+    /// the people and their recipients, all or none, then a flush.
+    pub fn upsert_prepared_people(
+        &self,
+        prepared: &PreparedPeople,
+    ) -> Result<Vec<Option<PersonRecord>>, StoreError> {
+        self.people_changing()?;
         let previous = unwrap_tx((&self.people, &self.recipients).transaction(
             |(people, recipients)| {
-                let mut previous = Vec::with_capacity(prepared.len());
-                for (record, recipient_tag, sealer, sealed, owner) in &prepared {
+                let mut previous = Vec::with_capacity(prepared.0.len());
+                for person in &prepared.0 {
+                    let PreparedPerson {
+                        recipient,
+                        recipient_tag,
+                        sealer,
+                        sealed,
+                        owner,
+                    } = person;
                     if let Some(held) = recipients.get(recipient_tag)? {
                         // Sealed under the owner's key: it opens with ours
                         // only if the recipient is already ours.
                         if !sealer.owns(&held) {
                             return Err(ConflictableTransactionError::Abort(
                                 StoreError::RecipientTaken {
-                                    recipient: record.recipient.clone(),
+                                    recipient: recipient.clone(),
                                 },
                             ));
                         }
@@ -742,7 +804,7 @@ impl Store {
                             None => None,
                         };
                     if let Some(old) = &old {
-                        if old.recipient != record.recipient {
+                        if old.recipient != *recipient {
                             recipients.remove(&self.recipient_tag(&old.recipient))?;
                         }
                     }
