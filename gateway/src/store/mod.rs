@@ -34,7 +34,7 @@ use vault::{Tag, Vault};
 /// sled's own default is 1 GiB, which a gateway holding a million people
 /// fills: the hot set (today's visitors' records and ledgers, the outbox)
 /// fits in far less, and a miss costs one read from the page files.
-pub const DEFAULT_CACHE_MB: u64 = 16;
+pub const DEFAULT_CACHE_MB: u64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
