@@ -114,7 +114,7 @@ pub struct RawMqtt {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: String,
-    /// sled's page cache, in MiB (`config/default.toml`: 16, as
+    /// sled's page cache, in MiB (`config/default.toml`: 4, as
     /// `store::DEFAULT_CACHE_MB` for stores opened without a config).
     pub cache_mb: u64,
     /// sled's page cache for `gateway people import`, in MiB
