@@ -497,15 +497,7 @@ mod tests {
     const NOON: i64 = 1_796_644_800_000;
 
     fn open(path: &std::path::Path) -> Store {
-        for _ in 0..100 {
-            match Store::open(path) {
-                Err(StoreError::Open { reason, .. }) if reason.contains("in use") => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                other => return other.unwrap(),
-            }
-        }
-        Store::open(path).unwrap()
+        super::super::reopen_closed(path)
     }
 
     fn entry(id: &str, at_ms: i64) -> ChainEntry {

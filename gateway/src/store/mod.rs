@@ -1481,5 +1481,21 @@ impl Store {
     }
 }
 
+/// Tests: open a store this process just closed. sled's background flusher
+/// may hold the file lock for a moment after the handle is dropped; only an
+/// "in use" error is retried, and only for a bounded time.
+#[cfg(test)]
+fn reopen_closed(path: &Path) -> Store {
+    for _ in 0..100 {
+        match Store::open(path) {
+            Err(StoreError::Open { reason, .. }) if reason.contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.expect("the store opens"),
+        }
+    }
+    Store::open(path).expect("the store opens")
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,7 @@
 use super::*;
 
-/// Reopen a store this process just closed (sled's flusher may hold the
-/// lock for a moment; only that is retried, for a bounded time).
 fn reopen(path: &Path) -> Store {
-    for _ in 0..100 {
-        match Store::open(path) {
-            Err(StoreError::Open { reason, .. }) if reason.contains("in use") => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
-        }
-    }
-    Store::open(path).unwrap()
+    super::super::reopen_closed(path)
 }
 
 fn record(n: u32) -> PersonRecord {
