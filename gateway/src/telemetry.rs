@@ -376,6 +376,14 @@ label_values! {
         OutboxRead = "outbox_read",
         OutboxRemove = "outbox_remove",
         OutboxExpire = "outbox_expire",
+        /// Chain-wide caps (`daemon/incoming/chain.rs`, `store/chain.rs`).
+        ChainFold = "chain_fold",
+        ChainForget = "chain_forget",
+        ChainIndex = "chain_index",
+        ChainOutboxRemove = "chain_outbox_remove",
+        ChainQueue = "chain_queue",
+        /// Writing the people snapshot at shutdown (`store/snapshot.rs`).
+        PeopleSnapshot = "people_snapshot",
         /// A `during` the table above lacks: a slip in the code (the
         /// tests list every one written today), never input.
         Other = "other",
@@ -428,6 +436,18 @@ label_values! {
         RotatingIds = "rotating_ids",
         /// The key vault's index of its file (`store::vault`).
         VaultIndex = "vault_index",
+    }
+}
+
+label_values! {
+    /// Where the people in memory were read from (`store::PeopleSource`).
+    PeopleLoad {
+        /// The people snapshot file: the normal start.
+        Snapshot = "snapshot",
+        /// Every record in sled: no current snapshot (after a kill, an
+        /// offline erasure) or a damaged one; slower, and sled keeps what
+        /// it paged in.
+        Scan = "scan",
     }
 }
 
@@ -502,6 +522,11 @@ struct ByPurpose {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByMemoryPart {
     part: MemoryPart,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPeopleLoad {
+    source: PeopleLoad,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -582,6 +607,7 @@ struct Metrics {
     people_erased: Counter,
     people_refused_erased: Counter,
     people_present: Gauge,
+    people_loads: Family<ByPeopleLoad, Counter>,
     memory_bytes: Family<ByMemoryPart, Gauge>,
     cache_limit_bytes: Family<ByCache, Gauge>,
     incoming: Family<ByTopicKind, Counter>,
@@ -647,6 +673,7 @@ impl Metrics {
             people_erased: Default::default(),
             people_refused_erased: Default::default(),
             people_present: Default::default(),
+            people_loads: Default::default(),
             memory_bytes: Default::default(),
             cache_limit_bytes: Default::default(),
             incoming: Default::default(),
@@ -781,6 +808,11 @@ impl Metrics {
             "people_present",
             "People present in the store now",
             people_present
+        );
+        reg!(
+            "people_loads",
+            "Times the people in memory were loaded, by where from",
+            people_loads
         );
         reg!(
             "memory_bytes",
@@ -1197,7 +1229,10 @@ pub mod events {
         ByBuyer, ByChainEntry, ByConnectError, ByDuring, ByHeldReason, ByKind, ByPublish,
         ByPurpose, ByReloadResult, ByState, ChainDirection, ChainOutcome,
     };
-    use super::{ByCache, ByGainStatus, ByMemoryPart, ByScanner, Cache, GainAlert, MemoryPart};
+    use super::{
+        ByCache, ByGainStatus, ByMemoryPart, ByPeopleLoad, ByScanner, Cache, GainAlert, MemoryPart,
+        PeopleLoad,
+    };
     use crate::decide::{NudgeKind, SkipReason};
 
     /// Home Assistant discovery published (`entities` configs) and
@@ -1315,6 +1350,15 @@ pub mod events {
         t.m.memory_bytes
             .get_or_create(&ByMemoryPart { part })
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The people were loaded into memory (at start, or again after a
+    /// storage failure) from `source`, in `ms`.
+    pub fn people_loaded(t: &Telemetry, source: PeopleLoad, people: usize, ms: u64) {
+        t.m.people_loads
+            .get_or_create(&ByPeopleLoad { source })
+            .inc();
+        tracing::info!(people, from = source.as_str(), ms, "people loaded");
     }
 
     /// A cache's configured bound.
@@ -1939,6 +1983,12 @@ mod tests {
             "tombstone",
             "upsert_person",
             "visit",
+            "chain_fold",
+            "chain_forget",
+            "chain_index",
+            "chain_outbox_remove",
+            "chain_queue",
+            "people_snapshot",
         ] {
             assert_ne!(
                 During::from_label(during).unwrap_or(During::Other),

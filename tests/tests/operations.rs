@@ -104,6 +104,9 @@ async fn reload_applies_valid_changes_live_and_refuses_bad_ones() -> anyhow::Res
     );
     assert!(gateway.is_running());
 
+    // `people import` left the snapshot the daemon started from: no scan.
+    assert_eq!(metric("gateway_people_loads_total{source=\"snapshot\"}"), 1);
+    assert_eq!(metric("gateway_people_loads_total{source=\"scan\"}"), 0);
     // Counters moved with the traffic.
     assert!(metric("gateway_sightings_total{source=\"udp\"}") > 100);
     assert!(metric("gateway_nudges_reserved_total{kind=\"compare\"}") >= 2);

@@ -87,6 +87,17 @@ pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
 /// How often retention runs (event time).
 const SWEEP_EVERY_MS: i64 = 3_600_000;
 
+/// The store's word for where the people came from, as a metric label
+/// (telemetry does not know the store).
+impl From<crate::store::PeopleSource> for crate::telemetry::PeopleLoad {
+    fn from(source: crate::store::PeopleSource) -> Self {
+        match source {
+            crate::store::PeopleSource::Snapshot => Self::Snapshot,
+            crate::store::PeopleSource::Scan => Self::Scan,
+        }
+    }
+}
+
 impl Pipeline {
     pub fn new(
         config: Arc<Config>,
@@ -99,11 +110,11 @@ impl Pipeline {
         // Streamed: only the hot part of each record stays in memory.
         let started = std::time::Instant::now();
         let (people, source) = store.load_people(now / 1000)?;
-        tracing::info!(
-            people = people.len(),
-            from = ?source,
-            ms = started.elapsed().as_millis() as u64,
-            "people loaded"
+        events::people_loaded(
+            &telemetry,
+            source.into(),
+            people.len(),
+            started.elapsed().as_millis() as u64,
         );
         let mut presence = PresenceEngine::new(config.presence.clone());
         for (person, seed) in store.visits()? {

@@ -108,8 +108,13 @@ impl Pipeline {
     /// After a storage failure, memory goes back to what is on disk.
     pub(super) fn reload_people(&mut self) {
         let now_s = self.clock.now_ms() / 1000;
+        let started = std::time::Instant::now();
         match self.store.load_people(now_s) {
-            Ok((people, _)) => self.people = people,
+            Ok((people, source)) => {
+                let ms = started.elapsed().as_millis() as u64;
+                events::people_loaded(&self.telemetry, source.into(), people.len(), ms);
+                self.people = people;
+            }
             Err(e) => events::storage_error(&self.telemetry, "reload_people", &e),
         }
     }
