@@ -874,6 +874,15 @@ impl Store {
     /// read again by tag: at a million people that second read was a
     /// third of the daemon's start).
     pub fn people(&self) -> impl Iterator<Item = Result<PersonRecord, StoreError>> + '_ {
+        self.stored_people()
+            .map(|stored| stored.map(|(_, _, record)| record))
+    }
+
+    /// [`Store::people`] with each person's vault slot and sealer, for
+    /// whoever seals something of theirs on the way (the people snapshot).
+    fn stored_people(
+        &self,
+    ) -> impl Iterator<Item = Result<(u32, Sealer, PersonRecord), StoreError>> + '_ {
         self.people.iter().filter_map(|item| {
             let (tag, sealed) = match item {
                 Ok(kv) => kv,
@@ -883,11 +892,17 @@ impl Store {
                 Ok(tag) => tag,
                 Err(e) => return Some(Err(e)),
             };
-            // A record whose key was destroyed is an erased person's leftover.
-            match self.sealer_for_tag(tag) {
-                Ok(sealer) => Some(sealer?.open(keys::PEOPLE, &sealed)),
-                Err(e) => Some(Err(e)),
-            }
+            let (slot, sealer) = match self.vault().slot_and_key(&tag) {
+                Ok(Some((slot, key))) => (slot, Sealer { tag, key }),
+                // A record whose key was destroyed is an erased person's leftover.
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            };
+            Some(
+                sealer
+                    .open(keys::PEOPLE, &sealed)
+                    .map(|record| (slot, sealer, record)),
+            )
         })
     }
 

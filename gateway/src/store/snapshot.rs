@@ -450,6 +450,10 @@ impl Store {
             .unwrap_or_default()
     }
 
+    fn snapshot_state(&self) -> std::sync::MutexGuard<'_, SnapshotState> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether the snapshot file is current (its marker is in `meta`).
     pub fn people_snapshot_current(&self) -> bool {
         self.people_snapshot_id().is_some()
@@ -459,31 +463,25 @@ impl Store {
     /// is current, or the current one is not in vault slot order (written
     /// during a start's scan), which makes the next start slower.
     pub fn people_snapshot_needs_writing(&self) -> bool {
-        let state = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.snapshot_state();
         state.marker.is_none() || !state.in_slot_order
     }
 
     /// The current snapshot's id: it changes with every snapshot written,
     /// so it also names "the people as they were then".
     pub(super) fn people_snapshot_id(&self) -> Option<[u8; 16]> {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .marker
+        self.snapshot_state().marker
     }
 
     /// To be called before anything changes the people (an upsert, an
     /// erasure, a migration): the snapshot stops being current, durably,
     /// before the change can be on disk.
     pub(super) fn people_changing(&self) -> Result<(), StoreError> {
-        let mut state = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.snapshot_state();
         state.changes += 1;
         if state.marker.take().is_some() {
             self.meta.remove(keys::META_PEOPLE_SNAPSHOT)?;
-            self.db.flush()?;
-            self.files
-                .sync()
-                .map_err(|e| StoreError::Flush(format!("fsync: {e}")))?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -493,12 +491,7 @@ impl Store {
     /// of sled that writes a new snapshot on the way, for the next start.
     pub fn load_people(&self, now_s: i64) -> Result<(People, PeopleSource), StoreError> {
         let records: std::sync::Arc<dyn crate::people::Records> = std::sync::Arc::new(self.clone());
-        let marker = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .marker;
-        if let Some(marker) = marker {
+        if let Some(marker) = self.people_snapshot_id() {
             let opened = SnapshotReader::open(
                 self,
                 &self.snapshot_dir(),
@@ -514,10 +507,7 @@ impl Store {
                 None => Ok(None),
             }) {
                 Ok(Some((people, in_slot_order))) => {
-                    self.snapshot
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .in_slot_order = in_slot_order;
+                    self.snapshot_state().in_slot_order = in_slot_order;
                     return Ok((people, PeopleSource::Snapshot));
                 }
                 Ok(None) => {}
@@ -560,11 +550,7 @@ impl Store {
             &mut dyn Iterator<Item = Result<PersonRecord, StoreError>>,
         ) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let changes_before = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .changes;
+        let changes_before = self.snapshot_state().changes;
         let created = SnapshotWriter::create(
             &self.snapshot_dir(),
             &self.snapshot_mac_key(),
@@ -577,41 +563,25 @@ impl Store {
                 None
             }
         };
-        let mut failed = false;
-        let mut stored = self.people.iter().filter_map(|item| {
-            let (tag, sealed) = match item {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
-            };
-            let tag = match super::tag_of(&tag, keys::PEOPLE) {
-                Ok(tag) => tag,
-                Err(e) => return Some(Err(e)),
-            };
-            let (slot, sealer) = match self.vault().slot_and_key(&tag) {
-                Ok(Some((slot, key))) => (slot, super::Sealer { tag, key }),
-                // An erased person's leftover.
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e.into())),
-            };
-            let record: PersonRecord = match sealer.open(keys::PEOPLE, &sealed) {
-                Ok(record) => record,
-                Err(e) => return Some(Err(e)),
-            };
-            if let Some(out) = writer.as_mut().filter(|_| !failed) {
+        let mut stored = self.stored_people().map(|stored| {
+            let (slot, sealer, record) = stored?;
+            if let Some(out) = writer.as_mut() {
                 let written = encode_hot(&record).and_then(|entry| {
                     let nonce = vault::nonce()?;
-                    out.push(&tag, slot, sealer.seal(&entry, &nonce))
+                    out.push(&sealer.tag, slot, sealer.seal(&entry, &nonce))
                 });
                 if let Err(e) = written {
                     tracing::warn!(error = %e, "people snapshot cannot be written");
-                    failed = true;
+                    // The temporary file stays, unnamed by anything; the
+                    // next snapshot written truncates it.
+                    writer = None;
                 }
             }
-            Some(Ok(record))
+            Ok(record)
         });
         let consumed = consume(&mut stored)?;
         drop(stored);
-        if let Some(writer) = writer.filter(|_| !failed) {
+        if let Some(writer) = writer {
             let temp = writer.temp.clone();
             match writer.finish() {
                 Ok((id, count)) => self.mark_snapshot(id, count, changes_before, in_slot_order)?,
@@ -633,15 +603,12 @@ impl Store {
         changes_before: u64,
         in_slot_order: bool,
     ) -> Result<(), StoreError> {
-        let mut state = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.snapshot_state();
         if state.changes != changes_before {
             return Ok(());
         }
         self.meta.insert(keys::META_PEOPLE_SNAPSHOT, &id[..])?;
-        self.db.flush()?;
-        self.files
-            .sync()
-            .map_err(|e| StoreError::Flush(format!("fsync: {e}")))?;
+        self.flush()?;
         state.marker = Some(id);
         state.in_slot_order = in_slot_order;
         tracing::info!(people = count, in_slot_order, "people snapshot written");

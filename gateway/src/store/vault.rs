@@ -250,6 +250,7 @@ impl Vault {
             input,
             next: 0,
             slots: self.prefixes.len() as u32,
+            path: self.path.clone(),
         })
     }
 
@@ -339,6 +340,7 @@ pub struct SlotCursor {
     /// The slot the file position is at.
     next: u32,
     slots: u32,
+    path: PathBuf,
 }
 
 impl SlotCursor {
@@ -351,7 +353,7 @@ impl SlotCursor {
             return Ok(None);
         }
         let io = |e: std::io::Error| VaultError::Io {
-            path: "keys.vault".into(),
+            path: self.path.display().to_string(),
             reason: e.to_string(),
         };
         let skip = u64::from(slot - self.next) * SLOT as u64;
