@@ -333,28 +333,26 @@ fn calibrate_tune_writes_knobs_the_engine_runs_with() {
     let (c1, t1) = write_walk(dir.path(), &spec, 100);
     let (c2, t2) = write_walk(dir.path(), &spec, 101);
     let out = dir.path().join("map.json");
-    let args = |captures: &'static [usize]| {
+    // Calibrate with --tune on the walks named by their index.
+    let calibrate = |walks: &[usize]| {
         let all = [(&c1, &t1), (&c2, &t2)];
-        let captures: Vec<PathBuf> = captures.iter().map(|&i| all[i].0.clone()).collect();
-        let truths: Vec<PathBuf> = captures
+        let (captures, truths): (Vec<PathBuf>, Vec<PathBuf>) = walks
             .iter()
-            .map(|c| if *c == c1 { t1.clone() } else { t2.clone() })
-            .collect();
-        (captures, truths)
+            .map(|&i| (all[i].0.clone(), all[i].1.clone()))
+            .unzip();
+        gateway::cli::calibrate(
+            &config,
+            &gateway::cli::CalibrateArgs {
+                captures: &captures,
+                truths: &truths,
+                out: &out,
+                tune: true,
+                flip_penalty_s: 5.0,
+            },
+        )
     };
 
-    let (captures, truths) = args(&[0]);
-    let refused = gateway::cli::calibrate(
-        &config,
-        &gateway::cli::CalibrateArgs {
-            captures: &captures,
-            truths: &truths,
-            out: &out,
-            tune: true,
-            flip_penalty_s: 5.0,
-        },
-    )
-    .unwrap_err();
+    let refused = calibrate(&[0]).unwrap_err();
     assert!(
         refused.message.contains("at least two sessions"),
         "{}",
@@ -362,18 +360,7 @@ fn calibrate_tune_writes_knobs_the_engine_runs_with() {
     );
     assert!(!out.exists(), "a refused --tune writes nothing");
 
-    let (captures, truths) = args(&[0, 1]);
-    let summary = gateway::cli::calibrate(
-        &config,
-        &gateway::cli::CalibrateArgs {
-            captures: &captures,
-            truths: &truths,
-            out: &out,
-            tune: true,
-            flip_penalty_s: 5.0,
-        },
-    )
-    .unwrap();
+    let summary = calibrate(&[0, 1]).unwrap();
     println!("{summary}");
     assert!(summary.contains("tuning: chosen"), "{summary}");
     assert!(summary.contains("held out, defaults"), "{summary}");
