@@ -6,6 +6,7 @@
 //! per edge; `daemon` wires them with bounded channels and one cancellation
 //! token.
 
+pub mod chain_message;
 pub mod cli;
 pub mod clock;
 pub mod config;

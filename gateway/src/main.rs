@@ -136,10 +136,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<Result<String, CliError>> {
         Command::Simulate {
             capture,
             people,
+            chain_decisions,
             json,
             svg,
         } => match cli::require_config(config_path) {
-            Ok(config) => cli::simulate(&config, &capture, &people, json, svg.as_deref()),
+            Ok(config) => cli::simulate(
+                &config,
+                &capture,
+                &people,
+                chain_decisions.as_deref(),
+                json,
+                svg.as_deref(),
+            ),
             Err(e) => Err(e),
         },
         Command::EvalPresence {

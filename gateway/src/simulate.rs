@@ -6,6 +6,11 @@
 //!
 //! Marketing uses it before a rule goes live ("how many nudges would this
 //! send on a busy Saturday, and which cap bites first?").
+//!
+//! In a chain (`[caps.chain]`) the chain's caps count this store's own
+//! sends, and, when given, the other stores' decisions recorded from
+//! `<p>/chain/decisions/+` ([`SimulateOptions::chain_decisions`]): each
+//! counts from its own time on, as if the link had carried it at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -14,10 +19,12 @@ use chrono::{TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
+use crate::chain_message::ChainDecision;
 use crate::config::Config;
 use crate::decide::{
-    self, Catalog, ContentSources, Happening, Ledger, Limits, NudgeKind, Offer, Prepared,
-    SkipReason, StoreRateLedger, Trigger, TriggeredRule, Verdict,
+    self, Catalog, ChainDay, ChainEntry, ChainLedger, ChainView, ContentSources, Happening, Ledger,
+    Limits, NudgeKind, Offer, Prepared, SkipReason, StoreRateLedger, Trigger, TriggeredRule,
+    Verdict,
 };
 use crate::decode::{Frame, decode_into};
 use crate::identity::{PersonId, PersonRecord, RotatingIdTable};
@@ -34,6 +41,11 @@ pub enum SimulateError {
     /// A capture line that is not a sighting record; nothing is reported.
     #[error("capture line {line}: {reason}")]
     Capture { line: usize, reason: String },
+    /// Other stores' decisions given for a site without `[caps.chain]`.
+    #[error(
+        "chain decisions were given but the site file has no [caps.chain]: nothing would count them"
+    )]
+    ChainWithoutCaps,
 }
 
 /// What to simulate beyond the config's own (dwell) rules.
@@ -44,6 +56,9 @@ pub struct SimulateOptions {
     pub extra_rules: Vec<TriggeredRule>,
     pub catalog: Option<Catalog>,
     pub offers: Vec<Offer>,
+    /// Other stores' decisions (`<p>/chain/decisions/+` payloads, parsed
+    /// by [`crate::chain_message::parse_decision`]); only with `[caps.chain]`.
+    pub chain_decisions: Vec<ChainDecision>,
 }
 
 /// One nudge the rules would have sent. `person` is the same salted tag the
@@ -94,6 +109,30 @@ pub struct CapsShown {
     pub per_kind_per_day: Option<u32>,
     pub rule_cooldown_s: u32,
     pub store_per_minute: Option<u32>,
+    /// `[caps.chain]`, when the site has it.
+    pub chain: Option<ChainCapsShown>,
+}
+
+/// The chain-wide caps, as the report shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainCapsShown {
+    pub per_day: u32,
+    pub per_week: u32,
+    pub min_gap_s: u32,
+    /// `home` (the customer's time zone) or `chain`.
+    pub day: &'static str,
+    pub timezone: String,
+}
+
+/// Other stores' decisions given to the dry run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChainReplay {
+    /// Counted against the chain caps of someone in the people file.
+    pub counted: u64,
+    /// For a chain hash that none of the people file's people has.
+    pub unknown_person: u64,
+    /// The same nudge id more than once (counted once, as the daemon).
+    pub duplicate: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -114,6 +153,8 @@ pub struct SimulationReport {
     /// to fill in (`template`), an offer rule with no offer (`no_offer`).
     pub other_holds: BTreeMap<String, u64>,
     pub caps: CapsShown,
+    /// Other stores' decisions replayed (`None` outside a chain).
+    pub chain: Option<ChainReplay>,
     pub sent: Vec<SimulatedNudge>,
     pub held: Vec<SimulatedHold>,
 }
@@ -142,6 +183,11 @@ struct Run<'c> {
     ledgers: HashMap<PersonId, Ledger>,
     rate: StoreRateLedger,
     visits: HashMap<PersonId, u32>,
+    /// Other stores' decisions for the people file's people, in time
+    /// order, not yet folded into `chain_ledgers`.
+    chain_pending: std::collections::VecDeque<(PersonId, ChainEntry)>,
+    chain_ledgers: HashMap<PersonId, ChainLedger>,
+    chain_replay: ChainReplay,
     sent: Vec<SimulatedNudge>,
     held: Vec<SimulatedHold>,
 }
@@ -162,6 +208,7 @@ pub fn simulate_with(
         })?;
     // Sources deliver roughly in order; replay in capture-time order.
     sightings.sort_by_key(|s| s.at_ms);
+    let (chain_pending, chain_replay) = chain_decisions_by_person(config, people, options)?;
 
     let mut rules = decide::dwell_rules(&config.rules);
     rules.extend(options.extra_rules.iter().cloned());
@@ -189,6 +236,9 @@ pub fn simulate_with(
         ledgers: HashMap::new(),
         rate: StoreRateLedger::default(),
         visits: HashMap::new(),
+        chain_pending,
+        chain_ledgers: HashMap::new(),
+        chain_replay,
         sent: Vec::new(),
         held: Vec::new(),
     };
@@ -255,12 +305,71 @@ pub fn simulate_with(
     ))
 }
 
+/// The other stores' decisions for the people file's people, in time
+/// order, and what became of the rest.
+fn chain_decisions_by_person(
+    config: &Config,
+    people: &[PersonRecord],
+    options: &SimulateOptions,
+) -> Result<
+    (
+        std::collections::VecDeque<(PersonId, ChainEntry)>,
+        ChainReplay,
+    ),
+    SimulateError,
+> {
+    let mut replay = ChainReplay::default();
+    let Some(chain) = &config.chain else {
+        if options.chain_decisions.is_empty() {
+            return Ok((Default::default(), replay));
+        }
+        return Err(SimulateError::ChainWithoutCaps);
+    };
+    let by_hash: HashMap<_, &PersonId> = people
+        .iter()
+        .map(|p| (chain.person(p.person.as_str()), &p.person))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut pending = Vec::with_capacity(options.chain_decisions.len());
+    for decision in &options.chain_decisions {
+        if !seen.insert(decision.entry.nudge_id.as_str()) {
+            replay.duplicate += 1;
+        } else if let Some(person) = by_hash.get(&decision.person) {
+            replay.counted += 1;
+            pending.push(((*person).clone(), decision.entry.clone()));
+        } else {
+            replay.unknown_person += 1;
+        }
+    }
+    pending.sort_by_key(|(_, entry)| entry.at_ms);
+    Ok((pending.into(), replay))
+}
+
 impl Run<'_> {
+    /// Fold the other stores' decisions made up to `now_ms`: a decision
+    /// counts what the chain had told the store by then.
+    fn fold_chain_until(&mut self, now_ms: i64) {
+        while let Some((_, entry)) = self.chain_pending.front() {
+            if entry.at_ms > now_ms {
+                break;
+            }
+            let Some((person, entry)) = self.chain_pending.pop_front() else {
+                break;
+            };
+            let at_ms = entry.at_ms;
+            self.chain_ledgers
+                .entry(person)
+                .or_default()
+                .fold(entry, at_ms);
+        }
+    }
+
     fn handle(&mut self, events: &[PresenceEvent]) {
         for event in events {
             let Some(person) = self.people.get(event.person()).cloned() else {
                 continue;
             };
+            self.fold_chain_until(event.at_ms());
             // As the daemon (`Store::count_visit`): every visit counts.
             let visit_number = match event {
                 PresenceEvent::Entered { .. } => {
@@ -295,8 +404,24 @@ impl Run<'_> {
             tz: &config.timezone,
             enabled: config.nudges_enabled,
         };
+        // As the daemon (`pipeline.rs`): a day at "home" is the person's
+        // own time zone when the record names a valid one.
+        let home = person
+            .timezone
+            .as_deref()
+            .and_then(|tz| tz.parse::<chrono_tz::Tz>().ok());
+        let no_entries = ChainLedger::default();
+        let view = config.chain.as_ref().map(|chain| ChainView {
+            caps: &chain.caps,
+            others: self
+                .chain_ledgers
+                .get(&person.person)
+                .unwrap_or(&no_entries),
+            home: home.as_ref(),
+        });
         let ledger = self.ledgers.entry(person.person.clone()).or_default();
-        let choice = decide::choose(&prepared, ledger, &mut self.rate, &limits);
+        let choice =
+            decide::choose_in_chain(&prepared, ledger, view.as_ref(), &mut self.rate, &limits);
         let tag = hashed(person.person.as_str());
         for (Prepared { candidate, content }, verdict) in prepared.iter().zip(choice.verdicts) {
             let reason = match (verdict, content) {
@@ -350,6 +475,9 @@ impl Run<'_> {
             SkipReason::PerKindPerDay { limit: 0 },
             SkipReason::RuleCooldown { cooldown_s: 0 },
             SkipReason::StoreRate { per_minute: 0 },
+            SkipReason::ChainPerDay { limit: 0 },
+            SkipReason::ChainPerWeek { limit: 0 },
+            SkipReason::ChainMinGap { gap_s: 0 },
         ]
         .iter()
         .filter(|r| is_cap(r))
@@ -413,7 +541,18 @@ impl Run<'_> {
                 per_kind_per_day: c.per_kind_per_day,
                 rule_cooldown_s: c.rule_cooldown_s,
                 store_per_minute: c.store_per_minute,
+                chain: self.config.chain.as_ref().map(|chain| ChainCapsShown {
+                    per_day: chain.caps.per_day,
+                    per_week: chain.caps.per_week,
+                    min_gap_s: chain.caps.min_gap_s,
+                    day: match chain.caps.day {
+                        ChainDay::Home => "home",
+                        ChainDay::Chain => "chain",
+                    },
+                    timezone: chain.caps.timezone.name().to_string(),
+                }),
             },
+            chain: self.config.chain.as_ref().map(|_| self.chain_replay),
             sent: self.sent,
             held: self.held,
         }
@@ -528,6 +667,28 @@ impl SimulationReport {
             c.store_per_minute
                 .map_or("-".to_string(), |v| v.to_string())
         );
+        if let Some(chain) = &c.chain {
+            let _ = writeln!(
+                out,
+                "chain caps: per day {}, per week {}, min gap {} s, days in the {} time zone ({})",
+                chain.per_day,
+                chain.per_week,
+                chain.min_gap_s,
+                if chain.day == "home" {
+                    "customer's"
+                } else {
+                    "chain's"
+                },
+                chain.timezone
+            );
+        }
+        if let Some(replay) = &self.chain {
+            let _ = writeln!(
+                out,
+                "other stores' decisions: {} counted, {} for people not in the people file, {} duplicate",
+                replay.counted, replay.unknown_person, replay.duplicate
+            );
+        }
         out
     }
 

@@ -25,6 +25,7 @@ const CORE: &[&str] = &[
     "decide",
     "people",
     "heap",
+    "chain_message",
 ];
 
 /// Each top-level module and the modules it may use, besides itself.
@@ -42,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("decide", &["core"]),
     ("people", &["core"]),
     ("heap", &[]),
+    ("chain_message", &["core"]),
     // Configuration: typed values of the core; never io, daemon, telemetry.
     ("config", &["core"]),
     ("simulate", &["core", "config"]),

@@ -186,3 +186,149 @@ fn a_bad_capture_line_is_named() {
     assert!(empty.per_hour.is_empty());
     assert!(empty.plot_svg().starts_with("<svg"));
 }
+
+/// The demo store in a chain: at most one nudge a day across the chain's
+/// stores, the secret in a file of `dir`.
+fn chain_config(dir: &std::path::Path) -> gateway::config::Config {
+    let secret = dir.join("chain-secret");
+    std::fs::write(&secret, "a-test-chain-secret\n").unwrap();
+    let mut site = gateway::demo::site_toml(
+        1883,
+        std::path::Path::new("/nonexistent/not-used-by-a-dry-run"),
+    );
+    site.push_str(&format!(
+        "\n[caps.chain]\nper_day = 1\nper_week = 5\ntimezone = \"Europe/Berlin\"\n\n\
+         [chain]\nsecret_file = \"{}\"\n",
+        secret.display()
+    ));
+    gateway::config::from_layers("test", Some(&site), Default::default()).unwrap()
+}
+
+fn other_store_decision(
+    config: &gateway::config::Config,
+    person: &str,
+    at_ms: i64,
+    nudge_id: &str,
+) -> String {
+    let entry = gateway::decide::ChainEntry {
+        at_ms,
+        nudge_id: nudge_id.into(),
+        kind: NudgeKind::Info,
+        rule: "other-store-rule".into(),
+    };
+    let person = config.chain.as_ref().unwrap().person(person);
+    gateway::store::decision_payload(&person, &entry)
+}
+
+#[test]
+fn other_stores_decisions_count_against_the_chain_caps_from_their_own_time_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = chain_config(dir.path());
+    let (capture, people) = capture_and_people();
+    let start = firmware_sim::DEFAULT_START_UNIX_MS;
+
+    // The chain caps alone change nothing here: nobody gets two a day.
+    let alone = simulate(&config, &capture, &people).unwrap();
+    assert_eq!(alone.sent_to("p-1001", "laptop-compare"), 1);
+    assert_eq!(alone.sent_to("p-1003", "headphones-info"), 1);
+    let replay = alone
+        .chain
+        .clone()
+        .expect("a chain site reports its replay");
+    assert_eq!(replay.counted, 0);
+    assert!(
+        alone
+            .to_table()
+            .contains("chain caps: per day 1, per week 5")
+    );
+
+    let lines = [
+        // p-1001 had one in another store an hour before: the chain's one
+        // for the day is used up.
+        other_store_decision(&config, "p-1001", start - 3_600_000, "other-1"),
+        // The same message again (a redelivery): counted once.
+        other_store_decision(&config, "p-1001", start - 3_600_000, "other-1"),
+        // p-1003's comes after this capture's day has ended its decisions:
+        // it cannot hold back what was decided before it.
+        other_store_decision(&config, "p-1003", start + 2 * 3_600_000, "other-2"),
+        // Someone this store does not know.
+        other_store_decision(&config, "p-9999", start, "other-3"),
+    ];
+    let chain_decisions = lines
+        .iter()
+        .map(|l| gateway::chain_message::parse_decision(l.as_bytes()).unwrap())
+        .collect();
+    let options = SimulateOptions {
+        chain_decisions,
+        ..SimulateOptions::default()
+    };
+    let report = simulate_with(&config, &capture, &people, &options).unwrap();
+    eprintln!("{}", report.to_table());
+    assert_eq!(report.sent_to("p-1001", "laptop-compare"), 0);
+    assert!(
+        report
+            .held_for("p-1001")
+            .iter()
+            .any(|h| h.rule == "laptop-compare" && h.reason == "chain_per_day"),
+        "{:?}",
+        report.held_for("p-1001")
+    );
+    // p-1001's headphones dwell later is held by the chain cap too (alone,
+    // it was the minimum gap); nobody else's is.
+    let chain_holds: Vec<_> = report
+        .held
+        .iter()
+        .filter(|h| h.reason == "chain_per_day")
+        .collect();
+    assert_eq!(chain_holds.len(), 2);
+    assert!(
+        chain_holds
+            .iter()
+            .all(|h| h.person == gateway::privacy::hashed("p-1001"))
+    );
+    assert_eq!(report.caps_hit.get("chain_per_day").copied(), Some(2));
+    assert_eq!(report.sent_to("p-1003", "headphones-info"), 1);
+    let replay = report.chain.clone().unwrap();
+    assert_eq!(
+        (replay.counted, replay.unknown_person, replay.duplicate),
+        (2, 1, 1)
+    );
+    assert!(report.to_table().contains(
+        "other stores' decisions: 2 counted, 1 for people not in the people file, 1 duplicate"
+    ));
+}
+
+#[test]
+fn chain_decisions_need_chain_caps_and_a_bad_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain_config(dir.path());
+    let good = other_store_decision(&chain, "p-1001", firmware_sim::DEFAULT_START_UNIX_MS, "n-1");
+    let options = SimulateOptions {
+        chain_decisions: vec![gateway::chain_message::parse_decision(good.as_bytes()).unwrap()],
+        ..SimulateOptions::default()
+    };
+    let e = simulate_with(&config(), "", &[], &options).unwrap_err();
+    assert!(e.to_string().contains("[caps.chain]"), "{e}");
+
+    // Through the command: the file's bad line is named with its field.
+    let capture = dir.path().join("capture.jsonl");
+    std::fs::write(&capture, "").unwrap();
+    let people = dir.path().join("people.jsonl");
+    std::fs::write(&people, "").unwrap();
+    let decisions = dir.path().join("chain.jsonl");
+    std::fs::write(
+        &decisions,
+        format!("{good}\n{}\n", good.replace("\"info\"", "\"spam\"")),
+    )
+    .unwrap();
+    let e = gateway::cli::simulate(&chain, &capture, &people, Some(&decisions), false, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("chain.jsonl: line 2: kind:"), "{e}");
+    std::fs::write(&decisions, format!("{good}\n")).unwrap();
+    let table =
+        gateway::cli::simulate(&chain, &capture, &people, Some(&decisions), false, None).unwrap();
+    assert!(
+        table.contains("other stores' decisions: 0 counted, 1 for people"),
+        "{table}"
+    );
+}

@@ -81,6 +81,10 @@ pub enum Command {
         /// Person records, JSON Lines (docs/design.md §5).
         #[arg(long)]
         people: PathBuf,
+        /// Other stores' decisions, one `<p>/chain/decisions/<s>` payload
+        /// a line: counted against `[caps.chain]` from their own time on.
+        #[arg(long)]
+        chain_decisions: Option<PathBuf>,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -284,6 +288,7 @@ pub fn simulate(
     config: &Config,
     capture: &Path,
     people: &Path,
+    chain_decisions: Option<&Path>,
     json: bool,
     svg: Option<&Path>,
 ) -> Result<String, CliError> {
@@ -301,6 +306,15 @@ pub fn simulate(
     if !errors.is_empty() {
         return Err(CliError::new(errors.join("\n")));
     }
+    // Other stores' decisions: one `<p>/chain/decisions/<s>` payload a line,
+    // as `mosquitto_sub -t '<p>/chain/decisions/+'` prints them.
+    let chain_decisions = match chain_decisions {
+        None => Vec::new(),
+        Some(path) => crate::jsonl::parse_all(&read(path)?, |line| {
+            crate::chain_message::parse_decision(line.as_bytes())
+        })
+        .map_err(|(line, e)| CliError::new(format!("{}: line {line}: {e}", path.display())))?,
+    };
     let options = crate::simulate::SimulateOptions {
         extra_rules: config
             .triggered
@@ -310,6 +324,7 @@ pub fn simulate(
             .collect(),
         catalog: config.catalog.as_deref().cloned(),
         offers: config.offers.clone(),
+        chain_decisions,
     };
     let report = crate::simulate::simulate_with(config, &capture_text, &records, &options)
         .map_err(|e| CliError::new(format!("{}: {e}", capture.display())))?;
