@@ -47,6 +47,7 @@
 
 pub mod eval;
 pub mod gain;
+pub mod motion;
 pub mod radiomap;
 pub mod tune;
 
@@ -506,6 +507,10 @@ struct Track {
     level: f32,
     variance: f32,
     last_ms: i64,
+    /// Fast and slow averages of the readings, for the radio map's motion
+    /// feature ([`motion`]).
+    fast: f32,
+    slow: f32,
 }
 
 struct PersonState {
@@ -908,6 +913,11 @@ impl PresenceEngine {
         state.last_seen_ms = state.last_seen_ms.max(at_ms);
         let reading = f32::from(rssi) + offset;
         let t = &self.tuning;
+        let motion = self
+            .config
+            .radio_map
+            .as_deref()
+            .and_then(RadioModel::motion);
         match state.tracks.iter_mut().find(|tr| tr.scanner == scanner) {
             Some(track) => {
                 let dt_s = (at_ms - track.last_ms).max(0) as f32 / 1000.0;
@@ -920,6 +930,10 @@ impl PresenceEngine {
                 track.variance = (1.0 - gain) * predicted;
                 track.count = track.count.saturating_add(1);
                 track.last_ms = track.last_ms.max(at_ms);
+                if let Some(m) = motion {
+                    m.params
+                        .fold(&mut track.fast, &mut track.slow, reading, dt_s);
+                }
             }
             None => state.tracks.push(Track {
                 scanner,
@@ -927,6 +941,8 @@ impl PresenceEngine {
                 level: reading,
                 variance: t.measurement_noise_db2,
                 last_ms: at_ms,
+                fast: reading,
+                slow: reading,
             }),
         }
         if let (Some(model), Some(index)) = (
@@ -965,6 +981,24 @@ impl PresenceEngine {
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
             if let (Some(model), Some(map)) = (&config.radio_map, state.map.as_deref_mut()) {
                 map.tick(model, &self.map_tuning, now_ms);
+                if let Some(m) = model.motion().filter(|m| m.params.weight > 0.0) {
+                    let feature = m.params.feature(
+                        state
+                            .tracks
+                            .iter()
+                            .filter(|t| self.scanners[t.scanner as usize].map_index.is_some())
+                            .map(|t| (t.fast, t.slow, t.last_ms, t.count)),
+                        now_ms,
+                    );
+                    if let Some(v) = feature {
+                        let n = model.place_count();
+                        let mut ll = [0f32; MAX_MAP_PLACES];
+                        for (place, slot) in ll.iter_mut().enumerate().take(n) {
+                            *slot = m.log_p(model.is_hall(place), v);
+                        }
+                        map.update(&ll[..n], m.params.weight);
+                    }
+                }
             }
             Self::update_zone(
                 config,
