@@ -80,6 +80,13 @@ fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceCon
             edge_ms: env_f32("MOTION_EDGE_MS", d.edge_ms as f32) as i64,
             hall_moving: env_f32("MOTION_HALL_MOVING", d.hall_moving),
             zone_moving: env_f32("MOTION_ZONE_MOVING", d.zone_moving),
+            prior: env_f32("MOTION_PRIOR", d.prior),
+            moving_zone_stay_s: env_f32("MOTION_ZONE_STAY_S", d.moving_zone_stay_s),
+            moving_switch_p: env_f32("MOTION_SWITCH_P", d.moving_switch_p),
+            moving_hold_ms: env_f32("MOTION_HOLD_MS", d.moving_hold_ms as f32) as i64,
+            leave_p: env_f32("MOTION_LEAVE_P", d.leave_p),
+            leave_hold_ms: env_f32("MOTION_LEAVE_HOLD_MS", d.leave_hold_ms as f32) as i64,
+            leave_moving: env_f32("MOTION_LEAVE_MOVING", d.leave_moving),
         };
         // `MOTION_ORACLE=<seed>`: a diagnostic only, how far apart the
         // feature is in a crowd's own hall and zones (learned on the crowd).

@@ -558,6 +558,8 @@ struct MapState {
     /// places with time alone (a tick without readings) only changes what
     /// the next evidence starts from, so a hold is not broken by a tick.
     decided: (usize, f32),
+    /// Probability that the person is moving ([`motion`]; 0 without).
+    moving: f32,
 }
 
 impl MapState {
@@ -569,6 +571,7 @@ impl MapState {
             heard: vec![0; model.scanner_count()].into_boxed_slice(),
             bias_db: 0.0,
             decided: (0, 0.0),
+            moving: 0.0,
         }
     }
 
@@ -582,7 +585,15 @@ impl MapState {
         let n = self.p.len();
         let mut next = [0f32; MAX_MAP_PLACES];
         let mut leaving = [0f32; MAX_MAP_PLACES];
-        let zone_stay = (-dt_s / t.zone_stay_s.max(0.1)).exp();
+        let mut zone_stay_s = t.zone_stay_s.max(0.1);
+        if let Some(m) = model.motion() {
+            if m.params.moving_zone_stay_s > 0.0 && self.moving > 0.0 {
+                let rate = (1.0 - self.moving) / zone_stay_s
+                    + self.moving / m.params.moving_zone_stay_s.max(0.1);
+                zone_stay_s = 1.0 / rate;
+            }
+        }
+        let zone_stay = (-dt_s / zone_stay_s).exp();
         let hall_stay = (-dt_s / t.hall_stay_s.max(0.1)).exp();
         for from in 0..n {
             let stay = if model.is_hall(from) {
@@ -981,7 +992,7 @@ impl PresenceEngine {
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
             if let (Some(model), Some(map)) = (&config.radio_map, state.map.as_deref_mut()) {
                 map.tick(model, &self.map_tuning, now_ms);
-                if let Some(m) = model.motion().filter(|m| m.params.weight > 0.0) {
+                if let Some(m) = model.motion() {
                     let feature = m.params.feature(
                         state
                             .tracks
@@ -991,12 +1002,15 @@ impl PresenceEngine {
                         now_ms,
                     );
                     if let Some(v) = feature {
-                        let n = model.place_count();
-                        let mut ll = [0f32; MAX_MAP_PLACES];
-                        for (place, slot) in ll.iter_mut().enumerate().take(n) {
-                            *slot = m.log_p(model.is_hall(place), v);
+                        map.moving = m.p_moving(v);
+                        if m.params.weight > 0.0 {
+                            let n = model.place_count();
+                            let mut ll = [0f32; MAX_MAP_PLACES];
+                            for (place, slot) in ll.iter_mut().enumerate().take(n) {
+                                *slot = m.log_p(model.is_hall(place), v);
+                            }
+                            map.update(&ll[..n], m.params.weight);
                         }
-                        map.update(&ll[..n], m.params.weight);
                     }
                 }
             }
@@ -1221,7 +1235,31 @@ fn map_wanted(
         }
         current => {
             let current = current.as_ref().map(|(z, _)| z.clone());
-            (!same_place(&current, &place) && p >= t.switch_p).then_some((place, t.hold_ms))
+            let (mut switch_p, mut hold_ms) = (t.switch_p, t.hold_ms);
+            if let Some(m) = model.motion() {
+                let w = map.moving;
+                if m.params.moving_switch_p >= 0.0 {
+                    switch_p = (1.0 - w) * switch_p + w * m.params.moving_switch_p;
+                }
+                if m.params.moving_hold_ms >= 0 {
+                    hold_ms = ((1.0 - w) * hold_ms as f32 + w * m.params.moving_hold_ms as f32) as i64;
+                }
+            }
+            if !same_place(&current, &place) && p >= switch_p {
+                return Some((place, hold_ms));
+            }
+            // The gated leave rule: a zone whose own probability has fallen
+            // under `leave_p` is left for the hall, if the person moves.
+            let m = model.motion().filter(|m| m.params.leave_p > 0.0)?;
+            let current = current?;
+            if map.moving < m.params.leave_moving {
+                return None;
+            }
+            let own: f32 = (0..model.place_count())
+                .filter(|&i| model.place(i).is_some_and(|z| same_zone(z, &current)))
+                .map(|i| map.p[i])
+                .sum();
+            (own < m.params.leave_p).then_some((None, m.params.leave_hold_ms))
         }
     }
 }

@@ -47,6 +47,23 @@ pub struct MotionParams {
     /// Share of moving in the hall, and in the zones (with `edge_ms`).
     pub hall_moving: f32,
     pub zone_moving: f32,
+    /// A two-state (moving / standing) factor: the probability that the
+    /// person is moving, from the feature's likelihood under the hall's
+    /// distribution against the zones' with this prior, sets how fast
+    /// probability leaves a zone (`moving_zone_stay_s` when moving, the
+    /// map's zone stay when standing; 0: unchanged) and the switch
+    /// threshold and hold (`moving_switch_p`, `moving_hold_ms` when moving;
+    /// below 0: unchanged), mixed by that probability.
+    pub prior: f32,
+    pub moving_zone_stay_s: f32,
+    pub moving_switch_p: f32,
+    pub moving_hold_ms: i64,
+    /// The leave rule of session 7, gated by motion: a zone is left for
+    /// the hall when its own probability is under `leave_p` (0: off) for
+    /// `leave_hold_ms`, while P(moving) is at least `leave_moving`.
+    pub leave_p: f32,
+    pub leave_hold_ms: i64,
+    pub leave_moving: f32,
 }
 
 impl Default for MotionParams {
@@ -61,6 +78,13 @@ impl Default for MotionParams {
             edge_ms: 0,
             hall_moving: 0.8,
             zone_moving: 0.2,
+            prior: 0.2,
+            moving_zone_stay_s: 0.0,
+            moving_switch_p: -1.0,
+            moving_hold_ms: -1,
+            leave_p: 0.0,
+            leave_hold_ms: 1_000,
+            leave_moving: 0.5,
         }
     }
 }
@@ -136,6 +160,14 @@ impl MotionModel {
         } else {
             self.log_zone[bin(v)]
         }
+    }
+
+    /// P(moving | feature), with the hall's distribution as moving's and
+    /// the zones' as standing's.
+    pub fn p_moving(&self, v: f32) -> f32 {
+        let prior = self.params.prior.clamp(1e-3, 1.0 - 1e-3);
+        let logit = self.log_p(true, v) - self.log_p(false, v) + (prior / (1.0 - prior)).ln();
+        1.0 / (1.0 + (-logit).exp())
     }
 
     /// The feature's mean in the hall and in the zones (for people), and
