@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firmware_sim::{DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec};
-use gateway::presence::motion::{MotionModel, MotionParams};
 use gateway::presence::eval::{EvalOptions, EvalReport, TruthSpan, evaluate};
+use gateway::presence::motion::{MotionModel, MotionParams};
 use gateway::presence::radiomap::{RadioModel, Site, calibrate};
 use gateway::presence::{MapTuning, PresenceConfig, PresenceTuning, ZoneId};
 use gateway::sighting::Sighting;
@@ -100,7 +100,10 @@ fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceCon
                 .cloned()
                 .collect();
             let o = MotionModel::learn(
-                MotionParams { edge_ms: 0, ..params.clone() },
+                MotionParams {
+                    edge_ms: 0,
+                    ..params.clone()
+                },
                 &c.sightings,
                 &truth,
                 &config.scanner_offset_db,
@@ -130,7 +133,9 @@ fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceCon
                 }
                 MotionModel::learn(params, &ss, &st, &config.scanner_offset_db, 500)
             }
-            Err(_) => MotionModel::learn(params, &sightings, &truth, &config.scanner_offset_db, 500),
+            Err(_) => {
+                MotionModel::learn(params, &sightings, &truth, &config.scanner_offset_db, 500)
+            }
         };
         if let Some(m) = &m {
             println!("{}", m.summary());
@@ -138,7 +143,9 @@ fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceCon
         m
     });
     PresenceConfig {
-        radio_map: Some(Arc::new(RadioModel::new(cal.map, &zones).with_motion(motion))),
+        radio_map: Some(Arc::new(
+            RadioModel::new(cal.map, &zones).with_motion(motion),
+        )),
         ..config.clone()
     }
 }
@@ -167,7 +174,11 @@ fn stand_walk(spec: &StoreSpec, seed: u64, stand_s: u32) -> firmware_sim::Walk {
         .into_iter()
         .filter(|t| !beacons.contains(&t.addr.to_ascii_lowercase()))
         .collect();
-    let end_ms = truth.iter().map(|t| t.to_ms).max().unwrap_or(DEFAULT_START_UNIX_MS);
+    let end_ms = truth
+        .iter()
+        .map(|t| t.to_ms)
+        .max()
+        .unwrap_or(DEFAULT_START_UNIX_MS);
     let addr = truth.first().map(|t| t.addr.clone()).unwrap_or_default();
     let records = sim.next_batch(end_ms);
     firmware_sim::Walk {

@@ -1242,7 +1242,8 @@ fn map_wanted(
                     switch_p = (1.0 - w) * switch_p + w * m.params.moving_switch_p;
                 }
                 if m.params.moving_hold_ms >= 0 {
-                    hold_ms = ((1.0 - w) * hold_ms as f32 + w * m.params.moving_hold_ms as f32) as i64;
+                    hold_ms =
+                        ((1.0 - w) * hold_ms as f32 + w * m.params.moving_hold_ms as f32) as i64;
                 }
             }
             if !same_place(&current, &place) && p >= switch_p {

@@ -101,7 +101,11 @@ impl MotionParams {
 
     /// The feature from each scanner's (fast, slow, last reading, count),
     /// `None` when no scanner qualifies.
-    pub fn feature(&self, tracks: impl Iterator<Item = (f32, f32, i64, u32)>, now_ms: i64) -> Option<f32> {
+    pub fn feature(
+        &self,
+        tracks: impl Iterator<Item = (f32, f32, i64, u32)>,
+        now_ms: i64,
+    ) -> Option<f32> {
         // The loudest few (slow level, trend), loudest first.
         let mut top = [(f32::NEG_INFINITY, 0f32); 4];
         let k = self.top.clamp(1, 4);
@@ -276,15 +280,22 @@ impl MotionModel {
                 }
             }
         }
+        Self::from_counts(params, &hall, &zone)
+    }
+
+    /// A model from counts of the feature per bin ([`BINS`] of 0.5 dB
+    /// from -20 dB) in the hall (or moving) and in the zones (or standing).
+    pub fn from_counts(params: MotionParams, hall: &[f64], zone: &[f64]) -> Option<MotionModel> {
+        let edge = params.edge_ms;
         let (nh, nz) = (hall.iter().sum::<f64>(), zone.iter().sum::<f64>());
-        if nh == 0.0 || nz == 0.0 {
+        if nh == 0.0 || nz == 0.0 || hall.len() != BINS || zone.len() != BINS {
             return None;
         }
         let (log_hall, log_zone) = if edge <= 0 {
-            (smooth_log(&hall), smooth_log(&zone))
+            (smooth_log(hall), smooth_log(zone))
         } else {
             // `hall` counted moving, `zone` standing: mix them per place.
-            let (moving, standing) = (smooth_log(&hall), smooth_log(&zone));
+            let (moving, standing) = (smooth_log(hall), smooth_log(zone));
             let mix = |share: f32| -> Vec<f32> {
                 let share = share.clamp(0.0, 1.0);
                 moving
@@ -307,7 +318,9 @@ impl MotionModel {
 /// Counts to log probabilities: smoothed by a Gaussian of one bin (0.5
 /// dB), with a 2 % uniform floor.
 fn smooth_log(counts: &[f64]) -> Vec<f32> {
-    let kernel: Vec<f64> = (-3..=3).map(|d: i32| (-(f64::from(d * d)) / 2.0).exp()).collect();
+    let kernel: Vec<f64> = (-3..=3)
+        .map(|d: i32| (-(f64::from(d * d)) / 2.0).exp())
+        .collect();
     let mut smooth = vec![0f64; counts.len()];
     for (i, slot) in smooth.iter_mut().enumerate() {
         for (k, w) in kernel.iter().enumerate() {
