@@ -337,3 +337,73 @@ fn smooth_log(counts: &[f64]) -> Vec<f32> {
         .map(|c| ((0.98 * c / total + 0.02 / n) as f32).ln())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feature_is_the_trend_of_the_loudest_scanners() {
+        let p = MotionParams {
+            top: 2,
+            ..MotionParams::default()
+        };
+        // (fast, slow, last, count): the loudest two trend by +3 and -4 dB,
+        // a faint one by 10 dB, one heard too long ago, one heard twice.
+        let tracks = [
+            (-57.0, -60.0, 1_000, 5),
+            (-74.0, -70.0, 1_000, 5),
+            (-80.0, -90.0, 1_000, 5),
+            (-40.0, -50.0, -5_000, 5),
+            (-40.0, -50.0, 1_000, 2),
+        ];
+        let v = p.feature(tracks.iter().copied(), 1_500).unwrap();
+        assert!((v - 12.5f32.sqrt()).abs() < 1e-4, "{v}");
+        let kind1 = MotionParams {
+            kind: 1,
+            ..p.clone()
+        };
+        assert_eq!(kind1.feature(tracks.iter().copied(), 1_500), Some(3.0));
+        let kind2 = MotionParams {
+            kind: 2,
+            ..p.clone()
+        };
+        assert_eq!(kind2.feature(tracks.iter().copied(), 1_500), Some(7.0));
+        assert_eq!(p.feature(tracks[3..].iter().copied(), 1_500), None);
+    }
+
+    #[test]
+    fn a_steady_walk_reads_as_moving_and_standing_as_not() {
+        let p = MotionParams::default();
+        // Learned: the hall's trends around 4 dB, the zones' around 0.5.
+        let hump = |mean: f32| -> Vec<f64> {
+            (0..BINS)
+                .map(|b| {
+                    f64::from((-0.5 * ((LOW_DB + b as f32 * BIN_DB - mean) / 1.0).powi(2)).exp())
+                })
+                .collect()
+        };
+        let m = MotionModel::from_counts(p.clone(), &hump(4.0), &hump(0.5)).unwrap();
+        // A reading every 250 ms: standing at -65 dBm, then walking away
+        // at 2.5 dB per second.
+        let (mut fast, mut slow) = (-65.0f32, -65.0f32);
+        for _ in 0..40 {
+            p.fold(&mut fast, &mut slow, -65.0, 0.25);
+        }
+        let standing = p
+            .feature([(fast, slow, 10_000, 40)].into_iter(), 10_000)
+            .unwrap();
+        assert!(m.p_moving(standing) < 0.3, "{}", m.p_moving(standing));
+        for i in 1..=16 {
+            p.fold(&mut fast, &mut slow, -65.0 - 2.5 * 0.25 * i as f32, 0.25);
+        }
+        let walking = p
+            .feature([(fast, slow, 14_000, 56)].into_iter(), 14_000)
+            .unwrap();
+        assert!(
+            m.p_moving(walking) > 0.7,
+            "{walking} {}",
+            m.p_moving(walking)
+        );
+    }
+}
