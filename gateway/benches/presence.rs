@@ -160,29 +160,7 @@ fn radio_map() -> Arc<RadioModel> {
         tuning: None,
     };
     map.validate().expect("the bench's map is valid");
-    // `PRESENCE_BENCH_MOTION=1`: with the motion factor of session 10
-    // (docs/experiments/presence.md), gating a leave rule.
-    let motion = std::env::var("PRESENCE_BENCH_MOTION").ok().and_then(|_| {
-        let bins = gateway::presence::motion::BINS;
-        let hump = |mean: f64| -> Vec<f64> {
-            (0..bins)
-                .map(|b| (-0.5 * ((b as f64 * 0.5 - 20.0 - mean) / 1.5).powi(2)).exp())
-                .collect()
-        };
-        gateway::presence::motion::MotionModel::from_counts(
-            gateway::presence::motion::MotionParams {
-                top: 3,
-                prior: 0.5,
-                leave_p: 0.3,
-                leave_hold_ms: 500,
-                leave_moving: 0.7,
-                ..Default::default()
-            },
-            &hump(3.0),
-            &hump(1.5),
-        )
-    });
-    Arc::new(RadioModel::new(map, &zones).with_motion(motion))
+    Arc::new(RadioModel::new(map, &zones))
 }
 
 fn populate(load: &mut Load, seconds: i64) -> (PresenceEngine, i64) {

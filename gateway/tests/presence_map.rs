@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use firmware_sim::{DEFAULT_START_UNIX_MS, Scenario, Simulation, StoreSpec};
 use gateway::presence::eval::{EvalOptions, EvalReport, TruthSpan, evaluate};
-use gateway::presence::motion::{MotionModel, MotionParams};
 use gateway::presence::radiomap::{RadioModel, Site, calibrate};
 use gateway::presence::{MapTuning, PresenceConfig, PresenceTuning, ZoneId};
 use gateway::sighting::Sighting;
@@ -65,127 +64,9 @@ fn with_map(config: &PresenceConfig, spec: &StoreSpec, seed: u64) -> PresenceCon
         }
     }
     let zones: Vec<ZoneId> = config.scanner_zone.values().cloned().collect();
-    // `MOTION_W=<weight>`: the motion-aware emission (session 10), learned
-    // from the same walks (`MOTION_FAST`, `MOTION_SLOW` s, `MOTION_TOP`,
-    // `MOTION_KIND`).
-    let motion = std::env::var("MOTION_W").ok().and_then(|_| {
-        let d = MotionParams::default();
-        let params = MotionParams {
-            weight: env_f32("MOTION_W", d.weight),
-            fast_s: env_f32("MOTION_FAST", d.fast_s),
-            slow_s: env_f32("MOTION_SLOW", d.slow_s),
-            top: env_f32("MOTION_TOP", d.top as f32) as usize,
-            kind: env_f32("MOTION_KIND", f32::from(d.kind)) as u8,
-            recent_ms: env_f32("MOTION_RECENT_MS", d.recent_ms as f32) as i64,
-            edge_ms: env_f32("MOTION_EDGE_MS", d.edge_ms as f32) as i64,
-            hall_moving: env_f32("MOTION_HALL_MOVING", d.hall_moving),
-            zone_moving: env_f32("MOTION_ZONE_MOVING", d.zone_moving),
-            prior: env_f32("MOTION_PRIOR", d.prior),
-            moving_zone_stay_s: env_f32("MOTION_ZONE_STAY_S", d.moving_zone_stay_s),
-            moving_switch_p: env_f32("MOTION_SWITCH_P", d.moving_switch_p),
-            moving_hold_ms: env_f32("MOTION_HOLD_MS", d.moving_hold_ms as f32) as i64,
-            leave_p: env_f32("MOTION_LEAVE_P", d.leave_p),
-            leave_hold_ms: env_f32("MOTION_LEAVE_HOLD_MS", d.leave_hold_ms as f32) as i64,
-            leave_moving: env_f32("MOTION_LEAVE_MOVING", d.leave_moving),
-        };
-        // `MOTION_ORACLE=<seed>`: a diagnostic only, how far apart the
-        // feature is in a crowd's own hall and zones (learned on the crowd).
-        if let Ok(seed) = std::env::var("MOTION_ORACLE") {
-            let (_, beacons) = site_of(spec);
-            let c = crowd(spec, seed.parse().unwrap(), 30, &beacons);
-            let truth: Vec<TruthSpan> = c
-                .truth
-                .iter()
-                .filter(|t| c.people.contains(&t.addr))
-                .cloned()
-                .collect();
-            let o = MotionModel::learn(
-                MotionParams {
-                    edge_ms: 0,
-                    ..params.clone()
-                },
-                &c.sightings,
-                &truth,
-                &config.scanner_offset_db,
-                500,
-            );
-            println!(
-                "oracle (crowd {seed}): {}",
-                o.as_ref().map(|o| o.summary()).unwrap_or_default()
-            );
-            // `MOTION_ORACLE_USE=1`: score with the crowd's own model (an
-            // in-sample bound on this emission, not a candidate).
-            if std::env::var("MOTION_ORACLE_USE").is_ok() {
-                return o;
-            }
-        }
-        // `MOTION_STAND_S=<s>`: learn it from another walk (seed 200 on) that
-        // stands this long at each spot in a zone (the shipped walk stands
-        // 5 s, too short for the slow average to settle).
-        let m = match std::env::var("MOTION_STAND_S") {
-            Ok(stand) => {
-                let stand: u32 = stand.parse().unwrap();
-                let (mut st, mut ss) = (Vec::new(), Vec::new());
-                for seed in [200u64, 201] {
-                    let w = stand_walk(spec, seed, stand);
-                    st.extend(w.truth.iter().map(TruthSpan::from));
-                    ss.extend(sightings_of(&w.records));
-                }
-                MotionModel::learn(params, &ss, &st, &config.scanner_offset_db, 500)
-            }
-            Err(_) => {
-                MotionModel::learn(params, &sightings, &truth, &config.scanner_offset_db, 500)
-            }
-        };
-        if let Some(m) = &m {
-            println!("{}", m.summary());
-        }
-        m
-    });
     PresenceConfig {
-        radio_map: Some(Arc::new(
-            RadioModel::new(cal.map, &zones).with_motion(motion),
-        )),
+        radio_map: Some(Arc::new(RadioModel::new(cal.map, &zones))),
         ..config.clone()
-    }
-}
-
-/// `firmware_sim::calibration_walk` with `stand_s` at each spot in a zone.
-fn stand_walk(spec: &StoreSpec, seed: u64, stand_s: u32) -> firmware_sim::Walk {
-    use firmware_sim::scenario::{Scenario, Stranger, StrangerDevice};
-    let mut path = firmware_sim::walk::walk_path(spec);
-    for stop in &mut path {
-        if stop.zone != firmware_sim::HALL_ZONE {
-            stop.dwell_s = stand_s;
-        }
-    }
-    let mut tag = Stranger::new(StrangerDevice::Wearable, 0, path);
-    tag.walk_speed_mps = 1.3;
-    let scenario = Scenario::new(seed).with_stranger(tag);
-    let mut sim = Simulation::new(spec.clone(), scenario, DEFAULT_START_UNIX_MS, seed).unwrap();
-    let horizon = DEFAULT_START_UNIX_MS + 6 * 3600 * 1000;
-    let beacons: Vec<String> = spec
-        .beacons
-        .iter()
-        .map(|b| b.addr.to_ascii_lowercase())
-        .collect();
-    let truth: Vec<firmware_sim::GroundTruth> = sim
-        .ground_truth(horizon)
-        .into_iter()
-        .filter(|t| !beacons.contains(&t.addr.to_ascii_lowercase()))
-        .collect();
-    let end_ms = truth
-        .iter()
-        .map(|t| t.to_ms)
-        .max()
-        .unwrap_or(DEFAULT_START_UNIX_MS);
-    let addr = truth.first().map(|t| t.addr.clone()).unwrap_or_default();
-    let records = sim.next_batch(end_ms);
-    firmware_sim::Walk {
-        records,
-        truth,
-        addr,
-        end_ms,
     }
 }
 

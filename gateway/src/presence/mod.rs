@@ -47,7 +47,6 @@
 
 pub mod eval;
 pub mod gain;
-pub mod motion;
 pub mod radiomap;
 pub mod tune;
 
@@ -507,10 +506,6 @@ struct Track {
     level: f32,
     variance: f32,
     last_ms: i64,
-    /// Fast and slow averages of the readings, for the radio map's motion
-    /// feature ([`motion`]).
-    fast: f32,
-    slow: f32,
 }
 
 struct PersonState {
@@ -558,8 +553,6 @@ struct MapState {
     /// places with time alone (a tick without readings) only changes what
     /// the next evidence starts from, so a hold is not broken by a tick.
     decided: (usize, f32),
-    /// Probability that the person is moving ([`motion`]; 0 without).
-    moving: f32,
 }
 
 impl MapState {
@@ -571,7 +564,6 @@ impl MapState {
             heard: vec![0; model.scanner_count()].into_boxed_slice(),
             bias_db: 0.0,
             decided: (0, 0.0),
-            moving: 0.0,
         }
     }
 
@@ -585,15 +577,7 @@ impl MapState {
         let n = self.p.len();
         let mut next = [0f32; MAX_MAP_PLACES];
         let mut leaving = [0f32; MAX_MAP_PLACES];
-        let mut zone_stay_s = t.zone_stay_s.max(0.1);
-        if let Some(m) = model.motion() {
-            if m.params.moving_zone_stay_s > 0.0 && self.moving > 0.0 {
-                let rate = (1.0 - self.moving) / zone_stay_s
-                    + self.moving / m.params.moving_zone_stay_s.max(0.1);
-                zone_stay_s = 1.0 / rate;
-            }
-        }
-        let zone_stay = (-dt_s / zone_stay_s).exp();
+        let zone_stay = (-dt_s / t.zone_stay_s.max(0.1)).exp();
         let hall_stay = (-dt_s / t.hall_stay_s.max(0.1)).exp();
         for from in 0..n {
             let stay = if model.is_hall(from) {
@@ -924,11 +908,6 @@ impl PresenceEngine {
         state.last_seen_ms = state.last_seen_ms.max(at_ms);
         let reading = f32::from(rssi) + offset;
         let t = &self.tuning;
-        let motion = self
-            .config
-            .radio_map
-            .as_deref()
-            .and_then(RadioModel::motion);
         match state.tracks.iter_mut().find(|tr| tr.scanner == scanner) {
             Some(track) => {
                 let dt_s = (at_ms - track.last_ms).max(0) as f32 / 1000.0;
@@ -941,10 +920,6 @@ impl PresenceEngine {
                 track.variance = (1.0 - gain) * predicted;
                 track.count = track.count.saturating_add(1);
                 track.last_ms = track.last_ms.max(at_ms);
-                if let Some(m) = motion {
-                    m.params
-                        .fold(&mut track.fast, &mut track.slow, reading, dt_s);
-                }
             }
             None => state.tracks.push(Track {
                 scanner,
@@ -952,8 +927,6 @@ impl PresenceEngine {
                 level: reading,
                 variance: t.measurement_noise_db2,
                 last_ms: at_ms,
-                fast: reading,
-                slow: reading,
             }),
         }
         if let (Some(model), Some(index)) = (
@@ -992,27 +965,6 @@ impl PresenceEngine {
             state.tracks.retain(|t| now_ms - t.last_ms <= keep_ms);
             if let (Some(model), Some(map)) = (&config.radio_map, state.map.as_deref_mut()) {
                 map.tick(model, &self.map_tuning, now_ms);
-                if let Some(m) = model.motion() {
-                    let feature = m.params.feature(
-                        state
-                            .tracks
-                            .iter()
-                            .filter(|t| self.scanners[t.scanner as usize].map_index.is_some())
-                            .map(|t| (t.fast, t.slow, t.last_ms, t.count)),
-                        now_ms,
-                    );
-                    if let Some(v) = feature {
-                        map.moving = m.p_moving(v);
-                        if m.params.weight > 0.0 {
-                            let n = model.place_count();
-                            let mut ll = [0f32; MAX_MAP_PLACES];
-                            for (place, slot) in ll.iter_mut().enumerate().take(n) {
-                                *slot = m.log_p(model.is_hall(place), v);
-                            }
-                            map.update(&ll[..n], m.params.weight);
-                        }
-                    }
-                }
             }
             Self::update_zone(
                 config,
@@ -1235,32 +1187,7 @@ fn map_wanted(
         }
         current => {
             let current = current.as_ref().map(|(z, _)| z.clone());
-            let (mut switch_p, mut hold_ms) = (t.switch_p, t.hold_ms);
-            if let Some(m) = model.motion() {
-                let w = map.moving;
-                if m.params.moving_switch_p >= 0.0 {
-                    switch_p = (1.0 - w) * switch_p + w * m.params.moving_switch_p;
-                }
-                if m.params.moving_hold_ms >= 0 {
-                    hold_ms =
-                        ((1.0 - w) * hold_ms as f32 + w * m.params.moving_hold_ms as f32) as i64;
-                }
-            }
-            if !same_place(&current, &place) && p >= switch_p {
-                return Some((place, hold_ms));
-            }
-            // The gated leave rule: a zone whose own probability has fallen
-            // under `leave_p` is left for the hall, if the person moves.
-            let m = model.motion().filter(|m| m.params.leave_p > 0.0)?;
-            let current = current?;
-            if map.moving < m.params.leave_moving {
-                return None;
-            }
-            let own: f32 = (0..model.place_count())
-                .filter(|&i| model.place(i).is_some_and(|z| same_zone(z, &current)))
-                .map(|i| map.p[i])
-                .sum();
-            (own < m.params.leave_p).then_some((None, m.params.leave_hold_ms))
+            (!same_place(&current, &place) && p >= t.switch_p).then_some((place, t.hold_ms))
         }
     }
 }

@@ -761,8 +761,6 @@ pub struct RadioModel {
     near: Vec<u16>,
     near_at: Vec<usize>,
     direct_share: Vec<f32>,
-    /// The motion-aware emission, if any (off by default; [`super::motion`]).
-    motion: Option<super::motion::MotionModel>,
 }
 
 impl std::fmt::Debug for RadioModel {
@@ -783,19 +781,7 @@ impl RadioModel {
     /// a reload reads the map file again, and an unchanged map must not
     /// restart every present person's filter.
     pub fn same_as(&self, other: &RadioModel) -> bool {
-        self.map == other.map && self.places == other.places && self.motion == other.motion
-    }
-
-    /// The same model with a motion-aware emission ([`super::motion`]).
-    pub fn with_motion(mut self, motion: Option<super::motion::MotionModel>) -> Self {
-        self.motion = motion;
-        self
-    }
-
-    /// The motion-aware emission, if the model has one.
-    #[inline]
-    pub fn motion(&self) -> Option<&super::motion::MotionModel> {
-        self.motion.as_ref()
+        self.map == other.map && self.places == other.places
     }
 
     /// `zone_ids`: the engine's zone ids, so that the map's places are the
@@ -893,7 +879,6 @@ impl RadioModel {
             near: near_list,
             near_at,
             direct_share,
-            motion: None,
         }
     }
 
