@@ -162,13 +162,15 @@ pub fn parse_consent(payload: &[u8]) -> Result<ChainConsent, RecordError> {
     })
 }
 
+/// Shared with the daemon's tests of what a store publishes.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const PERSON: &str = "d7d8958469d7ad49398d29056543538d";
+    pub(crate) const PERSON: &str = "d7d8958469d7ad49398d29056543538d";
 
-    fn field(result: Result<impl std::fmt::Debug, RecordError>) -> (String, String) {
+    /// The field and reason of a refusal.
+    pub(crate) fn field(result: Result<impl std::fmt::Debug, RecordError>) -> (String, String) {
         let e = result.expect_err("refused");
         (e.field, e.reason)
     }

@@ -296,15 +296,8 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain_message::tests::{PERSON, field};
     use crate::decide::NudgeKind;
-    use crate::identity::{Purpose, RecordError};
-
-    const PERSON: &str = "d7d8958469d7ad49398d29056543538d";
-
-    fn field(result: Result<impl std::fmt::Debug, RecordError>) -> (String, String) {
-        let e = result.expect_err("refused");
-        (e.field, e.reason)
-    }
 
     #[test]
     fn a_decision_parses_with_exactly_its_fields() {
