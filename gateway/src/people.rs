@@ -114,6 +114,38 @@ pub struct People {
     /// Heap of the person ids held in `slots` (kept as they change, so
     /// that [`People::heap_bytes`] costs nothing at a million people).
     id_bytes: usize,
+    /// The roll by one interval under way, timed.
+    roll: Option<RollTiming>,
+    /// The last roll done, until [`People::take_finished_roll`] takes it.
+    finished_roll: Option<RollDone>,
+}
+
+/// A stepped roll of the rotating-ID table under way.
+#[derive(Debug, Clone, Copy)]
+struct RollTiming {
+    started: std::time::Instant,
+    steps: u32,
+    longest_step: std::time::Duration,
+}
+
+/// A roll of the rotating-ID table by one interval, done: from its first
+/// step to its last, how many steps, and the longest of them (the most a
+/// sighting waited for the roll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollDone {
+    pub took: std::time::Duration,
+    pub steps: u32,
+    pub longest_step: std::time::Duration,
+}
+
+impl RollTiming {
+    fn done(self) -> RollDone {
+        RollDone {
+            took: self.started.elapsed(),
+            steps: self.steps,
+            longest_step: self.longest_step,
+        }
+    }
 }
 
 /// What a person id costs on the heap: its text and the reference counts.
@@ -161,6 +193,8 @@ impl People {
             table: RotatingIdTable::new(),
             records,
             id_bytes: 0,
+            roll: None,
+            finished_roll: None,
         }
     }
 
@@ -322,9 +356,38 @@ impl People {
     /// `max_keys` keys (a roll by one interval; larger jumps are done at
     /// once): the pipeline's way, so that no sighting waits for a whole
     /// roll. Returns whether the table is centred on it.
+    /// Each roll by one interval is timed; [`People::take_finished_roll`]
+    /// hands over the last one done.
     pub fn roll_toward(&mut self, now_s: i64, max_keys: usize) -> bool {
-        self.table.start_roll(now_s);
-        self.table.roll_some(max_keys)
+        if self.table.start_roll(now_s) {
+            // A roll still under way was finished by `start_roll`.
+            if let Some(timing) = self.roll.take() {
+                self.finished_roll = Some(timing.done());
+            }
+            if self.table.rolling() {
+                self.roll = Some(RollTiming {
+                    started: std::time::Instant::now(),
+                    steps: 0,
+                    longest_step: std::time::Duration::ZERO,
+                });
+            }
+        }
+        let Some(timing) = &mut self.roll else {
+            return self.table.roll_some(max_keys);
+        };
+        let step = std::time::Instant::now();
+        let done = self.table.roll_some(max_keys);
+        timing.steps = timing.steps.saturating_add(1);
+        timing.longest_step = timing.longest_step.max(step.elapsed());
+        if done {
+            self.finished_roll = self.roll.take().map(RollTiming::done);
+        }
+        done
+    }
+
+    /// The last roll by one interval that finished since the last call.
+    pub fn take_finished_roll(&mut self) -> Option<RollDone> {
+        self.finished_roll.take()
     }
 
     pub fn len(&self) -> usize {

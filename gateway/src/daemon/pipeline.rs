@@ -276,6 +276,9 @@ impl Pipeline {
     pub(super) async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
         self.people.roll_toward(now / 1000, ROLL_KEYS_PER_STEP);
+        if let Some(roll) = self.people.take_finished_roll() {
+            events::rotating_roll(&self.telemetry, roll.took, roll.steps, roll.longest_step);
+        }
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
