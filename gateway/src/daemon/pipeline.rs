@@ -84,9 +84,6 @@ const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 /// interval (`identity::table`).
 pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
 
-/// How often retention runs (event time).
-const SWEEP_EVERY_MS: i64 = 3_600_000;
-
 /// The store's word for where the people came from, as a metric label
 /// (telemetry does not know the store).
 impl From<crate::store::PeopleSource> for crate::telemetry::PeopleLoad {
@@ -319,7 +316,7 @@ impl Pipeline {
             self.last_gain_ms = now;
             self.update_gains(now);
         }
-        if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
+        if now - self.last_sweep_ms >= self.config.sweep_every.as_millis() as i64 {
             self.last_sweep_ms = now;
             self.sweep(now).await;
         }
