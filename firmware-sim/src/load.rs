@@ -8,12 +8,13 @@
 //! every record whose scheduled time (`start + i / rate`) has come is sent
 //! in one batch. Targets must be loopback addresses.
 //!
-//! With `arrive_over`, the devices do not all come at once: the n-th of
-//! them (in the shuffled rotation) arrives `n / devices` of the way
-//! through it, and its slots in the rotation before that are skipped, so
-//! that every device is heard `rate / devices` times a second from its
-//! arrival on, and shoppers reach a rule's dwell (and are decided on)
-//! at a steady pace instead of all at once.
+//! With `arrive_over`, the devices do not all come at once: the device at
+//! place p of the rotation arrives at `frac(p * 0.618...)` of it (a Weyl
+//! sequence: at any moment those arrived are spread evenly around the
+//! rotation, so the records sent are too), and its slots in the rotation
+//! before that are skipped, so that every device is heard `rate / devices`
+//! times a second from its arrival on, and shoppers reach a rule's dwell
+//! (and are decided on) at a steady pace instead of all at once.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -245,9 +246,12 @@ pub fn run_load(config: &LoadConfig, stop: Arc<AtomicBool>) -> Result<LoadReport
 
     let rate = f64::from(config.rate);
     let total = (config.duration.as_secs_f64() * rate).round() as u64;
-    // When the device at each place of the rotation arrives, in seconds.
-    let arrives_s =
-        |place: usize| config.arrive_over.as_secs_f64() * place as f64 / order.len() as f64;
+    // When the device at each place of the rotation arrives, in seconds:
+    // evenly over `arrive_over`, and evenly around the rotation at any time.
+    let arrives_s = |place: usize| {
+        const GOLDEN: f64 = 0.618_033_988_749_894_9;
+        config.arrive_over.as_secs_f64() * (place as f64 * GOLDEN).fract()
+    };
     let mut buf = Vec::with_capacity(256);
     // Places of the rotation gone through (sent, or skipped: not arrived).
     let mut sent = 0u64;
