@@ -79,9 +79,10 @@ const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 /// Keys of the rotating-ID table rolled per sighting or tick while a roll
 /// by one interval is under way (about a millisecond's work): a million
-/// keys roll over some 250 sightings instead of stopping the pipeline for
-/// the whole roll, and both windows of a roll under way hold the current
-/// interval (`identity::table`).
+/// keys roll over some 250 steps instead of stopping the pipeline for
+/// the whole roll, each followed by a pause as long as it took
+/// (`People::roll_toward`), and both windows of a roll under way hold the
+/// current interval (`identity::table`).
 pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
 
 /// The store's word for where the people came from, as a metric label
