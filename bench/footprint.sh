@@ -45,24 +45,8 @@ start_load_rig footprint "$gateway" "$sim"
 [ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || export GATEWAY__STORAGE__CACHE_MB="$GATEWAY_STORAGE_CACHE_MB"
 
 # The present shoppers are the load generator's own (same seed as the run
-# below); the rest of the customer base is made up here, deterministically.
-dummy_port="$(free_port udp)"
-"$sim" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$present" \
-    --strangers 0 --duration 1ms --people "$work/people.jsonl" >/dev/null
-python3 - "$work/people.jsonl" "$((people - present))" <<'PY'
-import json, random, sys
-path, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(7)
-with open(path, "a") as out:
-    for i in range(n):
-        out.write(json.dumps({
-            "person": f"f-{i}", "recipient": f"rf-{i}",
-            "identities": [{"kind": "app", "key": "%032x" % rng.getrandbits(128)},
-                           {"kind": "email", "value": f"f{i}@example.com"}],
-            "consent": {"proximity": True, "product_info": True, "offers": False,
-                        "thanks": True, "feedback": True},
-            "interests": ["laptops"], "owns": []}) + "\n")
-PY
+# below); the rest of the customer base is made up, deterministically.
+write_people "$sim" "$work/people.jsonl" "$people" "$present"
 
 /usr/bin/time -f "%e %M" -o "$work/import.time" \
     env GATEWAY_LOG=warn "$gateway" --config "$work/site.toml" people import "$work/people.jsonl" \

@@ -118,6 +118,32 @@ start_load_rig() {
     write_load_site "$work/site.toml" "$work" "$broker_port" "$udp_port" "$admin_port"
 }
 
+# write_people SIM FILE PEOPLE SHOPPERS: PEOPLE person records (JSON lines)
+# in FILE for `gateway people import`: the first SHOPPERS are the load
+# generator's own enrolled shoppers (`firmware-sim load --strangers 0
+# --devices SHOPPERS`, seed 7: p-100000 onwards), the rest a customer base
+# made up here, deterministically, that no load is heard from.
+write_people() {
+    local dummy_port
+    dummy_port="$(free_port udp)"
+    "$1" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$4" \
+        --strangers 0 --duration 1ms --people "$2" >/dev/null
+    python3 - "$2" "$(($3 - $4))" <<'PY'
+import json, random, sys
+path, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+with open(path, "a") as out:
+    for i in range(n):
+        out.write(json.dumps({
+            "person": f"f-{i}", "recipient": f"rf-{i}",
+            "identities": [{"kind": "app", "key": "%032x" % rng.getrandbits(128)},
+                           {"kind": "email", "value": f"f{i}@example.com"}],
+            "consent": {"proximity": True, "product_info": True, "offers": False,
+                        "thanks": True, "feedback": True},
+            "interests": ["laptops"], "owns": []}) + "\n")
+PY
+}
+
 # import_people GATEWAY CONFIG PEOPLE LOG: `gateway people import` of the
 # JSON lines PEOPLE; on a refusal, its output and exit 1.
 import_people() {
@@ -126,11 +152,12 @@ import_people() {
 }
 
 # start_gateway GATEWAY CONFIG DIR ADMIN_PORT PATH TRIES PAUSE: `gateway run`
-# (output in DIR/gateway.out and DIR/gateway.err), stopped on exit; sets
+# (output in DIR/gateway.out and DIR/gateway.err, log filter
+# BENCH_GATEWAY_LOG, default warnings only), stopped on exit; sets
 # gw to its pid and waits until http://127.0.0.1:ADMIN_PORT/PATH answers,
 # at most TRIES times PAUSE seconds (exit 1 with its stderr if it died).
 start_gateway() {
-    GATEWAY_LOG=warn,rumqttc=error "$1" --config "$2" run >"$3/gateway.out" 2>"$3/gateway.err" &
+    GATEWAY_LOG="${BENCH_GATEWAY_LOG:-warn,rumqttc=error}" "$1" --config "$2" run >"$3/gateway.out" 2>"$3/gateway.err" &
     gw=$!
     bench_pids+=($gw)
     for _ in $(seq "$6"); do

@@ -7,6 +7,14 @@
 //! Pacing is a token bucket refilled every millisecond tick: at each tick
 //! every record whose scheduled time (`start + i / rate`) has come is sent
 //! in one batch. Targets must be loopback addresses.
+//!
+//! With `arrive_over`, the devices do not all come at once: the device at
+//! place p of the rotation arrives at `frac(p * 0.618...)` of it (a Weyl
+//! sequence: at any moment those arrived are spread evenly around the
+//! rotation, so the records sent are too), and its slots in the rotation
+//! before that are skipped, so that every device is heard `rate / devices`
+//! times a second from its arrival on, and shoppers reach a rule's dwell
+//! (and are decided on) at a steady pace instead of all at once.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -35,6 +43,8 @@ pub enum LoadError {
     ZeroDevices,
     #[error("--duration must be between 1 ms and 24 h")]
     BadDuration,
+    #[error("--arrive-over must not be longer than --duration")]
+    BadArrival,
     #[error("--strangers must be a share between 0 and 1, not {0}")]
     BadStrangers(f64),
     #[error("udp to {target}: {source}")]
@@ -56,6 +66,8 @@ pub struct LoadConfig {
     /// Share of the devices that are strangers, 0..=1.
     pub strangers: f64,
     pub seed: u64,
+    /// The devices arrive evenly over this long (zero: all at the start).
+    pub arrive_over: Duration,
 }
 
 /// What was sent. `max_lag_ms` is the worst delay of a record behind its
@@ -114,6 +126,9 @@ impl LoadConfig {
         }
         if !(0.0..=1.0).contains(&self.strangers) {
             return Err(LoadError::BadStrangers(self.strangers));
+        }
+        if self.arrive_over > self.duration {
+            return Err(LoadError::BadArrival);
         }
         Ok(())
     }
@@ -231,8 +246,16 @@ pub fn run_load(config: &LoadConfig, stop: Arc<AtomicBool>) -> Result<LoadReport
 
     let rate = f64::from(config.rate);
     let total = (config.duration.as_secs_f64() * rate).round() as u64;
+    // When the device at each place of the rotation arrives, in seconds:
+    // evenly over `arrive_over`, and evenly around the rotation at any time.
+    let arrives_s = |place: usize| {
+        const GOLDEN: f64 = 0.618_033_988_749_894_9;
+        config.arrive_over.as_secs_f64() * (place as f64 * GOLDEN).fract()
+    };
     let mut buf = Vec::with_capacity(256);
+    // Places of the rotation gone through (sent, or skipped: not arrived).
     let mut sent = 0u64;
+    let mut skipped = 0u64;
     let mut from_enrolled = 0u64;
     let mut send_errors = 0u64;
     let mut max_lag = Duration::ZERO;
@@ -249,7 +272,13 @@ pub fn run_load(config: &LoadConfig, stop: Arc<AtomicBool>) -> Result<LoadReport
         let due = ((elapsed * rate).floor() as u64 + 1).min(total);
         let at_ms = now_unix_ms();
         while sent < due {
-            let index = order[(sent % order.len() as u64) as usize];
+            let place = (sent % order.len() as u64) as usize;
+            if arrives_s(place) > elapsed {
+                skipped += 1;
+                sent += 1;
+                continue;
+            }
+            let index = order[place];
             let device = &mut devices[index];
             let adv: &str = match &mut device.source {
                 Source::Stranger(adv) => adv,
@@ -299,6 +328,7 @@ pub fn run_load(config: &LoadConfig, stop: Arc<AtomicBool>) -> Result<LoadReport
         }
     }
     let duration = last_send.duration_since(started);
+    let sent = sent - skipped;
     // The first record goes at t = 0, so n records span (n - 1) / rate.
     let achieved_rate = if sent > 1 && !duration.is_zero() {
         (sent - 1) as f64 / duration.as_secs_f64()

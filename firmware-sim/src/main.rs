@@ -117,6 +117,10 @@ enum Command {
         strangers: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// The devices arrive evenly over this long instead of all at the
+        /// start (each heard rate/devices times a second once arrived).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        arrive_over: Duration,
         /// Write the enrolled shoppers' person records here.
         #[arg(long)]
         people: Option<PathBuf>,
@@ -486,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             strangers,
             seed,
+            arrive_over,
             people,
             json,
         } => {
@@ -496,6 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration,
                 strangers,
                 seed,
+                arrive_over,
             };
             config.validate()?;
             if let Some(path) = people {

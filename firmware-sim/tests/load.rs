@@ -34,6 +34,7 @@ fn load_run_achieves_its_rate_and_the_report_matches_what_arrived() {
         duration: Duration::from_millis(1500),
         strangers: 0.9,
         seed: 3,
+        arrive_over: Duration::ZERO,
     };
     let report =
         firmware_sim::run_load(&config, Arc::new(AtomicBool::new(false))).expect("load run");
@@ -75,6 +76,45 @@ fn load_run_achieves_its_rate_and_the_report_matches_what_arrived() {
 }
 
 #[test]
+fn arriving_devices_are_heard_from_their_arrival_on() {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = socket.local_addr().expect("addr");
+    let receiver = std::thread::spawn(move || drain(socket));
+    let config = LoadConfig {
+        target,
+        rate: 2000,
+        devices: 100,
+        duration: Duration::from_secs(1),
+        strangers: 0.0,
+        seed: 5,
+        arrive_over: Duration::from_millis(800),
+    };
+    let report =
+        firmware_sim::run_load(&config, Arc::new(AtomicBool::new(false))).expect("load run");
+    let received = receiver.join().expect("receiver");
+    // Each device 20 times a second from its arrival, on average 0.4 s in:
+    // 60 % of the rate's 2000.
+    assert!((1050..=1350).contains(&report.records_sent), "{report}");
+    assert_eq!(received.len() as u64, report.records_sent, "{report}");
+    assert_eq!(report.from_enrolled, report.records_sent);
+    let addrs: BTreeSet<&str> = received.iter().map(|r| r.addr.as_str()).collect();
+    assert_eq!(addrs.len(), 100, "every device arrived");
+    // In the first fifth of a second, about a quarter of them had.
+    let t0 = received[0].at_ms;
+    let early: BTreeSet<&str> = received
+        .iter()
+        .filter(|r| r.at_ms < t0 + 200)
+        .map(|r| r.addr.as_str())
+        .collect();
+    assert!((10..=40).contains(&early.len()), "{}", early.len());
+    let refused = LoadConfig {
+        arrive_over: Duration::from_secs(2),
+        ..config
+    };
+    assert!(matches!(refused.validate(), Err(LoadError::BadArrival)));
+}
+
+#[test]
 fn non_loopback_targets_are_refused() {
     let config = LoadConfig {
         target: "192.0.2.1:7531".parse().expect("addr"),
@@ -83,6 +123,7 @@ fn non_loopback_targets_are_refused() {
         duration: Duration::from_secs(1),
         strangers: 0.0,
         seed: 1,
+        arrive_over: Duration::ZERO,
     };
     let err =
         firmware_sim::run_load(&config, Arc::new(AtomicBool::new(false))).expect_err("refused");

@@ -658,6 +658,8 @@ struct Metrics {
     scanner_gain_alerts: Family<ByGainStatus, Counter>,
     sighting_to_puback: Histogram,
     decision_durable: Histogram,
+    rotating_roll: Histogram,
+    rotating_roll_longest_step: Histogram,
 }
 
 impl Metrics {
@@ -720,6 +722,8 @@ impl Metrics {
             scanner_gain_alerts: Default::default(),
             sighting_to_puback: Histogram::new(LATENCY_BUCKETS),
             decision_durable: Histogram::new(LATENCY_BUCKETS),
+            rotating_roll: Histogram::new(LATENCY_BUCKETS),
+            rotating_roll_longest_step: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
@@ -1025,6 +1029,18 @@ impl Metrics {
             "From a decision leaving the pipeline to its reservation being on disk",
             Unit::Seconds,
             self.decision_durable.clone(),
+        );
+        r.register_with_unit(
+            "rotating_roll",
+            "Rolls of the rotating-identifier table by one interval: from the first step to the last",
+            Unit::Seconds,
+            self.rotating_roll.clone(),
+        );
+        r.register_with_unit(
+            "rotating_roll_longest_step",
+            "The longest step of each roll of the rotating-identifier table (a sighting waits for at most one)",
+            Unit::Seconds,
+            self.rotating_roll_longest_step.clone(),
         );
     }
 }
@@ -1530,6 +1546,21 @@ pub mod events {
     /// refusal) is on disk.
     pub fn decision_durable(t: &Telemetry, waited: Duration) {
         t.m.decision_durable.observe(waited.as_secs_f64());
+    }
+
+    /// A roll of the rotating-identifier table by one interval is done:
+    /// `took` from its first step to its last, in `steps` steps, the
+    /// longest of them `longest_step`.
+    pub fn rotating_roll(t: &Telemetry, took: Duration, steps: u32, longest_step: Duration) {
+        t.m.rotating_roll.observe(took.as_secs_f64());
+        t.m.rotating_roll_longest_step
+            .observe(longest_step.as_secs_f64());
+        tracing::info!(
+            took_ms = took.as_secs_f64() * 1000.0,
+            steps,
+            longest_step_us = longest_step.as_micros() as u64,
+            "rotating identifiers rolled"
+        );
     }
 
     pub fn nudge_published(t: &Telemetry) {

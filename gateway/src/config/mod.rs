@@ -90,6 +90,8 @@ pub struct Config {
     pub nudge_expiry: Duration,
     pub nudges_enabled: bool,
     pub retention: Duration,
+    /// How often the retention sweep runs (event time).
+    pub sweep_every: Duration,
     pub admin_listen: Option<SocketAddr>,
     /// Per-recipient token buckets on the app topics (`ratelimit.rs`).
     pub incoming_rate: crate::ratelimit::RateLimit,
@@ -621,7 +623,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         Some((mut presence, max_future_skew_ms, antenna_height_m)),
         Some(decode),
         Some((nudge_expiry, nudges_enabled)),
-        Some(retention),
+        Some((retention, sweep_every)),
         Some(incoming_rate),
         Some(admin_listen),
         Some((homeassistant, homeassistant_scope)),
@@ -703,6 +705,7 @@ fn validate(raw: RawConfig, inputs: &Inputs) -> Result<Config, Vec<Problem>> {
         nudge_expiry,
         nudges_enabled,
         retention,
+        sweep_every,
         admin_listen,
         incoming_rate,
         homeassistant,

@@ -304,6 +304,7 @@ pub struct RawNudges {
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     pub days: i64,
+    pub sweep_every_s: i64,
 }
 
 /// Per-recipient limits on the app topics (consent, checkin, feedback).

@@ -1223,11 +1223,21 @@ pub fn nudges(raw: &RawNudges) -> Checked<(Duration, bool)> {
     p.finish((Duration::from_secs(expiry_s), raw.enabled))
 }
 
-/// `[retention]`.
-pub fn retention(raw: &RawRetention) -> Checked<Duration> {
+/// `[retention]`: the window, and how often the sweep runs (event time).
+pub fn retention(raw: &RawRetention) -> Checked<(Duration, Duration)> {
     let mut p = Problems::default();
     let days: u64 = p.int("retention.days", raw.days, 1);
-    p.finish(Duration::from_secs(days.saturating_mul(86_400)))
+    let sweep_every_s = match u64::try_from(raw.sweep_every_s) {
+        Ok(s @ 60..=86_400) => s,
+        _ => {
+            p.add("retention.sweep_every_s", "must be between 60 and 86400");
+            3600
+        }
+    };
+    p.finish((
+        Duration::from_secs(days.saturating_mul(86_400)),
+        Duration::from_secs(sweep_every_s),
+    ))
 }
 
 /// `[incoming]`: the per-recipient token buckets.

@@ -388,6 +388,27 @@ fn the_publish_limit_defaults_to_the_shipped_brokers_and_is_bounded() {
 }
 
 #[test]
+fn the_retention_sweep_runs_hourly_unless_set_and_is_bounded() {
+    let c = load(MINIMAL_SITE, &[]).unwrap();
+    assert_eq!(c.sweep_every, std::time::Duration::from_secs(3600));
+    let c = load(
+        MINIMAL_SITE,
+        &[("GATEWAY__RETENTION__SWEEP_EVERY_S", "600")],
+    )
+    .unwrap();
+    assert_eq!(c.sweep_every, std::time::Duration::from_secs(600));
+    for bad in ["59", "86401", "-1"] {
+        let e = load(MINIMAL_SITE, &[("GATEWAY__RETENTION__SWEEP_EVERY_S", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.sweep_every_s: must be between 60 and 86400"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn presence_map_knobs_are_optional_checked_and_unknown_keys_refused() {
     let with = |extra: &str| load(&format!("{MINIMAL_SITE}\n[presence.map]\n{extra}\n"), &[]);
     let none = load(MINIMAL_SITE, &[]).unwrap();

@@ -79,13 +79,11 @@ const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 /// Keys of the rotating-ID table rolled per sighting or tick while a roll
 /// by one interval is under way (about a millisecond's work): a million
-/// keys roll over some 250 sightings instead of stopping the pipeline for
-/// the whole roll, and both windows of a roll under way hold the current
-/// interval (`identity::table`).
+/// keys roll over some 250 steps instead of stopping the pipeline for
+/// the whole roll, each followed by a pause as long as it took
+/// (`People::roll_toward`), and both windows of a roll under way hold the
+/// current interval (`identity::table`).
 pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
-
-/// How often retention runs (event time).
-const SWEEP_EVERY_MS: i64 = 3_600_000;
 
 /// The store's word for where the people came from, as a metric label
 /// (telemetry does not know the store).
@@ -276,6 +274,9 @@ impl Pipeline {
     pub(super) async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
         self.people.roll_toward(now / 1000, ROLL_KEYS_PER_STEP);
+        if let Some(roll) = self.people.take_finished_roll() {
+            events::rotating_roll(&self.telemetry, roll.took, roll.steps, roll.longest_step);
+        }
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
@@ -316,7 +317,7 @@ impl Pipeline {
             self.last_gain_ms = now;
             self.update_gains(now);
         }
-        if now - self.last_sweep_ms >= SWEEP_EVERY_MS {
+        if now - self.last_sweep_ms >= self.config.sweep_every.as_millis() as i64 {
             self.last_sweep_ms = now;
             self.sweep(now).await;
         }
