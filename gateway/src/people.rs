@@ -114,40 +114,19 @@ pub struct People {
     /// Heap of the person ids held in `slots` (kept as they change, so
     /// that [`People::heap_bytes`] costs nothing at a million people).
     id_bytes: usize,
-    /// The roll by one interval under way, timed.
-    roll: Option<RollTiming>,
-    /// The last roll done, until [`People::take_finished_roll`] takes it.
-    finished_roll: Option<RollDone>,
 }
 
-/// A stepped roll of the rotating-ID table under way.
-#[derive(Debug, Clone, Copy)]
-struct RollTiming {
-    started: std::time::Instant,
-    steps: u32,
-    longest_step: std::time::Duration,
-    /// No step before this: the last step's end plus as long as it took.
-    next_step: std::time::Instant,
-}
-
-/// A roll of the rotating-ID table by one interval, done: from its first
-/// step to its last, how many steps, and the longest of them (the most a
-/// sighting waited for the roll).
+/// What one call of [`People::roll_toward`] did, for whoever paces and
+/// times the roll (the pipeline, `daemon/roll.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RollDone {
-    pub took: std::time::Duration,
-    pub steps: u32,
-    pub longest_step: std::time::Duration,
-}
-
-impl RollTiming {
-    fn done(self) -> RollDone {
-        RollDone {
-            took: self.started.elapsed(),
-            steps: self.steps,
-            longest_step: self.longest_step,
-        }
-    }
+pub struct RollProgress {
+    /// A roll by one interval began (one still under way was finished
+    /// first; a larger jump is done at once and is not a roll).
+    pub began: bool,
+    /// A step of a roll by one interval ran.
+    pub stepped: bool,
+    /// The table is centred on the interval asked for.
+    pub centred: bool,
 }
 
 /// What a person id costs on the heap: its text and the reference counts.
@@ -195,8 +174,6 @@ impl People {
             table: RotatingIdTable::new(),
             records,
             id_bytes: 0,
-            roll: None,
-            finished_roll: None,
         }
     }
 
@@ -357,56 +334,20 @@ impl People {
     /// Moves the rotating-ID table towards `now_s`'s interval by at most
     /// `max_keys` keys (a roll by one interval; larger jumps are done at
     /// once): the pipeline's way, so that no sighting waits for a whole
-    /// roll. Returns whether the table is centred on it.
-    ///
-    /// Steps are paced: after a step, none for as long as it took, so the
-    /// caller's own work keeps at least half of its time while a roll is
-    /// under way. Unpaced, a step on every sighting saturated the pipeline
-    /// whenever a step took longer than the time between two sightings:
-    /// sightings queued up behind the whole roll, and decisions waited
-    /// 100-250 ms (BENCHMARKS.md, "Decisions across a roll"). A roll takes
-    /// about twice its work in wall time; both windows hold the current
-    /// interval meanwhile, so nothing goes unrecognised.
-    ///
-    /// Each roll by one interval is timed; [`People::take_finished_roll`]
-    /// hands over the last one done.
-    pub fn roll_toward(&mut self, now_s: i64, max_keys: usize) -> bool {
-        if self.table.start_roll(now_s) {
-            // A roll still under way was finished by `start_roll`.
-            if let Some(timing) = self.roll.take() {
-                self.finished_roll = Some(timing.done());
-            }
-            if self.table.rolling() {
-                let now = std::time::Instant::now();
-                self.roll = Some(RollTiming {
-                    started: now,
-                    steps: 0,
-                    longest_step: std::time::Duration::ZERO,
-                    next_step: now,
-                });
-            }
+    /// roll. Both windows of a roll under way hold the current interval,
+    /// so nothing goes unrecognised while it lasts. The caller paces the
+    /// steps (`daemon/roll.rs`): a step on every sighting saturated the
+    /// pipeline at a million keys (BENCHMARKS.md, "Decisions across a
+    /// roll").
+    pub fn roll_toward(&mut self, now_s: i64, max_keys: usize) -> RollProgress {
+        let began = self.table.start_roll(now_s) && self.table.rolling();
+        let stepped = self.table.rolling();
+        let centred = self.table.roll_some(max_keys);
+        RollProgress {
+            began,
+            stepped,
+            centred,
         }
-        let Some(timing) = &mut self.roll else {
-            return self.table.roll_some(max_keys);
-        };
-        let step = std::time::Instant::now();
-        if step < timing.next_step {
-            return false;
-        }
-        let done = self.table.roll_some(max_keys);
-        let took = step.elapsed();
-        timing.steps = timing.steps.saturating_add(1);
-        timing.longest_step = timing.longest_step.max(took);
-        timing.next_step = step + 2 * took;
-        if done {
-            self.finished_roll = self.roll.take().map(RollTiming::done);
-        }
-        done
-    }
-
-    /// The last roll by one interval that finished since the last call.
-    pub fn take_finished_roll(&mut self) -> Option<RollDone> {
-        self.finished_roll.take()
     }
 
     pub fn len(&self) -> usize {
@@ -720,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stepped_roll_is_timed_once_it_is_done_and_paced_steps_finish_it() {
+    fn a_roll_by_one_interval_goes_in_steps_and_says_how_far_it_is() {
         let interval = 2_642_976;
         let mut people = Rig::load(
             [
@@ -729,26 +670,41 @@ mod tests {
             ],
             i64::from(interval) * 600,
         );
+        let progress = |began, stepped, centred| RollProgress {
+            began,
+            stepped,
+            centred,
+        };
         let next = i64::from(interval + 1) * 600;
         let ahead = rotating_id(&key(KEY_A), interval + 2);
         assert!(people.resolve(&ahead).is_none());
-        // One key a step; a call before the pause is over does no step.
-        let started = std::time::Instant::now();
-        while !people.people.roll_toward(next, 1) {
-            assert!(people.people.take_finished_roll().is_none());
-            assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        }
-        let roll = people
-            .people
-            .take_finished_roll()
-            .expect("the roll is done");
-        assert_eq!(roll.steps, 2);
-        assert!(roll.longest_step <= roll.took);
-        assert!(people.people.take_finished_roll().is_none());
+        // Two keys, one a step.
+        assert_eq!(
+            people.people.roll_toward(next, 1),
+            progress(true, true, false)
+        );
+        assert_eq!(
+            people.people.roll_toward(next, 1),
+            progress(false, true, true)
+        );
         assert_eq!(people.resolve(&ahead).map(|p| p.as_str()), Some("p-1"));
-        // Centred: nothing more to time.
-        assert!(people.people.roll_toward(next, 1));
-        assert!(people.people.take_finished_roll().is_none());
+        // Centred: nothing to do.
+        assert_eq!(
+            people.people.roll_toward(next, 1),
+            progress(false, false, true)
+        );
+        // A jump of two intervals is done at once.
+        let later = i64::from(interval + 3) * 600;
+        assert_eq!(
+            people.people.roll_toward(later, 1),
+            progress(false, false, true)
+        );
+        assert_eq!(
+            people
+                .resolve(&rotating_id(&key(KEY_B), interval + 4))
+                .map(|p| p.as_str()),
+            Some("p-2")
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::topics::{self, Incoming, classify};
 
 mod incoming;
 mod pipeline;
+mod roll;
 
 pub use incoming::{MAX_INCOMING_BYTES, beacon_scanner_id};
 pub use pipeline::Pipeline;

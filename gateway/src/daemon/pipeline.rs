@@ -33,6 +33,8 @@ pub struct Pipeline {
     pub(super) last_sweep_ms: i64,
     /// When freed heap was last handed back (`crate::heap`), wall time.
     last_heap_release: std::time::Instant,
+    /// Paces and times the rotating-ID table's roll (`roll.rs`).
+    roll: super::roll::RollPacer,
     /// The store's own beacons: battery, temperature, last seen.
     pub(super) fleet: Fleet,
     pub(super) last_fleet_report_ms: i64,
@@ -81,9 +83,9 @@ const VISIT_SAVE_EVERY_MS: i64 = 10_000;
 /// by one interval is under way (about a millisecond's work): a million
 /// keys roll over some 250 steps instead of stopping the pipeline for
 /// the whole roll, each followed by a pause as long as it took
-/// (`People::roll_toward`), and both windows of a roll under way hold the
-/// current interval (`identity::table`).
-pub(super) const ROLL_KEYS_PER_STEP: usize = 4096;
+/// (`roll.rs`), and both windows of a roll under way hold the current
+/// interval (`identity::table`).
+const ROLL_KEYS_PER_STEP: usize = 4096;
 
 /// The store's word for where the people came from, as a metric label
 /// (telemetry does not know the store).
@@ -139,6 +141,7 @@ impl Pipeline {
             visit_saved_ms: HashMap::new(),
             last_sweep_ms: now,
             last_heap_release: std::time::Instant::now(),
+            roll: Default::default(),
             fleet,
             last_fleet_report_ms: i64::MIN,
             gain: None,
@@ -271,12 +274,22 @@ impl Pipeline {
         }
     }
 
-    pub(super) async fn on_tick(&mut self) {
-        let now = self.clock.now_ms();
-        self.people.roll_toward(now / 1000, ROLL_KEYS_PER_STEP);
-        if let Some(roll) = self.people.take_finished_roll() {
+    /// Moves the rotating-ID table towards now, one paced step of a roll
+    /// at most; a roll that ends is logged and counted.
+    pub(super) fn roll_people(&mut self) {
+        let now_s = self.clock.now_ms() / 1000;
+        let people = &mut self.people;
+        if let Some(roll) = self
+            .roll
+            .advance(|| people.roll_toward(now_s, ROLL_KEYS_PER_STEP))
+        {
             events::rotating_roll(&self.telemetry, roll.took, roll.steps, roll.longest_step);
         }
+    }
+
+    pub(super) async fn on_tick(&mut self) {
+        let now = self.clock.now_ms();
+        self.roll_people();
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
@@ -392,8 +405,7 @@ impl Pipeline {
             );
             return;
         }
-        self.people
-            .roll_toward(self.clock.now_ms() / 1000, ROLL_KEYS_PER_STEP);
+        self.roll_people();
         let mut frames = std::mem::take(&mut self.frames);
         if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
             events::advert_undecodable(&self.telemetry, item.source);

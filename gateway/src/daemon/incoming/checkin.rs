@@ -2,7 +2,6 @@
 //! store's beacons).
 
 use super::*;
-use crate::daemon::pipeline::ROLL_KEYS_PER_STEP;
 
 impl Pipeline {
     /// An iOS check-in: the app heard the store's beacons and says which
@@ -21,8 +20,7 @@ impl Pipeline {
                 return Err(rejection("storage", "could not be read; retry"));
             }
         };
-        self.people
-            .roll_toward(self.clock.now_ms() / 1000, ROLL_KEYS_PER_STEP);
+        self.roll_people();
         let resolved = self.people.resolve(&checkin.rotating_id).cloned();
         let person = match (expected, resolved) {
             (Some(expected), Some(resolved)) if expected == resolved => expected,
