@@ -349,10 +349,11 @@ impl Run<'_> {
     /// Fold the other stores' decisions made up to `now_ms`: a decision
     /// counts what the chain had told the store by then.
     fn fold_chain_until(&mut self, now_ms: i64) {
-        while let Some((_, entry)) = self.chain_pending.front() {
-            if entry.at_ms > now_ms {
-                break;
-            }
+        while self
+            .chain_pending
+            .front()
+            .is_some_and(|(_, entry)| entry.at_ms <= now_ms)
+        {
             let Some((person, entry)) = self.chain_pending.pop_front() else {
                 break;
             };
