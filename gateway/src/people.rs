@@ -350,6 +350,11 @@ impl People {
         }
     }
 
+    /// Whether a roll by one interval is under way (more steps to come).
+    pub fn rolling(&self) -> bool {
+        self.table.rolling()
+    }
+
     pub fn len(&self) -> usize {
         self.by_person.len()
     }

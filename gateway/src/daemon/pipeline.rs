@@ -4,6 +4,7 @@
 //! reloads. Incoming MQTT messages are handled in `incoming/`.
 
 use super::*;
+use crate::daemon::roll::Pace;
 use crate::telemetry::{Cache, MemoryPart};
 
 /// The pure core driven by I/O: decode → resolve → presence → decide, plus
@@ -240,6 +241,13 @@ impl Pipeline {
                     self.apply_config(new);
                 }
                 _ = tick.tick() => self.on_tick().await,
+                // A roll under way and nothing queued: the next step now,
+                // in time nobody waits for (`daemon/roll.rs`).
+                () = std::future::ready(()),
+                    if self.people.rolling() && sightings.is_empty() && incoming.is_empty() =>
+                {
+                    self.roll_people(Pace::Idle)
+                }
             }
         }
     }
@@ -274,14 +282,15 @@ impl Pipeline {
         }
     }
 
-    /// Moves the rotating-ID table towards now, one paced step of a roll
-    /// at most; a roll that ends is logged and counted.
-    pub(super) fn roll_people(&mut self) {
+    /// Moves the rotating-ID table towards now, one step of a roll at
+    /// most (paced when work waits: `daemon/roll.rs`); a roll that ends is
+    /// logged and counted.
+    pub(super) fn roll_people(&mut self, pace: Pace) {
         let now_s = self.clock.now_ms() / 1000;
         let people = &mut self.people;
         if let Some(roll) = self
             .roll
-            .advance(|| people.roll_toward(now_s, ROLL_KEYS_PER_STEP))
+            .advance(pace, || people.roll_toward(now_s, ROLL_KEYS_PER_STEP))
         {
             events::rotating_roll(&self.telemetry, roll.took, roll.steps, roll.longest_step);
         }
@@ -289,7 +298,7 @@ impl Pipeline {
 
     pub(super) async fn on_tick(&mut self) {
         let now = self.clock.now_ms();
-        self.roll_people();
+        self.roll_people(Pace::WorkWaiting);
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.presence.tick(now, &mut events);
@@ -405,7 +414,7 @@ impl Pipeline {
             );
             return;
         }
-        self.roll_people();
+        self.roll_people(Pace::WorkWaiting);
         let mut frames = std::mem::take(&mut self.frames);
         if decode_into(&sighting.adv, &self.config.decode, &mut frames) == 0 {
             events::advert_undecodable(&self.telemetry, item.source);
@@ -779,6 +788,55 @@ mod tests {
             pipeline.last_fleet_report_ms,
             i64::MIN,
             "reported at the next tick"
+        );
+    }
+
+    /// A quiet store (nobody heard) rolls its rotating identifiers in the
+    /// pipeline's idle time, step after step, not one step a tick: with
+    /// tokio's clock paused, time moves only once the pipeline has nothing
+    /// left to do, so the roll must be over before the first millisecond
+    /// has passed. One step a tick, a roll at a million keys took two
+    /// minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_pipeline_rolls_in_its_idle_time_not_a_step_a_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        let config = config(&storage, "");
+        let mut rig = Rig::new(config.clone(), &storage, 1);
+        let pipeline = &mut rig.pipeline;
+        let keys = 2 * ROLL_KEYS_PER_STEP + 10;
+        for i in 0..keys {
+            let record = crate::identity::PersonRecord::from_json(&format!(
+                r#"{{"person": "p-{i}", "recipient": "r-{i}", "identities": [{{"kind": "app", "key": "{:032x}"}}], "consent": {{"proximity": true}}}}"#,
+                i + 1
+            ))
+            .unwrap();
+            pipeline.people.upsert(record).unwrap();
+        }
+        // Centred on the interval before the last boundary; the clock just
+        // past it (and not past the next retention sweep).
+        let boundary_s = wall_ms() / 1000 / 600 * 600;
+        pipeline.people.roll_to(boundary_s - 1);
+        pipeline.clock = EventClock::starting_at(boundary_s * 1000 + 100);
+
+        let (_sightings_tx, sightings) = mpsc::channel(1);
+        let (_incoming_tx, incoming) = mpsc::channel(1);
+        let (_config_tx, config_rx) = watch::channel(config);
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::join!(
+            pipeline.run(sightings, incoming, config_rx, cancel),
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                stop.cancel();
+            }
+        );
+        assert!(!pipeline.people.rolling(), "the roll was left under way");
+        let last_key = u128::try_from(keys).unwrap().to_be_bytes();
+        let next = crate::identity::rotating_id(&last_key, (boundary_s / 600 + 1) as u32);
+        assert!(
+            pipeline.people.resolve(&next).is_some(),
+            "the last key was not rolled onto the new window"
         );
     }
 

@@ -2,6 +2,7 @@
 //! store's beacons).
 
 use super::*;
+use crate::daemon::roll::Pace;
 
 impl Pipeline {
     /// An iOS check-in: the app heard the store's beacons and says which
@@ -20,7 +21,7 @@ impl Pipeline {
                 return Err(rejection("storage", "could not be read; retry"));
             }
         };
-        self.roll_people();
+        self.roll_people(Pace::WorkWaiting);
         let resolved = self.people.resolve(&checkin.rotating_id).cloned();
         let person = match (expected, resolved) {
             (Some(expected), Some(resolved)) if expected == resolved => expected,
