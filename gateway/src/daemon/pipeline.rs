@@ -135,7 +135,11 @@ impl Pipeline {
             outgoing,
             people,
             presence,
-            clock: EventClock::starting_at(now),
+            // Not `now`: loading the people took seconds at a million,
+            // and a clock started behind the wall clock stays behind until
+            // a sighting brings it forward (a quiet store rolled its
+            // rotating ids, and closed visits, that much late).
+            clock: EventClock::starting_at(wall_ms()),
             frames: Vec::new(),
             events: Vec::new(),
             recognised: HashSet::new(),
@@ -837,6 +841,35 @@ mod tests {
         assert!(
             pipeline.people.resolve(&next).is_some(),
             "the last key was not rolled onto the new window"
+        );
+    }
+
+    /// The event clock starts at the wall clock when the pipeline is
+    /// ready, not when it began loading the people.
+    #[tokio::test]
+    async fn the_clock_starts_where_the_wall_clock_is_once_the_people_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("db");
+        {
+            let store = Store::open(&storage).unwrap();
+            for i in 0..2_000 {
+                let record = crate::identity::PersonRecord::from_json(&format!(
+                    r#"{{"person": "p-{i}", "recipient": "r-{i}", "identities": [{{"kind": "app", "key": "{:032x}"}}], "consent": {{"proximity": true}}}}"#,
+                    i + 1
+                ))
+                .unwrap();
+                store.upsert_person(&record).unwrap();
+            }
+        }
+        let began = wall_ms();
+        let rig = Rig::new(config(&storage, ""), &storage, 1);
+        let ready = wall_ms();
+        assert_eq!(rig.pipeline.people.len(), 2_000);
+        let behind = ready - rig.pipeline.clock.now_ms();
+        assert!(
+            behind <= 20,
+            "the clock is {behind} ms behind the wall clock (loading took {} ms)",
+            ready - began
         );
     }
 
