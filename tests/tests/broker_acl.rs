@@ -349,6 +349,11 @@ impl ExampleSite {
             guard.stderr().contains("gateway running")
         })
         .map_err(|e| e.context(guard.logs()))?;
+        anyhow::ensure!(
+            !guard.stderr().contains('\x1b'),
+            "terminal escape codes in a log written to a file:\n{}",
+            guard.logs()
+        );
         Ok(guard)
     }
 
