@@ -110,21 +110,12 @@ SITE
     r="$(rss_kb "$gw")"; [ "$r" -gt "$peak" ] && peak="$r"
     metrics "$admin_port" >"$dir/m1.txt"
     load1="$(cut -d' ' -f1 /proc/loadavg)"
-    python3 - "$dir" "$rate" "$c0" "$c1" "$t0" "$t1" "$(getconf CLK_TCK)" "$peak" "$load1" "$seconds" >>"$out" <<'EOF'
-import json, re, sys
+    BENCH_DIR="$here" python3 - "$dir" "$rate" "$c0" "$c1" "$t0" "$t1" "$(getconf CLK_TCK)" "$peak" "$load1" "$seconds" >>"$out" <<'EOF'
+import json, os, re, sys
 (d, rate, c0, c1, t0, t1, hz, peak, load1, secs) = sys.argv[1:]
-def series(path):
-    out = {}
-    for line in open(path):
-        if line.startswith("#") or not line.strip():
-            continue
-        name, _, value = line.rpartition(" ")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            pass
-    return out
-m0, m1 = series(f"{d}/m0.txt"), series(f"{d}/m1.txt")
+sys.path.insert(0, os.environ["BENCH_DIR"])
+import histogram
+m0, m1 = (histogram.series(open(f"{d}/{m}.txt")) for m in ("m0", "m1"))
 def delta(prefix, where=lambda name: True):
     return sum(v - m0.get(k, 0.0) for k, v in m1.items() if k.startswith(prefix) and where(k))
 # Chain entries in, by outcome (labels as the gateway names them).
@@ -137,28 +128,11 @@ for k, v in m1.items():
 folded = by_outcome.get("folded", 0) + by_outcome.get("duplicate", 0)
 held_chain = delta("gateway_nudges_held_total{", lambda k: 'reason="chain_' in k)
 held_other = delta("gateway_nudges_held_total{", lambda k: 'reason="chain_' not in k)
-# sighting -> PUBACK from the histogram's bucket deltas, quantiles as
-# Prometheus' histogram_quantile (linear within a bucket).
-name = "gateway_sighting_to_puback_seconds"
-buckets = []
-for k, v in m1.items():
-    m = re.fullmatch(name + r'_bucket\{le="([^"]+)"\}', k)
-    if m:
-        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-        buckets.append((le, v - m0.get(k, 0.0)))
-buckets.sort()
-total = buckets[-1][1] if buckets else 0
+# sighting -> PUBACK from the histogram's bucket deltas (bench/histogram.py).
+buckets = histogram.between(m0, m1, "gateway_sighting_to_puback_seconds")
+total = histogram.count(buckets)
 def q(p):
-    if total <= 0:
-        return float("nan")
-    rank, lo, below = p * total, 0.0, 0.0
-    for le, cum in buckets:
-        if cum >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * ((rank - below) / (cum - below) if cum > below else 1)
-        lo, below = le, cum
-    return lo
+    return histogram.quantile(buckets, p)
 chain = json.load(open(f"{d}/chain.json"))
 load = json.load(open(f"{d}/load.json"))
 got = delta('gateway_sightings_total{source="udp"}')

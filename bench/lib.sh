@@ -126,8 +126,12 @@ start_load_rig() {
 write_people() {
     local dummy_port
     dummy_port="$(free_port udp)"
-    "$1" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$4" \
-        --strangers 0 --duration 1ms --people "$2" >/dev/null
+    if [ "$4" -gt 0 ]; then
+        "$1" load --target "127.0.0.1:$dummy_port" --rate 1 --devices "$4" \
+            --strangers 0 --duration 1ms --people "$2" >/dev/null
+    else
+        : >"$2"
+    fi
     python3 - "$2" "$(($3 - $4))" <<'PY'
 import json, random, sys
 path, n = sys.argv[1], int(sys.argv[2])

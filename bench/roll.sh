@@ -17,7 +17,9 @@
 # (gateway_decision_durable_seconds), p50/p99 interpolated in their buckets
 # as Prometheus' histogram_quantile, max as the upper bound of the highest
 # bucket hit; and the roll itself (gateway_rotating_roll_seconds: first
-# step to last; gateway_rotating_roll_longest_step_seconds).
+# step to last; gateway_rotating_roll_longest_step_seconds). With
+# --shoppers 0 nobody is heard: the roll of a quiet store, driven by the
+# pipeline alone (no decisions to time).
 #
 # --soak MIN: memory of a long-running gateway. P present (heard once a
 # second each) for MIN minutes, the retention sweep every SWEEP seconds
@@ -69,7 +71,7 @@ while [ $# -gt 0 ]; do
 done
 enrolled_load=$([ "$soak" -gt 0 ] && echo "$present" || echo "$shoppers")
 [ "$enrolled_load" -le "$people" ] || { echo "--shoppers/--present must not exceed --people" >&2; exit 2; }
-[ "$soak" -gt 0 ] || [ "$arrive" -le $((before + after)) ] || { echo "--arrive must not exceed --before + --after" >&2; exit 2; }
+[ "$soak" -gt 0 ] || [ "$shoppers" -eq 0 ] || [ "$arrive" -le $((before + after)) ] || { echo "--arrive must not exceed --before + --after" >&2; exit 2; }
 mkdir -p "$here/results"
 out="${ROLL_OUT:-$here/results/roll-$(date -u +%Y%m%dT%H%M%SZ)}"
 
@@ -133,7 +135,9 @@ PY
     exit 0
 fi
 
-start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" readyz 1200 0.05
+# The roll's own log line (info, with its time) goes into the results.
+BENCH_GATEWAY_LOG="${BENCH_GATEWAY_LOG:-warn,rumqttc=error,gateway::telemetry=info}" \
+    start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" readyz 1200 0.05
 now="$(date +%s)"
 boundary=$(( (now + before + 5 + 599) / 600 * 600 ))
 start_at=$((boundary - before))
@@ -154,8 +158,14 @@ sleep $((start_at - $(date +%s)))
 ) &
 bench_pids+=($!)
 c0="$(awk '{ print $14 + $15 }' "/proc/$gw/stat")"
-"$sim" load --target "127.0.0.1:$udp_port" --rate "$rate" --devices "$shoppers" --strangers 0 \
-    --arrive-over "${arrive}s" --duration "$((before + after))s" --json >"$work/load.json"
+if [ "$shoppers" -gt 0 ]; then
+    "$sim" load --target "127.0.0.1:$udp_port" --rate "$rate" --devices "$shoppers" --strangers 0 \
+        --arrive-over "${arrive}s" --duration "$((before + after))s" --json >"$work/load.json"
+else
+    # A quiet store: nobody heard, the roll driven by the pipeline alone.
+    echo '{"quiet": true}' >"$work/load.json"
+    sleep $((before + after))
+fi
 sleep 3
 touch "$work/stop"
 sleep 1
@@ -163,124 +173,8 @@ c1="$(awk '{ print $14 + $15 }' "/proc/$gw/stat")"
 cpu_pct=$(( (c1 - c0) * 100 / $(getconf CLK_TCK) / (before + after + 4) ))
 echo "load: $shoppers enrolled shoppers arriving over ${arrive}s, $rate adverts/s when all have arrived, from $((before)) s before the boundary to $after s after; gateway CPU ${cpu_pct} % of a core over it; $(cat "$work/load.json")" | tee -a "$out.txt"
 cp "$work/scrapes.txt" "$out.scrapes"
-python3 - "$out.scrapes" "$boundary" "$out.tsv" <<'PY' | tee -a "$out.txt"
-import sys
-path, boundary, tsv = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-scrapes = []
-for line in open(path):
-    if line.startswith("@ "):
-        _, t, load1 = line.split()
-        scrapes.append((float(t), load1, {}))
-    elif scrapes:
-        name, _, value = line.rpartition(" ")
-        scrapes[-1][2][name] = float(value)
-
-def buckets(m, name):
-    out = []
-    for k, v in m.items():
-        if k.startswith(name + '_bucket{le="'):
-            le = k[len(name) + 12:-2]
-            out.append((float("inf") if le == "+Inf" else float(le), v))
-    return sorted(out)
-
-def delta(a, b, name):
-    """Bucket counts (cumulative) of what was observed between scrapes a and b."""
-    before = dict(buckets(scrapes[a][2], name))
-    return [(le, v - before.get(le, 0.0)) for le, v in buckets(scrapes[b][2], name)]
-
-def add(x, y):
-    return [(le, u + v) for (le, u), (_, v) in zip(x, y)] if x else y
-
-def q(bs, p):
-    total = bs[-1][1] if bs else 0
-    if total <= 0:
-        return float("nan")
-    rank, lo, below = p * total, 0.0, 0.0
-    for le, cum in bs:
-        if cum >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * ((rank - below) / (cum - below) if cum > below else 1)
-        lo, below = le, cum
-    return lo
-
-def top(bs):
-    """Upper bound of the highest bucket hit."""
-    prev = 0.0
-    hit = float("nan")
-    for le, cum in bs:
-        if cum > prev:
-            hit = le
-        prev = cum
-    return hit
-
-def value(i, name):
-    return scrapes[i][2].get(name, 0.0)
-
-# The roll: the scrape at which gateway_rotating_roll_seconds_count went up
-# after the boundary.
-rolls = [i for i in range(1, len(scrapes))
-         if value(i, "gateway_rotating_roll_seconds_count") > value(i - 1, "gateway_rotating_roll_seconds_count")
-         and scrapes[i][0] >= boundary]
-if not rolls:
-    print("no roll was counted after the boundary")
-    sys.exit(1)
-k = rolls[0]
-took = value(k, "gateway_rotating_roll_seconds_sum") - value(k - 1, "gateway_rotating_roll_seconds_sum")
-step = (value(k, "gateway_rotating_roll_longest_step_seconds_sum")
-        - value(k - 1, "gateway_rotating_roll_longest_step_seconds_sum"))
-print(f"roll: {took * 1000:.1f} ms from its first step to its last (gateway_rotating_roll_seconds), "
-      f"longest step {step * 1000:.3f} ms (gateway_rotating_roll_longest_step_seconds); "
-      f"counted in the scrape {scrapes[k][0] - boundary:+.2f} s after the boundary")
-# Inside: from the last scrape at or before the boundary to the first at or
-# after the roll's end (and not before the scrape that counted it).
-i0 = max(i for i in range(len(scrapes)) if scrapes[i][0] <= boundary)
-i1 = min(i for i in range(len(scrapes)) if scrapes[i][0] >= boundary + took and i >= k)
-last = len(scrapes) - 1
-names = ("gateway_sighting_to_puback_seconds", "gateway_decision_durable_seconds")
-windows = [
-    ("before the roll", 0, i0),
-    ("inside the roll", i0, i1),
-    ("after the roll", i1, last),
-]
-rows = []
-for label, a, b in windows:
-    row = [label, f"{scrapes[a][0] - boundary:+.2f}", f"{scrapes[b][0] - boundary:+.2f}"]
-    for name in names:
-        bs = delta(a, b, name)
-        n = int(bs[-1][1]) if bs else 0
-        row += [str(n), f"{q(bs, 0.5) * 1000:.2f}", f"{q(bs, 0.99) * 1000:.2f}", f"<={top(bs) * 1000:g}"]
-    loads = [s[1] for s in scrapes[a:b + 1]]
-    row.append(max(loads, key=float))
-    rows.append(row)
-outside = add(delta(0, i0, names[0]), delta(i1, last, names[0]))
-outside_d = add(delta(0, i0, names[1]), delta(i1, last, names[1]))
-row = ["outside (both)", "", ""]
-for bs in (outside, outside_d):
-    row += [str(int(bs[-1][1])), f"{q(bs, 0.5) * 1000:.2f}", f"{q(bs, 0.99) * 1000:.2f}", f"<={top(bs) * 1000:g}"]
-row.append(max((s[1] for s in scrapes), key=float))
-rows.append(row)
-head = ["window", "from_s", "to_s", "puback_n", "puback_p50_ms", "puback_p99_ms", "puback_max_ms",
-        "durable_n", "durable_p50_ms", "durable_p99_ms", "durable_max_ms", "load_1m_max"]
-with open(tsv, "w") as f:
-    for r in [head] + rows:
-        f.write("\t".join(r) + "\n")
-widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-for r in [head] + rows:
-    print("  ".join(x.ljust(w) for x, w in zip(r, widths)))
-# Second by second around the boundary: nudges acked and their worst bucket.
-print("per second around the boundary (t from the boundary: sighting->PUBACK timed, max bucket):")
-line = []
-for sec in range(-5, 6):
-    a = max(i for i in range(len(scrapes)) if scrapes[i][0] <= boundary + sec)
-    b = max(i for i in range(len(scrapes)) if scrapes[i][0] <= boundary + sec + 1)
-    bs = delta(a, b, names[0])
-    line.append(f"{sec:+d}s: {int(bs[-1][1]) if bs else 0} <={top(bs) * 1000:g}ms")
-print("  " + "; ".join(line))
-print("window from/to: seconds from the boundary, at the scrapes (every 0.25 s) that bound it; "
-      "p50/p99: linear in the histogram's buckets (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 50 ms ...); "
-      "max: upper bound of the highest bucket hit")
-PY
+python3 "$here/roll_report.py" "$out.scrapes" "$boundary" "$out.tsv" | tee -a "$out.txt"
+grep 'rotating identifiers rolled' "$work/gateway.err" | cut -c1-240 | tee -a "$out.txt" || true
 errors="$(grep -c -E 'WARN|ERROR' "$work/gateway.err" || true)"
 [ "$errors" = 0 ] || { echo "gateway warnings/errors logged: $errors" | tee -a "$out.txt"; grep -E 'WARN|ERROR' "$work/gateway.err" | cut -c1-200 | sort | uniq -c | sort -rn | head -5 | tee -a "$out.txt"; }
 echo "results: $out.txt"
