@@ -25,7 +25,9 @@
 #        before the load; FOOTPRINT_LATER_S=T reads VmRSS once more T s
 #        after the first reading (default 0: not read). FOOTPRINT_SPLIT=FILE
 #        appends, for idle, end of load and later, the smaps split (binary,
-#        libraries, [heap], anonymous) to FILE.
+#        libraries, [heap], anonymous) to FILE; with FOOTPRINT_MALLOC_STATS=1
+#        also glibc's malloc_stats() of the running gateway (through gdb,
+#        which stops it for a moment): in use and held per arena.
 # Loopback only; bounded; every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -74,6 +76,14 @@ split_mb() {
 }
 split_note() {
     [ -z "${FOOTPRINT_SPLIT:-}" ] || echo "$1 rss $(rss_kb "$gw") kB; $(split_mb "$gw")" >>"$FOOTPRINT_SPLIT"
+    if [ -n "${FOOTPRINT_SPLIT:-}" ] && [ "${FOOTPRINT_MALLOC_STATS:-0}" = 1 ]; then
+        local before
+        before="$(wc -l <"$work/gateway.err")"
+        gdb -batch -nx --readnever -p "$gw" -ex 'call (void)malloc_stats()' >/dev/null 2>&1 || true
+        sleep 0.2
+        tail -n +"$((before + 1))" "$work/gateway.err" | grep -E "^(Arena|system bytes|in use bytes|Total)" \
+            | paste -sd' ' | sed "s/^/$1 malloc_stats: /" >>"$FOOTPRINT_SPLIT"
+    fi
 }
 # [storage] cache_mb through the config's environment layer.
 [ -z "${GATEWAY_STORAGE_CACHE_MB:-}" ] || export GATEWAY__STORAGE__CACHE_MB="$GATEWAY_STORAGE_CACHE_MB"
