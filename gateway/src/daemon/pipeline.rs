@@ -363,6 +363,7 @@ impl Pipeline {
             }
         }
         let chain = self.config.chain.is_some();
+        let started = std::time::Instant::now();
         let swept = tokio::task::spawn_blocking(move || {
             let removed = store.sweep(cutoff)?;
             // The chain's ledgers keep their eight days, its tombstones
@@ -376,8 +377,13 @@ impl Pipeline {
         .await;
         match swept {
             Ok(Ok(removed)) => {
-                events::retention_swept(&self.telemetry, removed);
-                tracing::info!(removed, "retention sweep");
+                let took = started.elapsed();
+                events::retention_sweep(&self.telemetry, took, removed);
+                tracing::info!(
+                    removed,
+                    took_ms = took.as_secs_f64() * 1000.0,
+                    "retention sweep"
+                );
             }
             Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
             Err(e) => events::storage_error(&self.telemetry, "retention", &e),
