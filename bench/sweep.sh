@@ -97,9 +97,11 @@ echo "ageing: $(cat "$work/age.time") (load $(cut -d' ' -f1 /proc/loadavg)); sto
 
 export GATEWAY__RETENTION__SWEEP_EVERY_S=60
 export GATEWAY__RETENTION__DAYS="$retention_days"
+t0="$(date +%s.%N)"
 BENCH_GATEWAY_LOG="warn,rumqttc=error,gateway::daemon=info" \
     start_gateway "$gateway" "$work/site.toml" "$work" "$admin_port" readyz 1200 0.05
-echo "gateway ready $(date -u +%T) UTC; [retention] days = $retention_days, sweep_every_s = 60" | tee -a "$out.txt"
+ready_s="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")"
+echo "gateway ready $(date -u +%T) UTC, ${ready_s} s after its start (load $(cut -d' ' -f1 /proc/loadavg)), resident $(( $(rss_kb "$gw") / 1024 )) MB; [retention] days = $retention_days, sweep_every_s = 60" | tee -a "$out.txt"
 
 # Every 0.2 s from outside: t, VmRSS, VmHWM, RssAnon, RssFile (kB), CPU
 # ticks (utime + stime), bytes read from storage (/proc/<pid>/io), load.
