@@ -106,7 +106,7 @@ pub const CHAIN_TOMBSTONES: &str = "chain_tombstones.v4";
 pub const EXPIRY: &str = "expiry.v6";
 
 /// The tree an `expiry.v6` key points into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Expiring {
     Decision,
     Feedback,

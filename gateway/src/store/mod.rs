@@ -1430,17 +1430,22 @@ impl Store {
         self.people_changing()?;
         let tag = self.person_tag(id);
         let mut removed = 0;
-        let earlier = self.tombstone(id)?;
-        let erased_at_ms = earlier.map_or(erased_at_ms, |t| t.max(erased_at_ms));
-        if let Some(earlier) = earlier.filter(|&t| t != erased_at_ms) {
-            self.expiry
-                .remove(keys::expiry(earlier, keys::Expiring::Tombstone, &tag))?;
-        }
-        self.expiry.insert(
-            keys::expiry(erased_at_ms, keys::Expiring::Tombstone, &tag),
-            &[],
+        // The tombstone and its index key move together: a sweep running
+        // beside this removes a tombstone only while its key is there.
+        unwrap_tx(
+            (&self.tombstones, &self.expiry).transaction(|(tombstones, expiry)| {
+                let earlier = tombstones
+                    .get(tag)?
+                    .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+                let at = earlier.map_or(erased_at_ms, |t| t.max(erased_at_ms));
+                if let Some(earlier) = earlier {
+                    expiry.remove(keys::expiry(earlier, keys::Expiring::Tombstone, &tag))?;
+                }
+                expiry.insert(keys::expiry(at, keys::Expiring::Tombstone, &tag), &[])?;
+                tombstones.insert(&tag, &at.to_be_bytes())?;
+                Ok(())
+            }),
         )?;
-        self.tombstones.insert(tag, &erased_at_ms.to_be_bytes())?;
         if let Some(record) = self.person_by_tag(tag)? {
             removed += usize::from(
                 self.recipients
@@ -1554,27 +1559,71 @@ impl Store {
         cutoff_ms: i64,
         only: Option<keys::Expiring>,
     ) -> Result<usize, StoreError> {
-        let mut removed = 0;
+        // The index keys below the cut-off, in time order: what an hourly
+        // sweep finds is an hour's entries, a catch-up (a gateway that was
+        // off, a first sweep) may be a month's.
+        let mut expired = Vec::new();
         for item in self.expiry.range(..keys::expiry_time(cutoff_ms)) {
             let (index_key, _) = item?;
-            let Some((tree, key)) = keys::expiry_entry(&index_key) else {
+            let Some((tree, _)) = keys::expiry_entry(&index_key) else {
                 return Err(StoreError::Corrupt {
                     tree: keys::EXPIRY,
                     reason: "key names no tree".into(),
                 });
             };
-            if only.is_some_and(|only| only != tree) {
-                continue;
+            if only.is_none_or(|only| only == tree) {
+                expired.push(index_key);
             }
-            let entries = match tree {
-                keys::Expiring::Decision => &self.decisions,
-                keys::Expiring::Feedback => &self.feedback,
-                keys::Expiring::Tombstone => &self.tombstones,
-            };
-            // The entry first: a crash in between leaves an index key
-            // that points at nothing, which the next sweep removes.
-            removed += usize::from(entries.remove(key)?.is_some());
-            self.expiry.remove(&index_key)?;
+        }
+        // The entries in their trees' key order, so that each leaf is met
+        // once: in time order they are scattered over the trees (keys
+        // start with the person's tag), and a month of them removed at
+        // random took 7 s and held the pipeline's sled writes back by
+        // seconds (BENCHMARKS.md §2a, "A month-old store"). The entry
+        // first: a crash in between leaves an index key that points at
+        // nothing, which the next sweep removes.
+        let mut entries: Vec<(keys::Expiring, &[u8], &[u8])> = expired
+            .iter()
+            .filter_map(|k| keys::expiry_entry(k).map(|(tree, key)| (tree, key, &k[..])))
+            .collect();
+        entries.sort_unstable();
+        let mut removed = 0;
+        let mut pace = Pace::default();
+        for &(tree, key, index_key) in &entries {
+            match tree {
+                keys::Expiring::Decision => {
+                    removed += usize::from(self.decisions.remove(key)?.is_some());
+                }
+                // An answer or a tombstone may be replaced (a later answer,
+                // a later erasure) while the sweep runs beside the
+                // pipeline: it goes only if its index key still says the
+                // time the sweep found, both in one transaction (as they
+                // are written).
+                keys::Expiring::Feedback | keys::Expiring::Tombstone => {
+                    let entries = if tree == keys::Expiring::Feedback {
+                        &self.feedback
+                    } else {
+                        &self.tombstones
+                    };
+                    removed +=
+                        unwrap_tx((entries, &self.expiry).transaction(|(entries, expiry)| {
+                            Ok(match expiry.remove(index_key)? {
+                                Some(_) => usize::from(entries.remove(key)?.is_some()),
+                                None => 0,
+                            })
+                        }))?;
+                }
+            }
+            pace.step();
+        }
+        // The decisions' index keys, in the index's order.
+        for index_key in &expired {
+            if keys::expiry_entry(index_key)
+                .is_some_and(|(tree, _)| tree == keys::Expiring::Decision)
+            {
+                self.expiry.remove(index_key)?;
+                pace.step();
+            }
         }
         Ok(removed)
     }
@@ -1617,6 +1666,37 @@ impl Store {
         }
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// A long sweep shares sled and the cores with the pipeline: after every
+/// [`Pace::STEPS`] removals it pauses as long as they took, so the
+/// pipeline's own writes keep half the time (as the rotating-id roll
+/// does, `daemon/roll.rs`). An hourly sweep (a few hundred removals)
+/// never pauses.
+struct Pace {
+    since: std::time::Instant,
+    steps: usize,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            since: std::time::Instant::now(),
+            steps: 0,
+        }
+    }
+}
+
+impl Pace {
+    const STEPS: usize = 1024;
+
+    fn step(&mut self) {
+        self.steps += 1;
+        if self.steps == Self::STEPS {
+            std::thread::sleep(self.since.elapsed());
+            *self = Pace::default();
+        }
     }
 }
 
