@@ -121,12 +121,26 @@ for k in range(1, len(scrapes)):
         i0 = max([i for i in range(len(scrapes)) if scrapes[i][0] <= start] or [0])
         sweeps.append((k, i0, start, end, took, removed))
 
+def longest_gap(a, b):
+    """The longest time, in seconds, between two scrapes that saw new
+    decisions (gateway_decision_durable_seconds_count went up), from the
+    last such scrape at or before a to the first at or after b: how long
+    the pipeline made no decision around a sweep."""
+    name = "gateway_decision_durable_seconds_count"
+    ups = [i for i in range(1, len(scrapes)) if val(i, name) > val(i - 1, name)]
+    before = [i for i in ups if scrapes[i][0] <= a]
+    after = [i for i in ups if scrapes[i][0] >= b]
+    inside = [i for i in ups if a < scrapes[i][0] < b]
+    marks = ([before[-1]] if before else []) + inside + ([after[0]] if after else [])
+    return max((scrapes[j][0] - scrapes[i][0] for i, j in zip(marks, marks[1:])), default=float("nan"))
+
+
 names = ("gateway_sighting_to_puback_seconds", "gateway_decision_durable_seconds")
 t_first = proc[0][0]
 head = ["sweep", "at_s", "took_s", "removed", "rss_before_mb", "rss_peak_during_mb", "rss_10s_after_mb",
         "rss_50s_after_mb", "hwm_after_mb", "anon_before_mb", "anon_10s_after_mb", "file_before_mb",
         "file_10s_after_mb", "cpu_s_during", "read_mb_during", "gateway_memory_mb_before",
-        "gateway_memory_mb_after", "load_1m"]
+        "gateway_memory_mb_after", "no_decision_s", "load_1m"]
 rows = []
 inside = {n: [] for n in names}
 for j, (k, i0, start, end, took, removed) in enumerate(sweeps):
@@ -139,7 +153,8 @@ for j, (k, i0, start, end, took, removed) in enumerate(sweeps):
                  mb(before[1]), mb(max(s[1] for s in during)), mb(after10[1]), mb(after50[1]),
                  mb(after10[2]), mb(before[3]), mb(after10[3]), mb(before[4]), mb(after10[4]),
                  f"{last[5] - before[5]:.2f}", f"{(last[6] - before[6]) / 1048576:.1f}",
-                 f"{memory(i0) / 1048576:.1f}", f"{memory(k) / 1048576:.1f}", max((s[7] for s in during), key=float)])
+                 f"{memory(i0) / 1048576:.1f}", f"{memory(k) / 1048576:.1f}",
+                 f"{longest_gap(start, end):.2f}", max((s[7] for s in during), key=float)])
     for n in names:
         inside[n] = add(inside[n], delta(i0, k, n))
 
@@ -168,4 +183,4 @@ print(f"VmRSS over the run: first {mb(proc[0][1])}, min {mb(min(rss))}, max {mb(
       f"VmHWM at the end {mb(proc[-1][2])} MB; gateway_memory_bytes at the end {memory(last) / 1048576:.1f} MB (in-process, from capacities)")
 print("rss/anon/file/hwm: /proc/<pid>/status of gateway run (outside), sampled every 0.2 s; before = last sample before the "
       "sweep's start, peak = highest sample within it; cpu/read: /proc/<pid>/stat utime+stime and /proc/<pid>/io read_bytes "
-      "(whole process) over the sweep; gateway_memory_mb: gateway_memory_bytes summed over its parts (in-process, not resident)")
+      "(whole process) over the sweep; no_decision_s: the longest time without a new decision (gateway_decision_durable_seconds_count, scraped every 0.25 s) from the last before the sweep to the first after it; gateway_memory_mb: gateway_memory_bytes summed over its parts (in-process, not resident)")
