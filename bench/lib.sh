@@ -1,4 +1,5 @@
-# Shared by bench/e2e.sh, bench/footprint.sh and bench/chain.sh (sourced,
+# Shared by bench/e2e.sh, bench/footprint.sh, bench/roll.sh, bench/sweep.sh
+# and bench/chain.sh (sourced,
 # not run): free
 # loopback ports, a private Mosquitto, process cleanup by pid, and /proc
 # readings of a process. Loopback only; every process started through

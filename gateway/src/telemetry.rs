@@ -50,6 +50,11 @@ pub const LATENCY_BUCKETS: [f64; 18] = [
     0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// The retention sweep's buckets, seconds: from a fresh log's few
+/// milliseconds to a minute (BENCHMARKS.md §2a, "A month-old store").
+/// Few, so the family stays small (11 series).
+pub const SWEEP_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+
 /// A fixed set of label values: an enum whose variants are the only texts
 /// a label can carry. The text is written beside each variant (some are
 /// not Rust identifiers: `topic recipient`, `mqtt.password_file`), so
@@ -660,6 +665,7 @@ struct Metrics {
     decision_durable: Histogram,
     rotating_roll: Histogram,
     rotating_roll_longest_step: Histogram,
+    retention_sweep: Histogram,
 }
 
 impl Metrics {
@@ -724,6 +730,7 @@ impl Metrics {
             decision_durable: Histogram::new(LATENCY_BUCKETS),
             rotating_roll: Histogram::new(LATENCY_BUCKETS),
             rotating_roll_longest_step: Histogram::new(LATENCY_BUCKETS),
+            retention_sweep: Histogram::new(SWEEP_BUCKETS),
         }
     }
 
@@ -1041,6 +1048,12 @@ impl Metrics {
             "The longest step of each roll of the rotating-identifier table (a sighting waits for at most one)",
             Unit::Seconds,
             self.rotating_roll_longest_step.clone(),
+        );
+        r.register_with_unit(
+            "retention_sweep",
+            "Retention sweeps of the store (decision log, feedback, tombstones; the chain's trees in a chain): how long each took",
+            Unit::Seconds,
+            self.retention_sweep.clone(),
         );
     }
 }
@@ -1646,6 +1659,16 @@ pub mod events {
 
     pub fn chain_outbox_length(t: &Telemetry, length: usize) {
         t.m.chain_outbox_length.set(length as i64);
+    }
+
+    /// A retention sweep of the store is done: `removed` entries went in
+    /// `took` (the sweep runs on a blocking thread, beside the pipeline).
+    /// Logged by the pipeline ("retention sweep", target `gateway::daemon`,
+    /// which `bench/roll.sh` and `bench/sweep.sh` read without the
+    /// per-nudge lines of this module).
+    pub fn retention_sweep(t: &Telemetry, took: Duration, removed: usize) {
+        t.m.retention_swept.inc_by(removed as u64);
+        t.m.retention_sweep.observe(took.as_secs_f64());
     }
 
     /// Capture records dropped by the retention sweep.

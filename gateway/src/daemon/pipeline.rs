@@ -32,6 +32,10 @@ pub struct Pipeline {
     /// write per advert.
     pub(super) visit_saved_ms: HashMap<PersonId, i64>,
     pub(super) last_sweep_ms: i64,
+    /// The retention sweep under way, if any: it runs beside the pipeline,
+    /// which does not wait for it (a sweep over a month-old store stopped
+    /// the pipeline for its whole length: BENCHMARKS.md §2a).
+    sweeping: Option<tokio::task::JoinHandle<()>>,
     /// When freed heap was last handed back (`crate::heap`), wall time.
     last_heap_release: std::time::Instant,
     /// Paces and times the rotating-ID table's roll (`roll.rs`).
@@ -145,6 +149,7 @@ impl Pipeline {
             recognised: HashSet::new(),
             visit_saved_ms: HashMap::new(),
             last_sweep_ms: now,
+            sweeping: None,
             last_heap_release: std::time::Instant::now(),
             roll: Default::default(),
             fleet,
@@ -363,7 +368,10 @@ impl Pipeline {
         events::memory(&self.telemetry, MemoryPart::VaultIndex, vault);
     }
 
-    /// Retention: decision-log entries older than the window go.
+    /// Retention: decision-log entries older than the window go. The
+    /// store's sweep runs on a blocking thread and the pipeline goes on
+    /// meanwhile; it is logged and counted when it ends. A sweep still
+    /// under way when the next is due makes that one skip.
     pub(super) async fn sweep(&mut self, now_ms: i64) {
         let cutoff = now_ms - self.config.retention.as_millis() as i64;
         let store = self.store.clone();
@@ -375,26 +383,42 @@ impl Pipeline {
                 }
             }
         }
-        let chain = self.config.chain.is_some();
-        let swept = tokio::task::spawn_blocking(move || {
-            let removed = store.sweep(cutoff)?;
-            // The chain's ledgers keep their eight days, its tombstones
-            // the retention window.
-            Ok::<_, StoreError>(if chain {
-                removed + store.chain_sweep(now_ms, cutoff)?
-            } else {
-                removed
-            })
-        })
-        .await;
-        match swept {
-            Ok(Ok(removed)) => {
-                events::retention_swept(&self.telemetry, removed);
-                tracing::info!(removed, "retention sweep");
+        if let Some(previous) = self.sweeping.take() {
+            if !previous.is_finished() {
+                tracing::info!("retention sweep still under way; this one skipped");
+                self.sweeping = Some(previous);
+                return;
             }
-            Ok(Err(e)) => events::storage_error(&self.telemetry, "retention", &e),
-            Err(e) => events::storage_error(&self.telemetry, "retention", &e),
+            if let Err(e) = previous.await {
+                events::storage_error(&self.telemetry, "retention", &e);
+            }
         }
+        let chain = self.config.chain.is_some();
+        let telemetry = self.telemetry.clone();
+        self.sweeping = Some(tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let swept = store.sweep(cutoff).and_then(|removed| {
+                // The chain's ledgers keep their eight days, its tombstones
+                // the retention window.
+                Ok(if chain {
+                    removed + store.chain_sweep(now_ms, cutoff)?
+                } else {
+                    removed
+                })
+            });
+            match swept {
+                Ok(removed) => {
+                    let took = started.elapsed();
+                    events::retention_sweep(&telemetry, took, removed);
+                    tracing::info!(
+                        removed,
+                        took_ms = took.as_secs_f64() * 1000.0,
+                        "retention sweep"
+                    );
+                }
+                Err(e) => events::storage_error(&telemetry, "retention", &e),
+            }
+        }));
     }
 
     pub(super) async fn on_sighting(&mut self, item: Ingested) {

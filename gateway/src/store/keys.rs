@@ -2,7 +2,26 @@
 //! layout version. Change a layout here, bump [`LAYOUT_VERSION`] and add a
 //! step to `super::migrate`.
 //!
-//! Layout 5 (current): layout 4 and the people snapshot, a file beside the
+//! Layout 6 (current): layout 5 and the expiry index, so that the
+//! retention sweep visits only what is past the window instead of walking
+//! (and decrypting) the whole decision log, feedback and tombstones every
+//! hour (BENCHMARKS.md §2a, "A month-old store").
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `expiry.v6` | time u64 BE (the entry's `at_ms`, a tombstone's erased-at; Unix ms, negative as 0) ‖ tree byte (`d` decisions, `f` feedback, `t` tombstones) ‖ the entry's key in its tree | empty |
+//!
+//! Exactly one index key per entry of the three trees, written in the same
+//! transaction as the entry (a reservation batch, a feedback answer that
+//! replaces an older one, a tombstone moved on by a later erasure). An
+//! erasure removes the index keys of the person's decisions and answers
+//! with them (it opens each to learn its time while the key still exists),
+//! so the index keeps a forgotten person's tag only beside their tombstone,
+//! which holds the same tag and time. 5 → 6 builds the index in one walk
+//! of the three trees at open (removing, as the old sweep did, entries no
+//! key opens any more).
+//!
+//! Layout 5: layout 4 and the people snapshot, a file beside the
 //! sled files (`store::snapshot`) that the daemon reads at start instead of
 //! scanning `people.v2`. It is current only while `meta` names it; every
 //! change to the people removes that marker first. The version moved so
@@ -68,7 +87,7 @@
 
 use super::vault::Tag;
 
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 pub const META: &str = "meta";
 pub const PEOPLE: &str = "people.v2";
@@ -84,6 +103,54 @@ pub const CHAIN_FOLDED: &str = "chain_folded.v4";
 pub const CHAIN_OUTBOX: &str = "chain_outbox.v4";
 pub const CHAIN_PEOPLE: &str = "chain_people.v4";
 pub const CHAIN_TOMBSTONES: &str = "chain_tombstones.v4";
+pub const EXPIRY: &str = "expiry.v6";
+
+/// The tree an `expiry.v6` key points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Expiring {
+    Decision,
+    Feedback,
+    Tombstone,
+}
+
+impl Expiring {
+    fn byte(self) -> u8 {
+        match self {
+            Expiring::Decision => b'd',
+            Expiring::Feedback => b'f',
+            Expiring::Tombstone => b't',
+        }
+    }
+
+    fn of(byte: u8) -> Option<Expiring> {
+        match byte {
+            b'd' => Some(Expiring::Decision),
+            b'f' => Some(Expiring::Feedback),
+            b't' => Some(Expiring::Tombstone),
+            _ => None,
+        }
+    }
+}
+
+/// The `expiry.v6` key of an entry of `tree` at `at_ms` under `key`.
+pub fn expiry(at_ms: i64, tree: Expiring, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.extend_from_slice(&expiry_time(at_ms));
+    out.push(tree.byte());
+    out.extend_from_slice(key);
+    out
+}
+
+/// Where the index keys of entries dated before `at_ms` end (exclusive).
+pub fn expiry_time(at_ms: i64) -> [u8; 8] {
+    (at_ms.max(0) as u64).to_be_bytes()
+}
+
+/// An `expiry.v6` key's tree and the entry's key in it.
+pub fn expiry_entry(key: &[u8]) -> Option<(Expiring, &[u8])> {
+    let tree = Expiring::of(*key.get(8)?)?;
+    Some((tree, &key[9..]))
+}
 
 /// Layout 2's trees that layout 3 dropped.
 pub mod v2 {

@@ -185,6 +185,8 @@ pub struct Store {
     chain_outbox: sled::Tree,
     chain_people: sled::Tree,
     chain_tombstones: sled::Tree,
+    /// What expires when: the retention sweep's index (`keys::EXPIRY`).
+    expiry: sled::Tree,
     group_commit: Arc<commit::GroupCommit>,
     /// The fsyncs that make a flush survive a power cut, not only a crash.
     files: Arc<commit::FileSync>,
@@ -244,6 +246,7 @@ struct BatchTrees<'t> {
     decisions: &'t sled::transaction::TransactionalTree,
     chain_ledgers: &'t sled::transaction::TransactionalTree,
     chain_outbox: &'t sled::transaction::TransactionalTree,
+    expiry: &'t sled::transaction::TransactionalTree,
 }
 
 impl BatchTrees<'_> {
@@ -288,7 +291,7 @@ impl BatchTrees<'_> {
     }
 
     /// Write the decision log entry of one candidate (sent or held, and
-    /// why), sealed under the person's key, and its nudge-id index.
+    /// why), sealed under the person's key, and its expiry index key.
     fn log_decision(
         &self,
         job: &ReserveJob<'_>,
@@ -313,9 +316,12 @@ impl BatchTrees<'_> {
             },
             reason: verdict.clone().err(),
         };
-        self.decisions.insert(
-            &keys::decision(&sealer.tag, seq),
-            sealer.seal(&json(&entry), nonce),
+        let key = keys::decision(&sealer.tag, seq);
+        self.decisions
+            .insert(&key, sealer.seal(&json(&entry), nonce))?;
+        self.expiry.insert(
+            keys::expiry(entry.at_ms, keys::Expiring::Decision, &key),
+            &[],
         )?;
         Ok(())
     }
@@ -451,6 +457,7 @@ impl Store {
             chain_outbox: db.open_tree(keys::CHAIN_OUTBOX)?,
             chain_people: db.open_tree(keys::CHAIN_PEOPLE)?,
             chain_tombstones: db.open_tree(keys::CHAIN_TOMBSTONES)?,
+            expiry: db.open_tree(keys::EXPIRY)?,
             group_commit: Arc::default(),
             files: Arc::new(files),
             durable_below: Arc::default(),
@@ -553,6 +560,9 @@ impl Store {
         }
         if found == 1 || found == 2 {
             self.migrate_from_v2()?;
+        }
+        if (1..6).contains(&found) {
+            self.build_expiry_index()?;
         }
         // Version 0 is a new, empty database.
         if found < keys::LAYOUT_VERSION {
@@ -1070,15 +1080,17 @@ impl Store {
                 &self.meta,
                 &self.chain_ledgers,
                 &self.chain_outbox,
+                &self.expiry,
             )
                 .transaction(
-                    |(ledgers, outbox, decisions, meta, chain_ledgers, chain_outbox)| {
+                    |(ledgers, outbox, decisions, meta, chain_ledgers, chain_outbox, expiry)| {
                         let trees = BatchTrees {
                             ledgers,
                             outbox,
                             decisions,
                             chain_ledgers,
                             chain_outbox,
+                            expiry,
                         };
                         let mut batch = BatchState {
                             ledgers: HashMap::new(),
@@ -1369,9 +1381,23 @@ impl Store {
         entry: &FeedbackEntry,
     ) -> Result<(), StoreError> {
         let sealer = self.sealer(person.as_str())?;
-        self.feedback.insert(
-            keys::feedback(&sealer.tag, &entry.nudge_id),
-            sealer.seal(&json(entry), &vault::nonce()?),
+        let key = keys::feedback(&sealer.tag, &entry.nudge_id);
+        let sealed = sealer.seal(&json(entry), &vault::nonce()?);
+        unwrap_tx(
+            (&self.feedback, &self.expiry).transaction(|(feedback, expiry)| {
+                // The answer it replaces leaves the index with it.
+                if let Some(old) = feedback.insert(key.as_slice(), sealed.as_slice())? {
+                    let old: FeedbackEntry = sealer
+                        .open(keys::FEEDBACK, &old)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    expiry.remove(keys::expiry(old.at_ms, keys::Expiring::Feedback, &key))?;
+                }
+                expiry.insert(
+                    keys::expiry(entry.at_ms, keys::Expiring::Feedback, &key),
+                    &[],
+                )?;
+                Ok(())
+            }),
         )?;
         self.flush()
     }
@@ -1404,10 +1430,22 @@ impl Store {
         self.people_changing()?;
         let tag = self.person_tag(id);
         let mut removed = 0;
-        let erased_at_ms = self
-            .tombstone(id)?
-            .map_or(erased_at_ms, |t| t.max(erased_at_ms));
-        self.tombstones.insert(tag, &erased_at_ms.to_be_bytes())?;
+        // The tombstone and its index key move together: a sweep running
+        // beside this removes a tombstone only while its key is there.
+        unwrap_tx(
+            (&self.tombstones, &self.expiry).transaction(|(tombstones, expiry)| {
+                let earlier = tombstones
+                    .get(tag)?
+                    .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+                let at = earlier.map_or(erased_at_ms, |t| t.max(erased_at_ms));
+                if let Some(earlier) = earlier {
+                    expiry.remove(keys::expiry(earlier, keys::Expiring::Tombstone, &tag))?;
+                }
+                expiry.insert(keys::expiry(at, keys::Expiring::Tombstone, &tag), &[])?;
+                tombstones.insert(&tag, &at.to_be_bytes())?;
+                Ok(())
+            }),
+        )?;
         if let Some(record) = self.person_by_tag(tag)? {
             removed += usize::from(
                 self.recipients
@@ -1418,13 +1456,51 @@ impl Store {
         removed += usize::from(self.people.remove(tag)?.is_some());
         removed += usize::from(self.ledgers.remove(tag)?.is_some());
         removed += usize::from(self.visits.remove(tag)?.is_some());
+        // Each entry's index key goes with it: opened for its time while
+        // the person's key still exists.
+        let sealer = self.sealer_for_tag(tag)?;
+        let mut unindexed = false;
         for item in self.decisions.scan_prefix(tag) {
-            self.decisions.remove(item?.0)?;
+            let (key, value) = item?;
+            match sealer
+                .as_ref()
+                .and_then(|s| s.open::<DecisionEntry>(keys::DECISIONS, &value).ok())
+            {
+                Some(entry) => {
+                    self.expiry.remove(keys::expiry(
+                        entry.at_ms,
+                        keys::Expiring::Decision,
+                        &key,
+                    ))?;
+                }
+                None => unindexed = true,
+            }
+            self.decisions.remove(key)?;
             removed += 1;
         }
         for item in self.feedback.scan_prefix(tag) {
-            self.feedback.remove(item?.0)?;
+            let (key, value) = item?;
+            match sealer
+                .as_ref()
+                .and_then(|s| s.open::<FeedbackEntry>(keys::FEEDBACK, &value).ok())
+            {
+                Some(entry) => {
+                    self.expiry.remove(keys::expiry(
+                        entry.at_ms,
+                        keys::Expiring::Feedback,
+                        &key,
+                    ))?;
+                }
+                None => unindexed = true,
+            }
+            self.feedback.remove(key)?;
             removed += 1;
+        }
+        if unindexed {
+            // An entry that no longer opens (its key gone in an earlier
+            // erasure that did not finish): its time is unknown, so the
+            // whole index is searched for the person's tag (rare).
+            self.purge_expiry_tag(tag)?;
         }
         removed += self.purge_outbox_tag(tag)?;
         self.flush()?;
@@ -1449,50 +1525,178 @@ impl Store {
         Ok(removed)
     }
 
+    /// Every index key of the person's decisions and answers (not their
+    /// tombstone's), found by a walk of the whole index.
+    fn purge_expiry_tag(&self, tag: Tag) -> Result<(), StoreError> {
+        for item in self.expiry.iter() {
+            let (key, _) = item?;
+            if let Some((tree, entry)) = keys::expiry_entry(&key) {
+                if tree != keys::Expiring::Tombstone && entry.starts_with(&tag) {
+                    self.expiry.remove(&key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Retention: delete decision-log entries, feedback answers and
-    /// tombstones older than `cutoff_ms` (and any entry whose person was
-    /// erased). Returns how many.
+    /// tombstones older than `cutoff_ms`. Visits only those, through the
+    /// expiry index (layout 6), in time order; an erased person's entries
+    /// went with the erasure. Returns how many.
     pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let mut removed = self.sweep_decisions(cutoff_ms)?;
-        for item in self.feedback.iter() {
-            let (key, value) = item?;
-            let entry = match self.sealer_for_tag(tag_of(&key, keys::FEEDBACK)?)? {
-                Some(sealer) => Some(sealer.open::<FeedbackEntry>(keys::FEEDBACK, &value)?),
-                None => None,
+        let removed = self.sweep_expired(cutoff_ms, None)?;
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// Delete decision-log entries older than `cutoff_ms`. Returns how many.
+    pub fn sweep_decisions(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        self.sweep_expired(cutoff_ms, Some(keys::Expiring::Decision))
+    }
+
+    fn sweep_expired(
+        &self,
+        cutoff_ms: i64,
+        only: Option<keys::Expiring>,
+    ) -> Result<usize, StoreError> {
+        // The index keys below the cut-off, in time order: what an hourly
+        // sweep finds is an hour's entries, a catch-up (a gateway that was
+        // off, a first sweep) may be a month's.
+        let mut expired = Vec::new();
+        for item in self.expiry.range(..keys::expiry_time(cutoff_ms)) {
+            let (index_key, _) = item?;
+            let Some((tree, _)) = keys::expiry_entry(&index_key) else {
+                return Err(StoreError::Corrupt {
+                    tree: keys::EXPIRY,
+                    reason: "key names no tree".into(),
+                });
             };
-            if entry.is_none_or(|e| e.at_ms < cutoff_ms) {
-                self.feedback.remove(&key)?;
-                removed += 1;
+            if only.is_none_or(|only| only == tree) {
+                expired.push(index_key);
+            }
+        }
+        // The entries in their trees' key order, so that each leaf is met
+        // once: in time order they are scattered over the trees (keys
+        // start with the person's tag), and a month of them removed at
+        // random took 7 s and held the pipeline's sled writes back by
+        // seconds (BENCHMARKS.md §2a, "A month-old store"). The entry
+        // first: a crash in between leaves an index key that points at
+        // nothing, which the next sweep removes.
+        let mut entries: Vec<(keys::Expiring, &[u8], &[u8])> = expired
+            .iter()
+            .filter_map(|k| keys::expiry_entry(k).map(|(tree, key)| (tree, key, &k[..])))
+            .collect();
+        entries.sort_unstable();
+        let mut removed = 0;
+        let mut pace = Pace::default();
+        for &(tree, key, index_key) in &entries {
+            match tree {
+                keys::Expiring::Decision => {
+                    removed += usize::from(self.decisions.remove(key)?.is_some());
+                }
+                // An answer or a tombstone may be replaced (a later answer,
+                // a later erasure) while the sweep runs beside the
+                // pipeline: it goes only if its index key still says the
+                // time the sweep found, both in one transaction (as they
+                // are written).
+                keys::Expiring::Feedback | keys::Expiring::Tombstone => {
+                    let entries = if tree == keys::Expiring::Feedback {
+                        &self.feedback
+                    } else {
+                        &self.tombstones
+                    };
+                    removed +=
+                        unwrap_tx((entries, &self.expiry).transaction(|(entries, expiry)| {
+                            Ok(match expiry.remove(index_key)? {
+                                Some(_) => usize::from(entries.remove(key)?.is_some()),
+                                None => 0,
+                            })
+                        }))?;
+                }
+            }
+            pace.step();
+        }
+        // The decisions' index keys, in the index's order.
+        for index_key in &expired {
+            if keys::expiry_entry(index_key)
+                .is_some_and(|(tree, _)| tree == keys::Expiring::Decision)
+            {
+                self.expiry.remove(index_key)?;
+                pace.step();
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Layout 5 → 6: the expiry index from one walk of the decision log,
+    /// feedback and tombstones (what every sweep did before). Entries no
+    /// key opens any more (an erased person's) are removed, as that sweep
+    /// did. Safe to re-run: an index key is written once per entry.
+    fn build_expiry_index(&self) -> Result<(), StoreError> {
+        for (tree, entries, name) in [
+            (keys::Expiring::Decision, &self.decisions, keys::DECISIONS),
+            (keys::Expiring::Feedback, &self.feedback, keys::FEEDBACK),
+        ] {
+            for item in entries.iter() {
+                let (key, value) = item?;
+                let at_ms = match self.sealer_for_tag(tag_of(&key, name)?)? {
+                    Some(sealer) if tree == keys::Expiring::Decision => {
+                        Some(sealer.open::<DecisionEntry>(name, &value)?.at_ms)
+                    }
+                    Some(sealer) => Some(sealer.open::<FeedbackEntry>(name, &value)?.at_ms),
+                    None => None,
+                };
+                match at_ms {
+                    Some(at_ms) => {
+                        self.expiry.insert(keys::expiry(at_ms, tree, &key), &[])?;
+                    }
+                    None => {
+                        entries.remove(&key)?;
+                    }
+                }
             }
         }
         for item in self.tombstones.iter() {
             let (key, value) = item?;
             let erased_at = i64::from_be_bytes(value.as_ref().try_into().unwrap_or([0; 8]));
-            if erased_at < cutoff_ms {
-                self.tombstones.remove(&key)?;
-                removed += 1;
-            }
+            self.expiry.insert(
+                keys::expiry(erased_at, keys::Expiring::Tombstone, &key),
+                &[],
+            )?;
         }
-        self.flush()?;
-        Ok(removed)
+        self.db.flush()?;
+        Ok(())
     }
+}
 
-    /// Delete decision-log entries older than `cutoff_ms` (and any whose
-    /// person was erased). Returns how many.
-    pub fn sweep_decisions(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for item in self.decisions.iter() {
-            let (key, value) = item?;
-            let entry = match self.sealer_for_tag(tag_of(&key, keys::DECISIONS)?)? {
-                Some(sealer) => Some(sealer.open::<DecisionEntry>(keys::DECISIONS, &value)?),
-                None => None,
-            };
-            if entry.is_none_or(|e| e.at_ms < cutoff_ms) {
-                self.decisions.remove(&key)?;
-                removed += 1;
-            }
+/// A long sweep shares sled and the cores with the pipeline: after every
+/// [`Pace::STEPS`] removals it pauses as long as they took, so the
+/// pipeline's own writes keep half the time (as the rotating-id roll
+/// does, `daemon/roll.rs`). An hourly sweep (a few hundred removals)
+/// never pauses.
+struct Pace {
+    since: std::time::Instant,
+    steps: usize,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            since: std::time::Instant::now(),
+            steps: 0,
         }
-        Ok(removed)
+    }
+}
+
+impl Pace {
+    const STEPS: usize = 1024;
+
+    fn step(&mut self) {
+        self.steps += 1;
+        if self.steps == Self::STEPS {
+            std::thread::sleep(self.since.elapsed());
+            *self = Pace::default();
+        }
     }
 }
 

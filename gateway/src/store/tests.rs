@@ -317,6 +317,172 @@ fn retention_sweeps_old_decisions_only() {
     assert!(store.decision_by_nudge("new").unwrap().is_some());
 }
 
+/// Entries of the three trees the retention sweep clears, and index keys.
+fn expiring_counts(store: &Store) -> (usize, usize) {
+    (
+        store.decisions.len() + store.feedback.len() + store.tombstones.len(),
+        store.expiry.len(),
+    )
+}
+
+#[test]
+fn the_expiry_index_holds_one_key_per_entry_and_the_sweep_removes_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let day = 86_400_000;
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    for n in 0..6 {
+        let person = PersonId::from(format!("p-{n}").as_str());
+        store
+            .reserve(&request(
+                &person,
+                &caps,
+                &tz,
+                1,
+                n * 20 * day,
+                &format!("n{n}"),
+            ))
+            .unwrap();
+        // Answered twice: the second answer (a day later) replaces the
+        // first, and its index key the first's.
+        for late in [0, day] {
+            store
+                .save_feedback(
+                    &person,
+                    &FeedbackEntry {
+                        nudge_id: format!("n{n}"),
+                        answer: "yes".into(),
+                        comment: None,
+                        at_ms: n * 20 * day + late,
+                    },
+                )
+                .unwrap();
+        }
+        store
+            .forget_person(&format!("gone-{n}"), n * 20 * day)
+            .unwrap();
+    }
+    // A later erasure moves a tombstone and its index key on.
+    store.forget_person("gone-0", 70 * day).unwrap();
+    assert_eq!(expiring_counts(&store), (18, 18));
+    // Cut-off at day 50: decisions of days 0, 20, 40, their answers (days
+    // 1, 21, 41), tombstones of gone-1 (20) and gone-2 (40).
+    assert_eq!(store.sweep(50 * day).unwrap(), 8);
+    assert_eq!(expiring_counts(&store), (10, 10));
+    assert!(store.decision_by_nudge("n2").unwrap().is_none());
+    assert!(store.decision_by_nudge("n3").unwrap().is_some());
+    assert_eq!(store.feedback_for("p-2").unwrap().len(), 0);
+    assert_eq!(store.feedback_for("p-3").unwrap().len(), 1);
+    assert_eq!(store.tombstone("gone-0").unwrap(), Some(70 * day));
+    assert_eq!(store.tombstone("gone-2").unwrap(), None);
+    // Nothing older than the cut-off is left to visit.
+    assert_eq!(store.sweep(50 * day).unwrap(), 0);
+    assert_eq!(store.expiry.range(..keys::expiry_time(50 * day)).count(), 0);
+}
+
+#[test]
+fn an_erasure_leaves_no_expiry_key_with_the_persons_tag_but_the_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    store.upsert_person(&record("p-1", "r-1")).unwrap();
+    let (p1, caps, tz) = (PersonId::from("p-1"), caps(), chrono_tz::UTC);
+    for n in 0..3 {
+        store
+            .reserve(&request(&p1, &caps, &tz, n, n * 1_000, &format!("n{n}")))
+            .unwrap();
+        store
+            .save_feedback(
+                &p1,
+                &FeedbackEntry {
+                    nudge_id: format!("n{n}"),
+                    answer: "no".into(),
+                    comment: None,
+                    at_ms: n * 1_000 + 10,
+                },
+            )
+            .unwrap();
+    }
+    let p2 = PersonId::from("p-2");
+    store
+        .reserve(&request(&p2, &caps, &tz, 1, 500, "m1"))
+        .unwrap();
+    let tag = store.person_tag("p-1");
+    assert_eq!(
+        store
+            .expiry
+            .iter()
+            .filter(|i| i.as_ref().unwrap().0.windows(16).any(|w| w == tag))
+            .count(),
+        6
+    );
+    store.forget_person("p-1", 5_000).unwrap();
+    let with_tag: Vec<_> = store
+        .expiry
+        .iter()
+        .map(|i| i.unwrap().0)
+        .filter(|k| k.windows(16).any(|w| w == tag))
+        .collect();
+    assert_eq!(with_tag.len(), 1, "the tombstone's key only");
+    assert_eq!(
+        keys::expiry_entry(&with_tag[0]),
+        Some((keys::Expiring::Tombstone, &tag[..]))
+    );
+    // p-2's decision is still indexed and swept in its time.
+    assert_eq!(expiring_counts(&store), (2, 2));
+    assert_eq!(store.sweep(1_000).unwrap(), 1);
+    assert!(store.decisions_for("p-2").unwrap().is_empty());
+}
+
+#[test]
+fn a_layout_5_store_gets_its_expiry_index_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caps, tz) = (caps(), chrono_tz::UTC);
+    let day = 86_400_000;
+    {
+        let store = reopen(dir.path()).unwrap();
+        for n in 0..4 {
+            let person = PersonId::from(format!("p-{n}").as_str());
+            store
+                .reserve(&request(
+                    &person,
+                    &caps,
+                    &tz,
+                    1,
+                    n * 20 * day,
+                    &format!("n{n}"),
+                ))
+                .unwrap();
+            store
+                .save_feedback(
+                    &person,
+                    &FeedbackEntry {
+                        nudge_id: format!("n{n}"),
+                        answer: "yes".into(),
+                        comment: None,
+                        at_ms: n * 20 * day,
+                    },
+                )
+                .unwrap();
+        }
+        store.forget_person("gone", 10 * day).unwrap();
+        // As a layout-5 gateway left it: no index.
+        store.expiry.clear().unwrap();
+        store
+            .meta
+            .insert(keys::META_LAYOUT_VERSION, &5u32.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.layout_version().unwrap(), 6);
+    assert_eq!(expiring_counts(&store), (9, 9));
+    // Days 0, 20 (decisions and answers) and the tombstone of day 10.
+    assert_eq!(store.sweep(30 * day).unwrap(), 5);
+    assert_eq!(expiring_counts(&store), (4, 4));
+    assert!(store.decision_by_nudge("n1").unwrap().is_none());
+    assert!(store.decision_by_nudge("n2").unwrap().is_some());
+}
+
 /// Every byte of every file under the storage directory (sled's segments,
 /// snapshots, config, and the key vault).
 fn raw_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
