@@ -1,8 +1,8 @@
 """Prometheus histograms as the gateway exposes them on /metrics, for the
 bench scripts: bucket counts from a scrape, what was observed between two
 scrapes, and quantiles interpolated the way Prometheus' histogram_quantile
-does (linear within a bucket). Used by bench/roll_report.py and
-bench/chain.sh, so that both read latencies alike."""
+does (linear within a bucket). Used by bench/roll_report.py,
+bench/sweep_report.py and bench/chain.sh, so that all read latencies alike."""
 
 import re
 
@@ -43,8 +43,18 @@ def between(before, after, name):
 
 
 def add(x, y):
-    """Two sets of cumulative buckets of the same histogram, summed."""
-    return [(le, u + v) for (le, u), (_, v) in zip(x, y)] if x else y
+    """Two sets of cumulative buckets of the same histogram, summed (either
+    may be empty: nothing observed)."""
+    if not x:
+        return y
+    if not y:
+        return x
+    return [(le, u + v) for (le, u), (_, v) in zip(x, y)]
+
+
+def sub(x, y):
+    """`x` less `y`, cumulative buckets of the same histogram."""
+    return [(le, u - v) for (le, u), (_, v) in zip(x, y)] if y else x
 
 
 def count(bs):

@@ -9,7 +9,11 @@ ended between that scrape and the one before, and took the delta of
 gateway_retention_sweep_seconds_sum, so its window is taken as [previous
 scrape - took, this scrape] (at most 0.25 s wider than the sweep).
 """
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import histogram  # noqa: E402
 
 proc_path, scrapes_path, out_tsv = sys.argv[1:4]
 
@@ -26,11 +30,7 @@ for line in open(scrapes_path):
     if line.startswith("@ "):
         scrapes.append((float(line.split()[1]), {}))
     elif scrapes:
-        name, _, value = line.strip().rpartition(" ")
-        try:
-            scrapes[-1][1][name] = float(value)
-        except ValueError:
-            pass
+        scrapes[-1][1].update(histogram.series([line.strip()]))
 
 
 def val(i, name):
@@ -41,53 +41,11 @@ def memory(i):
     return sum(v for k, v in scrapes[i][1].items() if k.startswith("gateway_memory_bytes{"))
 
 
-def buckets(m, name):
-    out = []
-    for k, v in m.items():
-        if k.startswith(name + '_bucket{le="'):
-            le = k[len(name) + 12:-2]
-            out.append((float("inf") if le == "+Inf" else float(le), v))
-    return sorted(out)
-
-
 def delta(a, b, name):
-    before = dict(buckets(scrapes[a][1], name))
-    return [(le, v - before.get(le, 0.0)) for le, v in buckets(scrapes[b][1], name)]
+    return histogram.between(scrapes[a][1], scrapes[b][1], name)
 
 
-def add(x, y):
-    if not x:
-        return y
-    if not y:
-        return x
-    return [(le, u + v) for (le, u), (_, v) in zip(x, y)]
-
-
-def sub(x, y):
-    return [(le, u - v) for (le, u), (_, v) in zip(x, y)] if y else x
-
-
-def q(bs, p):
-    total = bs[-1][1] if bs else 0
-    if total <= 0:
-        return float("nan")
-    rank, lo, below = p * total, 0.0, 0.0
-    for le, cum in bs:
-        if cum >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * ((rank - below) / (cum - below) if cum > below else 1)
-        lo, below = le, cum
-    return lo
-
-
-def top(bs):
-    prev, hit = 0.0, float("nan")
-    for le, cum in bs:
-        if cum > prev:
-            hit = le
-        prev = cum
-    return hit
+q, top, add, sub = histogram.quantile, histogram.top, histogram.add, histogram.sub
 
 
 def summary(bs):
