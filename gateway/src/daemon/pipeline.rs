@@ -251,11 +251,16 @@ impl Pipeline {
                 }
                 _ = tick.tick() => self.on_tick().await,
                 // A roll under way and nothing queued: the next step now,
-                // in time nobody waits for (`daemon/roll.rs`).
+                // in time nobody waits for (`daemon/roll.rs`). Then back to
+                // the scheduler: a source task woken on this worker (tokio
+                // does not let another worker steal it from here) gets to
+                // queue its sighting before the next step, instead of after
+                // the whole roll.
                 () = std::future::ready(()),
                     if self.people.rolling() && sightings.is_empty() && incoming.is_empty() =>
                 {
-                    self.roll_people(Pace::Idle)
+                    self.roll_people(Pace::Idle);
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -852,6 +857,18 @@ mod tests {
         let (_config_tx, config_rx) = watch::channel(config);
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        // Another task on this (single-threaded) runtime, such as a source
+        // with a sighting to queue: it must get its turn while the roll is
+        // under way, not only once the whole roll is done.
+        let telemetry = pipeline.telemetry.clone();
+        let rolls_counted = move || {
+            telemetry
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("gateway_rotating_roll_seconds_count "))
+                .map(|n| n.trim().to_string())
+        };
+        let other_task = tokio::spawn(async move { rolls_counted() });
         tokio::join!(
             pipeline.run(sightings, incoming, config_rx, cancel),
             async move {
@@ -860,6 +877,11 @@ mod tests {
             }
         );
         assert!(!pipeline.people.rolling(), "the roll was left under way");
+        assert_eq!(
+            other_task.await.unwrap().as_deref(),
+            Some("0"),
+            "another task ran only after the roll"
+        );
         let last_key = u128::try_from(keys).unwrap().to_be_bytes();
         let next = crate::identity::rotating_id(&last_key, (boundary_s / 600 + 1) as u32);
         assert!(
