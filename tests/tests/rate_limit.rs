@@ -79,11 +79,16 @@ async fn a_recipient_flooding_feedback_is_held_to_its_rate_and_another_is_not() 
     for r in ops.received() {
         assert_eq!(r.json()?["field"], "nudge_id", "{}", r.payload_str());
     }
-    // Logged, at a bounded rate.
+    // Logged, at a bounded rate: 5 lines in each second of the clock, and
+    // a flood shorter than a second may straddle two of them (a CI run
+    // logged 10 lines for a flood under a second).
     let logged = gateway
         .stderr()
         .matches("over its recipient's rate")
         .count() as u64;
-    assert!(logged >= 1 && logged <= 5 * elapsed_s, "{logged} log lines");
+    assert!(
+        logged >= 1 && logged <= 5 * (elapsed_s + 1),
+        "{logged} log lines in {elapsed_s} s"
+    );
     Ok(())
 }
