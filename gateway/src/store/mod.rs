@@ -394,6 +394,24 @@ impl Sealer {
         })?;
         parse(tree, &plain)
     }
+
+    /// The time a sealed decision-log entry or feedback answer is filed
+    /// under in the expiry index. Tombstones are not sealed (their value
+    /// is the time itself): asking for one is refused.
+    fn dated(&self, tree: keys::Expiring, sealed: &[u8]) -> Result<i64, StoreError> {
+        match tree {
+            keys::Expiring::Decision => {
+                Ok(self.open::<DecisionEntry>(keys::DECISIONS, sealed)?.at_ms)
+            }
+            keys::Expiring::Feedback => {
+                Ok(self.open::<FeedbackEntry>(keys::FEEDBACK, sealed)?.at_ms)
+            }
+            keys::Expiring::Tombstone => Err(StoreError::Corrupt {
+                tree: keys::TOMBSTONES,
+                reason: "a tombstone is not sealed".into(),
+            }),
+        }
+    }
 }
 
 /// The people's whole records are read from here when a decision needs
@@ -1460,41 +1478,21 @@ impl Store {
         // the person's key still exists.
         let sealer = self.sealer_for_tag(tag)?;
         let mut unindexed = false;
-        for item in self.decisions.scan_prefix(tag) {
-            let (key, value) = item?;
-            match sealer
-                .as_ref()
-                .and_then(|s| s.open::<DecisionEntry>(keys::DECISIONS, &value).ok())
-            {
-                Some(entry) => {
-                    self.expiry.remove(keys::expiry(
-                        entry.at_ms,
-                        keys::Expiring::Decision,
-                        &key,
-                    ))?;
+        for (tree, entries) in [
+            (keys::Expiring::Decision, &self.decisions),
+            (keys::Expiring::Feedback, &self.feedback),
+        ] {
+            for item in entries.scan_prefix(tag) {
+                let (key, value) = item?;
+                match sealer.as_ref().and_then(|s| s.dated(tree, &value).ok()) {
+                    Some(at_ms) => {
+                        self.expiry.remove(keys::expiry(at_ms, tree, &key))?;
+                    }
+                    None => unindexed = true,
                 }
-                None => unindexed = true,
+                entries.remove(key)?;
+                removed += 1;
             }
-            self.decisions.remove(key)?;
-            removed += 1;
-        }
-        for item in self.feedback.scan_prefix(tag) {
-            let (key, value) = item?;
-            match sealer
-                .as_ref()
-                .and_then(|s| s.open::<FeedbackEntry>(keys::FEEDBACK, &value).ok())
-            {
-                Some(entry) => {
-                    self.expiry.remove(keys::expiry(
-                        entry.at_ms,
-                        keys::Expiring::Feedback,
-                        &key,
-                    ))?;
-                }
-                None => unindexed = true,
-            }
-            self.feedback.remove(key)?;
-            removed += 1;
         }
         if unindexed {
             // An entry that no longer opens (its key gone in an earlier
@@ -1640,10 +1638,7 @@ impl Store {
             for item in entries.iter() {
                 let (key, value) = item?;
                 let at_ms = match self.sealer_for_tag(tag_of(&key, name)?)? {
-                    Some(sealer) if tree == keys::Expiring::Decision => {
-                        Some(sealer.open::<DecisionEntry>(name, &value)?.at_ms)
-                    }
-                    Some(sealer) => Some(sealer.open::<FeedbackEntry>(name, &value)?.at_ms),
+                    Some(sealer) => Some(sealer.dated(tree, &value)?),
                     None => None,
                 };
                 match at_ms {
