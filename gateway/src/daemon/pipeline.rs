@@ -84,12 +84,12 @@ const FLEET_REPORT_EVERY_MS: i64 = 30_000;
 /// How stale the persisted "last seen" of a visit may get. Well under the
 /// visit gap, so that a quick restart continues the visit.
 const VISIT_SAVE_EVERY_MS: i64 = 10_000;
-/// Keys of the rotating-ID table rolled per sighting or tick while a roll
-/// by one interval is under way (about a millisecond's work): a million
-/// keys roll over some 250 steps instead of stopping the pipeline for
-/// the whole roll, each followed by a pause as long as it took
-/// (`roll.rs`), and both windows of a roll under way hold the current
-/// interval (`identity::table`).
+/// Keys of the rotating-ID table rolled per step while a roll by one
+/// interval is under way (about a millisecond's work): a million keys
+/// roll over some 250 steps instead of stopping the pipeline for the
+/// whole roll (back to back while its queues are empty, paced while work
+/// waits: `roll.rs`), and both windows of a roll under way hold the
+/// current interval (`identity::table`).
 const ROLL_KEYS_PER_STEP: usize = 4096;
 
 /// The store's word for where the people came from, as a metric label
@@ -824,6 +824,15 @@ mod tests {
         );
     }
 
+    /// Person `p-<i>`, opted in, with one app key: `i + 1`.
+    fn opted_in(i: usize) -> crate::identity::PersonRecord {
+        crate::identity::PersonRecord::from_json(&format!(
+            r#"{{"person": "p-{i}", "recipient": "r-{i}", "identities": [{{"kind": "app", "key": "{:032x}"}}], "consent": {{"proximity": true}}}}"#,
+            i + 1
+        ))
+        .unwrap()
+    }
+
     /// A quiet store (nobody heard) rolls its rotating identifiers in the
     /// pipeline's idle time, step after step, not one step a tick: with
     /// tokio's clock paused, time moves only once the pipeline has nothing
@@ -839,12 +848,7 @@ mod tests {
         let pipeline = &mut rig.pipeline;
         let keys = 2 * ROLL_KEYS_PER_STEP + 10;
         for i in 0..keys {
-            let record = crate::identity::PersonRecord::from_json(&format!(
-                r#"{{"person": "p-{i}", "recipient": "r-{i}", "identities": [{{"kind": "app", "key": "{:032x}"}}], "consent": {{"proximity": true}}}}"#,
-                i + 1
-            ))
-            .unwrap();
-            pipeline.people.upsert(record).unwrap();
+            pipeline.people.upsert(opted_in(i)).unwrap();
         }
         // Centred on the interval before the last boundary; the clock just
         // past it (and not past the next retention sweep).
@@ -899,12 +903,7 @@ mod tests {
         {
             let store = Store::open(&storage).unwrap();
             for i in 0..2_000 {
-                let record = crate::identity::PersonRecord::from_json(&format!(
-                    r#"{{"person": "p-{i}", "recipient": "r-{i}", "identities": [{{"kind": "app", "key": "{:032x}"}}], "consent": {{"proximity": true}}}}"#,
-                    i + 1
-                ))
-                .unwrap();
-                store.upsert_person(&record).unwrap();
+                store.upsert_person(&opted_in(i)).unwrap();
             }
         }
         let began = wall_ms();
