@@ -131,7 +131,7 @@ pub struct RollProgress {
 
 /// What a person id costs on the heap: its text and the reference counts.
 fn id_bytes(person: &PersonId) -> usize {
-    person.as_str().len() + 2 * size_of::<usize>()
+    person.heap_bytes()
 }
 
 /// What an upsert changed, for the caller to persist and act on.

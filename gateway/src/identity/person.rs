@@ -8,25 +8,106 @@ use serde::{Deserialize, Serialize};
 
 /// A CRM person id. Cheap to clone; never logged in the clear (see
 /// [`crate::privacy`]).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PersonId(Arc<str>);
+///
+/// An id of up to [`PersonId::INLINE_BYTES`] bytes (CRM numbers, loyalty
+/// card numbers, short codes) is held in the value itself; a longer one
+/// (a UUID) is shared behind an `Arc`. Every enrolled person's id is in
+/// memory (`people.rs`), and at a million people a heap block for each
+/// short id was 32 MB of the daemon's footprint (BENCHMARKS.md §2a).
+/// Equality, order, hashing and serde see only the string.
+#[derive(Clone)]
+pub struct PersonId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        bytes: [u8; PersonId::INLINE_BYTES],
+    },
+    Shared(Arc<str>),
+}
 
 impl PersonId {
+    /// The longest id held without an allocation: what fits beside the
+    /// length and the variant in the 24 bytes the shared form takes.
+    pub const INLINE_BYTES: usize = 22;
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => bytes
+                .get(..usize::from(*len))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                // Only ever made from a `&str` of `len` bytes (`From`).
+                .unwrap_or_default(),
+            Repr::Shared(s) => s,
+        }
+    }
+
+    /// Heap bytes this id holds beyond its own size: none when inline,
+    /// the shared string and its two counts otherwise.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Inline { .. } => 0,
+            Repr::Shared(s) => s.len() + 2 * size_of::<usize>(),
+        }
     }
 }
 
 impl From<&str> for PersonId {
     fn from(s: &str) -> Self {
-        PersonId(Arc::from(s))
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= Self::INLINE_BYTES => {
+                let mut bytes = [0; Self::INLINE_BYTES];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                PersonId(Repr::Inline { len, bytes })
+            }
+            _ => PersonId(Repr::Shared(Arc::from(s))),
+        }
+    }
+}
+
+impl PartialEq for PersonId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for PersonId {}
+
+impl PartialOrd for PersonId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PersonId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for PersonId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Serialize for PersonId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PersonId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(PersonId::from(s.as_ref()))
     }
 }
 
 impl fmt::Display for PersonId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -613,6 +694,35 @@ mod tests {
         let hash = crate::privacy::hashed("ana@example.com");
         assert_eq!(format!("{id:?}"), format!("PersonId({hash})"));
         assert!(!format!("{:?}", PersonId::from("p-77")).contains("p-77"));
+    }
+
+    #[test]
+    fn a_person_id_is_24_bytes_and_short_ids_take_no_heap() {
+        assert_eq!(size_of::<PersonId>(), 24);
+        assert_eq!(size_of::<Option<PersonId>>(), 24);
+        let short = "x".repeat(PersonId::INLINE_BYTES);
+        let long = "x".repeat(PersonId::INLINE_BYTES + 1);
+        assert_eq!(PersonId::from(short.as_str()).heap_bytes(), 0);
+        assert_eq!(PersonId::from(long.as_str()).heap_bytes(), long.len() + 16);
+        assert_eq!(PersonId::from("").as_str(), "");
+    }
+
+    proptest::proptest! {
+        /// Inline or shared, an id is its string: same text back, same
+        /// order, equality, hash and JSON as the `str` it was made from.
+        #[test]
+        fn a_person_id_behaves_as_its_string(a in "\\PC{0,40}", b in "\\PC{0,40}") {
+            use std::hash::BuildHasher;
+            let (ia, ib) = (PersonId::from(a.as_str()), PersonId::from(b.as_str()));
+            proptest::prop_assert_eq!(ia.as_str(), a.as_str());
+            proptest::prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
+            proptest::prop_assert_eq!(ia == ib, a == b);
+            let hasher = std::hash::RandomState::new();
+            proptest::prop_assert_eq!(hasher.hash_one(&ia), hasher.hash_one(a.as_str()));
+            let json = serde_json::to_string(&ia).unwrap();
+            proptest::prop_assert_eq!(&json, &serde_json::to_string(&a).unwrap());
+            proptest::prop_assert_eq!(serde_json::from_str::<PersonId>(&json).unwrap(), ia);
+        }
     }
 
     const DESIGN_EXAMPLE: &str = r#"{"person": "p-1001", "recipient": "r-5f2c9a", "timezone": null,
