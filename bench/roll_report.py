@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import histogram  # noqa: E402
+import table  # noqa: E402
 
 path, boundary, tsv = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 opener = gzip.open if path.endswith(".gz") else open
@@ -83,12 +84,7 @@ row.append(max((s[1] for s in scrapes), key=float))
 rows.append(row)
 head = ["window", "from_s", "to_s", "puback_n", "puback_p50_ms", "puback_p99_ms", "puback_max_ms",
         "durable_n", "durable_p50_ms", "durable_p99_ms", "durable_max_ms", "load_1m_max"]
-with open(tsv, "w") as f:
-    for r in [head] + rows:
-        f.write("\t".join(r) + "\n")
-widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-for r in [head] + rows:
-    print("  ".join(x.ljust(w) for x, w in zip(r, widths)))
+table.write_and_print(tsv, head, rows)
 # Second by second around the boundary: nudges acked and their worst bucket.
 print("per second around the boundary (t from the boundary: sighting->PUBACK timed, max bucket):")
 line = []

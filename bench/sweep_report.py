@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import histogram  # noqa: E402
+import table  # noqa: E402
 
 proc_path, scrapes_path, out_tsv = sys.argv[1:4]
 
@@ -116,12 +117,7 @@ for j, (k, i0, start, end, took, removed) in enumerate(sweeps):
     for n in names:
         inside[n] = add(inside[n], delta(i0, k, n))
 
-with open(out_tsv, "w") as f:
-    for r in [head] + rows:
-        f.write("\t".join(r) + "\n")
-widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-for r in [head] + rows:
-    print("  ".join(x.ljust(w) for x, w in zip(r, widths)))
+table.write_and_print(out_tsv, head, rows)
 
 last = len(scrapes) - 1
 print("decisions (histogram deltas over the scrapes; inside = the sweeps' windows, all sweeps together):")
