@@ -123,6 +123,18 @@ mod tests {
         }
     }
 
+    /// Whether `advance` ran the step (which returns `result`); it must
+    /// not have finished a roll.
+    fn ran_step(pacer: &mut RollPacer, pace: Pace, result: RollProgress) -> bool {
+        let mut ran = false;
+        let finished = pacer.advance(pace, || {
+            ran = true;
+            result
+        });
+        assert_eq!(finished, None);
+        ran
+    }
+
     #[test]
     fn after_a_step_none_runs_for_as_long_as_it_took_and_the_roll_is_timed_once() {
         let mut pacer = RollPacer::default();
@@ -141,15 +153,10 @@ mod tests {
             None
         );
         // Within the 40 ms pause: the step is not run.
-        let mut ran = false;
-        assert_eq!(
-            pacer.advance(Pace::WorkWaiting, || {
-                ran = true;
-                progress(false, true, true)
-            }),
-            None
+        assert!(
+            !ran_step(&mut pacer, Pace::WorkWaiting, progress(false, true, true)),
+            "a step ran inside the pause"
         );
-        assert!(!ran, "a step ran inside the pause");
         std::thread::sleep(Duration::from_millis(60));
         let roll = pacer
             .advance(Pace::WorkWaiting, working(5, progress(false, true, true)))
@@ -158,15 +165,11 @@ mod tests {
         assert!(roll.longest_step >= Duration::from_millis(40));
         assert!(roll.took >= Duration::from_millis(85));
         // Done: the next call steps at once and times nothing.
-        let mut ran = false;
-        assert_eq!(
-            pacer.advance(Pace::WorkWaiting, || {
-                ran = true;
-                progress(false, false, true)
-            }),
-            None
-        );
-        assert!(ran);
+        assert!(ran_step(
+            &mut pacer,
+            Pace::WorkWaiting,
+            progress(false, false, true)
+        ));
     }
 
     #[test]
@@ -177,15 +180,10 @@ mod tests {
             None
         );
         // Inside the 40-ms pause, but the pipeline is idle: it steps.
-        let mut ran = false;
-        assert_eq!(
-            pacer.advance(Pace::Idle, || {
-                ran = true;
-                progress(false, true, false)
-            }),
-            None
+        assert!(
+            ran_step(&mut pacer, Pace::Idle, progress(false, true, false)),
+            "an idle pipeline waited out the pause"
         );
-        assert!(ran, "an idle pipeline waited out the pause");
         let roll = pacer
             .advance(Pace::Idle, || progress(false, true, true))
             .expect("the roll is done");
