@@ -129,11 +129,6 @@ pub struct RollProgress {
     pub centred: bool,
 }
 
-/// What a person id costs on the heap: its text and the reference counts.
-fn id_bytes(person: &PersonId) -> usize {
-    person.heap_bytes()
-}
-
 /// What an upsert changed, for the caller to persist and act on.
 #[derive(Debug, Default, PartialEq)]
 pub struct Upserted {
@@ -464,7 +459,7 @@ impl People {
         // Their e-mails and cards are not known without the record: a
         // sweep, for a rare event.
         self.named.retain(|n| n.slot != slot);
-        self.id_bytes -= id_bytes(person);
+        self.id_bytes -= person.heap_bytes();
         self.table.remove_owner(slot);
         self.slots[slot as usize] = None;
         self.free.push(slot);
@@ -524,7 +519,7 @@ impl People {
                 slot
             }
             None => {
-                self.id_bytes += id_bytes(&record.person);
+                self.id_bytes += record.person.heap_bytes();
                 let hot = Hot {
                     person: record.person.clone(),
                     recipient,
